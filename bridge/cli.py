@@ -1,0 +1,158 @@
+"""The ``portbridge`` command line.
+
+    portbridge worker [options]             serve the protocol on stdin/stdout
+    portbridge call COMMAND [--args JSON]   spawn a worker, send one request, print events and reply
+    portbridge repl                         one worker, one request per input line
+    portbridge encode [--format F]          JSON lines -> frames
+    portbridge decode [FILE]                frames (either format, mixed) -> JSON lines
+    portbridge demo                         a DSPy program driven through real frames, offline
+
+``call``, ``repl`` and ``demo`` pass everything after ``--`` to the worker they spawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+FORMATS = ("auto", "json", "msgpack")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="frame format; auto detects each frame and answers in kind (default)")
+    p.add_argument("--max-frame-bytes", type=_positive_int, default=64 * 1024 * 1024,
+                   help="largest accepted frame payload (default 64 MiB)")
+    p.add_argument("--max-concurrency", type=_positive_int, default=32,
+                   help="non-control requests running at once (default 32)")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="requests waiting beyond that before 'overloaded' (default 1024)")
+    p.add_argument("--session-ttl", type=_non_negative_float, default=3600.0,
+                   help="seconds an idle session is kept (default 3600)")
+    p.add_argument("--max-sessions", type=_positive_int, default=1024, help="sessions held at once (default 1024)")
+    p.add_argument("--shutdown-grace", type=_non_negative_float, default=1.0,
+                   help="seconds in-flight work may finish at shutdown (default 1)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"), default="warning")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends to load (default: every installed one)")
+    p.add_argument("--debug", action="store_true", help="put tracebacks into error.details")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portbridge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"portbridge {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser("worker", help="serve the protocol on stdin/stdout (spawned by a Port)")
+    _add_worker_options(worker)
+
+    call = sub.add_parser("call", help="spawn a worker, send one request, print events and the reply")
+    call.add_argument("command")
+    call.add_argument("--args", default="{}", help="the request's args as JSON (default {})")
+    call.add_argument("--session", default=None, help="session_id of the request")
+    call.add_argument("--format", choices=("json", "msgpack"), default="json", help="format of the request frame")
+    call.add_argument("--timeout-ms", type=_positive_int, default=None)
+    call.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
+
+    repl = sub.add_parser("repl", help="one worker; each input line is a request; replies as they come")
+    repl.add_argument("--format", choices=("json", "msgpack"), default="json")
+    repl.add_argument("--pipeline", action="store_true", help="send every line at once instead of waiting for replies")
+
+    enc = sub.add_parser("encode", help="JSON lines on stdin -> frames on stdout")
+    enc.add_argument("--format", choices=("json", "msgpack"), default="json")
+
+    dec = sub.add_parser("decode", help="a captured frame stream -> JSON lines")
+    dec.add_argument("file", nargs="?", default="-")
+    dec.add_argument("--verbose", "-v", action="store_true", help="show each frame's format and length")
+
+    demo = sub.add_parser("demo", help="run a DSPy program through real frames on the offline LM")
+    demo.add_argument("--model", default="offline", help="DSPy model string (default: the built-in offline LM)")
+    demo.add_argument("--api-base", default=None)
+    return parser
+
+
+def _worker_config(ns: argparse.Namespace):
+    from .dispatcher import Limits
+    from .worker import WorkerConfig
+
+    limits = Limits(
+        max_frame_bytes=ns.max_frame_bytes,
+        max_concurrency=ns.max_concurrency,
+        max_queue=max(ns.max_queue, 0),
+        max_sessions=ns.max_sessions,
+        session_ttl_s=ns.session_ttl,
+        shutdown_grace_s=ns.shutdown_grace,
+    )
+    backends = None if ns.backends is None else [b.strip() for b in ns.backends.split(",") if b.strip()]
+    return WorkerConfig(
+        fmt=ns.format,
+        limits=limits,
+        log_level=ns.log_level,
+        log_format=ns.log_format,
+        log_frames=ns.log_frames,
+        backends=backends,
+        debug=ns.debug,
+    )
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Everything after the first ``--`` is for the spawned worker."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv, worker_args = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    ns = _parser().parse_args(argv)
+    if worker_args and ns.cmd not in ("call", "repl", "demo"):
+        _parser().error(f"'--' options are only for call, repl and demo, not {ns.cmd}")
+    if ns.cmd == "worker":
+        from .errors import RegistrationError
+        from .worker import EXIT_USAGE, serve
+
+        try:
+            return serve(_worker_config(ns))
+        except RegistrationError as exc:
+            print(f"portbridge worker: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if ns.cmd == "call":
+        from .interactive import call
+
+        return call(ns.command, ns.args, ns.session, ns.format, ns.timeout_ms, ns.wait, worker_args)
+    if ns.cmd == "repl":
+        from .interactive import repl
+
+        return repl(ns.format, ns.pipeline, worker_args)
+    if ns.cmd == "encode":
+        from .framecat import main_encode
+
+        return main_encode(ns.format)
+    if ns.cmd == "decode":
+        from .framecat import main_decode
+
+        return main_decode(ns.file, ns.verbose)
+    if ns.cmd == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(ns.model, ns.api_base, worker_args)
+    raise AssertionError(ns.cmd)

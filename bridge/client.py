@@ -1,0 +1,270 @@
+"""A Python client for ``portbridge worker``: spawn it, send requests, match replies.
+
+It is what the CLI (``call``, ``repl``, ``demo``), the tests and the benchmarks
+use to talk to a real worker process, and a reference for clients in other
+languages: one reader thread owns the worker's stdout, decodes every frame and
+routes it by request id; events reach the request's ``on_event`` callback (or
+its ``events`` list) before its final reply.
+
+    with WorkerClient() as worker:
+        reply = worker.request("echo", {"x": 1})
+        assert reply["success"] and reply["result"] == {"x": 1}
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from typing import Callable
+
+from . import codecs
+from .framing import HEADER, HEADER_SIZE
+
+
+class WorkerExited(RuntimeError):
+    """The worker process ended (or closed its stdout) before answering."""
+
+
+class RemoteError(RuntimeError):
+    """A final reply with ``success: false``; ``.error`` is the wire error map."""
+
+    def __init__(self, error: dict) -> None:
+        super().__init__(f"{error.get('category')}/{error.get('code')}: {error.get('message')}")
+        self.error = error
+        self.category = error.get("category")
+        self.code = error.get("code")
+
+
+class Pending:
+    """A request in flight: ``wait()`` for its final reply; ``events`` collects its events."""
+
+    def __init__(self, rid, on_event: Callable[[dict], None] | None) -> None:
+        self.id = rid
+        self.events: list[dict] = []
+        self.reply: dict | None = None
+        self._on_event = on_event
+        self._done = threading.Event()
+
+    def _event(self, frame: dict) -> None:
+        self.events.append(frame)
+        if self._on_event is not None:
+            self._on_event(frame)
+
+    def _finish(self, frame: dict) -> None:
+        self.reply = frame
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = 60.0) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no reply to request {self.id!r} within {timeout} s")
+        return self.reply
+
+
+def worker_command(worker_args=(), python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", "bridge", "worker", *worker_args]
+
+
+def read_frame(stream) -> bytes | None:
+    """One payload from a blocking binary stream; None at a clean end of input."""
+    header = stream.read(HEADER_SIZE)
+    if not header:
+        return None
+    if len(header) < HEADER_SIZE:
+        raise WorkerExited("stream ended inside a frame header")
+    (length,) = HEADER.unpack(header)
+    payload = stream.read(length)
+    if len(payload) < length:
+        raise WorkerExited("stream ended inside a frame")
+    return payload
+
+
+class WorkerClient:
+    def __init__(
+        self,
+        worker_args=(),
+        *,
+        fmt: str = "json",
+        env: dict | None = None,
+        python: str | None = None,
+        stderr=None,
+        ready_timeout: float = 30.0,
+        on_worker_event: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.codec = codecs.get(fmt)
+        self.ready: dict | None = None
+        self.worker_events: list[dict] = []  # events with id null (ready, log)
+        self._on_worker_event = on_worker_event
+        self._pending: dict = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self.stray: list[dict] = []  # final replies nobody waited for (e.g. id null errors)
+        self.process = subprocess.Popen(
+            worker_command(worker_args, python),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            bufsize=0,
+        )
+        self._reader = threading.Thread(target=self._read, name="portbridge-client-reader", daemon=True)
+        self._reader.start()
+        if not self._ready.wait(ready_timeout):
+            code = self.process.poll()
+            self.kill()
+            raise WorkerExited(f"no ready event within {ready_timeout} s (exit code {code})")
+        if self.ready is None:
+            raise WorkerExited(f"worker exited before ready (exit code {self.process.wait()})")
+
+    # -- reading -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        stdout = self.process.stdout
+        try:
+            while True:
+                payload = read_frame(stdout)
+                if payload is None:
+                    break
+                codec = codecs.detect(payload) or self.codec
+                self._route(codec.decode(payload))
+        except (WorkerExited, OSError, ValueError):
+            pass
+        finally:
+            self._closed.set()
+            self._ready.set()
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for p in pending.values():
+                p._finish(None)
+
+    def _route(self, frame: dict) -> None:
+        rid = frame.get("id")
+        if "event" in frame and rid is None:
+            if frame["event"] == "ready":
+                self.ready = frame["data"]
+                self._ready.set()
+            self.worker_events.append(frame)
+            if self._on_worker_event is not None:
+                self._on_worker_event(frame)
+            return
+        with self._lock:
+            pending = self._pending.get(rid)
+            if pending is not None and "event" not in frame:
+                del self._pending[rid]
+        if pending is None:
+            self.stray.append(frame)
+        elif "event" in frame:
+            pending._event(frame)
+        else:
+            pending._finish(frame)
+
+    # -- writing -------------------------------------------------------------------
+
+    def send_raw(self, data: bytes) -> None:
+        with self._write_lock:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+
+    def send_frame(self, payload: bytes) -> None:
+        self.send_raw(HEADER.pack(len(payload)) + payload)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def submit(
+        self,
+        command: str,
+        args: dict | None = None,
+        *,
+        session_id: str | None = None,
+        timeout_ms: int | None = None,
+        meta: dict | None = None,
+        rid=None,
+        on_event: Callable[[dict], None] | None = None,
+        codec=None,
+    ) -> Pending:
+        rid = self.next_id() if rid is None else rid
+        doc = {"id": rid, "command": command, "args": args if args is not None else {}}
+        if session_id is not None:
+            doc["session_id"] = session_id
+        if timeout_ms is not None:
+            doc["timeout_ms"] = timeout_ms
+        if meta is not None:
+            doc["meta"] = meta
+        pending = Pending(rid, on_event)
+        with self._lock:
+            if self._closed.is_set():
+                raise WorkerExited("the worker has exited")
+            self._pending[rid] = pending
+        try:
+            self.send_frame((codec or self.codec).encode(doc))
+        except OSError as exc:
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise WorkerExited(f"cannot write to the worker: {exc}") from None
+        return pending
+
+    def request(self, command: str, args: dict | None = None, *, wait: float | None = 60.0, **kw) -> dict:
+        """Send one request and return its final reply (the whole map)."""
+        reply = self.submit(command, args, **kw).wait(wait)
+        if reply is None:
+            raise WorkerExited(f"the worker exited before answering {command!r} (exit code {self.process.poll()})")
+        return reply
+
+    def call(self, command: str, args: dict | None = None, **kw):
+        """Send one request and return its result, raising RemoteError on an error reply."""
+        reply = self.request(command, args, **kw)
+        if not reply["success"]:
+            raise RemoteError(reply["error"])
+        return reply["result"]
+
+    # -- ending ----------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Close the worker's stdin and wait for it to exit; returns its exit code."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "WorkerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            try:
+                self.close()
+            except subprocess.TimeoutExpired:
+                pass
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def child_env(**extra: str) -> dict:
+    """The current environment plus ``extra`` (for spawning workers in tests and tools)."""
+    env = dict(os.environ)
+    env.update(extra)
+    return env

@@ -1,0 +1,370 @@
+"""The protocol half of the worker: payload -> request -> handler -> one final reply.
+
+The dispatcher owns no file descriptor: it is given a ``write(payload: bytes)``
+callable and is fed payloads (or bad-frame notices) by the worker loop, so it
+can be driven directly in tests. It decides the reply format, checks envelopes
+and arguments, runs control commands inline on the reading thread (so ``ping``,
+``cancel`` and ``stats`` answer at once under any load), hands every other
+request to the scheduler, and guarantees exactly one final reply per request id
+whoever produces it: the handler, the deadline, ``cancel``, ``end_session`` or
+shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from . import __version__, codecs, envelope
+from .context import Context, Job
+from .errors import BridgeError, protocol_error
+from .logs import request_scope
+from .redaction import scrub
+from .registry import Registry
+from .scheduler import Scheduler
+from .schema import validate
+from .sessions import SessionTable
+from .stats import Stats
+from .timers import Timers
+
+log = logging.getLogger("portbridge.dispatcher")
+
+
+@dataclass
+class Limits:
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_concurrency: int = 32
+    max_queue: int = 1024
+    max_sessions: int = 1024
+    session_ttl_s: float = 3600.0
+    shutdown_grace_s: float = 1.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: Registry,
+        write: Callable[[bytes], None],
+        *,
+        fmt: str = "auto",
+        limits: Limits | None = None,
+        debug: bool = False,
+        backends: dict | None = None,
+    ) -> None:
+        self.registry = registry
+        self.limits = limits or Limits()
+        self.debug = debug
+        self.backends = backends or {}
+        self.stats = Stats()
+        self.timers = Timers()
+        self.sessions = SessionTable(self.limits.session_ttl_s, self.limits.max_sessions, self._session_closed)
+        self.scheduler = Scheduler(self.limits.max_concurrency, self.limits.max_queue, self.run)
+        self.pinned = None if fmt == "auto" else codecs.get(fmt)
+        self.accepting = True
+        self.on_shutdown: Callable[[str], None] = lambda reason: None
+        self._write = write
+        self.last_codec = self.pinned or codecs.JSON
+        self._inflight: dict = {}  # request id -> Job
+        self._deadlines: dict = {}  # Job -> timer handle
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
+        self.timers.every(max(min(self.limits.session_ttl_s / 4, 30.0), 0.05), self.sessions.expire)
+
+    # -- output -------------------------------------------------------------------
+
+    def send(self, codec, doc: dict) -> None:
+        self._write_payload(codec.encode(doc))
+
+    def _write_payload(self, payload: bytes) -> None:
+        self._write(payload)
+        self.stats.frame_out(len(payload))
+
+    def send_event(self, job: Job | None, name: str, data) -> None:
+        codec = job.codec if job is not None else self.last_codec
+        rid = job.request.id if job is not None else None
+        try:
+            self.send(codec, envelope.event(rid, name, data))
+        except codecs.EncodeError as exc:
+            log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
+            return
+        self.stats.event(name)
+
+    def ready_data(self) -> dict:
+        return {
+            "protocol": envelope.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "formats": list(codecs.FORMATS),
+            "format": self.pinned.name if self.pinned else "auto",
+            "version": __version__,
+            # The commands answerable now: the core ones. Backends register just
+            # after ready (see worker.py); ``describe`` lists everything.
+            "commands": self.registry.names(),
+            "limits": self.describe_limits(),
+        }
+
+    def describe_limits(self) -> dict:
+        lim = self.limits
+        return {
+            "max_frame_bytes": lim.max_frame_bytes,
+            "max_concurrency": lim.max_concurrency,
+            "max_queue": lim.max_queue,
+            "max_sessions": lim.max_sessions,
+            "session_ttl_s": lim.session_ttl_s,
+            "shutdown_grace_s": lim.shutdown_grace_s,
+        }
+
+    # -- input ----------------------------------------------------------------------
+
+    def codec_for(self, payload: bytes):
+        if self.pinned is not None:
+            return self.pinned
+        return codecs.detect(payload)
+
+    def handle_payload(self, payload: bytes) -> None:
+        """One complete frame payload from the client."""
+        self.stats.frame_in(len(payload))
+        codec = self.codec_for(payload)
+        if codec is None:
+            self.reject(
+                protocol_error(
+                    "unknown_format",
+                    f"first byte 0x{payload[0]:02x} starts neither a JSON object nor a MessagePack map",
+                ),
+                self.last_codec,
+            )
+            return
+        self.last_codec = codec
+        try:
+            request = envelope.parse_request(codec.decode(payload))
+        except codecs.DecodeError as exc:
+            rid = envelope.recover_id(payload[:4096], codec.name)
+            self.reject(protocol_error("undecodable", str(exc)[:500], format=codec.name), codec, rid)
+            return
+        except BridgeError as exc:
+            self.reject(exc, codec, exc.details.get("id"))
+            return
+        self.route(request, codec)
+
+    def handle_oversized(self, length: int, head: bytes) -> None:
+        self.stats.frame_in(length)
+        codec = self.codec_for(head) if head else None
+        codec = codec or self.last_codec
+        rid = envelope.recover_id(head, codec.name)
+        limit = self.limits.max_frame_bytes
+        self.reject(
+            protocol_error(
+                "frame_too_large",
+                f"frame of {length} bytes is above the limit of {limit} bytes (--max-frame-bytes); it was skipped",
+                frame_bytes=length,
+                max_frame_bytes=limit,
+            ),
+            codec,
+            rid,
+        )
+
+    def handle_empty(self) -> None:
+        self.stats.frame_in(0)
+        self.reject(protocol_error("empty_frame", "a frame of length 0 carries no request"), self.last_codec)
+
+    def reject(self, error: BridgeError, codec, rid=None) -> None:
+        """A final error reply for a request that never became a job."""
+        log.debug("rejected request id=%r: %s %s", rid, error.code, error.message)
+        self.stats.reply(None, 0, error.category)
+        self._send_final(codec, envelope.failure(rid, self._wire(error)))
+
+    # -- routing --------------------------------------------------------------------
+
+    def route(self, request: envelope.Request, codec) -> None:
+        command = self.registry.lookup(request.command)
+        if command is None:
+            self._reject_request(request, codec, BridgeError(
+                "not_found", "unknown_command",
+                f"unknown command {request.command!r}; 'describe' lists the commands",
+                {"command": request.command},
+            ))
+            return
+        try:
+            request.args = validate(command.schema, request.args)
+        except BridgeError as exc:
+            self._reject_request(request, codec, exc)
+            return
+        if not command.control and not self.accepting:
+            self._reject_request(request, codec, BridgeError(
+                "shutdown", "shutting_down", "the worker is shutting down and takes no new work"))
+            return
+        with self._lock:
+            if request.id in self._inflight:
+                duplicate = True
+            else:
+                duplicate = False
+                self._inflight[request.id] = None  # reserve the id
+        if duplicate:
+            self._reject_request(request, codec, protocol_error(
+                "duplicate_id", f"request id {request.id!r} is already in flight", id=request.id))
+            return
+        try:
+            # Control commands never create a session as a side effect.
+            session = self.sessions.acquire(None if command.control else request.session_id)
+        except BridgeError as exc:
+            self._unreserve(request.id)
+            self._reject_request(request, codec, exc)
+            return
+        job = Job(request, command, codec, session)
+        self._inflight[request.id] = job
+        if command.control:
+            self.run(job)
+            return
+        if job.deadline is not None:
+            with self._lock:
+                self._deadlines[job] = self.timers.at(job.deadline, lambda: self.expire(job))
+        try:
+            self.scheduler.submit(job)
+        except BridgeError as exc:
+            self.finish(job, exc)
+
+    def _reject_request(self, request: envelope.Request, codec, error: BridgeError) -> None:
+        self.stats.reply(request.command, 0, error.category)
+        self._send_final(codec, envelope.failure(request.id, self._wire(error), envelope.reply_meta(request)))
+
+    def _unreserve(self, rid) -> None:
+        with self._lock:
+            self._inflight.pop(rid, None)
+
+    # -- running ----------------------------------------------------------------------
+
+    def run(self, job: Job) -> None:
+        """Run a job's handler (on a scheduler thread, or inline for control commands)."""
+        if not job.start():
+            return
+        request = job.request
+        with request_scope(request):
+            try:
+                result = job.command.handler(Context(job, self), request.args)
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes one categorised reply
+                self.finish(job, self._classify(exc, job))
+            else:
+                self.finish(job, result=result)
+
+    def _classify(self, exc: BaseException, job: Job) -> BridgeError:
+        error = self.registry.classify(exc)
+        if error.category == "internal":
+            log.error("%s failed: %s", job.request.command, error.message, exc_info=exc)
+        elif error.category not in ("validation", "not_found", "cancelled"):
+            log.warning("%s failed: %s/%s: %s", job.request.command, error.category, error.code, error.message)
+        if self.debug and not isinstance(exc, BridgeError):
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            error.details = {**error.details, "traceback": tb[-20000:]}
+        return error
+
+    def finish(self, job: Job, error: BridgeError | None = None, result=None, external: bool = False) -> bool:
+        """Send the job's final reply unless one was already sent. Returns True if this call sent it."""
+        previous = job.finalize(external)
+        if previous is None:
+            return False
+        request = job.request
+        with self._lock:
+            handle = self._deadlines.pop(job, None)
+        if handle is not None:
+            self.timers.cancel(handle)
+        if previous == "queued":
+            self.scheduler.withdraw(job)
+        meta = envelope.reply_meta(request)
+        if error is None:
+            doc = envelope.success(request.id, result, meta)
+        else:
+            doc = envelope.failure(request.id, self._wire(error), meta)
+        payload, category = self._encode_final(job.codec, doc)
+        # Book-keeping before the write, so that a client reading this reply
+        # and asking for stats or sessions next sees it accounted for.
+        self.stats.reply(request.command, meta["elapsed_us"], category)
+        self.sessions.release(job.session)
+        with self._lock:
+            self._inflight.pop(request.id, None)
+            if not self._inflight:
+                self._idle.notify_all()
+        self._write_payload(payload)
+        self.scheduler.release_lane(job)
+        return True
+
+    def _send_final(self, codec, doc: dict) -> None:
+        payload, _ = self._encode_final(codec, doc)
+        self._write_payload(payload)
+
+    def _encode_final(self, codec, doc: dict) -> tuple[bytes, str | None]:
+        """Encode a final reply; one that cannot be encoded becomes a serialization error."""
+        try:
+            payload = codec.encode(doc)
+        except codecs.EncodeError as exc:
+            error = BridgeError("serialization", "unencodable_result", str(exc)[:500], {"format": codec.name})
+            return codec.encode(envelope.failure(doc["id"], self._wire(error), doc.get("meta"))), "serialization"
+        return payload, None if doc["success"] else doc["error"]["category"]
+
+    def _wire(self, error: BridgeError) -> dict:
+        return scrub(error.to_wire())
+
+    # -- answers from outside the handler -------------------------------------------
+
+    def expire(self, job: Job) -> None:
+        limit = job.request.timeout_ms
+        self.finish(job, BridgeError(
+            "timeout", "deadline_exceeded", f"no result within timeout_ms={limit}", {"timeout_ms": limit}),
+            external=True)
+
+    def cancel(self, rid, reason: str = "cancelled by the client") -> str:
+        """Answer request ``rid`` with ``cancelled``; returns its state before ('unknown' if none)."""
+        job = self._inflight.get(rid)
+        if job is None:
+            return "unknown"
+        state = job.state
+        sent = self.finish(job, BridgeError("cancelled", "cancelled", reason, {"state": state}), external=True)
+        return state if sent else "done"
+
+    def jobs(self, session_id=...) -> list[Job]:
+        with self._lock:
+            jobs = [j for j in self._inflight.values() if j is not None]
+        if session_id is ...:
+            return jobs
+        return [j for j in jobs if j.request.session_id == session_id]
+
+    def end_session(self, session_id: str) -> int:
+        """Cancel the session's queued and running requests, then drop the session."""
+        session = self.sessions.get(session_id)  # raises not_found
+        cancelled = 0
+        for job in self.jobs(session_id):
+            if job.command.control:
+                continue
+            if self.finish(job, BridgeError(
+                    "cancelled", "session_ended", f"session {session_id!r} was ended"), external=True):
+                cancelled += 1
+        self.sessions.end(session.id)
+        return cancelled
+
+    def _session_closed(self, session, reason: str) -> None:
+        for backend in self.backends.values():
+            try:
+                backend.close_session(session, reason)
+            except Exception:
+                log.exception("backend %s failed to close session %r", backend.name, session.id)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    def drain(self, grace_s: float) -> int:
+        """Wait up to ``grace_s`` for in-flight work, then fail the rest; returns how many were failed."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._inflight, timeout=grace_s)
+        failed = 0
+        for job in self.jobs():
+            if self.finish(job, BridgeError(
+                    "shutdown", "shutting_down",
+                    f"the worker shut down before the request finished (grace {grace_s} s)"), external=True):
+                failed += 1
+        self.scheduler.close()
+        self.timers.stop()
+        return failed

@@ -1,0 +1,207 @@
+"""Envelopes: a decoded map -> a checked Request, and the reply and event maps.
+
+Requests are checked strictly: an unknown top-level field is a ``protocol``
+error (a typo such as ``sesion_id`` must not silently run in the global scope).
+When a frame cannot be decoded at all, ``recover_id`` tries to read the request
+id from the bytes it has, so the client can still match the error reply; it
+only ever returns an id found at the top level of the map, never a guess.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+import orjson
+
+from .errors import protocol_error
+
+PROTOCOL_VERSION = 1
+FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta"})
+MAX_ID_CHARS = 128
+MAX_COMMAND_CHARS = 128
+MAX_SESSION_ID_CHARS = 256
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+MAX_META_ENTRIES = 64
+INT64 = 2**63
+
+
+@dataclass
+class Request:
+    id: int | str
+    command: str
+    args: dict
+    session_id: str | None = None
+    timeout_ms: int | None = None
+    meta: dict = field(default_factory=dict)
+    received_ns: int = field(default_factory=time.perf_counter_ns)
+
+    @property
+    def trace_id(self):
+        return self.meta.get("trace_id")
+
+
+def valid_id(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -INT64 <= value < INT64
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS
+
+
+def parse_request(doc) -> Request:
+    """Check a decoded payload and return a Request, or raise a protocol BridgeError.
+
+    The error's ``details["id"]`` carries the request id whenever it was valid,
+    so the reply can still be matched.
+    """
+    if not isinstance(doc, dict):
+        raise protocol_error("not_a_map", f"a request must be a map, got {type(doc).__name__}")
+    rid = doc.get("id")
+    if not valid_id(rid):
+        raise protocol_error(
+            "invalid_id",
+            f"'id' must be an integer (64-bit) or a non-empty string of at most {MAX_ID_CHARS} characters",
+        )
+
+    def bad(code: str, message: str):
+        return protocol_error(code, message, id=rid)
+
+    unknown = [k for k in doc if k not in FIELDS]
+    if unknown:
+        shown = ", ".join(sorted(map(str, unknown)))[:200]
+        raise bad("unknown_field", f"unknown envelope field(s): {shown}; allowed: {', '.join(sorted(FIELDS))}")
+    command = doc.get("command")
+    if not isinstance(command, str) or not 0 < len(command) <= MAX_COMMAND_CHARS:
+        raise bad("invalid_command", f"'command' must be a non-empty string of at most {MAX_COMMAND_CHARS} characters")
+    args = doc.get("args")
+    if args is None:
+        args = {}
+    elif not isinstance(args, dict):
+        raise bad("invalid_args", f"'args' must be a map, got {type(args).__name__}")
+    session_id = doc.get("session_id")
+    if session_id is not None and (
+        not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS
+    ):
+        raise bad("invalid_session_id", f"'session_id' must be a non-empty string of at most {MAX_SESSION_ID_CHARS} characters")
+    timeout_ms = doc.get("timeout_ms")
+    if timeout_ms is not None and (
+        isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_TIMEOUT_MS
+    ):
+        raise bad("invalid_timeout", f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS}")
+    meta = doc.get("meta")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict) or len(meta) > MAX_META_ENTRIES:
+        raise bad("invalid_meta", f"'meta' must be a map of at most {MAX_META_ENTRIES} entries")
+    return Request(rid, command, args, session_id, timeout_ms, meta)
+
+
+def success(rid, result, meta: dict) -> dict:
+    return {"id": rid, "success": True, "result": result, "meta": meta}
+
+
+def failure(rid, error: dict, meta: dict | None = None) -> dict:
+    reply = {"id": rid, "success": False, "error": error}
+    if meta:
+        reply["meta"] = meta
+    return reply
+
+
+def event(rid, name: str, data) -> dict:
+    return {"id": rid, "event": name, "data": data}
+
+
+def reply_meta(request: Request) -> dict:
+    """The request's meta echoed back, plus the time spent in the worker."""
+    elapsed_us = (time.perf_counter_ns() - request.received_ns) // 1000
+    if request.meta:
+        return {**request.meta, "elapsed_us": elapsed_us}
+    return {"elapsed_us": elapsed_us}
+
+
+# -- recovering the id of a frame that cannot be decoded ---------------------
+
+
+def recover_id(head: bytes, fmt: str | None):
+    """The top-level ``id`` found in the first bytes of a payload, or None."""
+    try:
+        if fmt == "msgpack":
+            return _msgpack_id(head)
+        if fmt == "json":
+            return _json_id(head)
+    except Exception:  # best effort by definition: any failure means "unknown"
+        return None
+    return None
+
+
+def _msgpack_id(head: bytes):
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(head)
+    for _ in range(unpacker.read_map_header()):
+        key = unpacker.unpack()
+        if key == "id":
+            value = unpacker.unpack()
+            return value if valid_id(value) else None
+        unpacker.skip()
+    return None
+
+
+def _json_id(head: bytes):
+    """Scan JSON text for a key "id" at depth 1 and read a number or string after it."""
+    text = head.decode("utf-8", errors="replace")
+    depth, i, n = 0, 0, len(text)
+    expect_key = False
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            end = _string_end(text, i)
+            if end < 0:
+                return None
+            if depth == 1 and expect_key and text[i + 1 : end] == "id":
+                return _json_scalar_after_colon(text, end + 1)
+            i = end + 1
+            expect_key = False
+            continue
+        if ch in "{[":
+            depth += 1
+            expect_key = ch == "{" and depth == 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == "," and depth == 1:
+            expect_key = True
+        i += 1
+    return None
+
+
+def _string_end(text: str, start: int) -> int:
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == '"':
+            return i
+        i += 1
+    return -1
+
+
+def _json_scalar_after_colon(text: str, i: int):
+    rest = text[i:].lstrip()
+    if not rest.startswith(":"):
+        return None
+    rest = rest[1:].lstrip()
+    if rest.startswith('"'):
+        end = _string_end(rest, 0)
+        token = rest[: end + 1] if end > 0 else ""
+    else:
+        digits = len(rest) - len(rest.lstrip("-0123456789"))
+        token = rest[:digits]
+        # A number must be seen to end, or a cut head would turn 123 into 12.
+        if digits == len(rest) or rest[digits] not in ",} \t\r\n":
+            return None
+    if not token:
+        return None
+    value = orjson.loads(token)
+    return value if valid_id(value) else None

@@ -1,0 +1,93 @@
+"""The error-category table and the exceptions that carry a category to the wire.
+
+The table itself is data in ``protocol/errors.json`` (shipped in the wheel as
+``bridge._protocol``), read by both the worker and the Elixir client. Code
+raises ``BridgeError(category, code, message, details)``; the category's
+severity, recovery and retryability always come from the table, so the two
+sides cannot drift.
+
+Developer mistakes (registering a command twice, a schema that is not a map)
+raise ``RegistrationError``, which is not a ``BridgeError`` and never reaches
+the wire: it stops the worker at start-up, where a developer sees it.
+"""
+
+from __future__ import annotations
+
+import orjson
+import os
+from functools import lru_cache
+
+
+class RegistrationError(Exception):
+    """A backend or the core registered something wrong (a programming error)."""
+
+
+def protocol_dir() -> str:
+    """Where ``protocol/`` is: inside an installed wheel, or beside ``bridge/`` in a source tree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "_protocol")
+    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "protocol")
+
+
+def _read_table_text() -> bytes:
+    # Plain file access: importlib.resources costs ~18 ms of imports before ``ready``.
+    with open(os.path.join(protocol_dir(), "errors.json"), "rb") as f:
+        return f.read()
+
+
+@lru_cache(maxsize=1)
+def table() -> dict:
+    """The whole table: ``{"version", "severities", "recoveries", "categories"}``."""
+    data = orjson.loads(_read_table_text())
+    for name, row in data["categories"].items():
+        if row["severity"] not in data["severities"] or row["recovery"] not in data["recoveries"]:
+            raise RegistrationError(f"error table row {name!r} names an unknown severity or recovery")
+    return data
+
+
+def categories() -> dict:
+    return table()["categories"]
+
+
+class BridgeError(Exception):
+    """A failure with a wire category. ``code`` is a short snake_case reason."""
+
+    def __init__(self, category: str, code: str, message: str, details: dict | None = None) -> None:
+        if category not in categories():
+            raise RegistrationError(f"unknown error category {category!r}")
+        super().__init__(message)
+        self.category = category
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    def __repr__(self) -> str:
+        return f"BridgeError({self.category!r}, {self.code!r}, {self.message!r})"
+
+    def to_wire(self) -> dict:
+        row = categories()[self.category]
+        return {
+            "category": self.category,
+            "code": self.code,
+            "message": self.message,
+            "severity": row["severity"],
+            "recovery": row["recovery"],
+            "retryable": row["retryable"],
+            "details": self.details,
+        }
+
+
+def protocol_error(code: str, message: str, **details) -> BridgeError:
+    return BridgeError("protocol", code, message, details)
+
+
+def validation_error(code: str, message: str, **details) -> BridgeError:
+    return BridgeError("validation", code, message, details)
+
+
+def not_found(code: str, message: str, **details) -> BridgeError:
+    return BridgeError("not_found", code, message, details)
+
+
+def overloaded(code: str, message: str, **details) -> BridgeError:
+    return BridgeError("overloaded", code, message, details)

@@ -1,0 +1,177 @@
+"""Length-prefixed framing, sans I/O.
+
+A frame is a 4-byte unsigned big-endian length N followed by N payload bytes:
+exactly Erlang's ``{:packet, 4}``. This module turns bytes into frames and back
+and never touches a file descriptor, so it can be tested by feeding it any
+chunking of any byte stream.
+
+The decoder yields three kinds of items:
+
+* ``bytes``      a complete payload within the size limit;
+* ``Oversized``  a frame whose declared length is above the limit; its payload is
+                 skipped without being buffered (only its first bytes are kept, so
+                 the caller can try to recover the request id);
+* ``Empty``      a frame of length zero.
+
+A declared length above ``desync_bytes`` means the stream is no longer framed
+(text written to a framed pipe reads as a length of hundreds of megabytes): the
+decoder raises ``StreamDesync`` and the caller must stop reading.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = HEADER.size
+MAX_LENGTH = 2**32 - 1
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+# An Erlang peer never sends more than this in one frame; a larger declared
+# length almost always means unframed bytes (any ASCII text does).
+DEFAULT_DESYNC_BYTES = 1024 * 1024 * 1024
+# How much of an oversized frame is kept to recover its request id.
+OVERSIZED_HEAD_BYTES = 4096
+
+
+class StreamDesync(Exception):
+    """The byte stream cannot be trusted to be framed any more."""
+
+    def __init__(self, declared: int, limit: int) -> None:
+        super().__init__(f"declared frame length {declared} is above {limit}: the stream is not framed")
+        self.declared = declared
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A frame above the size limit. ``head`` holds its first bytes."""
+
+    length: int
+    head: bytes
+
+
+@dataclass(frozen=True)
+class Empty:
+    """A frame of length zero."""
+
+
+def encode_header(length: int) -> bytes:
+    if not 0 <= length <= MAX_LENGTH:
+        raise ValueError(f"frame payload of {length} bytes does not fit a 4-byte length")
+    return HEADER.pack(length)
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Header + payload as one bytes object (for small payloads and tests)."""
+    return encode_header(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed()`` bytes, then iterate ``frames()``.
+
+    ``pending()`` tells how many bytes are buffered (non-zero at end of input
+    means the stream ended inside a frame), ``wanted()`` how many more bytes the
+    current frame needs, so a transport can size its reads.
+    """
+
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        desync_bytes: int = DEFAULT_DESYNC_BYTES,
+    ) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
+        self.max_frame_bytes = max_frame_bytes
+        self.desync_bytes = max(desync_bytes, max_frame_bytes)
+        self._buf = bytearray()
+        self._pos = 0
+        self._length: int | None = None  # declared length of the frame being read
+        self._skip = 0  # bytes of an oversized payload still to discard
+        self._skip_head = bytearray()
+        self._skip_length = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._skip:
+            data = self._discard(data)
+        if data:
+            self._buf += data
+
+    def _discard(self, data: bytes) -> bytes:
+        take = min(self._skip, len(data))
+        room = OVERSIZED_HEAD_BYTES - len(self._skip_head)
+        if room > 0:
+            self._skip_head += data[: min(room, take)]
+        self._skip -= take
+        return data[take:]
+
+    def pending(self) -> int:
+        """Bytes received but not yet returned as a frame (including a partial header)."""
+        partial_skip = self._skip_length if self._skip else 0
+        return len(self._buf) - self._pos + partial_skip
+
+    def in_oversized(self) -> bool:
+        return self._skip > 0
+
+    def wanted(self) -> int:
+        """Bytes still needed to complete the current header or frame."""
+        have = len(self._buf) - self._pos
+        if self._skip:
+            return self._skip
+        if self._length is None:
+            return max(HEADER_SIZE - have, 0)
+        return max(self._length - have, 0)
+
+    def frames(self):
+        """Yield every complete item now buffered."""
+        while True:
+            item = self._next()
+            if item is None:
+                self._compact()
+                return
+            yield item
+
+    def _next(self):
+        if self._skip:
+            return None
+        if self._skip_length:
+            item = Oversized(self._skip_length, bytes(self._skip_head))
+            self._skip_length = 0
+            self._skip_head = bytearray()
+            return item
+        buf = self._buf
+        if self._length is None:
+            if len(buf) - self._pos < HEADER_SIZE:
+                return None
+            (length,) = HEADER.unpack_from(buf, self._pos)
+            self._pos += HEADER_SIZE
+            if length == 0:
+                return Empty()
+            if length > self.desync_bytes:
+                raise StreamDesync(length, self.desync_bytes)
+            if length > self.max_frame_bytes:
+                return self._start_skip(length)
+            self._length = length
+        end = self._pos + self._length
+        if len(buf) < end:
+            return None
+        with memoryview(buf) as view:
+            payload = bytes(view[self._pos : end])
+        self._pos = end
+        self._length = None
+        return payload
+
+    def _start_skip(self, length: int):
+        rest = bytes(self._buf[self._pos :])
+        self._buf = bytearray()
+        self._pos = 0
+        self._skip = length
+        self._skip_length = length
+        leftover = self._discard(rest)
+        self._buf += leftover
+        return self._next()
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0

@@ -1,0 +1,114 @@
+"""Logging to stderr (text or JSON lines), optionally forwarded as ``log`` events.
+
+Every record carries the id, trace id and session of the request being handled
+on its thread (set by the dispatcher through ``request_scope``). Secrets are
+scrubbed from every line. stdout is never touched: it carries frames only.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import orjson
+
+from .redaction import scrub_text
+
+_current = contextvars.ContextVar("portbridge_request", default=None)
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@contextmanager
+def request_scope(request):
+    token = _current.set(request)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+class _RequestFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = _current.get()
+        record.request_id = getattr(request, "id", None)
+        record.trace_id = request.meta.get("trace_id") if request is not None else None
+        record.session_id = getattr(request, "session_id", None)
+        return True
+
+
+def record_fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict:
+    message = record.getMessage()
+    if record.exc_info:
+        message = f"{message}\n{formatter.formatException(record.exc_info)}"
+    doc = {
+        "ts": round(record.created, 6),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": scrub_text(message),
+    }
+    for key in ("request_id", "trace_id", "session_id"):
+        value = getattr(record, key, None)
+        if value is not None:
+            doc[key] = value
+    return doc
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(record_fields(record, self), default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = record_fields(record, self)
+        where = "".join(
+            f" {key}={doc[key]}" for key in ("request_id", "trace_id", "session_id") if key in doc
+        )
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d} {doc['level']:<8} {record.name}{where}: {doc['message']}"
+
+
+class EventForwarder(logging.Handler):
+    """Sends each record to ``sink(data)`` as the data of a ``log`` event."""
+
+    def __init__(self, sink: Callable[[dict], None], level: int) -> None:
+        super().__init__(level)
+        self._sink = sink
+        self._busy = threading.local()  # a record logged while sending must not loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "on", False):
+            return
+        self._busy.on = True
+        try:
+            self._sink(record_fields(record, self.formatter or logging.Formatter()))
+        except Exception:
+            pass  # the stream is gone or broken; stderr still has the line
+        finally:
+            self._busy.on = False
+
+
+def configure(level: str = "warning", fmt: str = "text") -> logging.Logger:
+    """Point the root logger at stderr with our format; returns the portbridge logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_RequestFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    return logging.getLogger("portbridge")
+
+
+def forward_as_events(sink: Callable[[dict], None], level: str) -> EventForwarder:
+    forwarder = EventForwarder(sink, logging.getLevelName(level.upper()))
+    forwarder.addFilter(_RequestFilter())
+    logging.getLogger().addHandler(forwarder)
+    return forwarder

@@ -1,0 +1,124 @@
+"""The command registry: name -> handler, argument schema, control flag.
+
+Handlers have one signature, ``handler(ctx, args) -> result``, where ``args``
+has already passed the command's schema. Registration fails loudly: an empty or
+duplicate name, a schema outside the supported subset, or a handler that is not
+callable raises ``RegistrationError`` at start-up. The decorator returns the
+function unchanged, so handlers stay plain functions that tests can call.
+
+Backends also register error classifiers: ``classifier(exc) -> BridgeError |
+None`` turns a framework's exceptions into wire categories.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import BridgeError, RegistrationError
+from .schema import check_schema
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ANY_ARGS = {"type": "object"}
+NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Callable
+    schema: dict
+    control: bool = False
+    backend: str = "core"
+    description: str = ""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "control": self.control,
+            "description": self.description,
+            "args": self.schema,
+        }
+
+
+@dataclass
+class Registry:
+    commands: dict[str, Command] = field(default_factory=dict)
+    classifiers: list[Callable[[BaseException], BridgeError | None]] = field(default_factory=list)
+    # Set once every backend has registered (backends register after ``ready``).
+    complete: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, command: Command) -> Command:
+        if not isinstance(command.name, str) or not NAME.match(command.name):
+            raise RegistrationError(f"command name {command.name!r} must match {NAME.pattern}")
+        if command.name in self.commands:
+            owner = self.commands[command.name].backend
+            raise RegistrationError(f"command {command.name!r} is already registered by {owner!r}")
+        if not callable(command.handler):
+            raise RegistrationError(f"handler for {command.name!r} is not callable")
+        check_schema(command.schema, f"{command.name}.args")
+        if command.schema.get("type") != "object":
+            raise RegistrationError(f"{command.name}.args schema must have type 'object'")
+        self.commands[command.name] = command
+        return command
+
+    def command(
+        self,
+        name: str,
+        *,
+        schema: dict | None = None,
+        control: bool = False,
+        backend: str = "core",
+        description: str | None = None,
+    ):
+        """Decorator: register ``fn(ctx, args)`` as ``name``; returns ``fn`` unchanged."""
+
+        def decorate(fn):
+            doc = description if description is not None else (fn.__doc__ or "").strip().split("\n")[0]
+            self.add(Command(name, fn, NO_ARGS if schema is None else schema, control, backend, doc))
+            return fn
+
+        return decorate
+
+    def classifier(self, fn: Callable[[BaseException], BridgeError | None]):
+        """Register an exception classifier; returns it unchanged."""
+        if not callable(fn):
+            raise RegistrationError("a classifier must be callable")
+        self.classifiers.append(fn)
+        return fn
+
+    def get(self, name: str) -> Command | None:
+        return self.commands.get(name)
+
+    def lookup(self, name: str, wait_s: float = 30.0) -> Command | None:
+        """Like ``get``, but an unknown name waits for backend registration to finish first."""
+        command = self.commands.get(name)
+        if command is None and not self.complete.is_set():
+            self.complete.wait(wait_s)
+            command = self.commands.get(name)
+        return command
+
+    def names(self) -> list[str]:
+        return sorted(self.commands)
+
+    def classify(self, exc: BaseException) -> BridgeError:
+        """The wire error for any exception: its own category, a backend's verdict, else internal."""
+        if isinstance(exc, BridgeError):
+            return exc
+        for fn in self.classifiers:
+            try:
+                found = fn(exc)
+            except Exception:  # a broken classifier must not hide the original failure
+                found = None
+            if found is not None:
+                return found
+        kind = type(exc).__name__
+        return BridgeError(
+            "internal",
+            "unhandled_exception",
+            f"{kind}: {exc}"[:2000] if str(exc) else kind,
+            {"exception": kind},
+        )

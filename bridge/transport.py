@@ -1,0 +1,102 @@
+"""The file descriptors: a private copy of stdin and stdout, and the stdio guard.
+
+``guard_stdio()`` runs first thing in a worker: it keeps private, non-inheritable
+duplicates of fd 0 and fd 1 for frames, then points fd 1 (and ``sys.stdout``)
+at stderr and fd 0 at /dev/null. A stray ``print()`` in any library, or a
+subprocess a handler spawns, can then neither corrupt the outgoing frames nor
+steal incoming bytes.
+
+``Transport`` reads chunks and writes whole frames. Writes are serialised by a
+lock and are all-or-nothing from the reader's point of view: a frame is never
+interleaved with another. Once the reader has gone (EPIPE), every later write
+is dropped and ``on_closed`` is called once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+import threading
+from typing import Callable
+
+from .framing import HEADER
+
+log = logging.getLogger("portbridge.transport")
+F_SETPIPE_SZ = 1031  # Linux
+PIPE_BYTES = 1024 * 1024
+READ_BYTES = 1024 * 1024
+_COPY_LIMIT = 64 * 1024  # below this, header + payload are joined into one write
+
+
+def guard_stdio() -> tuple[int, int]:
+    """Return private (in_fd, out_fd) and re-point fd 0 at /dev/null, fd 1 at stderr."""
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    os.set_inheritable(in_fd, False)
+    os.set_inheritable(out_fd, False)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    for fd in (in_fd, out_fd):
+        _grow_pipe(fd)
+    return in_fd, out_fd
+
+
+def _grow_pipe(fd: int) -> None:
+    """Ask for a larger pipe buffer (fewer wake-ups for big frames); harmless if refused."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, ImportError):
+        pass
+
+
+class Transport:
+    def __init__(self, in_fd: int, out_fd: int, on_closed: Callable[[str], None] | None = None) -> None:
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.closed = False
+        self.on_closed = on_closed or (lambda reason: None)
+        self._write_lock = threading.Lock()
+        self._buffer = bytearray(READ_BYTES)
+        self._view = memoryview(self._buffer)
+
+    def read(self) -> bytes:
+        """The next chunk of input; b"" at end of input."""
+        try:
+            n = os.readv(self.in_fd, [self._buffer])
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO):
+                return b""
+            raise
+        return self._view[:n]
+
+    def write(self, payload: bytes) -> None:
+        """Write one frame (header + payload). Never raises for a closed reader."""
+        header = HEADER.pack(len(payload))
+        with self._write_lock:
+            if self.closed:
+                return
+            try:
+                if len(payload) < _COPY_LIMIT:
+                    self._write_all(header + payload)
+                else:
+                    self._write_all(header)
+                    self._write_all(payload)
+            except OSError as exc:
+                self.closed = True
+                reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
+                log.warning("%s; stopping", reason)
+                threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.out_fd, view)
+            view = view[written:]

@@ -1,0 +1,173 @@
+"""``portbridge worker``: the loop that joins transport, framing and dispatcher.
+
+Start-up order is chosen so the client hears ``ready`` as early as possible:
+guard stdio, configure logs, register the core and the backends (cheap, no
+framework imports), write ``ready``, then let backends start their background
+work. The main thread then only reads: frames go to the dispatcher, which runs
+control commands inline and schedules the rest.
+
+Shutdown (stdin EOF, SIGTERM, SIGINT, the ``shutdown`` command, or stdout
+closed by the reader) is one path: stop taking work, give in-flight requests
+``--shutdown-grace`` seconds, fail what is left with a ``shutdown`` error, stop
+the backends and exit. The process always ends through ``os._exit`` after the
+streams are flushed, so a handler stuck in an uninterruptible call (or a
+library's non-daemon thread) can never keep an orphaned worker alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from . import core_commands, logs
+from .backends import load as load_backends
+from .dispatcher import Dispatcher, Limits
+from .errors import RegistrationError, protocol_error
+from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized, StreamDesync
+from .registry import Registry
+from .transport import Transport, guard_stdio
+
+log = logging.getLogger("portbridge.worker")
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_USAGE = 2
+EXIT_DESYNC = 3
+
+
+@dataclass
+class WorkerConfig:
+    fmt: str = "auto"
+    limits: Limits = field(default_factory=Limits)
+    desync_bytes: int = DEFAULT_DESYNC_BYTES
+    log_level: str = "warning"
+    log_format: str = "text"
+    log_frames: bool = False
+    backends: list[str] | None = None
+    debug: bool = False
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, transport: Transport) -> None:
+        self.config = config
+        self.transport = transport
+        transport.on_closed = lambda reason: self.begin_shutdown(reason)
+        self.registry = Registry()
+        core_commands.register(self.registry)
+        self.backends: dict = {}  # filled by _start_backends, after ready
+        self.dispatcher = Dispatcher(
+            self.registry,
+            transport.write,
+            fmt=config.fmt,
+            limits=config.limits,
+            debug=config.debug,
+            backends=self.backends,
+        )
+        self.dispatcher.on_shutdown = lambda reason: self.begin_shutdown(reason)
+        self._stopping = threading.Lock()
+        self._stopper: threading.Thread | None = None
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        if self.config.log_frames:
+            logs.forward_as_events(lambda data: self.dispatcher.send_event(None, "log", data), self.config.log_level)
+        self.dispatcher.send_event(None, "ready", self.dispatcher.ready_data())
+        threading.Thread(target=self._start_backends, name="portbridge-backends", daemon=True).start()
+        code = self._read_loop()
+        self.begin_shutdown("stdin closed" if code == EXIT_OK else "stream out of sync", code)
+        threading.Event().wait()  # the shutdown thread ends the process
+        return code  # not reached
+
+    def _start_backends(self) -> None:
+        """Discover and register backends, then start them (off the reading thread).
+
+        Entry-point discovery alone costs ~30 ms of imports, so it happens after
+        ``ready``; a backend command that arrives meanwhile waits for it
+        (``Registry.lookup``) instead of failing as unknown.
+        """
+        try:
+            self.backends.update(load_backends(self.registry, self.config.backends))
+        except RegistrationError as exc:
+            log.critical("cannot load backends: %s", exc)
+            self.begin_shutdown(f"backend registration failed: {exc}", EXIT_USAGE)
+            return
+        finally:
+            self.registry.complete.set()
+        for backend in self.backends.values():
+            try:
+                backend.start()
+            except Exception:
+                log.exception("backend %s failed to start", backend.name)
+
+    def _read_loop(self) -> int:
+        decoder = FrameDecoder(self.config.limits.max_frame_bytes, self.config.desync_bytes)
+        dispatcher = self.dispatcher
+        while True:
+            data = self.transport.read()
+            if not data:
+                break
+            decoder.feed(data)
+            try:
+                for item in decoder.frames():
+                    if isinstance(item, bytes):
+                        dispatcher.handle_payload(item)
+                    elif isinstance(item, Oversized):
+                        dispatcher.handle_oversized(item.length, item.head)
+                    elif isinstance(item, Empty):
+                        dispatcher.handle_empty()
+            except StreamDesync as exc:
+                log.error("%s; no further input is read", exc)
+                dispatcher.reject(protocol_error(
+                    "stream_desync", f"{exc}; the worker stops reading and exits with code {EXIT_DESYNC}",
+                    declared_bytes=exc.declared), dispatcher.last_codec)
+                return EXIT_DESYNC
+        if decoder.pending():
+            dispatcher.reject(protocol_error(
+                "truncated_frame",
+                f"input ended inside a frame ({decoder.pending()} bytes of it received)",
+                received_bytes=decoder.pending()), dispatcher.last_codec)
+        return EXIT_OK
+
+    def _on_signal(self, signum, frame) -> None:
+        # Runs on the main thread between bytecodes, possibly inside begin_shutdown:
+        # never take its lock here.
+        threading.Thread(target=self.begin_shutdown, args=(signal.Signals(signum).name,), daemon=True).start()
+
+    def begin_shutdown(self, reason: str, code: int = EXIT_OK) -> None:
+        """Start the one shutdown path (idempotent, callable from any thread or a signal handler)."""
+        with self._stopping:
+            if self._stopper is not None:
+                return
+            self.dispatcher.stop_accepting()
+            self._stopper = threading.Thread(
+                target=self._shutdown, args=(reason, code), name="portbridge-shutdown", daemon=True)
+            self._stopper.start()
+
+    def _shutdown(self, reason: str, code: int) -> None:
+        log.info("shutting down: %s", reason)
+        try:
+            failed = self.dispatcher.drain(self.config.limits.shutdown_grace_s)
+            if failed:
+                log.warning("%d request(s) did not finish within the grace period", failed)
+            for backend in self.backends.values():
+                try:
+                    backend.shutdown()
+                except Exception:
+                    log.exception("backend %s failed to shut down", backend.name)
+        finally:
+            logging.shutdown()
+            try:
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+
+def serve(config: WorkerConfig) -> int:
+    in_fd, out_fd = guard_stdio()
+    logs.configure(config.log_level, config.log_format)
+    return Worker(config, Transport(in_fd, out_fd)).run()
