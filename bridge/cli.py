@@ -52,7 +52,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
     p.add_argument("--backends", default=None,
-                   help="comma-separated backends to load (default: every installed one)")
+                   help="comma-separated installed backends to load (default: every installed one; '' for none)")
+    p.add_argument("--backend-module", action="append", default=[], metavar="MODULE:ATTR",
+                   help="also load the backend object at this import path (repeatable; for developing backends)")
     p.add_argument("--debug", action="store_true", help="put tracebacks into error.details")
 
 
@@ -109,6 +111,7 @@ def _worker_config(ns: argparse.Namespace):
         log_format=ns.log_format,
         log_frames=ns.log_frames,
         backends=backends,
+        backend_modules=ns.backend_module,
         debug=ns.debug,
     )
 

@@ -106,7 +106,7 @@ class WorkerClient:
         self._write_lock = threading.Lock()
         self._ready = threading.Event()
         self._closed = threading.Event()
-        self.stray: list[dict] = []  # final replies nobody waited for (e.g. id null errors)
+        self.stray: list[dict] = []  # frames nobody waited for (id null errors, undecodable frames)
         self.process = subprocess.Popen(
             worker_command(worker_args, python),
             stdin=subprocess.PIPE,
@@ -134,8 +134,13 @@ class WorkerClient:
                 if payload is None:
                     break
                 codec = codecs.detect(payload) or self.codec
-                self._route(codec.decode(payload))
-        except (WorkerExited, OSError, ValueError):
+                try:
+                    frame = codec.decode(payload)
+                except codecs.DecodeError as exc:
+                    self.stray.append({"undecodable": payload[:200], "error": str(exc)})
+                    continue
+                self._route(frame)
+        except (WorkerExited, OSError):
             pass
         finally:
             self._closed.set()

@@ -59,7 +59,9 @@ class MsgpackCodec:
 
     def decode(self, payload: bytes):
         try:
-            return msgpack.unpackb(payload, raw=False)
+            # Any scalar may be a map key in MessagePack (Msgpax agrees); only the
+            # envelope's own keys must be strings, which the envelope check enforces.
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             # UnicodeDecodeError is a ValueError: invalid UTF-8 in a str lands here.
             raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None

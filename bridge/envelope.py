@@ -137,7 +137,7 @@ def recover_id(head: bytes, fmt: str | None):
 
 
 def _msgpack_id(head: bytes):
-    unpacker = msgpack.Unpacker(raw=False)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
     unpacker.feed(head)
     for _ in range(unpacker.read_map_header()):
         key = unpacker.unpack()

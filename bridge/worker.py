@@ -48,6 +48,7 @@ class WorkerConfig:
     log_format: str = "text"
     log_frames: bool = False
     backends: list[str] | None = None
+    backend_modules: list[str] = field(default_factory=list)
     debug: bool = False
 
 
@@ -91,7 +92,7 @@ class Worker:
         (``Registry.lookup``) instead of failing as unknown.
         """
         try:
-            self.backends.update(load_backends(self.registry, self.config.backends))
+            self.backends.update(load_backends(self.registry, self.config.backends, self.config.backend_modules))
         except RegistrationError as exc:
             log.critical("cannot load backends: %s", exc)
             self.begin_shutdown(f"backend registration failed: {exc}", EXIT_USAGE)

@@ -90,30 +90,50 @@ def available() -> dict:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def load(registry, names: list[str] | None = None) -> dict[str, Backend]:
-    """Load the named backends (all installed ones if None) and let them register.
+def _import_object(spec: str):
+    """``package.module:attribute`` -> the attribute (the form of an entry point's value)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RegistrationError(f"backend module {spec!r} must look like 'package.module:attribute'")
+    import importlib
 
-    An unknown name raises RegistrationError; a backend whose code fails to
-    import is kept as a FailedBackend (reported by ``health`` and ``describe``)
-    so that the core and the other backends keep working.
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load(registry, names: list[str] | None = None, modules: list[str] = ()) -> dict[str, Backend]:
+    """Load backends and let them register; returns them by name.
+
+    ``names`` picks installed entry points (all of them if None). ``modules``
+    adds backends by import path (``package.module:attribute``), as given by
+    the worker's owner with ``--backend-module``: for developing and testing a
+    backend before it is packaged. An unknown name raises RegistrationError; a
+    backend whose code fails to import is kept as a FailedBackend (reported by
+    ``health`` and ``describe``) so that the core and the others keep working.
     """
-    found = available()
+    found = available() if names is None or names else {}
     wanted = list(found) if names is None else names
     unknown = [n for n in wanted if n not in found]
     if unknown:
         raise RegistrationError(
             f"unknown backend(s) {', '.join(unknown)}; installed: {', '.join(sorted(found)) or 'none'}"
         )
+    sources = [(name, found[name].load) for name in wanted]
+    sources += [(spec, lambda spec=spec: _import_object(spec)) for spec in modules]
     backends: dict[str, Backend] = {}
-    for name in wanted:
+    for label, load_object in sources:
         try:
-            obj = found[name].load()
+            obj = load_object()
             backend = obj() if isinstance(obj, type) else obj
         except Exception as exc:  # a broken plug-in must not take the worker down
-            log.error("backend %s failed to load: %s", name, exc, exc_info=True)
-            backends[name] = FailedBackend(name, exc)
+            log.error("backend %s failed to load: %s", label, exc, exc_info=True)
+            backends[label] = FailedBackend(label, exc)
             continue
-        backend.name = backend.name or name
+        backend.name = backend.name or label
+        if backend.name in backends:
+            raise RegistrationError(f"two backends are named {backend.name!r}")
         backend.register(registry)
-        backends[name] = backend
+        backends[backend.name] = backend
     return backends

@@ -1,0 +1,290 @@
+"""Builds the golden vectors in this folder from the readable cases below.
+
+Run it only when the protocol changes (``python protocol/vectors/build.py``),
+then review the diff of the JSON files: the JSON files are the vectors; every
+test suite replays them and none runs this script.
+
+Values in the files are JSON; what JSON cannot hold is tagged:
+``{"$bytes": "<base64>"}``, ``{"$ext": [code, "<base64>"]}``,
+``{"$timestamp": [seconds, nanoseconds]}``, ``{"$float": "nan" | "inf" | "-inf"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import msgpack
+import orjson
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+B64_FF00 = {"$bytes": "/wA="}  # b"\xff\x00"
+
+
+def pack(value) -> bytes:
+    return msgpack.packb(untag(value), use_bin_type=True)
+
+
+def untag(value):
+    import base64
+
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (key, inner), = value.items()
+            if key == "$bytes":
+                return base64.b64decode(inner)
+            if key == "$ext":
+                return msgpack.ExtType(inner[0], base64.b64decode(inner[1]))
+            if key == "$timestamp":
+                return msgpack.Timestamp(*inner)
+            if key == "$float":
+                return float(inner)
+        return {k: untag(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [untag(v) for v in value]
+    return value
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def jbytes(value) -> bytes:
+    return orjson.dumps(value)
+
+
+# -- codec.json: payload bytes <-> value, both formats -----------------------------
+
+CODEC_VALUES = [
+    ("ping_request", {"id": 1, "command": "ping"}),
+    ("full_request", {
+        "id": "req-7", "command": "execute_program",
+        "args": {"program_id": "qa", "inputs": {"question": "What is 2+2?"}},
+        "session_id": "s-42", "timeout_ms": 30000, "meta": {"trace_id": "t-1"},
+    }),
+    ("success_reply", {"id": 1, "success": True, "result": {"pong": True, "pid": 4242}, "meta": {"elapsed_us": 35}}),
+    ("error_reply", {
+        "id": 2, "success": False,
+        "error": {"category": "validation", "code": "invalid_args", "message": "args.ms: is required",
+                  "severity": "low", "recovery": "abandon", "retryable": False,
+                  "details": {"path": "args.ms", "reason": "required"}},
+        "meta": {"elapsed_us": 12},
+    }),
+    ("error_reply_null_id", {
+        "id": None, "success": False,
+        "error": {"category": "protocol", "code": "empty_frame", "message": "a frame of length 0 carries no request",
+                  "severity": "medium", "recovery": "abandon", "retryable": False, "details": {}},
+    }),
+    ("chunk_event", {"id": 9, "event": "chunk", "data": {"field": "answer", "text": "Par"}}),
+    ("progress_event", {"id": 9, "event": "progress", "data": {"done": 3, "total": 20}}),
+    ("ready_event", {"id": None, "event": "ready", "data": {
+        "protocol": 1, "pid": 4242, "version": "0.1.0", "formats": ["json", "msgpack"], "format": "auto",
+        "commands": ["ping", "echo"], "limits": {"max_frame_bytes": 67108864}}}),
+    ("unicode", {"id": 3, "command": "echo", "args": {
+        "text": "héllo wörld ✓ 漢字 🚀", "escapes": "quote\" backslash\\ newline\n tab\t nul\u0000",
+        "ключ": "значение"}}),
+    ("numbers", {"id": 4, "command": "echo", "args": {
+        "zero": 0, "neg": -1, "i32max": 2147483647, "i64max": 9223372036854775807,
+        "i64min": -9223372036854775808, "u64max": 18446744073709551615,
+        "float": 1.5, "neg_float": -0.25, "small": 1e-300, "big": 1.7976931348623157e308}}),
+    ("scalars_and_empties", {"id": 5, "command": "echo", "args": {
+        "t": True, "f": False, "n": None, "empty_map": {}, "empty_list": [], "empty_string": ""}}),
+    ("nesting", {"id": 6, "command": "echo", "args": {"a": [[1, [2, [3, {"b": [{"c": {}}]}]]]]}}),
+    ("string_id", {"id": "a" * 128, "command": "ping"}),
+]
+
+MSGPACK_ONLY_VALUES = [
+    ("binary", {"id": 10, "command": "echo", "args": {"blob": B64_FF00, "empty": {"$bytes": ""}}}),
+    ("reply_with_binary", {"id": 10, "success": True, "result": {"blob": B64_FF00}, "meta": {"elapsed_us": 1}}),
+]
+
+
+def codec_cases() -> list[dict]:
+    cases = []
+    for name, value in CODEC_VALUES:
+        payload = jbytes(value)
+        cases.append({"name": f"{name}_json", "format": "json", "payload_hex": payload.hex(),
+                      "frame_hex": frame(payload).hex(), "value": value})
+    for name, value in CODEC_VALUES + MSGPACK_ONLY_VALUES:
+        payload = pack(value)
+        cases.append({"name": f"{name}_msgpack", "format": "msgpack", "payload_hex": payload.hex(),
+                      "frame_hex": frame(payload).hex(), "value": value})
+    return cases
+
+
+# -- bad_frames.json: streams that are not valid requests -----------------------------
+
+def err(code, rid=None, category="protocol"):
+    return {"id": rid, "success": False, "category": category, "code": code}
+
+
+def ok(rid):
+    return {"id": rid, "success": True}
+
+
+def raw_json(text: str) -> bytes:
+    return frame(text.encode("utf-8"))
+
+
+BAD_FRAMES = [
+    # name, stream bytes, expected replies (in order), extra worker args, end of input, exit code
+    ("empty_frame", frame(b""), [err("empty_frame")]),
+    ("unknown_format_text", raw_json("hello"), [err("unknown_format")]),
+    ("unknown_format_json_array", raw_json("[1, 2]"), [err("unknown_format")]),
+    ("unknown_format_msgpack_array", frame(pack([1, 2])), [err("unknown_format")]),
+    ("json_not_a_map", raw_json(" [1, 2]"), [err("not_a_map")]),
+    ("invalid_json", raw_json("{nope"), [err("undecodable")]),
+    ("invalid_json_id_recovered", raw_json('{"id": 7, "command": "ping", "args": {bad'), [err("undecodable", 7)]),
+    ("invalid_json_nested_id_not_recovered", raw_json('{"args": {"id": 8}, "command": ping}'), [err("undecodable")]),
+    ("invalid_json_trailing_garbage", raw_json('{"id": 11, "command": "ping"} x'), [err("undecodable", 11)]),
+    ("json_nan_literal", raw_json('{"id": 12, "command": "echo", "args": {"x": NaN}}'), [err("undecodable", 12)]),
+    ("json_invalid_utf8", frame(b'{"id": 13, "command": "echo", "args": {"s": "\xff\xfe"}}'),
+     [err("undecodable", 13)]),
+    ("msgpack_truncated_map_id_recovered", frame(bytes.fromhex("82a2696407")), [err("undecodable", 7)]),
+    ("msgpack_invalid_utf8", frame(bytes.fromhex("82a26964") + b"\x0e" + bytes.fromhex("a7636f6d6d616e64a2fffe")),
+     [err("undecodable", 14)]),
+    ("msgpack_trailing_bytes", frame(pack({"id": 15, "command": "ping"}) + b"\x00"), [err("undecodable", 15)]),
+    ("json_too_deep", raw_json('{"id": 16, "command": "echo", "args": {"x": ' + "[" * 1030 + "]" * 1030 + "}}"),
+     [err("undecodable", 16)]),
+    ("missing_id", raw_json('{"command": "ping"}'), [err("invalid_id")]),
+    ("float_id", raw_json('{"id": 1.5, "command": "ping"}'), [err("invalid_id")]),
+    ("bool_id", raw_json('{"id": true, "command": "ping"}'), [err("invalid_id")]),
+    ("empty_string_id", raw_json('{"id": "", "command": "ping"}'), [err("invalid_id")]),
+    ("list_id", raw_json('{"id": [1], "command": "ping"}'), [err("invalid_id")]),
+    ("too_long_id", raw_json('{"id": "' + "x" * 129 + '", "command": "ping"}'), [err("invalid_id")]),
+    ("int65_id", raw_json('{"id": 9223372036854775808, "command": "ping"}'), [err("invalid_id")]),
+    ("missing_command", raw_json('{"id": 2}'), [err("invalid_command", 2)]),
+    ("empty_command", raw_json('{"id": 2, "command": ""}'), [err("invalid_command", 2)]),
+    ("unknown_field", raw_json('{"id": 3, "command": "ping", "sesion_id": "s"}'), [err("unknown_field", 3)]),
+    ("args_not_a_map", raw_json('{"id": 4, "command": "echo", "args": [1]}'), [err("invalid_args", 4)]),
+    ("empty_session_id", raw_json('{"id": 5, "command": "ping", "session_id": ""}'), [err("invalid_session_id", 5)]),
+    ("int_session_id", raw_json('{"id": 5, "command": "ping", "session_id": 5}'), [err("invalid_session_id", 5)]),
+    ("zero_timeout", raw_json('{"id": 6, "command": "ping", "timeout_ms": 0}'), [err("invalid_timeout", 6)]),
+    ("string_timeout", raw_json('{"id": 6, "command": "ping", "timeout_ms": "10"}'), [err("invalid_timeout", 6)]),
+    ("float_timeout", raw_json('{"id": 6, "command": "ping", "timeout_ms": 1.5}'), [err("invalid_timeout", 6)]),
+    ("meta_not_a_map", raw_json('{"id": 7, "command": "ping", "meta": "t"}'), [err("invalid_meta", 7)]),
+    ("unknown_command", raw_json('{"id": 8, "command": "no_such_command"}'),
+     [err("unknown_command", 8, "not_found")]),
+    ("args_fail_schema", raw_json('{"id": 9, "command": "sleep", "args": {"ms": "x"}}'),
+     [err("invalid_args", 9, "validation")]),
+    ("duplicate_id_in_flight",
+     raw_json('{"id": 5, "command": "sleep", "args": {"ms": 300}}') + raw_json('{"id": 5, "command": "ping"}'),
+     [err("duplicate_id", 5), ok(5)]),
+    ("bad_frame_between_good_ones",
+     raw_json('{"id": 1, "command": "ping"}') + frame(b"") + raw_json('{"id": 2, "command": "ping"}'),
+     [ok(1), err("empty_frame"), ok(2)]),
+]
+
+# Cases that need worker options or end the stream.
+BAD_FRAMES_SPECIAL = [
+    {"name": "oversized_json_id_recovered", "worker_args": ["--max-frame-bytes", "64"],
+     "stream": raw_json('{"id": 21, "command": "echo", "args": {"pad": "' + "x" * 200 + '"}}'),
+     "replies": [err("frame_too_large", 21)]},
+    {"name": "oversized_msgpack_id_recovered", "worker_args": ["--max-frame-bytes", "64"],
+     "stream": frame(pack({"id": 22, "command": "echo", "args": {"pad": "x" * 200}})),
+     "replies": [err("frame_too_large", 22)]},
+    {"name": "oversized_id_after_payload_not_recovered", "worker_args": ["--max-frame-bytes", "64"],
+     "stream": raw_json('{"args": {"pad": "' + "x" * 5000 + '"}, "command": "echo", "id": 23}'),
+     "replies": [err("frame_too_large")]},
+    {"name": "pinned_json_rejects_msgpack", "worker_args": ["--format", "json"],
+     "stream": frame(pack({"id": 24, "command": "ping"})), "replies": [err("undecodable")]},
+    {"name": "pinned_msgpack_rejects_json", "worker_args": ["--format", "msgpack"],
+     "stream": raw_json('{"id": 25, "command": "ping"}'), "replies": [err("undecodable")]},
+    {"name": "truncated_frame_at_end_of_input", "stream": bytes.fromhex("0000000a") + b'{"id"',
+     "end_input": True, "replies": [err("truncated_frame")], "exit_code": 0},
+    {"name": "truncated_header_at_end_of_input", "stream": bytes.fromhex("0000"),
+     "end_input": True, "replies": [err("truncated_frame")], "exit_code": 0},
+    {"name": "unframed_text_desyncs", "stream": b"hello, this is not a frame\n",
+     "replies": [err("stream_desync")], "exit_code": 3},
+]
+
+
+def bad_frame_cases() -> list[dict]:
+    cases = [{"name": n, "stream_hex": s.hex(), "replies": r} for n, s, r in BAD_FRAMES]
+    for spec in BAD_FRAMES_SPECIAL:
+        case = {"name": spec["name"], "stream_hex": spec["stream"].hex(), "replies": spec["replies"]}
+        for key in ("worker_args", "end_input", "exit_code"):
+            if key in spec:
+                case[key] = spec[key]
+        cases.append(case)
+    return cases
+
+
+# -- exchanges.json: one request, the reply it must produce ---------------------------
+
+EXCHANGES = [
+    # name, format, request, expected (a subset of the reply: every key given must match)
+    ("ping", "json", {"id": 1, "command": "ping"}, {"id": 1, "success": True, "result": {"pong": True}}),
+    ("ping_msgpack", "msgpack", {"id": 1, "command": "ping"}, {"id": 1, "success": True, "result": {"pong": True}}),
+    ("meta_echoed", "json", {"id": "m", "command": "ping", "meta": {"trace_id": "t-1", "n": 2}},
+     {"id": "m", "success": True, "meta": {"trace_id": "t-1", "n": 2}}),
+    ("echo_json", "json", {"id": 2, "command": "echo", "args": CODEC_VALUES[8][1]["args"]},
+     {"id": 2, "success": True, "result": CODEC_VALUES[8][1]["args"]}),
+    ("echo_numbers_msgpack", "msgpack", {"id": 3, "command": "echo", "args": CODEC_VALUES[9][1]["args"]},
+     {"id": 3, "success": True, "result": CODEC_VALUES[9][1]["args"]}),
+    ("echo_bytes_msgpack", "msgpack", {"id": 4, "command": "echo", "args": {"blob": B64_FF00}},
+     {"id": 4, "success": True, "result": {"blob": B64_FF00}}),
+    ("echo_ext_and_timestamp_msgpack", "msgpack",
+     {"id": 5, "command": "echo", "args": {"ext": {"$ext": [5, "AQI="]}, "ts": {"$timestamp": [1700000000, 5]}}},
+     {"id": 5, "success": True, "result": {"ext": {"$ext": [5, "AQI="]}, "ts": {"$timestamp": [1700000000, 5]}}}),
+    ("echo_nan_msgpack", "msgpack", {"id": 6, "command": "echo", "args": {"x": {"$float": "nan"}}},
+     {"id": 6, "success": True, "result": {"x": {"$float": "nan"}}}),
+    ("echo_no_args", "json", {"id": 7, "command": "echo"}, {"id": 7, "success": True, "result": {}}),
+    ("sleep", "json", {"id": 8, "command": "sleep", "args": {"ms": 1}},
+     {"id": 8, "success": True, "result": {"slept_ms": 1}}),
+    ("sleep_past_deadline", "json", {"id": 9, "command": "sleep", "args": {"ms": 5000}, "timeout_ms": 50},
+     {"id": 9, "success": False, "error": {"category": "timeout", "code": "deadline_exceeded",
+                                           "severity": "high", "recovery": "backoff_retry", "retryable": True}}),
+    ("sleep_unknown_arg", "json", {"id": 10, "command": "sleep", "args": {"ms": 1, "extra": 1}},
+     {"id": 10, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                            "details": {"path": "args.extra", "reason": "additionalProperties"}}}),
+    ("sleep_missing_arg", "json", {"id": 11, "command": "sleep", "args": {}},
+     {"id": 11, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                            "details": {"path": "args.ms", "reason": "required"}}}),
+    ("cancel_unknown", "json", {"id": 12, "command": "cancel", "args": {"request_id": 999}},
+     {"id": 12, "success": True, "result": {"request_id": 999, "cancelled": False, "state": "unknown"}}),
+    ("cancel_self", "json", {"id": 13, "command": "cancel", "args": {"request_id": 13}},
+     {"id": 13, "success": False, "error": {"category": "validation", "code": "cancel_self"}}),
+    ("end_unknown_session", "json", {"id": 14, "command": "end_session", "args": {"session_id": "nope"}},
+     {"id": 14, "success": False, "error": {"category": "not_found", "code": "unknown_session"}}),
+    ("list_sessions_empty", "json", {"id": 15, "command": "list_sessions"},
+     {"id": 15, "success": True, "result": {"sessions": [], "count": 0}}),
+    ("health", "json", {"id": 16, "command": "health"},
+     {"id": 16, "success": True, "result": {"status": "ok", "accepting": True}}),
+    ("ping_rejects_args", "json", {"id": 17, "command": "ping", "args": {"x": 1}},
+     {"id": 17, "success": False, "error": {"category": "validation", "code": "invalid_args"}}),
+    ("string_id_and_null_fields", "json",
+     {"id": "abc", "command": "ping", "args": None, "session_id": None, "timeout_ms": None, "meta": None},
+     {"id": "abc", "success": True}),
+]
+
+
+def exchange_cases() -> list[dict]:
+    return [{"name": n, "format": f, "request": req, "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(),
+             "expect": exp} for n, f, req, exp in EXCHANGES]
+
+
+def write(name: str, description: str, cases: list[dict]) -> None:
+    doc = {"description": description, "protocol": 1, "cases": cases}
+    with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    write("codec.json",
+          "Frame payloads and their decoded values. Decoding payload_hex must give value; encoding value must "
+          "decode back to value. frame_hex is payload_hex behind its 4-byte big-endian length.",
+          codec_cases())
+    write("bad_frames.json",
+          "Byte streams sent to a fresh worker after its ready event. The worker must answer with replies in "
+          "this order (each listed key must match the reply; category and code are error.category and "
+          "error.code), then still answer ping, unless exit_code is given: then it must exit with that code "
+          "(after end of input when end_input is true).",
+          bad_frame_cases())
+    write("exchanges.json",
+          "One request each, sent to a fresh worker in the given format; the reply must contain every key of "
+          "expect with an equal value (maps are compared key by key, recursively).",
+          exchange_cases())
+    print("wrote codec.json, bad_frames.json, exchanges.json")

@@ -1,0 +1,100 @@
+"""A backend that misbehaves on purpose, loaded with ``--backend-module``.
+
+Each command does one thing a real backend or library might do wrong: print to
+stdout, spawn a child that writes to stdout or reads stdin, raise any kind of
+exception, hang forever, log, emit many events, return values the frame format
+cannot carry. The tests prove the worker survives each with a categorised reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+from bridge.backends import Backend
+from bridge.errors import BridgeError
+from bridge.registry import ANY_ARGS
+
+log = logging.getLogger("tests.misbehaving")
+
+EXCEPTIONS = {
+    "ValueError": lambda: ValueError("a plain bug"),
+    "KeyError": lambda: KeyError("missing"),
+    "RecursionError": lambda: RecursionError("too deep"),
+    "MemoryError": lambda: MemoryError(),
+    "KeyboardInterrupt": lambda: KeyboardInterrupt(),
+    "SystemExit": lambda: SystemExit(3),
+    "GeneratorExit": lambda: GeneratorExit(),
+    "BaseException": lambda: BaseException("the root of it all"),
+    "BridgeError": lambda: BridgeError("execution", "user_program_failed", "the program raised"),
+}
+
+
+class Misbehaving(Backend):
+    name = "misbehaving"
+
+    def register(self, registry) -> None:
+        cmd = lambda name, schema=ANY_ARGS: registry.command(name, schema=schema, backend=self.name)  # noqa: E731
+        cmd("print_stdout")(print_stdout)
+        cmd("raise", {
+            "type": "object",
+            "properties": {"kind": {"enum": sorted(EXCEPTIONS)}},
+            "required": ["kind"],
+        })(raise_)
+        cmd("hang")(hang)
+        cmd("log")(log_)
+        cmd("emit")(emit)
+        cmd("result")(result)
+
+
+def print_stdout(ctx, args):
+    """Write to stdout every way a library might, then answer."""
+    print("print() to stdout")
+    sys.stdout.write("sys.stdout.write\n")
+    sys.stdout.flush()
+    sys.__stdout__.write("sys.__stdout__.write\n")
+    sys.__stdout__.flush()
+    os.write(1, b"os.write(1)\n")
+    child = subprocess.run(
+        [sys.executable, "-c", "import sys; print('child stdout'); print(repr(sys.stdin.read(10)))"],
+        timeout=10,
+    )
+    return {"printed": True, "child_exit": child.returncode}
+
+
+def raise_(ctx, args):
+    raise EXCEPTIONS[args["kind"]]()
+
+
+def hang(ctx, args):
+    """Block forever and ignore cancellation (an uninterruptible call)."""
+    threading.Event().wait()
+
+
+def log_(ctx, args):
+    getattr(log, args.get("level", "warning"))(args.get("message", "a message"))
+    return {"logged": True}
+
+
+def emit(ctx, args):
+    for i in range(args.get("n", 3)):
+        ctx.emit("chunk", {"i": i, "text": args.get("text", "x")})
+    return {"emitted": args.get("n", 3)}
+
+
+def result(ctx, args):
+    """Return a value chosen by name, including ones a format cannot carry."""
+    values = {
+        "bytes": b"\x00\x01",
+        "big_int": 2**70,
+        "int_key": {1: "one"},
+        "set": {1, 2},
+        "nan": float("nan"),
+    }
+    return {"value": values[args["kind"]]}
+
+
+backend = Misbehaving()

@@ -1,0 +1,67 @@
+"""Replays every golden vector of protocol/vectors against the codecs and a real worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge import codecs
+from bridge.framing import FrameDecoder, encode_frame
+from bridge.framecat import to_readable
+from tests.support.vectors import flat_error, from_readable, ids, load, matches
+
+CODEC = load("codec.json")
+BAD = load("bad_frames.json")
+EXCHANGES = load("exchanges.json")
+SHARED = [c for c in BAD if not ({"worker_args", "end_input", "exit_code"} & set(c))]
+SPECIAL = [c for c in BAD if c not in SHARED]
+
+
+@pytest.mark.parametrize("case", CODEC, ids=ids(CODEC))
+def test_codec_vector(case):
+    codec = codecs.get(case["format"])
+    payload = bytes.fromhex(case["payload_hex"])
+    assert to_readable(codec.decode(payload)) == case["value"]
+    encoded = codec.encode(from_readable(case["value"]))
+    assert to_readable(codec.decode(encoded)) == case["value"]
+    assert codecs.detect(payload) is codec
+    decoder = FrameDecoder()
+    decoder.feed(bytes.fromhex(case["frame_hex"]))
+    assert list(decoder.frames()) == [payload]
+    assert encode_frame(payload).hex() == case["frame_hex"]
+
+
+@pytest.mark.parametrize("case", EXCHANGES, ids=ids(EXCHANGES))
+def test_exchange_vector(raw, case):
+    worker = raw()
+    worker.send(encode_frame(bytes.fromhex(case["payload_hex"])))
+    reply = worker.read_reply()
+    assert matches(case["expect"], reply), reply
+    assert reply["id"] == case["request"]["id"]
+
+
+def test_bad_frames_one_worker_keeps_serving(raw):
+    """Every plain bad-frame vector, in turn, to ONE worker; it answers each and still pings."""
+    worker = raw()
+    for case in SHARED:
+        worker.send(bytes.fromhex(case["stream_hex"]))
+        for expected in case["replies"]:
+            reply = worker.read_reply()
+            assert matches(flat_error(expected), reply), (case["name"], reply)
+        assert worker.request({"id": "after", "command": "ping"})["success"], case["name"]
+
+
+@pytest.mark.parametrize("case", SPECIAL, ids=ids(SPECIAL))
+def test_bad_frame_special(raw, case):
+    worker = raw(*case.get("worker_args", []))
+    worker.send(bytes.fromhex(case["stream_hex"]))
+    if case.get("end_input"):
+        worker.close_stdin()
+    for expected in case["replies"]:
+        reply = worker.read_reply()
+        assert matches(flat_error(expected), reply), (case["name"], reply)
+    if "exit_code" in case:
+        assert worker.read_frame() is None
+        assert worker.wait() == case["exit_code"]
+    else:
+        fmt = "msgpack" if "msgpack" in case.get("worker_args", []) else "json"
+        assert worker.request({"id": "after", "command": "ping"}, fmt=fmt)["success"]
