@@ -106,9 +106,12 @@ class FrameDecoder:
         return data[take:]
 
     def pending(self) -> int:
-        """Bytes received but not yet returned as a frame (including a partial header)."""
-        partial_skip = self._skip_length if self._skip else 0
-        return len(self._buf) - self._pos + partial_skip
+        """Bytes received of frames not yet complete (non-zero at end of input = truncated)."""
+        if self._skip:
+            return HEADER_SIZE + self._skip_length - self._skip
+        have = len(self._buf) - self._pos
+        # A parsed header has left the buffer but still belongs to the unfinished frame.
+        return have + (HEADER_SIZE if self._length is not None else 0)
 
     def in_oversized(self) -> bool:
         return self._skip > 0

@@ -1,0 +1,133 @@
+"""Framing, sans I/O: any chunking of any stream gives the same frames; cuts are detected."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.framing import (
+    HEADER_SIZE,
+    OVERSIZED_HEAD_BYTES,
+    Empty,
+    FrameDecoder,
+    Oversized,
+    StreamDesync,
+    encode_frame,
+    encode_header,
+)
+
+payloads = st.lists(st.binary(min_size=1, max_size=300), max_size=12)
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, start = [], 0
+    for p in points + [len(data)]:
+        pieces.append(data[start:p])
+        start = p
+    return pieces
+
+
+def decode_all(pieces, **kw) -> tuple[list, FrameDecoder]:
+    decoder = FrameDecoder(**kw)
+    out = []
+    for piece in pieces:
+        decoder.feed(piece)
+        out.extend(decoder.frames())
+    return out, decoder
+
+
+@given(payloads, st.lists(st.integers(min_value=0), max_size=30))
+def test_any_chunking_gives_the_same_frames(frames, cuts):
+    stream = b"".join(encode_frame(p) for p in frames)
+    out, decoder = decode_all(chunked(stream, cuts))
+    assert out == frames
+    assert decoder.pending() == 0
+
+
+@given(payloads)
+def test_byte_at_a_time(frames):
+    stream = b"".join(encode_frame(p) for p in frames)
+    out, _ = decode_all([stream[i : i + 1] for i in range(len(stream))])
+    assert out == frames
+
+
+@given(st.lists(st.binary(min_size=1, max_size=50), min_size=1, max_size=5), st.data())
+def test_truncation_at_every_offset_is_detected(frames, data):
+    stream = b"".join(encode_frame(p) for p in frames)
+    boundaries, pos = {0}, 0
+    for p in frames:
+        pos += HEADER_SIZE + len(p)
+        boundaries.add(pos)
+    for cut in range(len(stream) + 1):
+        out, decoder = decode_all([stream[:cut]])
+        complete = sum(1 for b in boundaries if 0 < b <= cut)
+        assert out == frames[:complete]
+        assert (decoder.pending() == 0) == (cut in boundaries), cut
+
+
+@given(st.integers(min_value=65, max_value=5000), st.binary(max_size=100), st.lists(st.integers(0), max_size=10))
+def test_oversized_frame_is_skipped_and_reported_once(size, after, cuts):
+    big = bytes(range(256)) * (size // 256 + 1)
+    big = big[:size]
+    tail = encode_frame(after) if after else b""
+    stream = encode_frame(big) + tail
+    out, decoder = decode_all(chunked(stream, cuts), max_frame_bytes=64)
+    expected_after = [] if not after else ([after] if len(after) <= 64 else [Oversized(len(after), after[:OVERSIZED_HEAD_BYTES])])
+    assert out == [Oversized(size, big[:OVERSIZED_HEAD_BYTES])] + expected_after
+    assert decoder.pending() == 0
+
+
+def test_oversized_payload_is_never_buffered_whole():
+    decoder = FrameDecoder(max_frame_bytes=1024)
+    decoder.feed(encode_header(50_000_000))
+    chunk = b"x" * 65536
+    for _ in range(50_000_000 // 65536):
+        decoder.feed(chunk)
+        assert list(decoder.frames()) == []
+        assert len(decoder._buf) == 0  # nothing of the skipped payload is kept but its head
+    decoder.feed(b"x" * (50_000_000 % 65536) + encode_frame(b"ok"))
+    out = list(decoder.frames())
+    assert out[0].length == 50_000_000 and len(out[0].head) == OVERSIZED_HEAD_BYTES
+    assert out[1:] == [b"ok"]
+
+
+def test_empty_frame_is_an_item_of_its_own():
+    out, _ = decode_all([encode_header(0) + encode_frame(b"a")])
+    assert out == [Empty(), b"a"]
+
+
+@pytest.mark.parametrize("text", [b"hello world\n", b'{"id": 1}', b"\xff\xff\xff\xff"])
+def test_unframed_text_raises_desync(text):
+    decoder = FrameDecoder()
+    decoder.feed(text)
+    with pytest.raises(StreamDesync) as info:
+        list(decoder.frames())
+    assert info.value.declared > 1024**3
+
+
+@settings(max_examples=50)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_header_round_trip(n):
+    decoder = FrameDecoder(max_frame_bytes=2**32 - 1, desync_bytes=2**32 - 1)
+    decoder.feed(encode_header(n))
+    if n == 0:
+        assert list(decoder.frames()) == [Empty()]
+    else:
+        assert list(decoder.frames()) == [] and decoder.wanted() == n
+
+
+def test_header_rejects_impossible_lengths():
+    with pytest.raises(ValueError):
+        encode_header(2**32)
+    with pytest.raises(ValueError):
+        encode_header(-1)
+
+
+@given(st.integers(min_value=65, max_value=3000), st.data())
+def test_truncation_inside_an_oversized_frame_is_detected(size, data):
+    stream = encode_frame(b"y" * size)
+    cut = data.draw(st.integers(min_value=1, max_value=len(stream) - 1))
+    out, decoder = decode_all([stream[:cut]], max_frame_bytes=64)
+    assert out == [] and decoder.pending() == cut
