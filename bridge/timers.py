@@ -56,9 +56,11 @@ class Timers:
 
     def every(self, seconds: float, fn: Callable[[], None]) -> None:
         def tick() -> None:
-            fn()
-            if not self._stopped:
-                self.at(time.monotonic() + seconds, tick)
+            try:
+                fn()
+            finally:
+                if not self._stopped:
+                    self.at(time.monotonic() + seconds, tick)
 
         self.at(time.monotonic() + seconds, tick)
 
@@ -73,10 +75,12 @@ class Timers:
                 while not self._stopped:
                     now = time.monotonic()
                     if self._heap and self._heap[0][0] <= now:
-                        _, _, fn = heapq.heappop(self._heap)
+                        entry = heapq.heappop(self._heap)
+                        fn = entry[2]
                         if fn is None:
                             self._cancelled -= 1
                             continue
+                        entry[2] = None  # fired: a later cancel() must not count it
                         break
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
                 else:
