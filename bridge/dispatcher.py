@@ -58,7 +58,7 @@ class Dispatcher:
         self.registry = registry
         self.limits = limits or Limits()
         self.debug = debug
-        self.backends = backends or {}
+        self.backends = backends if backends is not None else {}  # filled in later by the worker
         self.stats = Stats()
         self.timers = Timers()
         self.sessions = SessionTable(self.limits.session_ttl_s, self.limits.max_sessions, self._session_closed)
@@ -71,7 +71,8 @@ class Dispatcher:
         self._inflight: dict = {}  # request id -> Job
         self._deadlines: dict = {}  # Job -> timer handle
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
+        self._idle = threading.Condition(self._lock)  # notified when _unwritten drops to 0
+        self._unwritten = 0  # jobs whose final reply is not yet written (what shutdown waits for)
         self.timers.every(max(min(self.limits.session_ttl_s / 4, 30.0), 0.05), self.sessions.expire)
 
     # -- output -------------------------------------------------------------------
@@ -214,7 +215,9 @@ class Dispatcher:
             self._reject_request(request, codec, exc)
             return
         job = Job(request, command, codec, session)
-        self._inflight[request.id] = job
+        with self._lock:
+            self._inflight[request.id] = job
+            self._unwritten += 1
         if command.control:
             self.run(job)
             return
@@ -284,9 +287,11 @@ class Dispatcher:
         self.sessions.release(job.session)
         with self._lock:
             self._inflight.pop(request.id, None)
-            if not self._inflight:
-                self._idle.notify_all()
         self._write_payload(payload)
+        with self._lock:
+            self._unwritten -= 1
+            if not self._unwritten:
+                self._idle.notify_all()
         self.scheduler.release_lane(job)
         return True
 
@@ -358,13 +363,16 @@ class Dispatcher:
     def drain(self, grace_s: float) -> int:
         """Wait up to ``grace_s`` for in-flight work, then fail the rest; returns how many were failed."""
         with self._idle:
-            self._idle.wait_for(lambda: not self._inflight, timeout=grace_s)
+            self._idle.wait_for(lambda: not self._unwritten, timeout=grace_s)
         failed = 0
         for job in self.jobs():
             if self.finish(job, BridgeError(
                     "shutdown", "shutting_down",
                     f"the worker shut down before the request finished (grace {grace_s} s)"), external=True):
                 failed += 1
+        # A handler may have claimed its reply just before: let that write land too.
+        with self._idle:
+            self._idle.wait_for(lambda: not self._unwritten, timeout=1.0)
         self.scheduler.close()
         self.timers.stop()
         return failed

@@ -95,6 +95,13 @@ class Transport:
                 log.warning("%s; stopping", reason)
                 threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
 
+    def seal(self, timeout: float = 2.0) -> None:
+        """Wait for a write in progress (never exit mid-frame), then drop every later write."""
+        acquired = self._write_lock.acquire(timeout=timeout)
+        self.closed = True
+        if acquired:
+            self._write_lock.release()
+
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:

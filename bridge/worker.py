@@ -161,6 +161,7 @@ class Worker:
                 except Exception:
                     log.exception("backend %s failed to shut down", backend.name)
         finally:
+            self.transport.seal()
             logging.shutdown()
             try:
                 sys.stderr.flush()
