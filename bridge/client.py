@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
 from . import codecs
@@ -45,6 +46,7 @@ class Pending:
         self.id = rid
         self.events: list[dict] = []
         self.reply: dict | None = None
+        self.received_ns: int | None = None  # when the final reply was read (orders replies)
         self._on_event = on_event
         self._done = threading.Event()
 
@@ -54,6 +56,7 @@ class Pending:
             self._on_event(frame)
 
     def _finish(self, frame: dict) -> None:
+        self.received_ns = time.monotonic_ns()
         self.reply = frame
         self._done.set()
 
@@ -70,15 +73,31 @@ def worker_command(worker_args=(), python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "bridge", "worker", *worker_args]
 
 
+def _read_exactly(stream, n: int) -> bytes:
+    """Up to ``n`` bytes: fewer only at end of input (an unbuffered pipe gives what one read has)."""
+    data = stream.read(n)
+    if data is None or len(data) == n or not data:
+        return data or b""
+    parts = [data]
+    have = len(data)
+    while have < n:
+        chunk = stream.read(n - have)
+        if not chunk:
+            break
+        parts.append(chunk)
+        have += len(chunk)
+    return b"".join(parts)
+
+
 def read_frame(stream) -> bytes | None:
     """One payload from a blocking binary stream; None at a clean end of input."""
-    header = stream.read(HEADER_SIZE)
+    header = _read_exactly(stream, HEADER_SIZE)
     if not header:
         return None
     if len(header) < HEADER_SIZE:
         raise WorkerExited("stream ended inside a frame header")
     (length,) = HEADER.unpack(header)
-    payload = stream.read(length)
+    payload = _read_exactly(stream, length)
     if len(payload) < length:
         raise WorkerExited("stream ended inside a frame")
     return payload
@@ -95,8 +114,10 @@ class WorkerClient:
         stderr=None,
         ready_timeout: float = 30.0,
         on_worker_event: Callable[[dict], None] | None = None,
+        on_frame: Callable[[dict], None] | None = None,
     ) -> None:
         self.codec = codecs.get(fmt)
+        self._on_frame = on_frame  # sees every decoded frame first (tests check them against the schemas)
         self.ready: dict | None = None
         self.worker_events: list[dict] = []  # events with id null (ready, log)
         self._on_worker_event = on_worker_event
@@ -139,6 +160,8 @@ class WorkerClient:
                 except codecs.DecodeError as exc:
                     self.stray.append({"undecodable": payload[:200], "error": str(exc)})
                     continue
+                if self._on_frame is not None:
+                    self._on_frame(frame)
                 self._route(frame)
         except (WorkerExited, OSError):
             pass

@@ -5,17 +5,25 @@ from __future__ import annotations
 import pytest
 
 from bridge.client import WorkerClient
-from tests.support.workers import RawWorker, pid_alive, test_env
+from tests.support.schemas import FrameChecker
+from tests.support.workers import RawWorker, pid_alive, worker_env
 
 
 @pytest.fixture
 def spawn(tmp_path):
-    """``spawn(*worker_args, env=..., fmt=...)`` -> a started WorkerClient, cleaned up after the test."""
+    """``spawn(*worker_args, env=..., fmt=...)`` -> a started WorkerClient, cleaned up after the test.
+
+    Every frame the worker sends is checked against protocol/schemas; the test
+    fails if one breaks them, or if the worker process outlives the test.
+    """
     started: list[WorkerClient] = []
+    checker = FrameChecker()
 
     def start(*worker_args: str, env: dict | None = None, fmt: str = "json", **kw) -> WorkerClient:
         stderr = open(tmp_path / f"worker-{len(started)}.stderr", "wb")
-        client = WorkerClient(list(worker_args), fmt=fmt, env=env or test_env(), stderr=stderr, **kw)
+        client = WorkerClient(
+            list(worker_args), fmt=fmt, env=env or worker_env(), stderr=stderr, on_frame=checker, **kw
+        )
         client.stderr_path = stderr.name
         stderr.close()
         started.append(client)
@@ -26,6 +34,7 @@ def spawn(tmp_path):
         client.__exit__(None, None, None)
         client.kill()
         assert not pid_alive(client.pid), f"worker {client.pid} outlived its test"
+    assert not checker.problems, "frames broke protocol/schemas:\n" + "\n".join(checker.problems[:10])
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ class Misbehaving(Backend):
         cmd("log")(log_)
         cmd("emit")(emit)
         cmd("result")(result)
+        cmd("leak")(leak)
 
 
 def print_stdout(ctx, args):
@@ -95,6 +96,16 @@ def result(ctx, args):
         "nan": float("nan"),
     }
     return {"value": values[args["kind"]]}
+
+
+def leak(ctx, args):
+    """Handle a secret the careless way: log it, put it in a nested result and an exception."""
+    from bridge.redaction import register_secret
+
+    secret = args["secret"]
+    register_secret(secret)
+    log.warning("calling the provider with key %s", secret)
+    raise ValueError(f"provider said: invalid key {secret}")
 
 
 backend = Misbehaving()

@@ -17,11 +17,12 @@ import time
 from bridge import codecs
 from bridge.client import worker_command
 from bridge.framing import HEADER, encode_frame
+from tests.support.schemas import violations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_env(**extra: str) -> dict:
+def worker_env(**extra: str) -> dict:
     """Environment for a spawned worker: this checkout first on the path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -41,7 +42,7 @@ class RawWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env=env or test_env(),
+            env=env or worker_env(),
             bufsize=0,
         )
         self._buf = bytearray()
@@ -93,7 +94,10 @@ class RawWorker:
             return None
         codec = codecs.detect(payload)
         assert codec is not None, f"worker wrote a frame that is not a map: {payload[:40]!r}"
-        return codec.decode(payload)
+        doc = codec.decode(payload)
+        problems = violations(doc)
+        assert not problems, f"frame breaks protocol/schemas: {problems} in {str(doc)[:300]}"
+        return doc
 
     def read_reply(self, timeout: float = 10.0, events: list | None = None):
         """The next final reply, collecting events on the way into ``events``."""
