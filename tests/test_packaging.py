@@ -13,13 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_package_directory_is_listed_in_pyproject():
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
-        listed = set(re.search(r"^packages = \[(.*)\]$", f.read(), re.M).group(1).replace('"', "").split(", "))
+        block = re.search(r"^packages = \[(.*?)\]$", f.read(), re.M | re.S).group(1)
+    listed = set(re.findall(r'"([\w.]+)"', block))
     found = {
         os.path.relpath(d, ROOT).replace(os.sep, ".")
         for d, _, files in os.walk(os.path.join(ROOT, "bridge"))
         if "__init__.py" in files
     }
-    assert found | {"bridge._protocol"} == listed
+    assert found | {"bridge._protocol", "bridge._protocol.schemas", "bridge._protocol.vectors"} == listed
 
 
 def test_wheel_contains_the_protocol_and_the_entry_points(tmp_path):

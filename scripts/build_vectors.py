@@ -1,6 +1,6 @@
-"""Builds the golden vectors in this folder from the readable cases below.
+"""Builds the golden vectors in protocol/vectors from the readable cases below.
 
-Run it only when the protocol changes (``python protocol/vectors/build.py``),
+Run it only when the protocol changes (``python scripts/build_vectors.py``),
 then review the diff of the JSON files: the JSON files are the vectors; every
 test suite replays them and none runs this script.
 
@@ -18,7 +18,7 @@ import struct
 import msgpack
 import orjson
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "protocol", "vectors")
 B64_FF00 = {"$bytes": "/wA="}  # b"\xff\x00"
 
 
