@@ -125,6 +125,17 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of our stdout went away (``portbridge decode | head``): stop quietly.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     argv, worker_args = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
     ns = _parser().parse_args(argv)
     if worker_args and ns.cmd not in ("call", "repl", "demo"):
