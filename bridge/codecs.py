@@ -76,14 +76,15 @@ _JSON_FIRST = frozenset(b"{ \t\r\n")
 _MSGPACK_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
 
+# The codec each possible first byte announces (None: no map), for one lookup per frame.
+BY_FIRST_BYTE = tuple(
+    JSON if b in _JSON_FIRST else MSGPACK if b in _MSGPACK_MAP_FIRST else None for b in range(256)
+)
+
+
 def detect(payload: bytes):
     """The codec a payload's first byte announces, or None if it announces no map."""
-    first = payload[0]
-    if first in _JSON_FIRST:
-        return JSON
-    if first in _MSGPACK_MAP_FIRST:
-        return MSGPACK
-    return None
+    return BY_FIRST_BYTE[payload[0]]
 
 
 def get(name: str):

@@ -23,18 +23,18 @@ if TYPE_CHECKING:
 
 
 class Job:
-    __slots__ = ("request", "command", "codec", "session", "deadline", "interrupted", "state", "_lock")
+    __slots__ = ("request", "command", "codec", "session", "deadline", "state", "interrupted", "_wakeup", "_lock")
 
     def __init__(self, request: "Request", command: "Command", codec, session: "Session") -> None:
         self.request = request
         self.command = command
         self.codec = codec
         self.session = session
-        self.deadline = (
-            time.monotonic() + request.timeout_ms / 1000 if request.timeout_ms is not None else None
-        )
-        self.interrupted = threading.Event()  # set once the reply came from outside the handler
+        timeout_ms = request.timeout_ms
+        self.deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms is not None else None
         self.state = "queued"  # queued -> running -> done; or queued -> done
+        self.interrupted = False  # True once the reply came from outside the handler
+        self._wakeup: threading.Event | None = None  # made only for handlers that wait()
         self._lock = threading.Lock()
 
     @property
@@ -55,9 +55,24 @@ class Job:
             if self.state == "done":
                 return None
             previous, self.state = self.state, "done"
-        if external:
-            self.interrupted.set()
+            if external:
+                self.interrupted = True
+                wakeup = self._wakeup
+            else:
+                wakeup = None
+        if wakeup is not None:
+            wakeup.set()
         return previous
+
+    def wait_interrupted(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as the job is answered from outside."""
+        with self._lock:
+            if self.interrupted:
+                return True
+            if self._wakeup is None:
+                self._wakeup = threading.Event()
+            wakeup = self._wakeup
+        return wakeup.wait(seconds)
 
 
 class Context:
@@ -102,10 +117,10 @@ class Context:
 
     def check(self) -> None:
         """Raise if the request was already answered (cancelled, timed out, shutting down)."""
-        if self.job.interrupted.is_set():
+        if self.job.interrupted:
             raise BridgeError("cancelled", "interrupted", "the request was answered before its handler finished")
 
     def wait(self, seconds: float) -> None:
         """Sleep like a slow call, but stop at once (raising) when the request is answered."""
-        if self.job.interrupted.wait(seconds):
+        if self.job.wait_interrupted(seconds):
             self.check()

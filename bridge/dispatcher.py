@@ -22,11 +22,10 @@ from typing import Callable
 from . import __version__, codecs, envelope
 from .context import Context, Job
 from .errors import BridgeError, protocol_error
-from .logs import request_scope
+from .logs import enter_request, leave_request
 from .redaction import scrub
 from .registry import Registry
 from .scheduler import Scheduler
-from .schema import validate
 from .sessions import SessionTable
 from .stats import Stats
 from .timers import Timers
@@ -73,6 +72,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when _unwritten drops to 0
         self._unwritten = 0  # jobs whose final reply is not yet written (what shutdown waits for)
+        self._draining = False
         self.timers.every(max(min(self.limits.session_ttl_s / 4, 30.0), 0.05), self.sessions.expire)
 
     # -- output -------------------------------------------------------------------
@@ -127,8 +127,10 @@ class Dispatcher:
 
     def handle_payload(self, payload: bytes) -> None:
         """One complete frame payload from the client."""
-        self.stats.frame_in(len(payload))
-        codec = self.codec_for(payload)
+        stats = self.stats
+        stats.frames_in += 1  # only this (the reading) thread counts input
+        stats.bytes_in += len(payload)
+        codec = self.pinned or codecs.BY_FIRST_BYTE[payload[0]]
         if codec is None:
             self.reject(
                 protocol_error(
@@ -189,41 +191,39 @@ class Dispatcher:
             ))
             return
         try:
-            request.args = validate(command.schema, request.args)
+            request.args = command.check(request.args)
         except BridgeError as exc:
             self._reject_request(request, codec, exc)
             return
-        if not command.control and not self.accepting:
-            self._reject_request(request, codec, BridgeError(
-                "shutdown", "shutting_down", "the worker is shutting down and takes no new work"))
-            return
-        with self._lock:
-            if request.id in self._inflight:
-                duplicate = True
-            else:
-                duplicate = False
-                self._inflight[request.id] = None  # reserve the id
-        if duplicate:
+        # Only this (the reading) thread adds to _inflight: checking, then adding, cannot race.
+        if request.id in self._inflight:
             self._reject_request(request, codec, protocol_error(
                 "duplicate_id", f"request id {request.id!r} is already in flight", id=request.id))
             return
+        if command.control:
+            self._run_control(request, command, codec)
+            return
+        if not self.accepting:
+            self._reject_request(request, codec, BridgeError(
+                "shutdown", "shutting_down", "the worker is shutting down and takes no new work"))
+            return
         try:
-            # Control commands never create a session as a side effect.
-            session = self.sessions.acquire(None if command.control else request.session_id)
+            session = self.sessions.acquire(request.session_id)
         except BridgeError as exc:
-            self._unreserve(request.id)
             self._reject_request(request, codec, exc)
             return
         job = Job(request, command, codec, session)
         with self._lock:
             self._inflight[request.id] = job
             self._unwritten += 1
-        if command.control:
-            self.run(job)
-            return
         if job.deadline is not None:
+            handle = self.timers.at(job.deadline, lambda: self.expire(job))
             with self._lock:
-                self._deadlines[job] = self.timers.at(job.deadline, lambda: self.expire(job))
+                if not job.done:
+                    self._deadlines[job] = handle
+                    handle = None
+            if handle is not None:
+                self.timers.cancel(handle)
         try:
             self.scheduler.submit(job)
         except BridgeError as exc:
@@ -233,24 +233,35 @@ class Dispatcher:
         self.stats.reply(request.command, 0, error.category)
         self._send_final(codec, envelope.failure(request.id, self._wire(error), envelope.reply_meta(request)))
 
-    def _unreserve(self, rid) -> None:
-        with self._lock:
-            self._inflight.pop(rid, None)
-
     # -- running ----------------------------------------------------------------------
 
+    def _run_control(self, request: envelope.Request, command, codec) -> None:
+        """Control commands run right here, on the reading thread: no queue, no session, no lock
+        beyond the reply count. Nobody else can answer them, so no job bookkeeping either."""
+        job = Job(request, command, codec, self.sessions.global_session)
+        job.state = "running"
+        with self._lock:
+            self._unwritten += 1  # so that shutdown waits for this reply too
+        result, error = self._call(job)
+        job.state = "done"
+        self._reply(job, error, result)
+
     def run(self, job: Job) -> None:
-        """Run a job's handler (on a scheduler thread, or inline for control commands)."""
+        """Run a scheduled job's handler (on a scheduler thread)."""
         if not job.start():
             return
-        request = job.request
-        with request_scope(request):
-            try:
-                result = job.command.handler(Context(job, self), request.args)
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes one categorised reply
-                self.finish(job, self._classify(exc, job))
-            else:
-                self.finish(job, result=result)
+        result, error = self._call(job)
+        self.finish(job, error, result)
+
+    def _call(self, job: Job):
+        """The handler's (result, None), or (None, its error): every failure becomes one categorised error."""
+        token = enter_request(job.request)
+        try:
+            return job.command.handler(Context(job, self), job.request.args), None
+        except BaseException as exc:  # noqa: BLE001
+            return None, self._classify(exc, job)
+        finally:
+            leave_request(token)
 
     def _classify(self, exc: BaseException, job: Job) -> BridgeError:
         error = self.registry.classify(exc)
@@ -264,36 +275,38 @@ class Dispatcher:
         return error
 
     def finish(self, job: Job, error: BridgeError | None = None, result=None, external: bool = False) -> bool:
-        """Send the job's final reply unless one was already sent. Returns True if this call sent it."""
+        """Send a scheduled job's final reply unless one was already sent. True if this call sent it."""
         previous = job.finalize(external)
         if previous is None:
             return False
-        request = job.request
         with self._lock:
+            self._inflight.pop(job.request.id, None)
             handle = self._deadlines.pop(job, None)
         if handle is not None:
             self.timers.cancel(handle)
         if previous == "queued":
             self.scheduler.withdraw(job)
+        self.sessions.release(job.session)
+        self._reply(job, error, result)
+        self.scheduler.release_lane(job)
+        return True
+
+    def _reply(self, job: Job, error: BridgeError | None, result) -> None:
+        request = job.request
         meta = envelope.reply_meta(request)
         if error is None:
-            doc = envelope.success(request.id, result, meta)
+            doc = {"id": request.id, "success": True, "result": result, "meta": meta}
         else:
             doc = envelope.failure(request.id, self._wire(error), meta)
         payload, category = self._encode_final(job.codec, doc)
-        # Book-keeping before the write, so that a client reading this reply
-        # and asking for stats or sessions next sees it accounted for.
+        # Counted before the write, so that a client reading this reply and
+        # asking for stats next sees it.
         self.stats.reply(request.command, meta["elapsed_us"], category)
-        self.sessions.release(job.session)
-        with self._lock:
-            self._inflight.pop(request.id, None)
         self._write_payload(payload)
         with self._lock:
             self._unwritten -= 1
-            if not self._unwritten:
+            if self._draining and not self._unwritten:
                 self._idle.notify_all()
-        self.scheduler.release_lane(job)
-        return True
 
     def _send_final(self, codec, doc: dict) -> None:
         payload, _ = self._encode_final(codec, doc)
@@ -330,7 +343,7 @@ class Dispatcher:
 
     def jobs(self, session_id=...) -> list[Job]:
         with self._lock:
-            jobs = [j for j in self._inflight.values() if j is not None]
+            jobs = list(self._inflight.values())
         if session_id is ...:
             return jobs
         return [j for j in jobs if j.request.session_id == session_id]
@@ -340,8 +353,6 @@ class Dispatcher:
         session = self.sessions.get(session_id)  # raises not_found
         cancelled = 0
         for job in self.jobs(session_id):
-            if job.command.control:
-                continue
             if self.finish(job, BridgeError(
                     "cancelled", "session_ended", f"session {session_id!r} was ended"), external=True):
                 cancelled += 1
@@ -363,6 +374,7 @@ class Dispatcher:
     def drain(self, grace_s: float) -> int:
         """Wait up to ``grace_s`` for in-flight work, then fail the rest; returns how many were failed."""
         with self._idle:
+            self._draining = True
             self._idle.wait_for(lambda: not self._unwritten, timeout=grace_s)
         failed = 0
         for job in self.jobs():

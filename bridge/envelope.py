@@ -10,7 +10,6 @@ only ever returns an id found at the top level of the map, never a guess.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import msgpack
 import orjson
@@ -27,15 +26,20 @@ MAX_META_ENTRIES = 64
 INT64 = 2**63
 
 
-@dataclass
 class Request:
-    id: int | str
-    command: str
-    args: dict
-    session_id: str | None = None
-    timeout_ms: int | None = None
-    meta: dict = field(default_factory=dict)
-    received_ns: int = field(default_factory=time.perf_counter_ns)
+    """A checked request envelope (a plain slotted class: one is built per frame)."""
+
+    __slots__ = ("id", "command", "args", "session_id", "timeout_ms", "meta", "received_ns")
+
+    def __init__(self, id, command: str, args: dict, session_id: str | None = None,
+                 timeout_ms: int | None = None, meta: dict | None = None) -> None:
+        self.id = id
+        self.command = command
+        self.args = args
+        self.session_id = session_id
+        self.timeout_ms = timeout_ms
+        self.meta = meta if meta is not None else {}
+        self.received_ns = time.perf_counter_ns()
 
     @property
     def trace_id(self):
@@ -54,48 +58,49 @@ def parse_request(doc) -> Request:
     """Check a decoded payload and return a Request, or raise a protocol BridgeError.
 
     The error's ``details["id"]`` carries the request id whenever it was valid,
-    so the reply can still be matched.
+    so the reply can still be matched. (This runs once per frame on the reading
+    thread: the common case, a map of valid fields, takes the straight path.)
     """
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise protocol_error("not_a_map", f"a request must be a map, got {type(doc).__name__}")
     rid = doc.get("id")
-    if not valid_id(rid):
+    if not (type(rid) is int and -INT64 <= rid < INT64) and not valid_id(rid):
         raise protocol_error(
             "invalid_id",
             f"'id' must be an integer (64-bit) or a non-empty string of at most {MAX_ID_CHARS} characters",
         )
-
-    def bad(code: str, message: str):
-        return protocol_error(code, message, id=rid)
-
-    unknown = [k for k in doc if k not in FIELDS]
-    if unknown:
+    if not FIELDS.issuperset(doc):
+        unknown = [k for k in doc if k not in FIELDS]
         shown = ", ".join(sorted(map(str, unknown)))[:200]
-        raise bad("unknown_field", f"unknown envelope field(s): {shown}; allowed: {', '.join(sorted(FIELDS))}")
+        raise _bad(rid, "unknown_field", f"unknown envelope field(s): {shown}; allowed: {', '.join(sorted(FIELDS))}")
     command = doc.get("command")
-    if not isinstance(command, str) or not 0 < len(command) <= MAX_COMMAND_CHARS:
-        raise bad("invalid_command", f"'command' must be a non-empty string of at most {MAX_COMMAND_CHARS} characters")
+    if type(command) is not str or not 0 < len(command) <= MAX_COMMAND_CHARS:
+        raise _bad(rid, "invalid_command",
+                   f"'command' must be a non-empty string of at most {MAX_COMMAND_CHARS} characters")
+    if len(doc) == 2:  # {"id", "command"}: nothing else to check
+        return Request(rid, command, {})
     args = doc.get("args")
     if args is None:
         args = {}
-    elif not isinstance(args, dict):
-        raise bad("invalid_args", f"'args' must be a map, got {type(args).__name__}")
+    elif type(args) is not dict:
+        raise _bad(rid, "invalid_args", f"'args' must be a map, got {type(args).__name__}")
     session_id = doc.get("session_id")
-    if session_id is not None and (
-        not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS
-    ):
-        raise bad("invalid_session_id", f"'session_id' must be a non-empty string of at most {MAX_SESSION_ID_CHARS} characters")
+    if session_id is not None and (type(session_id) is not str or not 0 < len(session_id) <= MAX_SESSION_ID_CHARS):
+        raise _bad(rid, "invalid_session_id",
+                   f"'session_id' must be a non-empty string of at most {MAX_SESSION_ID_CHARS} characters")
     timeout_ms = doc.get("timeout_ms")
-    if timeout_ms is not None and (
-        isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_TIMEOUT_MS
-    ):
-        raise bad("invalid_timeout", f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS}")
+    if timeout_ms is not None and (type(timeout_ms) is not int or not 0 < timeout_ms <= MAX_TIMEOUT_MS):
+        raise _bad(rid, "invalid_timeout", f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS}")
     meta = doc.get("meta")
     if meta is None:
         meta = {}
-    elif not isinstance(meta, dict) or len(meta) > MAX_META_ENTRIES:
-        raise bad("invalid_meta", f"'meta' must be a map of at most {MAX_META_ENTRIES} entries")
+    elif type(meta) is not dict or len(meta) > MAX_META_ENTRIES:
+        raise _bad(rid, "invalid_meta", f"'meta' must be a map of at most {MAX_META_ENTRIES} entries")
     return Request(rid, command, args, session_id, timeout_ms, meta)
+
+
+def _bad(rid, code: str, message: str):
+    return protocol_error(code, message, id=rid)
 
 
 def success(rid, result, meta: dict) -> dict:

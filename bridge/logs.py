@@ -1,7 +1,7 @@
 """Logging to stderr (text or JSON lines), optionally forwarded as ``log`` events.
 
 Every record carries the id, trace id and session of the request being handled
-on its thread (set by the dispatcher through ``request_scope``). Secrets are
+on its thread (set by the dispatcher through ``enter_request``). Secrets are
 scrubbed from every line. stdout is never touched: it carries frames only.
 """
 
@@ -12,7 +12,6 @@ import logging
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from typing import Callable
 
 import orjson
@@ -23,13 +22,13 @@ _current = contextvars.ContextVar("portbridge_request", default=None)
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-@contextmanager
-def request_scope(request):
-    token = _current.set(request)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+def enter_request(request):
+    """Make ``request`` the one log records on this thread belong to; returns a token for leave."""
+    return _current.set(request)
+
+
+def leave_request(token) -> None:
+    _current.reset(token)
 
 
 class _RequestFilter(logging.Filter):

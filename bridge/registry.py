@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import BridgeError, RegistrationError
-from .schema import check_schema
+from .schema import check_schema, compile_validator
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ANY_ARGS = {"type": "object"}
 NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Command:
     name: str
     handler: Callable
@@ -33,6 +33,8 @@ class Command:
     control: bool = False
     backend: str = "core"
     description: str = ""
+    # check(args) -> args with defaults; compiled from ``schema`` by Registry.add
+    check: Callable[[dict], dict] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict:
         return {
@@ -62,6 +64,7 @@ class Registry:
         check_schema(command.schema, f"{command.name}.args")
         if command.schema.get("type") != "object":
             raise RegistrationError(f"{command.name}.args schema must have type 'object'")
+        command.check = compile_validator(command.schema)
         self.commands[command.name] = command
         return command
 

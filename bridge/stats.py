@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 RING = 2048
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -32,21 +32,6 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[index]
 
 
-class _Ring:
-    __slots__ = ("values", "next")
-
-    def __init__(self) -> None:
-        self.values: list[int] = []
-        self.next = 0
-
-    def add(self, value: int) -> None:
-        if len(self.values) < RING:
-            self.values.append(value)
-        else:
-            self.values[self.next] = value
-            self.next = (self.next + 1) % RING
-
-
 class Stats:
     def __init__(self) -> None:
         self.started = time.time()
@@ -59,7 +44,7 @@ class Stats:
         self.bytes_in = 0
         self.frames_out = 0
         self.bytes_out = 0
-        self._latency: dict[str, _Ring] = {}
+        self._latency: dict[str, deque] = {}  # command -> the last RING latencies
 
     def frame_in(self, size: int) -> None:
         self.frames_in += 1
@@ -82,8 +67,8 @@ class Stats:
                 self.errors[category] += 1
             ring = self._latency.get(key)
             if ring is None:
-                ring = self._latency[key] = _Ring()
-            ring.add(elapsed_us)
+                ring = self._latency[key] = deque(maxlen=RING)
+            ring.append(elapsed_us)
 
     def uptime_s(self) -> float:
         return time.monotonic() - self._started_mono
@@ -92,7 +77,7 @@ class Stats:
         with self._lock:
             latency = {}
             for command, ring in self._latency.items():
-                values = sorted(ring.values)
+                values = sorted(ring)
                 latency[command] = {
                     "samples": len(values),
                     "p50_us": percentile(values, 0.50),

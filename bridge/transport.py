@@ -10,6 +10,12 @@ steal incoming bytes.
 lock and are all-or-nothing from the reader's point of view: a frame is never
 interleaved with another. Once the reader has gone (EPIPE), every later write
 is dropped and ``on_closed`` is called once.
+
+Between ``begin_batch()`` and ``end_batch()`` the small frames written by the
+thread that began the batch (the reading thread, answering control commands
+from one chunk of input) are gathered and leave in one ``write``: a client that
+pipelines 1,000 pings gets its replies in a few system calls instead of 1,000.
+A lone request is a batch of one, so latency does not change.
 """
 
 from __future__ import annotations
@@ -64,6 +70,9 @@ class Transport:
         self.closed = False
         self.on_closed = on_closed or (lambda reason: None)
         self._write_lock = threading.Lock()
+        self._batch: list[bytes] | None = None  # frames gathered for one write
+        self._batch_owner = 0
+        self._batch_bytes = 0
         self._buffer = bytearray(READ_BYTES)
         self._view = memoryview(self._buffer)
 
@@ -77,30 +86,71 @@ class Transport:
             raise
         return self._view[:n]
 
+    def begin_batch(self) -> None:
+        self._batch_owner = threading.get_ident()
+        self._batch = []
+
+    def end_batch(self) -> None:
+        with self._write_lock:
+            self._flush_batch()
+            self._batch = None
+
+    def _flush_batch(self) -> None:
+        """Write the gathered frames (the write lock is held)."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self._batch_bytes = 0
+            self._guarded(lambda: self._write_all(b"".join(batch)))
+
     def write(self, payload: bytes) -> None:
         """Write one frame (header + payload). Never raises for a closed reader."""
         header = HEADER.pack(len(payload))
         with self._write_lock:
             if self.closed:
                 return
-            try:
+            if self._batch is not None and self._batch_owner == threading.get_ident():
                 if len(payload) < _COPY_LIMIT:
-                    self._write_all(header + payload)
-                else:
-                    self._write_all(header)
-                    self._write_all(payload)
-            except OSError as exc:
-                self.closed = True
-                reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
-                log.warning("%s; stopping", reason)
-                threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
+                    self._batch.append(header + payload)
+                    self._batch_bytes += len(payload) + 4
+                    if self._batch_bytes >= _COPY_LIMIT:
+                        self._flush_batch()
+                    return
+                self._flush_batch()  # keep this thread's frames in order
+            self._guarded(lambda: self._write_frame(header, payload))
+
+    def _write_frame(self, header: bytes, payload: bytes) -> None:
+        if len(payload) < _COPY_LIMIT:
+            data = header + payload
+            written = os.write(self.out_fd, data)
+            if written != len(data):  # a pipe may take only part of it
+                self._write_all(memoryview(data)[written:])
+        else:
+            self._write_all(header)
+            self._write_all(payload)
+
+    def _guarded(self, write) -> None:
+        """Run a write (the write lock is held); a failed one closes the transport."""
+        if self.closed:
+            return
+        try:
+            write()
+        except OSError as exc:
+            self.closed = True
+            reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
+            log.warning("%s; stopping", reason)
+            threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
 
     def seal(self, timeout: float = 2.0) -> None:
         """Wait for a write in progress (never exit mid-frame), then drop every later write."""
         acquired = self._write_lock.acquire(timeout=timeout)
-        self.closed = True
-        if acquired:
-            self._write_lock.release()
+        try:
+            if acquired and self._batch:
+                self._flush_batch()  # replies already produced still leave
+        finally:
+            self.closed = True
+            if acquired:
+                self._write_lock.release()
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

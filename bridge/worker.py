@@ -108,11 +108,13 @@ class Worker:
     def _read_loop(self) -> int:
         decoder = FrameDecoder(self.config.limits.max_frame_bytes, self.config.desync_bytes)
         dispatcher = self.dispatcher
+        transport = self.transport
         while True:
-            data = self.transport.read()
+            data = transport.read()
             if not data:
                 break
             decoder.feed(data)
+            transport.begin_batch()  # replies to this chunk's control requests leave together
             try:
                 for item in decoder.frames():
                     if isinstance(item, bytes):
@@ -122,11 +124,13 @@ class Worker:
                     elif isinstance(item, Empty):
                         dispatcher.handle_empty()
             except StreamDesync as exc:
+                transport.end_batch()
                 log.error("%s; no further input is read", exc)
                 dispatcher.reject(protocol_error(
                     "stream_desync", f"{exc}; the worker stops reading and exits with code {EXIT_DESYNC}",
                     declared_bytes=exc.declared), dispatcher.last_codec)
                 return EXIT_DESYNC
+            transport.end_batch()
         if decoder.pending():
             dispatcher.reject(protocol_error(
                 "truncated_frame",
