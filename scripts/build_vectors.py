@@ -18,32 +18,14 @@ import struct
 import msgpack
 import orjson
 
+from bridge.framecat import from_readable
+
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "protocol", "vectors")
 B64_FF00 = {"$bytes": "/wA="}  # b"\xff\x00"
 
 
 def pack(value) -> bytes:
-    return msgpack.packb(untag(value), use_bin_type=True)
-
-
-def untag(value):
-    import base64
-
-    if isinstance(value, dict):
-        if len(value) == 1:
-            (key, inner), = value.items()
-            if key == "$bytes":
-                return base64.b64decode(inner)
-            if key == "$ext":
-                return msgpack.ExtType(inner[0], base64.b64decode(inner[1]))
-            if key == "$timestamp":
-                return msgpack.Timestamp(*inner)
-            if key == "$float":
-                return float(inner)
-        return {k: untag(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [untag(v) for v in value]
-    return value
+    return msgpack.packb(from_readable(value), use_bin_type=True)
 
 
 def frame(payload: bytes) -> bytes:
