@@ -1,0 +1,1 @@
+"""portbridge benchmarks: ``python -m benchmarks`` (see benchmarks/README.md)."""

@@ -1,0 +1,301 @@
+"""The client side every scenario shares: spawn a framed peer, send frames, time replies.
+
+``Peer`` drives any process that speaks 4-byte length-prefixed frames on its
+stdin/stdout (``portbridge worker``, the floor, ``cat``) with the same few
+system calls, so that what differs between two measurements is the peer and
+nothing else. It does not decode replies while timing; callers check a sample
+afterwards (``decode``).
+
+Also here: the commands of the peers, spread statistics, RSS, machine facts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+HEADER = struct.Struct(">I")
+READ_BYTES = 1 << 20
+
+
+def env(**extra: str) -> dict:
+    """The environment of a spawned peer: this checkout first on the path."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    e.update(extra)
+    return e
+
+
+def worker_argv(*args: str) -> list[str]:
+    return [PYTHON, "-m", "bridge", "worker", *args]
+
+
+def floor_argv() -> list[str]:
+    return [PYTHON, str(HERE / "floor.py")]
+
+
+def cat_argv() -> list[str]:
+    return ["cat"]
+
+
+# -- frames -------------------------------------------------------------------------
+
+def encode(doc, fmt: str) -> bytes:
+    if fmt == "json":
+        return orjson.dumps(doc)
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode(payload: bytes):
+    if payload[:1] == b"{":
+        return orjson.loads(payload)
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+
+
+def frame(doc, fmt: str) -> bytes:
+    payload = encode(doc, fmt)
+    return HEADER.pack(len(payload)) + payload
+
+
+class PeerError(RuntimeError):
+    pass
+
+
+class Peer:
+    """One framed child process. ``send`` writes bytes; ``recv`` returns the next payload."""
+
+    def __init__(self, argv: list[str], *, ready: bool = True, extra_env: dict | None = None,
+                 timeout: float = 60.0) -> None:
+        self.argv = argv
+        self.spawned_ns = time.perf_counter_ns()
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env(**(extra_env or {})), cwd=str(ROOT), bufsize=0)
+        self.wfd = self.process.stdin.fileno()
+        self.rfd = self.process.stdout.fileno()
+        self._buf = bytearray()
+        self._chunk = bytearray(READ_BYTES)
+        self._chunk_view = memoryview(self._chunk)
+        self.ready = None
+        self.ready_ns = None
+        if ready:
+            self.ready = decode(self.recv())
+            self.ready_ns = time.perf_counter_ns()
+            if self.ready.get("event") != "ready":
+                raise PeerError(f"{argv}: first frame is not ready: {self.ready!r}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.wfd, view):]
+
+    def _fill(self, need: int) -> None:
+        buf = self._buf
+        while len(buf) < need:
+            n = os.readv(self.rfd, [self._chunk])
+            if not n:
+                raise PeerError(f"{self.argv[:4]} closed its stdout (exit {self.process.poll()})")
+            buf += self._chunk_view[:n]
+
+    def recv(self):
+        """The next payload (bytes; a bytearray above 1 MiB, read straight into place)."""
+        self._fill(4)
+        (n,) = HEADER.unpack_from(self._buf)
+        if n > READ_BYTES:
+            return self._recv_big(n)
+        self._fill(4 + n)
+        payload = bytes(self._buf[4:4 + n])
+        del self._buf[:4 + n]
+        return payload
+
+    def _recv_big(self, n: int) -> bytearray:
+        payload = bytearray(n)
+        have = min(len(self._buf) - 4, n)
+        payload[:have] = self._buf[4:4 + have]
+        del self._buf[:4 + have]
+        view = memoryview(payload)
+        while have < n:
+            got = os.readv(self.rfd, [view[have:]])
+            if not got:
+                raise PeerError(f"{self.argv[:4]} closed its stdout inside a frame")
+            have += got
+        return payload
+
+    def recv_into_count(self, frames: int) -> bytes:
+        """Read ``frames`` whole frames without decoding them; returns the last payload."""
+        buf = self._buf
+        unpack = HEADER.unpack_from
+        pos = 0
+        last = b""
+        while frames:
+            if len(buf) - pos < 4:
+                del buf[:pos]
+                pos = 0
+                self._fill(4)
+                continue
+            (n,) = unpack(buf, pos)
+            if len(buf) - pos < 4 + n:
+                del buf[:pos]
+                pos = 0
+                self._fill(4 + n)
+                continue
+            if frames == 1:
+                last = bytes(buf[pos + 4:pos + 4 + n])
+            pos += 4 + n
+            frames -= 1
+        del buf[:pos]
+        return last
+
+    def request(self, data: bytes) -> bytes:
+        self.send(data)
+        return self.recv()
+
+    def roundtrip(self, data: bytes) -> tuple[int, bytes]:
+        """One request frame -> (nanoseconds, reply payload). Above what a pipe holds, a thread
+        writes while this one reads (a peer such as cat answers before it has read everything)."""
+        t0 = time.perf_counter_ns()
+        if len(data) <= 32768:
+            self.send(data)
+            reply = self.recv()
+            return time.perf_counter_ns() - t0, reply
+        writer = threading.Thread(target=self.send, args=(data,))
+        writer.start()
+        reply = self.recv()
+        elapsed = time.perf_counter_ns() - t0
+        writer.join()
+        return elapsed, reply
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+    def close(self, timeout: float = 15.0) -> int | None:
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.kill()
+
+
+# -- numbers ------------------------------------------------------------------------
+
+def pct(values, q: float) -> float:
+    """Nearest-rank percentile of a non-empty sequence."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def spread(values) -> dict:
+    """min / median / max of repeated measurements (one value per repeat)."""
+    values = list(values)
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise PeerError(f"no VmRSS for pid {pid}")
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RSS of a process and its descendants (a BEAM and its Ports, a worker and its helpers)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += rss_bytes(p)
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, PeerError):
+            pass
+    return total
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "orjson": v("orjson"),
+        "msgpack": v("msgpack"),
+        "dspy": v("dspy"),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def bare_startup_ns(argv: list[str]) -> int:
+    """Spawn -> exit of a command (the baseline of start-up scenarios)."""
+    t0 = time.perf_counter_ns()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=env(), cwd=str(ROOT), check=True)
+    return time.perf_counter_ns() - t0
