@@ -1,0 +1,71 @@
+"""DSPy's exceptions -> the wire's error categories (a classifier for the registry).
+
+DSPy 3.4 raises a small hierarchy (``dspy.utils.exceptions``): LM errors
+carry ``status``, ``provider`` and ``retry_after``; ``AdapterParseError``
+means the LM's answer did not fit the signature. The classes are matched by
+name along the exception's MRO, so this module imports nothing from DSPy and
+is safe to call before (or without) the import gate.
+"""
+
+from __future__ import annotations
+
+from ...errors import BridgeError
+
+# Most specific first; the first class of the exception's MRO found here wins.
+TABLE = {
+    "AdapterParseError": ("output_parse", "output_parse"),
+    "ContextWindowExceededError": ("lm_invalid_request", "context_window_exceeded"),
+    "LMUnsupportedModelError": ("lm_invalid_request", "unsupported_model"),
+    "LMInvalidRequestError": ("lm_invalid_request", "invalid_request"),
+    "LMUnsupportedFeatureError": ("lm_invalid_request", "unsupported_feature"),
+    "LMAuthError": ("lm_auth", "auth_failed"),
+    "LMBillingError": ("lm_auth", "billing"),
+    "LMNotConfiguredError": ("lm_auth", "no_credentials"),
+    "LMConfigurationError": ("lm_invalid_request", "lm_configuration"),
+    "LMRateLimitError": ("lm_rate_limit", "rate_limited"),
+    "LMTimeoutError": ("lm_unavailable", "provider_timeout"),
+    "LMServerError": ("lm_unavailable", "server_error"),
+    "LMTransportError": ("lm_unavailable", "transport"),
+    "LMStreamAssemblyError": ("lm_unavailable", "incomplete_stream"),
+    "LMUnexpectedError": ("lm_unavailable", "unexpected_lm_failure"),
+    "LMProviderError": ("lm_unavailable", "provider_error"),
+    "LMError": ("lm_unavailable", "lm_error"),
+    "DSPyError": ("execution", "dspy_error"),
+}
+MAX_MESSAGE = 2000
+
+
+def _timed_out(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def classify(exc: BaseException) -> BridgeError | None:
+    """The wire error for a DSPy exception, or None for anything else."""
+    match = next((TABLE[c.__name__] for c in type(exc).__mro__
+                  if c.__module__.startswith("dspy") and c.__name__ in TABLE), None)
+    if match is None:
+        return None
+    category, code = match
+    if code == "transport" and _timed_out(exc):
+        code = "lm_read_timeout"  # the LM client's own timeout (timeout_s, or the request's deadline)
+    details = {"exception": type(exc).__name__}
+    for attr in ("status", "provider", "model", "retry_after", "code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            details["dspy_code" if attr == "code" else attr] = value
+    message = str(exc) or type(exc).__name__
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return BridgeError(category, code, message, details)
+
+
+def program_failure(exc: BaseException) -> BridgeError:
+    """A non-DSPy exception raised while a program ran: the program's failure, not the worker's."""
+    return BridgeError("execution", "program_failed", f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE],
+                       {"exception": type(exc).__name__})

@@ -1,0 +1,83 @@
+"""Named metrics for ``optimize_program``: ``metric(example, prediction, trace=None) -> score``.
+
+A client names a metric; no code crosses the wire. Each metric compares the
+labelled outputs of a training example with the program's prediction, field
+by field (the labelled fields, or the ``metric_fields`` asked for), and
+returns the mean of the field scores in [0, 1]. BootstrapFewShot keeps a
+generated demo when the score reaches the threshold (default: every compared
+field matches; 0.5 for ``f1``). Plain Python, no DSPy import.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Callable
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+def _exact(gold, pred) -> float:
+    if isinstance(gold, str) and isinstance(pred, str):
+        return float(normalize(gold) == normalize(pred))
+    return float(gold == pred)
+
+
+def _equals(gold, pred) -> float:
+    return float(gold == pred and type(gold) is type(pred))
+
+
+def _contains(gold, pred) -> float:
+    if isinstance(gold, str) and isinstance(pred, str):
+        return float(normalize(gold) in normalize(pred))
+    return float(gold == pred)
+
+
+def _f1(gold, pred) -> float:
+    if not (isinstance(gold, str) and isinstance(pred, str)):
+        return float(gold == pred)
+    gold_tokens, pred_tokens = normalize(gold).split(), normalize(pred).split()
+    common = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
+    if not gold_tokens or not pred_tokens or common == 0:
+        return float(gold_tokens == pred_tokens)
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+# name -> (field comparison, default threshold, description)
+METRICS: dict[str, tuple[Callable, float, str]] = {
+    "exact_match": (_exact, 1.0, "strings equal after SQuAD normalisation (case, punctuation, articles, "
+                    "spaces); other values equal as JSON"),
+    "equals": (_equals, 1.0, "values equal exactly, as JSON, type included"),
+    "contains": (_contains, 1.0, "the normalised label occurs inside the normalised predicted string"),
+    "f1": (_f1, 0.5, "token-level F1 between normalised strings (SQuAD), in [0, 1]"),
+}
+
+
+def make(name: str, fields: list[str] | None) -> Callable:
+    """The DSPy metric function for a named metric, comparing ``fields`` (default: the labelled outputs)."""
+    from .build import json_value  # pydantic: only once DSPy is imported
+
+    compare = METRICS[name][0]
+
+    def metric(example, prediction, trace=None) -> float:
+        names = fields or [k for k in example.labels().keys()]
+        if not names:
+            return 0.0
+        scores = [compare(json_value(example.get(k)), json_value(prediction.get(k))) for k in names]
+        return sum(scores) / len(scores)
+
+    metric.__name__ = name
+    return metric
+
+
+def describe() -> dict:
+    return {name: {"default_threshold": threshold, "description": text}
+            for name, (_, threshold, text) in METRICS.items()}

@@ -1,0 +1,148 @@
+"""Signatures from data: the plain string form and the typed map form, checked and normalised.
+
+    "question, context -> answer"                      every field a str
+    {"name": "QA", "instructions": "...",
+     "inputs":  {"question": {"type": "str", "desc": "..."}},
+     "outputs": {"answer": {"type": "int"}}}
+
+A string is accepted only if it matches ``PLAIN`` exactly: DSPy's own string
+parser imports modules named in type annotations (``"q: this -> a"`` imports
+``this``), so no client string ever reaches it. Types come through the
+whitelist in ``fieldtypes``. The result is the canonical spec that
+``get_program`` shows and ``export_program`` writes. No DSPy import here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...errors import validation_error
+from . import fieldtypes
+from .fieldtypes import Budget
+
+_IDENT = r"[A-Za-z][A-Za-z0-9_]{0,63}"
+_LIST = rf"\s*{_IDENT}\s*(?:,\s*{_IDENT}\s*)*"
+PLAIN = re.compile(rf"^{_LIST}->{_LIST}$")
+MAX_FIELDS = 32
+MAX_TYPE_NODES = 256
+MAX_INSTRUCTIONS_CHARS = 20_000
+MAX_STRING_CHARS = 2_000
+DEFAULT_NAME = "ProgramSignature"
+# Keyword arguments dspy.Predict takes for itself (an input of that name would never
+# reach the LM), and the flag BootstrapFewShot puts on its demos.
+RESERVED = frozenset({"signature", "demos", "config", "lm", "prediction", "new_signature", "augmented"})
+
+LIMITS = {
+    "max_fields": MAX_FIELDS,
+    "max_type_nodes": MAX_TYPE_NODES,
+    "max_type_depth": fieldtypes.MAX_DEPTH,
+    "max_instructions_chars": MAX_INSTRUCTIONS_CHARS,
+    "max_signature_string_chars": MAX_STRING_CHARS,
+    "max_field_desc_chars": fieldtypes.MAX_DESC_CHARS,
+    "max_literal_values": fieldtypes.MAX_LITERALS,
+    "max_object_fields": fieldtypes.MAX_OBJECT_FIELDS,
+}
+
+
+def parse_signature(signature, instructions: str | None = None) -> dict:
+    """A client's signature (string or map) -> the canonical spec; raises ``validation``."""
+    if isinstance(signature, str):
+        spec = _from_string(signature)
+    elif isinstance(signature, dict):
+        spec = _from_map(signature)
+    else:
+        raise validation_error("bad_signature", "args.signature: a string 'a, b -> c' or a map", path="args.signature")
+    if instructions is not None:
+        spec["instructions"] = _instructions(instructions, "args.instructions")
+    return spec
+
+
+def _from_string(text: str) -> dict:
+    if len(text) > MAX_STRING_CHARS or not PLAIN.match(text):
+        raise validation_error(
+            "bad_signature",
+            "args.signature: a string signature is plain field names only, as in 'question, context -> answer'; "
+            "for typed fields send the map form {\"inputs\": {...}, \"outputs\": {...}}",
+            path="args.signature")
+    left, right = text.split("->")
+    names = lambda side: [n.strip() for n in side.split(",")]  # noqa: E731
+    inputs = {n: {"type": "str", "desc": ""} for n in names(left)}
+    outputs = {n: {"type": "str", "desc": ""} for n in names(right)}
+    spec = {"name": DEFAULT_NAME, "instructions": "", "inputs": inputs, "outputs": outputs}
+    _check_names(spec, [*names(left), *names(right)])
+    return spec
+
+
+def _from_map(doc: dict) -> dict:
+    unknown = set(doc) - {"name", "instructions", "inputs", "outputs"}
+    if unknown:
+        raise validation_error("bad_signature", f"args.signature: unknown key(s) {sorted(unknown)}; a signature "
+                               "has name, instructions, inputs and outputs", path="args.signature")
+    name = doc.get("name", DEFAULT_NAME)
+    if not isinstance(name, str) or not fieldtypes.NAME.match(name):
+        raise validation_error("bad_signature", f"args.signature.name: must match {fieldtypes.NAME.pattern}",
+                               path="args.signature.name")
+    budget = Budget(MAX_TYPE_NODES)
+    spec = {"name": name, "instructions": _instructions(doc.get("instructions", ""), "args.signature.instructions")}
+    names = []
+    for side in ("inputs", "outputs"):
+        fields = doc.get(side)
+        where = f"args.signature.{side}"
+        if not isinstance(fields, dict) or not fields:
+            raise validation_error("bad_signature", f"{where}: a non-empty map of field name -> "
+                                   "{\"type\", \"desc\"}", path=where)
+        spec[side] = {}
+        for field_name, field in fields.items():
+            names.append(field_name)
+            err = fieldtypes.field_name_error(field_name, f"{where}.{field_name}")
+            if err:
+                raise err
+            spec[side][field_name] = fieldtypes.parse_field(field, f"{where}.{field_name}", budget)
+    _check_names(spec, names)
+    return spec
+
+
+def _instructions(text, path: str) -> str:
+    if not isinstance(text, str) or len(text) > MAX_INSTRUCTIONS_CHARS:
+        raise validation_error("bad_signature", f"{path}: a string of at most {MAX_INSTRUCTIONS_CHARS} characters",
+                               path=path)
+    return text
+
+
+def _check_names(spec: dict, names: list[str]) -> None:
+    if len(names) > MAX_FIELDS:
+        raise validation_error("signature_too_large", f"args.signature: at most {MAX_FIELDS} fields, got "
+                               f"{len(names)}", path="args.signature", max_fields=MAX_FIELDS)
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise validation_error("bad_signature", f"args.signature: field {name!r} appears twice",
+                                   path="args.signature", field=name)
+        seen.add(name)
+        err = fieldtypes.field_name_error(name, f"args.signature.{name}")
+        if err:
+            raise err
+        if name in RESERVED or name.startswith("model_"):
+            raise validation_error("reserved_field_name", f"args.signature: {name!r} is reserved by DSPy; "
+                                   "rename the field", path="args.signature", field=name)
+
+
+def check_inputs(spec: dict, inputs: dict, path: str = "args.inputs") -> None:
+    """Missing, unknown or mistyped inputs are validation errors (DSPy itself would only log a warning)."""
+    fieldtypes.check_fields(spec["inputs"], inputs, path, "input")
+
+
+def check_outputs(spec: dict, outputs: dict, path: str) -> None:
+    """Labelled outputs (trainsets, demos): unknown or mistyped ones are refused; some may be absent."""
+    unknown = sorted(set(outputs) - set(spec["outputs"]))
+    if unknown:
+        raise validation_error("unknown_output", f"{path}: unknown output(s) {unknown}; expected "
+                               f"{sorted(spec['outputs'])}", path=path, unknown=unknown)
+    for name, value in outputs.items():
+        fieldtypes.check(spec["outputs"][name]["type"], value, f"{path}.{name}")
+
+
+def summary(spec: dict) -> str:
+    """``question: str, context: str -> answer: int``, for listings."""
+    side = lambda fields: ", ".join(f"{n}: {fieldtypes.describe(f['type'])}" for n, f in fields.items())  # noqa: E731
+    return f"{side(spec['inputs'])} -> {side(spec['outputs'])}"
