@@ -1,6 +1,86 @@
-"""placeholder"""
-from bridge.backends import Backend
-class _B(Backend):
-    name="dspy"
-    def register(self, registry): pass
-backend=_B()
+"""The DSPy backend: programs from data, session-scoped LMs, streaming, optimisation, export/import.
+
+Loaded through the ``portbridge.backends`` entry point ``dspy``. ``register``
+only registers commands and the error classifier (no DSPy import: the worker
+is already answering ``ping``); ``start`` begins importing DSPy on a
+background thread, and every DSPy command waits for that one gate.
+
+Modules of this package, in the order a request meets them:
+
+* ``loader``     the import gate and the environment DSPy needs
+* ``schemas``    argument schemas (what ``describe`` shows)
+* ``commands``   the handlers
+* ``spec``, ``fieldtypes``  signatures and field types from data, input checks
+* ``catalog``    buildable modules, optimisers, limits as data
+* ``build``      specs -> DSPy signatures and modules
+* ``state``      per-scope programs, LM and usage
+* ``lms``        LMs from ``configure_lm``; which LM and timeout a call gets
+* ``running``, ``streaming``  one program call, plain or as chunk events
+* ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
+* ``programs``   export and import documents
+* ``offline``, ``offline_model``  the built-in deterministic LM
+* ``classify``   DSPy exceptions -> error categories
+"""
+
+from __future__ import annotations
+
+from .. import Backend
+from . import catalog, classify, commands, metrics, spec
+from .loader import Gate
+from .state import MAX_PROGRAMS, STORE
+
+
+class DSPyBackend(Backend):
+    name = "dspy"
+
+    def __init__(self) -> None:
+        self.gate = Gate()
+
+    def register(self, registry) -> None:
+        commands.register(registry, self.gate)
+        registry.classifier(classify.classify)
+
+    def start(self) -> None:
+        self.gate.start()
+
+    def status(self) -> dict:
+        return self.gate.status()
+
+    def describe(self) -> dict:
+        return {
+            **self.status(),
+            "modules": catalog.MODULES,
+            "not_buildable": catalog.NOT_BUILDABLE,
+            "optimizers": catalog.OPTIMIZERS,
+            "metrics": metrics.describe(),
+            "field_types": ["str", "int", "float", "bool", "list[T]", "dict[str, T]", "optional[T]",
+                            {"literal": ["..."]}, {"object": {"field": {"type": "T", "desc": "..."}}, "name": "..."}],
+            "lm": {
+                "models": "any DSPy model string (provider/model), or 'offline': a built-in deterministic LM that "
+                          "fills each output with a type-valid value derived from the prompt, and repeats a "
+                          "demo's outputs for that demo's inputs; it is used only when configured",
+                "scopes": "configure_lm with session_id sets that session's LM; without, the global LM, which "
+                          "sessions without their own use",
+                "cache": "off unless configure_lm sets cache: true",
+                "timeouts": "a request's timeout_ms bounds its LM calls (rounded up to 0.5, 1, 2, 5, 10, 20, 30, "
+                            "60, 120, 300 or 600 s)",
+            },
+            "streaming": "execute_program with stream: true sends chunk events {field, text, predictor, last} "
+                         "before the final outputs (a cached answer arrives without chunks)",
+            "limits": {
+                **spec.LIMITS,
+                "max_programs_per_scope": MAX_PROGRAMS,
+                "max_trainset": catalog.MAX_TRAINSET,
+                "max_demos_per_predictor": catalog.MAX_DEMOS,
+            },
+        }
+
+    def close_session(self, session, reason: str) -> None:
+        scope = session.peek(STORE)
+        if scope is not None:
+            with scope.lock:
+                scope.programs.clear()
+                scope.lm = None
+
+
+backend = DSPyBackend()

@@ -1,0 +1,87 @@
+"""Canonical specs -> DSPy objects: annotations, signatures, modules (imported after the gate)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import pydantic
+from pydantic_core import to_jsonable_python
+
+from ...errors import validation_error
+from . import fieldtypes
+from .catalog import MODULES
+
+REASONING = "reasoning"
+
+
+def annotation(canonical, owner: str = "Object"):
+    """The Python type for a canonical field type (pydantic models for objects)."""
+    kind, detail = fieldtypes.structure(canonical)
+    if kind in fieldtypes.PRIMITIVES:
+        return {"str": str, "int": int, "float": float, "bool": bool}[kind]
+    if kind == "literal":
+        return Literal[tuple(detail)]
+    if kind == "object":
+        name = canonical.get("name") or owner[:1].upper() + owner[1:]
+        fields = {}
+        for field_name, field in detail.items():
+            if hasattr(pydantic.BaseModel, field_name):
+                raise validation_error("reserved_field_name", f"object field {field_name!r} of {name} shadows a "
+                                       "pydantic attribute; rename it", field=field_name)
+            sub = annotation(field["type"], f"{name}_{field_name}")
+            default = None if fieldtypes.allows_missing(field["type"]) else ...
+            fields[field_name] = (sub, pydantic.Field(default, description=field["desc"] or None))
+        return pydantic.create_model(name, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+    inner = annotation(detail, owner)
+    if kind == "list":
+        return list[inner]
+    if kind == "dict":
+        return dict[str, inner]
+    return Optional[inner]  # noqa: UP007 - a runtime typing object, not an annotation
+
+
+def signature(dspy, spec: dict):
+    """A ``dspy.Signature`` class from a canonical spec."""
+    fields = {}
+    for side, make in (("inputs", dspy.InputField), ("outputs", dspy.OutputField)):
+        for name, field in spec[side].items():
+            if hasattr(dspy.Signature, name):
+                raise validation_error("reserved_field_name", f"field {name!r} shadows an attribute of "
+                                       "dspy.Signature; rename it", field=name)
+            kwargs = {"desc": field["desc"]} if field["desc"] else {}
+            fields[name] = (annotation(field["type"], name), make(**kwargs))
+    return dspy.make_signature(fields, spec["instructions"] or None, signature_name=spec["name"])
+
+
+def module(dspy, module_name: str, spec: dict):
+    """A fresh, unoptimised DSPy module for the spec."""
+    if module_name not in MODULES:
+        raise validation_error("unsupported_module", f"module {module_name!r} cannot be built from data; "
+                               f"supported: {', '.join(MODULES)}", module=module_name)
+    if module_name == "ChainOfThought" and REASONING in spec["outputs"]:
+        raise validation_error("reserved_field_name", "ChainOfThought adds its own 'reasoning' output; "
+                               "rename yours or use Predict", field=REASONING)
+    sig = signature(dspy, spec)
+    return dspy.ChainOfThought(sig) if module_name == "ChainOfThought" else dspy.Predict(sig)
+
+
+def demo_fields(module_name: str, spec: dict) -> dict:
+    """Every field a demo of this module's predictor may carry, as ``{name: {"type", "desc"}}``."""
+    fields = {**spec["inputs"], **spec["outputs"]}
+    if module_name == "ChainOfThought":
+        fields[REASONING] = {"type": "str", "desc": ""}
+    return fields
+
+
+def python_inputs(sig, inputs: dict) -> dict:
+    """Checked JSON inputs -> the values DSPy expects (pydantic models where the type is an object)."""
+    out = {}
+    for name, value in inputs.items():
+        ann = sig.input_fields[name].annotation
+        out[name] = value if ann in (str, int, float, bool) else pydantic.TypeAdapter(ann).validate_python(value)
+    return out
+
+
+def json_value(value):
+    """Any output value (pydantic models included) as plain JSON data."""
+    return to_jsonable_python(value, fallback=str)

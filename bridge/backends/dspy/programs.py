@@ -1,0 +1,123 @@
+"""Programs as data: create from a spec, export to a JSON document, import it back.
+
+The export document is the whole program, never a pickle:
+
+    {"format": "portbridge.dspy.program", "version": 1,
+     "program_id": "...", "module": "ChainOfThought", "signature": {canonical spec},
+     "state": {"predictors": {"predict": {"instructions": "...", "demos": [{...}, ...]}}},
+     "optimizations": [...], "exported_by": {"portbridge": "0.1.0", "dspy": "3.4.1"}}
+
+DSPy's own ``dump_state`` keeps neither the module class nor field names or
+types, and its ``load_state`` accepts a mismatched structure silently; so the
+definition travels with the learned state and ``load`` rebuilds the program
+from the definition, then checks every predictor name, demo field and demo
+value against it before anything is kept. LM settings are never exported.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ... import __version__
+from ...errors import validation_error
+from . import build, fieldtypes, spec
+from .catalog import MAX_DEMOS, MODULES
+from .state import Program
+
+FORMAT = "portbridge.dspy.program"
+VERSION = 1
+DOC_KEYS = {"format", "version", "program_id", "module", "signature", "state", "optimizations", "exported_by"}
+AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
+
+
+def create(dspy, program_id: str, module_name: str, signature_spec: dict) -> Program:
+    return Program(program_id, module_name, signature_spec, build.module(dspy, module_name, signature_spec))
+
+
+def demo_to_json(demo) -> dict:
+    items = demo.items() if hasattr(demo, "items") else dict(demo).items()
+    return {key: build.json_value(value) for key, value in items}
+
+
+def export(program: Program, dspy_version: str | None) -> dict:
+    predictors = {
+        name: {"instructions": predictor.signature.instructions,
+               "demos": [demo_to_json(d) for d in predictor.demos]}
+        for name, predictor in program.predictors()
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "program_id": program.program_id,
+        "module": program.module_name,
+        "signature": program.spec,
+        "state": {"predictors": predictors},
+        "optimizations": list(program.optimizations),
+        "exported_by": {"portbridge": __version__, "dspy": dspy_version},
+    }
+
+
+def _refuse(code: str, message: str, path: str):
+    return validation_error(code, f"{path}: {message}", path=path)
+
+
+def load(dspy, doc: dict, program_id: str) -> Program:
+    """Rebuild a program from an export document; raises ``validation`` for anything malformed or mismatched."""
+    path = "args.program"
+    unknown = sorted(set(doc) - DOC_KEYS)
+    if unknown:
+        raise _refuse("bad_program_document", f"unknown key(s) {unknown}", path)
+    if doc.get("format") != FORMAT:
+        raise _refuse("bad_program_document", f"format must be {FORMAT!r} (a document from export_program)", path)
+    if doc.get("version") != VERSION:
+        raise _refuse("unsupported_version", f"version {doc.get('version')!r} is not supported (this worker "
+                      f"reads version {VERSION})", path)
+    module_name = doc.get("module")
+    if module_name not in MODULES:
+        raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
+    signature_spec = spec.parse_signature(doc.get("signature"))
+    program = create(dspy, program_id, module_name, signature_spec)
+    state = doc.get("state")
+    if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
+        raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", f"{path}.state")
+    named = dict(program.predictors())
+    if set(state["predictors"]) != set(named):
+        raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but a "
+                      f"{module_name} has {sorted(named)}", f"{path}.state.predictors")
+    fields = build.demo_fields(module_name, signature_spec)
+    for name, predictor in named.items():
+        where = f"{path}.state.predictors.{name}"
+        learned = state["predictors"][name]
+        if not isinstance(learned, dict) or set(learned) != {"instructions", "demos"}:
+            raise _refuse("bad_program_document", "a predictor's state is {\"instructions\", \"demos\"}", where)
+        instructions = learned["instructions"]
+        if not isinstance(instructions, str) or len(instructions) > spec.MAX_INSTRUCTIONS_CHARS:
+            raise _refuse("bad_program_document", "instructions must be a string of at most "
+                          f"{spec.MAX_INSTRUCTIONS_CHARS} characters", f"{where}.instructions")
+        demos = learned["demos"]
+        if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
+            raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
+        for i, demo in enumerate(demos):
+            check_demo(demo, fields, f"{where}.demos[{i}]")
+        if instructions != predictor.signature.instructions:
+            predictor.signature = predictor.signature.with_instructions(instructions)
+        predictor.demos = [dspy.Example(**demo) for demo in demos]
+    optimizations = doc.get("optimizations", [])
+    if not isinstance(optimizations, list) or not all(isinstance(o, dict) for o in optimizations):
+        raise _refuse("bad_program_document", "optimizations must be a list of maps", f"{path}.optimizations")
+    program.optimizations = optimizations[-100:]
+    program.created_at = time.time()
+    return program
+
+
+def check_demo(demo, fields: dict, path: str) -> None:
+    if not isinstance(demo, dict) or not demo:
+        raise _refuse("bad_demo", "a demo is a non-empty map of field -> value", path)
+    for key, value in demo.items():
+        if key == AUGMENTED:
+            if not isinstance(value, bool):
+                raise _refuse("bad_demo", "augmented must be true or false", f"{path}.{key}")
+        elif key not in fields:
+            raise _refuse("bad_demo", f"{key!r} is not a field of this program ({sorted(fields)})", f"{path}.{key}")
+        else:
+            fieldtypes.check(fields[key]["type"], value, f"{path}.{key}")

@@ -1,0 +1,128 @@
+"""What the DSPy backend keeps per scope (a session, or the global scope).
+
+Each scope holds its programs (bounded), its own LM configuration (a session
+without one uses the global LM) and the token usage of the calls it ran.
+The global scope is shared by concurrent requests, and a session may still
+run a timed-out call while its next one starts, so every change is made
+under the scope's lock. Nothing here imports DSPy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ...errors import not_found, overloaded, validation_error
+
+MAX_PROGRAMS = 256  # per scope
+STORE = "dspy"  # this backend's key in Session.store
+
+
+@dataclass
+class Program:
+    program_id: str
+    module_name: str
+    spec: dict
+    module: object  # the dspy.Module
+    created_at: float = field(default_factory=time.time)
+    optimizations: list = field(default_factory=list)  # what optimize_program did to it, oldest first
+
+    def predictors(self) -> list:
+        return list(self.module.named_predictors())
+
+    def demo_count(self) -> int:
+        return sum(len(p.demos) for _, p in self.predictors())
+
+    def describe(self) -> dict:
+        from .spec import summary
+
+        return {
+            "program_id": self.program_id,
+            "module": self.module_name,
+            "signature": self.spec,
+            "summary": summary(self.spec),
+            "demos": self.demo_count(),
+            "created_at": round(self.created_at, 3),
+            "optimizations": list(self.optimizations),
+        }
+
+
+@dataclass
+class LMConfig:
+    """One configured LM: the DSPy object, and the settings that are safe to show."""
+
+    model: str
+    lm: object
+    settings: dict  # never the API key
+    timeout_s: float | None
+    local: bool  # runs in the worker (offline, scripted): no client timeout to adjust
+    variants: dict = field(default_factory=dict)  # LM timeout (s) -> LM copy, for request deadlines
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def describe(self) -> dict:
+        return {"model": self.model, **self.settings}
+
+
+class Scope:
+    def __init__(self) -> None:
+        self.programs: dict[str, Program] = {}
+        self.lm: LMConfig | None = None
+        self.usage: dict[str, dict] = {}  # model -> summed counters (tokens, lm_calls)
+        self.lock = threading.Lock()
+
+    # -- programs ---------------------------------------------------------------------
+
+    def get(self, program_id: str) -> Program:
+        program = self.programs.get(program_id)
+        if program is None:
+            raise not_found("unknown_program", f"no program {program_id!r} in this scope; list_programs shows "
+                            "them (programs live in the session that created them)", program_id=program_id)
+        return program
+
+    def new_id(self) -> str:
+        while True:
+            candidate = f"prog_{uuid.uuid4().hex[:12]}"
+            if candidate not in self.programs:
+                return candidate
+
+    def put(self, program: Program, replace: bool = False) -> None:
+        with self.lock:
+            if program.program_id in self.programs and not replace:
+                raise validation_error("program_exists", f"a program {program.program_id!r} already exists in this "
+                                       "scope; delete it first or pass replace: true",
+                                       program_id=program.program_id)
+            if program.program_id not in self.programs and len(self.programs) >= MAX_PROGRAMS:
+                raise overloaded("too_many_programs", f"this scope already holds {MAX_PROGRAMS} programs; "
+                                 "delete some with delete_program", max_programs=MAX_PROGRAMS)
+            self.programs[program.program_id] = program
+
+    def delete(self, program_id: str) -> Program:
+        with self.lock:
+            program = self.get(program_id)
+            del self.programs[program_id]
+            return program
+
+    def listing(self) -> list[dict]:
+        with self.lock:
+            programs = list(self.programs.values())
+        return [p.describe() for p in programs]
+
+    # -- usage ------------------------------------------------------------------------
+
+    def add_usage(self, usage: dict) -> None:
+        """Add one request's usage: ``{model: {counter: n}}``, numbers only."""
+        with self.lock:
+            for model, counters in usage.items():
+                into = self.usage.setdefault(model, {})
+                for key, value in counters.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        into[key] = into.get(key, 0) + value
+
+    def usage_report(self, reset: bool = False) -> dict:
+        with self.lock:
+            report = {model: dict(counters) for model, counters in self.usage.items()}
+            if reset:
+                self.usage.clear()
+            return report
