@@ -59,9 +59,13 @@ class Stats:
         with self._lock:
             self.events[name] += 1
 
-    def reply(self, command: str | None, elapsed_us: int, category: str | None) -> None:
+    def reply(self, command: str | None, elapsed_us: int, category: str | None, out_bytes: int | None = None) -> None:
+        """A final reply; ``out_bytes``: also count its frame out (one lock for both)."""
         key = command or "(none)"
         with self._lock:
+            if out_bytes is not None:
+                self.frames_out += 1
+                self.bytes_out += out_bytes
             self.requests[key] += 1
             if category is not None:
                 self.errors[category] += 1

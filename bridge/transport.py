@@ -91,6 +91,9 @@ class Transport:
         self._batch = []
 
     def end_batch(self) -> None:
+        if not self._batch:  # nothing gathered (only the owner adds to it): no lock, no write
+            self._batch = None
+            return
         with self._write_lock:
             self._flush_batch()
             self._batch = None
@@ -101,23 +104,29 @@ class Transport:
         if batch:
             self._batch = []
             self._batch_bytes = 0
-            self._guarded(lambda: self._write_all(b"".join(batch)))
+            self._guarded(self._write_all, batch[0] if len(batch) == 1 else b"".join(batch))
 
     def write(self, payload: bytes) -> None:
         """Write one frame (header + payload). Never raises for a closed reader."""
         header = HEADER.pack(len(payload))
+        if self._batch is not None and len(payload) < _COPY_LIMIT and self._batch_owner == threading.get_ident():
+            # The batch belongs to this thread: gathering a frame needs no lock. (seal()
+            # flushes it from another thread under the lock; a frame gathered after that
+            # is dropped, as every write after seal is.)
+            if self.closed:
+                return
+            self._batch.append(header + payload)
+            self._batch_bytes += len(payload) + 4
+            if self._batch_bytes >= _COPY_LIMIT:
+                with self._write_lock:
+                    self._flush_batch()
+            return
         with self._write_lock:
             if self.closed:
                 return
             if self._batch is not None and self._batch_owner == threading.get_ident():
-                if len(payload) < _COPY_LIMIT:
-                    self._batch.append(header + payload)
-                    self._batch_bytes += len(payload) + 4
-                    if self._batch_bytes >= _COPY_LIMIT:
-                        self._flush_batch()
-                    return
-                self._flush_batch()  # keep this thread's frames in order
-            self._guarded(lambda: self._write_frame(header, payload))
+                self._flush_batch()  # a large frame: keep this thread's frames in order
+            self._guarded(self._write_frame, header, payload)
 
     def _write_frame(self, header: bytes, payload: bytes) -> None:
         if len(payload) < _COPY_LIMIT:
@@ -129,12 +138,12 @@ class Transport:
             self._write_all(header)
             self._write_all(payload)
 
-    def _guarded(self, write) -> None:
-        """Run a write (the write lock is held); a failed one closes the transport."""
+    def _guarded(self, write, *args) -> None:
+        """Run ``write(*args)`` (the write lock is held); a failed one closes the transport."""
         if self.closed:
             return
         try:
-            write()
+            write(*args)
         except OSError as exc:
             self.closed = True
             reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
@@ -153,7 +162,9 @@ class Transport:
                 self._write_lock.release()
 
     def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
+        written = os.write(self.out_fd, data)
+        if written == len(data):  # the usual case: a pipe takes a small write whole
+            return
+        view = memoryview(data)[written:]
         while view:
-            written = os.write(self.out_fd, view)
-            view = view[written:]
+            view = view[os.write(self.out_fd, view):]
