@@ -1,0 +1,106 @@
+defmodule PortBridge do
+  @moduledoc """
+  Python ML frameworks (DSPy first) from Elixir, through `portbridge worker`
+  processes spawned as Erlang Ports (4-byte length-prefixed JSON or MessagePack
+  frames on their stdin and stdout).
+
+    * `PortBridge.Worker` - one Port, many callers at once (the worker multiplexes).
+    * `PortBridge.Pool` - NimblePool of Ports, one request per checkout, sessions
+      pinned to a shard and rebuilt after a crash.
+    * `PortBridge.DSPy` - configure LMs, create, run, stream, optimize, export and
+      import DSPy programs.
+    * `PortBridge.Error` - every failure, categorised by `protocol/errors.json`.
+
+  The functions here take either a worker or a pool as `target` (a pid or a
+  registered name): a name that a `PortBridge.Pool` was started with goes to the
+  pool, anything else to a `PortBridge.Worker`.
+
+  See the README (`elixir_client/README.md`) for the supervision tree line, the
+  options and a complete example.
+  """
+
+  alias PortBridge.{Error, Pool, Request, Retry, Worker}
+
+  @default_timeout 60_000
+
+  @doc "The default `:timeout` of a request, in ms."
+  def default_timeout, do: @default_timeout
+
+  @doc """
+  Sends `command` with `args` and waits for the final reply.
+
+  Returns `{:ok, result}` or `{:error, %PortBridge.Error{}}`; it raises only for
+  programming errors (bad options).
+
+  Options:
+
+    * `:session_id` - the session to work in (its programs and LM configuration);
+      a pool sends all of a session's requests to the same worker.
+    * `:timeout` - ms to wait for the final reply (default #{@default_timeout}) or
+      `:infinity`. At the deadline the result is a `timeout` error and the worker
+      is sent `cancel` for the request.
+    * `:on_event` - a function called with `{name, data}` for each event of the
+      request (`{"chunk", %{...}}`, `{"progress", %{...}}`) before the reply.
+    * `:meta` - a map echoed back by the worker and put in its logs (`trace_id`).
+    * `:retry` - `true` or options: retry following the error table, see
+      `PortBridge.Retry`. Off by default.
+    * `:pool_timeout` - pools only: ms to wait for a free worker (default 5_000).
+  """
+  @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
+          {:ok, term} | {:error, Error.t()}
+  def request(target, command, args \\ %{}, opts \\ []) do
+    Retry.run(fn -> do_request(target, command, args, opts) end, opts[:retry])
+  end
+
+  defp do_request(target, command, args, opts) do
+    case Pool.lookup(target) do
+      {:ok, pool} -> Pool.request(pool, command, args, opts)
+      :error -> Worker.request(target, command, args, opts)
+    end
+  end
+
+  @doc "Like `request/4`, but returns the result or raises the `PortBridge.Error`."
+  @spec request!(GenServer.server(), String.t() | atom, map, keyword) :: term
+  def request!(target, command, args \\ %{}, opts \\ []) do
+    case request(target, command, args, opts) do
+      {:ok, result} -> result
+      {:error, error} -> raise error
+    end
+  end
+
+  @doc """
+  Sends a request without waiting for it: returns a `PortBridge.Request` to
+  `await/2`, `cancel/1` or consume with `stream/1` (its events arrive as messages,
+  see `PortBridge.Request`). Takes the options of `request/4` except `:retry`.
+  """
+  @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
+          Request.t() | {:error, Error.t()}
+  def async_request(target, command, args \\ %{}, opts \\ []) do
+    case Pool.lookup(target) do
+      {:ok, pool} -> Pool.async_request(pool, command, args, opts)
+      :error -> Worker.async_request(target, command, args, opts)
+    end
+  end
+
+  @doc "Waits for a request from `async_request/4`; `on_event` gets each `{name, data}` event."
+  defdelegate await(request, on_event \\ nil), to: Request
+
+  @doc "Cancels a request from `async_request/4`."
+  defdelegate cancel(request), to: Request
+
+  @doc """
+  Sends a request and returns its events and final reply as a lazy stream:
+  `{:event, name, data}` items, then `{:ok, result}` or `{:error, error}`. Halting
+  the stream early cancels the request.
+  """
+  @spec stream(GenServer.server(), String.t() | atom, map, keyword) :: Enumerable.t()
+  def stream(target, command, args \\ %{}, opts \\ []) do
+    # Lazy: the request is sent when the stream is first enumerated.
+    Stream.flat_map([:send], fn :send ->
+      case async_request(target, command, args, opts) do
+        %Request{} = request -> Request.stream(request)
+        {:error, _} = error -> [error]
+      end
+    end)
+  end
+end

@@ -1,0 +1,157 @@
+defmodule PortBridge.Error do
+  @moduledoc """
+  Every failure a request can meet, as one struct (and exception).
+
+      %PortBridge.Error{
+        category: :timeout,            # a key of protocol/errors.json, as an atom
+        code: "receive_timeout",       # a stable snake_case reason within the category
+        message: "no reply within 100 ms; cancel was sent to the worker",
+        severity: :high,               # from the table
+        recovery: :backoff_retry,      # from the table: what a caller should do
+        retryable: true,               # from the table
+        details: %{"timeout_ms" => 100}
+      }
+
+  Errors from the worker keep the category and code it sent; the client adds its
+  own in the same categories (`communication` when the Python process died or a
+  port broke, `timeout` and `overloaded` for receive and pool timeouts,
+  `initialization` when a worker never became ready).
+
+  The category table is `protocol/errors.json`, the very file the Python worker
+  loads: it is read here at compile time (and tracked with `@external_resource`, so
+  editing it recompiles this module). `table/0` returns it.
+  """
+
+  @table_path Application.compile_env(
+                :port_bridge,
+                :errors_table,
+                Path.expand("../../../protocol/errors.json", __DIR__)
+              )
+  @external_resource @table_path
+
+  @raw_table (case File.read(@table_path) do
+                {:ok, text} ->
+                  PortBridge.Codec.decode!(text, :json)
+
+                {:error, reason} ->
+                  raise CompileError,
+                    description:
+                      "cannot read the error table #{@table_path}: #{:file.format_error(reason)}"
+              end)
+
+  @table (for {name, row} <- @raw_table["categories"], into: %{} do
+            {String.to_atom(name),
+             %{
+               severity: String.to_atom(row["severity"]),
+               recovery: String.to_atom(row["recovery"]),
+               retryable: row["retryable"] == true,
+               description: row["description"]
+             }}
+          end)
+
+  @wire_names Map.new(@table, fn {name, _} -> {Atom.to_string(name), name} end)
+  @severities Enum.map(@raw_table["severities"], &String.to_atom/1)
+  @recoveries Enum.map(Map.keys(@raw_table["recoveries"]), &String.to_atom/1)
+  @fallback %{severity: :critical, recovery: :abandon, retryable: false, description: nil}
+
+  defexception [:category, :code, :message, :severity, :recovery, :retryable, details: %{}]
+
+  @type category :: atom | String.t()
+  @type t :: %__MODULE__{
+          category: category,
+          code: String.t(),
+          message: String.t(),
+          severity: atom | String.t(),
+          recovery: atom | String.t(),
+          retryable: boolean,
+          details: map
+        }
+
+  @doc """
+  The category table from `protocol/errors.json`: category -> severity, recovery,
+  retryable, description.
+  """
+  @spec table() :: %{atom => map}
+  def table, do: @table
+
+  @doc "The categories of the table."
+  @spec categories() :: [atom]
+  def categories, do: Map.keys(@table)
+
+  @doc "The severities the table defines, lowest first."
+  def severities, do: @severities
+
+  @doc "The recovery strategies the table defines."
+  def recoveries, do: @recoveries
+
+  @doc "Where the table was read from at compile time."
+  def table_path, do: @table_path
+
+  @doc """
+  A client-side error of a category of the table; severity, recovery and
+  retryability come from the table. Raises `ArgumentError` for an unknown category.
+  """
+  @spec new(atom, String.t(), String.t(), map) :: t
+  def new(category, code, message, details \\ %{}) when is_atom(category) do
+    row =
+      Map.get(@table, category) ||
+        raise ArgumentError, "unknown error category #{inspect(category)}; see #{@table_path}"
+
+    %__MODULE__{
+      category: category,
+      code: code,
+      message: message,
+      severity: row.severity,
+      recovery: row.recovery,
+      retryable: row.retryable,
+      details: details
+    }
+  end
+
+  @doc """
+  The error of a worker's reply (`"error"` map of a `success: false` reply).
+
+  A category this client's table does not know (a newer worker) is kept as a
+  string, with the severity, recovery and retryability the reply carries.
+  """
+  @spec from_wire(map) :: t
+  def from_wire(%{} = error) do
+    wire_category = error["category"]
+
+    {category, row} =
+      case Map.fetch(@wire_names, wire_category) do
+        {:ok, atom} -> {atom, Map.fetch!(@table, atom)}
+        :error -> {to_string(wire_category), wire_row(error)}
+      end
+
+    %__MODULE__{
+      category: category,
+      code: to_string(error["code"] || "unknown"),
+      message: to_string(error["message"] || ""),
+      severity: row.severity,
+      recovery: row.recovery,
+      retryable: row.retryable,
+      details: if(is_map(error["details"]), do: error["details"], else: %{})
+    }
+  end
+
+  defp wire_row(error) do
+    %{
+      @fallback
+      | severity: error["severity"] || @fallback.severity,
+        recovery: atom_or_string(error["recovery"], @recoveries) || @fallback.recovery,
+        retryable: error["retryable"] == true
+    }
+  end
+
+  defp atom_or_string(nil, _known), do: nil
+
+  defp atom_or_string(value, known) do
+    Enum.find(known, value, &(Atom.to_string(&1) == value))
+  end
+
+  @impl true
+  def message(%__MODULE__{category: category, code: code, message: message}) do
+    "#{category}/#{code}: #{message}"
+  end
+end

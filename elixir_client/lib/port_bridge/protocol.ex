@@ -1,0 +1,163 @@
+defmodule PortBridge.Protocol do
+  @moduledoc """
+  Envelopes of protocol version 1 (`protocol/PROTOCOL.md`), without any I/O.
+
+  `request/4` builds and checks a request map with the limits the worker enforces,
+  so a malformed request fails here, matched to its caller, instead of coming back
+  from the worker as an `id: null` error nobody can match. `classify/1` tells the
+  frames the worker writes apart: final replies, events, and the rest.
+  """
+
+  alias PortBridge.Error
+
+  @version 1
+  @max_id_chars 128
+  @max_command_chars 128
+  @max_session_id_chars 256
+  @max_timeout_ms 24 * 3600 * 1000
+  @max_meta_entries 64
+  @int64 Bitwise.bsl(1, 63)
+
+  @doc "The protocol version this client speaks."
+  def version, do: @version
+
+  @type id :: integer | String.t()
+  @type frame ::
+          {:reply, id | nil, {:ok, term} | {:error, Error.t()}, map}
+          | {:event, id | nil, String.t(), term}
+          | {:unknown, term}
+
+  @doc """
+  A checked request map.
+
+  Options: `:session_id` (a string of 1 to 256 characters, or nil), `:timeout_ms`
+  (the worker-side deadline, 1 to 86,400,000, or nil) and `:meta` (a map of at
+  most 64 entries, echoed back by the worker).
+  """
+  @spec request(id, String.t() | atom, map, keyword) :: {:ok, map} | {:error, Error.t()}
+  def request(id, command, args, opts \\ []) do
+    command =
+      if is_atom(command) and command not in [nil, true, false],
+        do: Atom.to_string(command),
+        else: command
+
+    session_id = Keyword.get(opts, :session_id)
+    timeout_ms = Keyword.get(opts, :timeout_ms)
+    meta = Keyword.get(opts, :meta)
+
+    cond do
+      not valid_id?(id) ->
+        invalid(
+          :invalid_id,
+          "id must be a 64-bit integer or a string of 1 to #{@max_id_chars} characters",
+          id
+        )
+
+      not string_within?(command, @max_command_chars) ->
+        invalid(
+          :invalid_command,
+          "command must be a string of 1 to #{@max_command_chars} characters",
+          command
+        )
+
+      not is_map(args) ->
+        invalid(:invalid_args, "args must be a map", args)
+
+      session_id != nil and not string_within?(session_id, @max_session_id_chars) ->
+        invalid(
+          :invalid_session_id,
+          "session_id must be a string of 1 to #{@max_session_id_chars} characters",
+          session_id
+        )
+
+      timeout_ms != nil and not (is_integer(timeout_ms) and timeout_ms in 1..@max_timeout_ms) ->
+        invalid(
+          :invalid_timeout,
+          "timeout_ms must be an integer from 1 to #{@max_timeout_ms}",
+          timeout_ms
+        )
+
+      meta != nil and not (is_map(meta) and map_size(meta) <= @max_meta_entries) ->
+        invalid(:invalid_meta, "meta must be a map of at most #{@max_meta_entries} entries", meta)
+
+      true ->
+        request =
+          %{"id" => id, "command" => command, "args" => args}
+          |> put_present("session_id", session_id)
+          |> put_present("timeout_ms", timeout_ms)
+          |> put_present("meta", meta)
+
+        {:ok, request}
+    end
+  end
+
+  @doc "True for an id the worker accepts."
+  def valid_id?(id) when is_integer(id), do: id >= -@int64 and id < @int64
+  def valid_id?(id), do: string_within?(id, @max_id_chars)
+
+  defp string_within?(value, max) when is_binary(value) and byte_size(value) > 0 do
+    String.valid?(value) and (byte_size(value) <= max or length(String.codepoints(value)) <= max)
+  end
+
+  defp string_within?(_value, _max), do: false
+
+  defp put_present(map, _key, nil), do: map
+  defp put_present(map, key, value), do: Map.put(map, key, value)
+
+  defp invalid(code, message, value) do
+    {:error,
+     Error.new(:protocol, Atom.to_string(code), message, %{
+       "value" => inspect(value, limit: 5, printable_limit: 80)
+     })}
+  end
+
+  @doc """
+  What a decoded frame from the worker is: a final reply, an event, or unknown.
+  """
+  @spec classify(term) :: frame
+  def classify(%{"event" => name, "id" => id} = frame) when is_binary(name),
+    do: {:event, id, name, Map.get(frame, "data")}
+
+  def classify(%{"success" => true, "id" => id} = frame),
+    do: {:reply, id, {:ok, Map.get(frame, "result")}, meta(frame)}
+
+  def classify(%{"success" => false, "id" => id, "error" => %{} = error} = frame),
+    do: {:reply, id, {:error, Error.from_wire(error)}, meta(frame)}
+
+  def classify(other), do: {:unknown, other}
+
+  defp meta(frame) do
+    case frame do
+      %{"meta" => %{} = meta} -> meta
+      _ -> %{}
+    end
+  end
+
+  @doc """
+  Checks the `ready` event's data: the protocol version must be ours.
+  """
+  @spec check_ready(term) :: {:ok, map} | {:error, Error.t()}
+  def check_ready(%{"protocol" => @version} = data), do: {:ok, data}
+
+  def check_ready(%{"protocol" => other}) do
+    {:error,
+     Error.new(
+       :initialization,
+       "protocol_mismatch",
+       "the worker speaks protocol #{inspect(other)}, this client #{@version}",
+       %{
+         "protocol" => other
+       }
+     )}
+  end
+
+  def check_ready(other) do
+    {:error,
+     Error.new(
+       :initialization,
+       "bad_ready",
+       "the worker's ready event has no protocol version",
+       %{"data" => inspect(other)}
+     )}
+  end
+end

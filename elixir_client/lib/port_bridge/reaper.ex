@@ -1,0 +1,204 @@
+defmodule PortBridge.Reaper do
+  @moduledoc """
+  Makes sure no worker OS process outlives its owner.
+
+  Closing a Port only closes the worker's stdin and stdout: a busy Python process
+  keeps running until it next reads or writes. The worker exits by itself on stdin
+  EOF after its shutdown grace period (`--shutdown-grace`, 1 s by default); the
+  reaper backs that with signals, for the cases where it does not happen (a hung
+  interpreter, an executable that ignores EOF, an owner killed with `:kill` whose
+  `terminate/2` never ran):
+
+    * `watch/3` when a port is opened: if the owner process dies while the OS
+      process is still watched, the OS process is reaped;
+    * `reap/2` when the owner closes the port on purpose;
+    * `forget/1` once the port reported the exit status (the process is gone).
+
+  Reaping gives the process its grace period (plus a margin) to exit, then sends
+  SIGTERM, then SIGKILL half a second later. It runs in the `:port_bridge`
+  application, which outlives every worker and pool of the applications that use it.
+  """
+
+  use GenServer
+  require Logger
+
+  @poll_ms 20
+  @term_wait_ms 500
+
+  def start_link(opts \\ []),
+    do: GenServer.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
+
+  @doc "Watches `os_pid`: reaped if `owner` dies first. `grace_ms` is how long it may take to exit."
+  @spec watch(pos_integer, pid, non_neg_integer) :: :ok
+  def watch(os_pid, owner, grace_ms),
+    do: GenServer.call(__MODULE__, {:watch, os_pid, owner, grace_ms})
+
+  @doc "Sets how long `os_pid` may take to exit once its port is closed (known after `ready`)."
+  @spec watch_grace(pos_integer, non_neg_integer) :: :ok
+  def watch_grace(os_pid, grace_ms), do: GenServer.cast(__MODULE__, {:grace, os_pid, grace_ms})
+
+  @doc "Hands `os_pid` to another owner (a port that moved to another process for good)."
+  @spec transfer(pos_integer, pid) :: :ok
+  def transfer(os_pid, owner), do: GenServer.call(__MODULE__, {:transfer, os_pid, owner})
+
+  @doc "The port of `os_pid` was closed on purpose: make sure the process exits."
+  @spec reap(pos_integer) :: :ok
+  def reap(os_pid), do: GenServer.cast(__MODULE__, {:reap, os_pid})
+
+  @doc "The process exited (its port reported the exit status): stop watching it."
+  @spec forget(pos_integer) :: :ok
+  def forget(os_pid), do: GenServer.cast(__MODULE__, {:forget, os_pid})
+
+  @doc "The OS processes being watched, with their owners."
+  def watched, do: GenServer.call(__MODULE__, :watched)
+
+  @doc "True while the OS process exists and is not a zombie."
+  @spec os_pid_alive?(pos_integer) :: boolean
+  def os_pid_alive?(os_pid) when is_integer(os_pid) and os_pid > 0 do
+    if File.dir?("/proc/self") do
+      case File.read("/proc/#{os_pid}/stat") do
+        {:ok, stat} -> not zombie?(stat)
+        {:error, _} -> false
+      end
+    else
+      match?(
+        {_, 0},
+        System.cmd("kill", ["-0", Integer.to_string(os_pid)], stderr_to_stdout: true)
+      )
+    end
+  end
+
+  # /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces and parentheses.
+  defp zombie?(stat) do
+    case :binary.matches(stat, ") ") do
+      [] -> false
+      matches -> binary_part(stat, elem(List.last(matches), 0) + 2, 1) in ["Z", "X"]
+    end
+  end
+
+  @doc """
+  Waits up to `grace_ms` for `os_pid` to exit, then SIGTERM, then SIGKILL.
+  Returns `:exited`, `:terminated` or `:killed`. Blocks the caller.
+  """
+  @spec ensure_exit(pos_integer, non_neg_integer) :: :exited | :terminated | :killed
+  def ensure_exit(os_pid, grace_ms) do
+    cond do
+      wait_exit(os_pid, grace_ms) ->
+        :exited
+
+      signal(os_pid, "TERM") && wait_exit(os_pid, @term_wait_ms) ->
+        Logger.warning("portbridge: worker OS process #{os_pid} outlived its port; sent SIGTERM")
+        :terminated
+
+      true ->
+        signal(os_pid, "KILL")
+        Logger.warning("portbridge: worker OS process #{os_pid} ignored SIGTERM; sent SIGKILL")
+        :killed
+    end
+  end
+
+  defp wait_exit(os_pid, wait_ms) do
+    deadline = System.monotonic_time(:millisecond) + wait_ms
+    wait_until(os_pid, deadline)
+  end
+
+  defp wait_until(os_pid, deadline) do
+    cond do
+      not os_pid_alive?(os_pid) ->
+        true
+
+      System.monotonic_time(:millisecond) >= deadline ->
+        false
+
+      true ->
+        Process.sleep(@poll_ms)
+        wait_until(os_pid, deadline)
+    end
+  end
+
+  defp signal(os_pid, name) do
+    System.cmd("kill", ["-#{name}", Integer.to_string(os_pid)], stderr_to_stdout: true)
+    true
+  end
+
+  ## Server
+
+  @impl true
+  def init(:ok), do: {:ok, %{pids: %{}, monitors: %{}}}
+
+  @impl true
+  def handle_call({:watch, os_pid, owner, grace_ms}, _from, state) do
+    state = drop(state, os_pid)
+    mref = Process.monitor(owner)
+
+    state = %{
+      state
+      | pids: Map.put(state.pids, os_pid, {owner, mref, grace_ms}),
+        monitors: Map.put(state.monitors, mref, os_pid)
+    }
+
+    {:reply, :ok, state}
+  end
+
+  def handle_call({:transfer, os_pid, owner}, _from, state) do
+    case state.pids do
+      %{^os_pid => {_old, _mref, grace_ms}} ->
+        handle_call({:watch, os_pid, owner, grace_ms}, nil, state)
+
+      %{} ->
+        {:reply, :ok, state}
+    end
+  end
+
+  def handle_call(:watched, _from, state) do
+    {:reply, Map.new(state.pids, fn {os_pid, {owner, _, _}} -> {os_pid, owner} end), state}
+  end
+
+  @impl true
+  def handle_cast({:reap, os_pid}, state) do
+    {:noreply, start_reaping(state, os_pid)}
+  end
+
+  def handle_cast({:forget, os_pid}, state), do: {:noreply, drop(state, os_pid)}
+
+  def handle_cast({:grace, os_pid, grace_ms}, state) do
+    case state.pids do
+      %{^os_pid => {owner, mref, _}} ->
+        {:noreply, %{state | pids: Map.put(state.pids, os_pid, {owner, mref, grace_ms})}}
+
+      %{} ->
+        {:noreply, state}
+    end
+  end
+
+  @impl true
+  def handle_info({:DOWN, mref, :process, _owner, _reason}, state) do
+    case Map.pop(state.monitors, mref) do
+      {nil, _} -> {:noreply, state}
+      {os_pid, _monitors} -> {:noreply, start_reaping(state, os_pid)}
+    end
+  end
+
+  defp start_reaping(state, os_pid) do
+    case state.pids do
+      %{^os_pid => {_owner, _mref, grace_ms}} ->
+        # Unlinked: a reap in progress finishes even if the reaper restarts.
+        spawn(fn -> ensure_exit(os_pid, grace_ms) end)
+        drop(state, os_pid)
+
+      %{} ->
+        state
+    end
+  end
+
+  defp drop(state, os_pid) do
+    case Map.pop(state.pids, os_pid) do
+      {nil, _} ->
+        state
+
+      {{_owner, mref, _grace}, pids} ->
+        Process.demonitor(mref, [:flush])
+        %{state | pids: pids, monitors: Map.delete(state.monitors, mref)}
+    end
+  end
+end

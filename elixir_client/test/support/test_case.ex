@@ -1,0 +1,121 @@
+defmodule PortBridge.TestCase do
+  @moduledoc """
+  What the suites share: how to spawn the real worker, the stand-in programs, and
+  assertions that wait (with a deadline, never a fixed sleep) for OS processes to end.
+  """
+
+  use ExUnit.CaseTemplate
+
+  using do
+    quote do
+      import PortBridge.TestCase
+      alias PortBridge.Error
+    end
+  end
+
+  @support Path.expand(".", __DIR__)
+
+  @doc "The Python that has portbridge installed: $PORTBRIDGE_PYTHON, else the repository's .venv."
+  def python do
+    System.get_env("PORTBRIDGE_PYTHON") || Path.expand("../../../.venv/bin/python", __DIR__)
+  end
+
+  @doc "A stand-in program from test/support/bin."
+  def stand_in(name), do: Path.join([@support, "bin", name])
+
+  @doc """
+  Options for a real worker with only the core commands and the test backend
+  (`emit`): no DSPy import, so it starts in ~50 ms.
+  """
+  def worker_opts(extra \\ []) do
+    {worker_args, extra} = Keyword.pop(extra, :worker_args, [])
+
+    [
+      python: python(),
+      worker_args: ["--backends", "", "--backend-module", "pb_test_backend:backend" | worker_args],
+      env: %{"PYTHONPATH" => Path.join(@support, "python")}
+    ] ++ extra
+  end
+
+  @doc "Options for a real worker with its installed backends (DSPy)."
+  def dspy_worker_opts(extra \\ []), do: [python: python()] ++ extra
+
+  @doc "Waits until `fun` returns a truthy value; fails after `timeout` ms."
+  def wait_until(fun, timeout \\ 5_000, what \\ "condition") do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    do_wait_until(fun, deadline, what)
+  end
+
+  defp do_wait_until(fun, deadline, what) do
+    if value = fun.() do
+      value
+    else
+      if System.monotonic_time(:millisecond) > deadline do
+        ExUnit.Assertions.flunk("timed out waiting for #{what}")
+      else
+        Process.sleep(10)
+        do_wait_until(fun, deadline, what)
+      end
+    end
+  end
+
+  @doc "Asserts that the OS process exits within `timeout` ms."
+  def assert_os_pid_exited(os_pid, timeout \\ 5_000) do
+    wait_until(
+      fn -> not PortBridge.Reaper.os_pid_alive?(os_pid) end,
+      timeout,
+      "OS process #{os_pid} to exit"
+    )
+
+    :ok
+  end
+
+  @doc "The OS pid of the worker that served a ping."
+  def ping_pid(target, opts \\ []) do
+    {:ok, %{"pid" => pid}} = PortBridge.request(target, "ping", %{}, opts)
+    pid
+  end
+
+  @doc "kill -9"
+  def kill9(os_pid), do: {_, 0} = System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+  @doc """
+  OS processes descended from this BEAM, except its own helpers: what is left of
+  workers. `ps` output, so it works on any Unix.
+  """
+  def beam_descendants do
+    {out, 0} = System.cmd("ps", ["-eo", "pid=,ppid=,args="])
+
+    rows =
+      for line <- String.split(out, "\n", trim: true),
+          [pid, ppid, args] <- [String.split(String.trim(line), ~r/\s+/, parts: 3)],
+          do: {String.to_integer(pid), String.to_integer(ppid), args}
+
+    children = Enum.group_by(rows, fn {_, ppid, _} -> ppid end)
+    beam = String.to_integer(System.pid())
+
+    descend(children, beam)
+    |> Enum.reject(fn {_, _, args} -> args =~ ~r/erl_child_setup|inet_gethost|\bps -eo\b/ end)
+  end
+
+  @doc "Waits up to `timeout` ms for `beam_descendants/0` to be empty; returns what is left."
+  def await_no_descendants(timeout) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(&beam_descendants/0)
+    |> Enum.find(fn left ->
+      done? = left == [] or System.monotonic_time(:millisecond) > deadline
+      unless done?, do: Process.sleep(50)
+      done?
+    end)
+  end
+
+  @doc "Why a group of suites (:nimble_pool, :dspy) is skipped, or nil (set by test_helper.exs)."
+  def skip_reason(group), do: Application.fetch_env!(:port_bridge, :test_skips)[group]
+
+  defp descend(children, pid) do
+    for {child, _, _} = row <- Map.get(children, pid, []),
+        found <- [row | descend(children, child)],
+        do: found
+  end
+end
