@@ -1,11 +1,13 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import memory, payload, ping, startup
+from . import lm, memory, payload, ping, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
     "pipelined": ping.run_pipelined,
     "startup": startup.run,
     "payload": payload.run,
+    "lm_concurrency": lm.run_concurrency,
+    "overhead": lm.run_overhead,
     "memory": memory.run,
 }

@@ -12,7 +12,7 @@ import time
 
 from .. import report
 from ..harness import PYTHON, Peer, floor_argv, frame, rss_bytes, worker_argv
-from .common import call, worker_settled
+from .common import call, dspy_program, execute_frame, worker_settled
 from .startup import dspy_available
 
 MB = 1 << 20
@@ -52,9 +52,7 @@ def core_requests(n: int, start: int) -> list[bytes]:
 
 
 def dspy_requests(n: int, start: int) -> list[bytes]:
-    return [frame({"id": i, "command": "execute_program",
-                   "args": {"program_id": "p", "inputs": {"question": f"question number {i}?"}}}, "json")
-            for i in range(start, start + n)]
+    return [execute_frame(i) for i in range(start, start + n)]
 
 
 def growth(peer: Peer, make, warmup: int, n: int) -> tuple[int, int]:
@@ -86,15 +84,14 @@ def run(quick: bool) -> report.Result:
 
     with Peer(worker_argv()) as peer:
         table.add("worker (all backends)", "idle, just after ready", mib(settle_rss(peer.pid, 0.05)))
-        worker_settled(peer)
-        table.add("worker (all backends)", "backends settled", mib(settle_rss(peer.pid)))
+        worker_settled(peer, backends=True)
+        table.add("worker (all backends)", "backends settled (DSPy imported)", mib(settle_rss(peer.pid)))
     missing = dspy_available()
     if missing:
         r.notes.append(f"DSPy rows not measured: {missing}.")
         return r
     with Peer(worker_argv()) as peer:
-        call(peer, "configure_lm", {"model": "offline"})
-        call(peer, "create_program", {"signature": "question -> answer", "program_id": "p"})
+        dspy_program(peer, {"model": "offline"})
         call(peer, "execute_program", {"program_id": "p", "inputs": {"question": "warm?"}})
         loaded = settle_rss(peer.pid)
         table.add("worker (all backends)", "DSPy loaded, one program run (offline LM)", mib(loaded))

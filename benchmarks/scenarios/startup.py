@@ -16,16 +16,17 @@ from pathlib import Path
 
 from .. import report
 from ..harness import PYTHON, Peer, bare_startup_ns, floor_argv, spread, worker_argv
-from .common import call, interleave
+from .common import call, dspy_program, has_command, interleave
+
+OFFLINE = {"model": "offline"}
 
 PORTBRIDGE = str(Path(PYTHON).with_name("portbridge"))
 
 
 def first_dspy_command_ns() -> int:
-    """Spawn a worker, then configure the offline LM, create and execute a program, pipelined."""
+    """Spawn a worker; configure the offline LM, create and execute a program, each right after the other."""
     with Peer(worker_argv()) as peer:
-        call(peer, "configure_lm", {"model": "offline"})
-        call(peer, "create_program", {"signature": "question -> answer", "program_id": "p"})
+        dspy_program(peer, OFFLINE)
         call(peer, "execute_program", {"program_id": "p", "inputs": {"question": "2 + 2?"}})
         return time.perf_counter_ns() - peer.spawned_ns
 
@@ -39,12 +40,11 @@ def dspy_available() -> str | None:
     """Why the DSPy rows cannot run, or None if they can."""
     try:
         with Peer(worker_argv()) as peer:
-            commands = call(peer, "describe")["commands"]
+            if has_command(peer, "execute_program"):
+                return None
     except Exception as exc:  # noqa: BLE001
         return f"worker did not answer describe: {exc}"
-    if "execute_program" not in commands:
-        return "the DSPy backend does not register execute_program yet"
-    return None
+    return "the worker has no execute_program command (DSPy backend missing)"
 
 
 def run(quick: bool) -> report.Result:

@@ -1,0 +1,235 @@
+"""Scenarios 5 and 6: LM-bound concurrency in one worker, and the bridge's overhead on a real program.
+
+Both drive the DSPy program ``Predict("question -> answer")`` through
+``execute_program``, with the loopback OpenAI-compatible server
+(tests/support/openai_server.py, run as a child that stops by itself) or the
+built-in ``offline`` LM.
+
+5. N concurrent ``execute_program`` calls in ONE worker, against N worker
+   processes with one call each, the server answering after a fixed 200 ms.
+   Wall time from the first request written to the last reply read; RSS of
+   the one worker, and the sum over the N workers.
+6. ``execute_program`` through frames against the same program called in a
+   plain Python process (benchmarks/inprocess_dspy.py), same LM, measured in
+   interleaved rounds; the overhead is the difference of the medians.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import threading
+import time
+
+from .. import report
+from ..harness import PYTHON, ROOT, Peer, decode, env, rss_bytes, spread, worker_argv
+from .common import dspy_program, execute_frame, has_command, worker_settled
+
+LATENCY_MS = 200
+MB = 1 << 20
+
+
+class LMServer:
+    """benchmarks/lm_server.py as a child process; ``url`` is its base URL."""
+
+    def __init__(self, latency_ms: float) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.lm_server", "--latency-ms", str(latency_ms)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT))
+        line = self.process.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            self.close()
+            raise RuntimeError(f"the loopback LM server did not start: {line!r}")
+        self.url = line.split()[-1]
+
+    def lm(self) -> dict:
+        return {"model": "openai/bench", "api_base": self.url, "api_key": "bench-key", "num_retries": 0}
+
+    def close(self) -> None:
+        self.process.stdin.close()  # the server stops when its stdin closes
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "LMServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def dspy_worker(lm: dict, *args: str) -> Peer:
+    peer = Peer(worker_argv(*args))
+    try:
+        worker_settled(peer, backends=True)
+        if not has_command(peer, "execute_program"):
+            raise RuntimeError("the worker has no execute_program command (DSPy backend missing)")
+        dspy_program(peer, lm)
+    except BaseException:
+        peer.kill()
+        raise
+    return peer
+
+
+def check_replies(payloads: list[bytes]) -> None:
+    for p in payloads:
+        doc = decode(p)
+        if not doc.get("success"):
+            raise RuntimeError(f"execute_program failed: {doc.get('error')}")
+
+
+def burst(peer: Peer, n: int, first_id: int) -> int:
+    """N execute_program requests written at once; nanoseconds until the N-th reply."""
+    data = b"".join(execute_frame(first_id + i) for i in range(n))
+    t0 = time.perf_counter_ns()
+    peer.send(data)
+    replies = [peer.recv() for _ in range(n)]
+    elapsed = time.perf_counter_ns() - t0
+    check_replies(replies)
+    return elapsed
+
+
+def one_call_each(peers: list[Peer], first_id: int) -> int:
+    """One execute_program to each worker at once; nanoseconds until the last reply."""
+    replies: list = [None] * len(peers)
+
+    def wait(i: int) -> None:
+        replies[i] = peers[i].recv()
+
+    frames = [execute_frame(first_id + i) for i in range(len(peers))]
+    readers = [threading.Thread(target=wait, args=(i,)) for i in range(len(peers))]
+    t0 = time.perf_counter_ns()
+    for peer, f in zip(peers, frames):
+        peer.send(f)
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    elapsed = time.perf_counter_ns() - t0
+    check_replies(replies)
+    return elapsed
+
+
+def run_concurrency(quick: bool) -> report.Result:
+    ns_one = [1, 8, 32] if quick else [1, 2, 4, 8, 16, 32, 64]
+    ns_many = [4] if quick else [1, 4, 16]
+    reps = 2 if quick else 3
+    r = report.Result("lm_concurrency", f"N concurrent LM calls ({LATENCY_MS} ms loopback server): "
+                                        "one worker vs N workers (scenario 5)")
+    table = r.table(f"{reps} repeats; wall time from the first request written to the last reply, ms",
+                    ["N", "one worker: ms", "one worker / N=1", "one worker RSS MiB",
+                     "N workers: ms", "N workers: spawn+setup s", "N workers: total RSS MiB"])
+    with LMServer(LATENCY_MS) as server:
+        rows: dict[int, dict] = {}
+        peer = dspy_worker(server.lm())
+        try:
+            burst(peer, 1, 1)  # warm: the first call builds DSPy's adapters and the HTTP client
+            rid = 100
+            for n in ns_one:
+                times = []
+                for _ in range(reps):
+                    times.append(burst(peer, n, rid))
+                    rid += n
+                rows[n] = {"one": times, "one_rss": rss_bytes(peer.pid)}
+        finally:
+            peer.close()
+        for n in ns_many:
+            t0 = time.monotonic()
+            peers = []
+            try:
+                for _ in range(n):  # one after another: n imports of DSPy at once would only thrash
+                    peers.append(dspy_worker(server.lm()))
+                setup = time.monotonic() - t0
+                one_call_each(peers, 1)  # warm each
+                times = [one_call_each(peers, 10 + i * n) for i in range(reps)]
+                rss = sum(rss_bytes(p.pid) for p in peers)
+            finally:
+                for p in peers:
+                    p.close()
+            rows.setdefault(n, {}).update({"many": times, "many_setup_s": setup, "many_rss": rss})
+    base = statistics.median(rows[1]["one"])
+    for n in sorted(rows):
+        row = rows[n]
+        one = spread(row["one"]) if "one" in row else None
+        many = spread(row["many"]) if "many" in row else None
+        table.add(n,
+                  report.span(one, report.ms) if one else "",
+                  report.ratio(one["median"] / base) if one else "",
+                  f"{row['one_rss'] / MB:.0f}" if "one_rss" in row else "",
+                  report.span(many, report.ms) if many else "",
+                  f"{row['many_setup_s']:.1f}" if many else "",
+                  f"{row['many_rss'] / MB:.0f}" if many else "")
+    r.data["rows"] = rows
+    if 32 in rows:
+        ratios = [t / base for t in rows[32]["one"]]
+        s = spread(ratios)
+        r.target("32 concurrent calls in one worker vs one call", "<= 1.5x", report.span(s, report.ratio),
+                 s["median"] <= 1.5)
+    r.notes.append("One worker runs with the default --max-concurrency 32: N=64 waits for a free thread "
+                   "(two waves of 200 ms).")
+    r.notes.append(f"N workers: measured for N in {ns_many} only (each worker imports DSPy: ~1-2 s of CPU and "
+                   "~100+ MiB); spawned one after another, then one call each at once.")
+    return r
+
+
+def run_overhead(quick: bool) -> report.Result:
+    rounds, per_round = (3, 20) if quick else (5, 60)
+    r = report.Result("overhead", "execute_program through frames vs the same program in-process (scenario 6)")
+    table = r.table(f"{rounds} interleaved rounds x {per_round} sequential calls; milliseconds per call",
+                    ["LM", "in-process: median [min-max] of round medians", "worker: median [min-max]",
+                     "overhead us: median [min-max]"])
+    inproc = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
+
+    def in_process(instruction: str) -> list[int]:
+        inproc.stdin.write(instruction + "\n")
+        inproc.stdin.flush()
+        line = inproc.stdout.readline()
+        if not line:
+            raise RuntimeError("the in-process DSPy child exited")
+        return json.loads(line)
+
+    try:
+        with LMServer(0) as server:
+            for name, lm, instruction in (("offline", {"model": "offline"}, "offline"),
+                                          ("loopback HTTP (0 ms)", server.lm(), f"loopback {server.url}")):
+                peer = dspy_worker(lm)
+                try:
+                    rid = 1
+                    for _ in range(3):  # warm both sides
+                        burst(peer, 1, rid)
+                        rid += 1
+                    in_process(f"{instruction} 3")
+                    w_med, i_med, diffs = [], [], []
+                    for k in range(rounds):
+                        def worker_round() -> None:
+                            nonlocal rid
+                            times = []
+                            for _ in range(per_round):
+                                times.append(burst(peer, 1, rid))
+                                rid += 1
+                            w_med.append(statistics.median(times))
+
+                        def inproc_round() -> None:
+                            i_med.append(statistics.median(in_process(f"{instruction} {per_round}")))
+
+                        for step in ((worker_round, inproc_round) if k % 2 == 0 else (inproc_round, worker_round)):
+                            step()
+                        diffs.append(w_med[-1] - i_med[-1])
+                finally:
+                    peer.close()
+                d = spread(diffs)
+                table.add(name, report.span(spread(i_med), lambda v: f"{v / 1e6:.2f}"),
+                          report.span(spread(w_med), lambda v: f"{v / 1e6:.2f}"), report.span(d, report.us))
+                r.data[name] = {"worker_medians_ns": w_med, "inprocess_medians_ns": i_med, "overhead_ns": diffs}
+                r.target(f"execute_program overhead, {name}", "<= 300 us", report.span(d, report.us) + " us",
+                         d["median"] <= 300e3)
+    finally:
+        inproc.stdin.close()
+        inproc.wait(10)
+    r.notes.append("In-process: dspy.Predict('question -> answer') under the settings the worker uses "
+                   "(ChatAdapter, no history, usage tracked), in its own process (benchmarks/inprocess_dspy.py).")
+    return r
