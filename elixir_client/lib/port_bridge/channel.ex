@@ -27,8 +27,8 @@ defmodule PortBridge.Channel do
           grace_ms: non_neg_integer
         }
 
-  # Before `ready` announces the worker's own grace period.
-  @default_grace_ms 1_000
+  # Until `ready` announces the worker's own grace period: its default (1 s) + 1 s.
+  @default_grace_ms 2_000
   # How long the worker may take to answer the cancel of a timed-out request
   # (cancel is a control command: answered at once, even under load).
   @cancel_grace_ms 2_000
@@ -92,7 +92,8 @@ defmodule PortBridge.Channel do
           {:error, start_failed(spawn_opts.executable, status)}
       after
         spawn_opts.ready_timeout ->
-          close(%__MODULE__{port: port, os_pid: os_pid, format: spawn_opts.format})
+          # Not ready in time: stuck, no reason to give it a grace period.
+          close(%__MODULE__{port: port, os_pid: os_pid, format: spawn_opts.format}, grace_ms: 0)
           {:error, ready_timeout(spawn_opts.ready_timeout)}
       end
     end
@@ -218,15 +219,15 @@ defmodule PortBridge.Channel do
   Closes the port and makes sure the OS process ends: it exits by itself on stdin
   EOF within its grace period, or the reaper signals it.
   """
-  @spec close(t) :: :ok
-  def close(%__MODULE__{port: port, os_pid: os_pid}) do
+  @spec close(t, keyword) :: :ok
+  def close(%__MODULE__{port: port, os_pid: os_pid}, opts \\ []) do
     try do
       Port.close(port)
     rescue
       ArgumentError -> :ok
     end
 
-    Reaper.reap(os_pid)
+    Reaper.reap(os_pid, opts[:grace_ms])
   end
 
   @doc """

@@ -41,9 +41,12 @@ defmodule PortBridge.Reaper do
   @spec transfer(pos_integer, pid) :: :ok
   def transfer(os_pid, owner), do: GenServer.call(__MODULE__, {:transfer, os_pid, owner})
 
-  @doc "The port of `os_pid` was closed on purpose: make sure the process exits."
-  @spec reap(pos_integer) :: :ok
-  def reap(os_pid), do: GenServer.cast(__MODULE__, {:reap, os_pid})
+  @doc """
+  The port of `os_pid` was closed on purpose: make sure the process exits, within
+  its grace period or `grace_ms` (0 for a process known to be stuck).
+  """
+  @spec reap(pos_integer, non_neg_integer | nil) :: :ok
+  def reap(os_pid, grace_ms \\ nil), do: GenServer.cast(__MODULE__, {:reap, os_pid, grace_ms})
 
   @doc "The process exited (its port reported the exit status): stop watching it."
   @spec forget(pos_integer) :: :ok
@@ -155,8 +158,8 @@ defmodule PortBridge.Reaper do
   end
 
   @impl true
-  def handle_cast({:reap, os_pid}, state) do
-    {:noreply, start_reaping(state, os_pid)}
+  def handle_cast({:reap, os_pid, grace_ms}, state) do
+    {:noreply, start_reaping(state, os_pid, grace_ms)}
   end
 
   def handle_cast({:forget, os_pid}, state), do: {:noreply, drop(state, os_pid)}
@@ -175,15 +178,15 @@ defmodule PortBridge.Reaper do
   def handle_info({:DOWN, mref, :process, _owner, _reason}, state) do
     case Map.pop(state.monitors, mref) do
       {nil, _} -> {:noreply, state}
-      {os_pid, _monitors} -> {:noreply, start_reaping(state, os_pid)}
+      {os_pid, _monitors} -> {:noreply, start_reaping(state, os_pid, nil)}
     end
   end
 
-  defp start_reaping(state, os_pid) do
+  defp start_reaping(state, os_pid, grace_override) do
     case state.pids do
       %{^os_pid => {_owner, _mref, grace_ms}} ->
         # Unlinked: a reap in progress finishes even if the reaper restarts.
-        spawn(fn -> ensure_exit(os_pid, grace_ms) end)
+        spawn(fn -> ensure_exit(os_pid, grace_override || grace_ms) end)
         drop(state, os_pid)
 
       %{} ->

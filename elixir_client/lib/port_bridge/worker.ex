@@ -262,7 +262,9 @@ defmodule PortBridge.Worker do
         }
       )
 
-    {:stop, {:shutdown, error}, fail_all(state, error)}
+    # Not ready in time: stuck, no reason to give it a grace period.
+    Channel.close(channel(state), grace_ms: 0)
+    {:stop, {:shutdown, error}, fail_all(%{state | port: nil}, error)}
   end
 
   def handle_info({:EXIT, _other, _reason}, state), do: {:noreply, state}
@@ -281,12 +283,14 @@ defmodule PortBridge.Worker do
 
     fail_all(state, stopped)
 
-    if state.port do
-      Channel.close(%Channel{port: state.port, os_pid: state.os_pid, format: state.spawn.format})
-    end
-
+    if state.port, do: Channel.close(channel(state))
     :ok
   end
+
+  defp channel(state),
+    do:
+      state.channel ||
+        %Channel{port: state.port, os_pid: state.os_pid, format: state.spawn.format}
 
   defp stray(state, frame) do
     Channel.stray(state.channel, frame)

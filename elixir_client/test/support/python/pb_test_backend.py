@@ -3,7 +3,8 @@
 Loaded with ``--backend-module pb_test_backend:backend`` (PYTHONPATH pointing at
 this folder). The core commands have no per-request events; ``emit`` sends some,
 so the tests can check that events reach their caller, in order, before the
-final reply.
+final reply. ``crash`` raises, as a buggy backend would (an ``internal`` error,
+whose recovery is to restart the worker).
 """
 
 from bridge.backends import Backend
@@ -15,6 +16,7 @@ class ElixirTestBackend(Backend):
 
     def register(self, registry) -> None:
         registry.command("emit", schema=ANY_ARGS, backend=self.name)(emit)
+        registry.command("crash", schema=ANY_ARGS, backend=self.name)(crash)
 
 
 def emit(ctx, args):
@@ -27,6 +29,11 @@ def emit(ctx, args):
         if delay:
             ctx.wait(delay)
     return {"emitted": n}
+
+
+def crash(ctx, args):
+    """Raise an exception the worker does not expect."""
+    raise RuntimeError(args.get("message", "a bug in the backend"))
 
 
 backend = ElixirTestBackend()
