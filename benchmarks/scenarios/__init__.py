@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import lm, memory, payload, ping, startup
+from . import elixir, lm, memory, payload, ping, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -9,5 +9,6 @@ SCENARIOS = {
     "payload": payload.run,
     "lm_concurrency": lm.run_concurrency,
     "overhead": lm.run_overhead,
+    "elixir": elixir.run,
     "memory": memory.run,
 }
