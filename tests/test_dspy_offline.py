@@ -1,0 +1,58 @@
+"""The offline LM over the whole type whitelist: whatever the signature, its answer parses and fits.
+
+In-process (DSPy imported here) so that hypothesis can try many signatures:
+each random type tree becomes a real DSPy signature, the offline engine
+answers the real ChatAdapter prompt, ChatAdapter parses the answer, and the
+value must pass the same checker that guards a client's inputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.backends.dspy import fieldtypes, spec
+from tests.test_dspy_spec import type_trees
+
+dspy = pytest.importorskip("dspy")
+
+from bridge.backends.dspy import build, offline  # noqa: E402 - these import DSPy
+
+LM = offline.make_lm()
+
+
+def run(module, **inputs):
+    with dspy.context(lm=LM, adapter=dspy.ChatAdapter(), disable_history=True, trace=None):
+        return module(**inputs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(type_trees, min_size=1, max_size=3), st.sampled_from(["Predict", "ChainOfThought"]),
+       st.text(min_size=1, max_size=30))
+def test_every_whitelisted_output_type_gets_a_valid_answer(trees, module_name, question):
+    signature = spec.parse_signature({"inputs": {"question": "str"},
+                                      "outputs": {f"out{i}": {"type": t} for i, t in enumerate(trees)}})
+    module = build.module(dspy, module_name, signature)
+    prediction = run(module, question=question)
+    for name, field in signature["outputs"].items():
+        fieldtypes.check(field["type"], build.json_value(prediction[name]), name)
+
+
+def test_answers_are_deterministic_and_follow_the_prompt():
+    module = build.module(dspy, "Predict", spec.parse_signature("question -> answer"))
+    a1, a2 = run(module, question="alpha").answer, run(module, question="alpha").answer
+    assert a1 == a2 and "alpha" in a1
+    assert run(module, question="beta").answer != a1
+    module.signature = module.signature.with_instructions("Something else entirely.")
+    assert run(module, question="alpha").answer != a1  # the whole prompt seeds the answer
+
+
+def test_a_demo_with_the_same_inputs_is_answered_from_memory_field_by_field():
+    module = build.module(dspy, "ChainOfThought", spec.parse_signature(
+        {"inputs": {"question": "str"}, "outputs": {"answer": "str", "score": "int"}}))
+    # A labelled demo without reasoning: the model repeats what the demo supplies and fills in the rest.
+    module.predict.demos = [dspy.Example(question="2+2?", answer="4", score=10)]
+    prediction = run(module, question="2+2?")
+    assert prediction.answer == "4" and prediction.score == 10 and prediction.reasoning.startswith("reasoning")
+    assert run(module, question="3+3?").answer != "4"
