@@ -233,6 +233,12 @@ class _Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._count = 0
 
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up waiting is normal here
+            super().handle_error(request, client_address)
+
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
