@@ -328,7 +328,14 @@ class Dispatcher:
             payload = codec.encode(doc)
         except codecs.EncodeError as exc:
             error = BridgeError("serialization", "unencodable_result", str(exc)[:500], {"format": codec.name})
-            return codec.encode(envelope.failure(doc["id"], self._wire(error), doc.get("meta"))), "serialization"
+            meta = doc.get("meta")
+            try:
+                return codec.encode(envelope.failure(doc["id"], self._wire(error), meta)), "serialization"
+            except codecs.EncodeError:
+                # The request's own meta cannot be echoed (nested deeper than the format writes):
+                # the error goes without it rather than not at all.
+                meta = {"elapsed_us": meta["elapsed_us"]} if meta else None
+                return codec.encode(envelope.failure(doc["id"], self._wire(error), meta)), "serialization"
         return payload, None if doc["success"] else doc["error"]["category"]
 
     def _wire(self, error: BridgeError) -> dict:
