@@ -8,7 +8,9 @@ registration (a typo such as ``"requried"`` must not silently validate nothing).
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 
 from .errors import RegistrationError, validation_error
 
@@ -64,6 +66,26 @@ def _type_name(value) -> str:
     return type(value).__name__
 
 
+# Values quoted in error messages come from the client: quote them short and shallow
+# (a plain repr of a 1,000-level list raises RecursionError, of a 60 MB string costs 60 MB).
+_quote = reprlib.Repr()
+_quote.maxlevel, _quote.maxstring, _quote.maxother, _quote.maxlong = 3, 60, 60, 40
+_quote.maxlist = _quote.maxtuple = _quote.maxdict = _quote.maxset = 5
+
+
+def _equal(a, b) -> bool:
+    """JSON equality, as enum and const mean it: true is not 1, 1 is 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, dict)) or isinstance(b, (list, dict)):
+        return False
+    return a == b
+
+
 def _fail(path: str, message: str, reason: str):
     return validation_error("invalid_args", f"{path}: {message}", path=path, reason=reason)
 
@@ -75,10 +97,10 @@ def _error(schema: dict, value, path: str):
         names = [types] if isinstance(types, str) else types
         if not any(_TYPES[n](value) for n in names):
             return _fail(path, f"expected {' or '.join(names)}, got {_type_name(value)}", "type")
-    if "const" in schema and value != schema["const"]:
+    if "const" in schema and not _equal(value, schema["const"]):
         return _fail(path, f"must be {schema['const']!r}", "const")
-    if "enum" in schema and value not in schema["enum"]:
-        return _fail(path, f"must be one of {schema['enum']}, got {value!r}"[:300], "enum")
+    if "enum" in schema and not any(_equal(value, option) for option in schema["enum"]):
+        return _fail(path, f"must be one of {schema['enum']}, got {_quote.repr(value)}"[:300], "enum")
     if "anyOf" in schema:
         errors = [_error(sub, value, path) for sub in schema["anyOf"]]
         if all(errors):
@@ -87,6 +109,8 @@ def _error(schema: dict, value, path: str):
     if isinstance(value, str):
         return _string_error(schema, value, path)
     if _TYPES["number"](value):
+        if isinstance(value, float) and math.isnan(value) and ("minimum" in schema or "maximum" in schema):
+            return _fail(path, "must be a number within its bounds, got NaN", "minimum" if "minimum" in schema else "maximum")
         if "minimum" in schema and value < schema["minimum"]:
             return _fail(path, f"must be >= {schema['minimum']}, got {value}", "minimum")
         if "maximum" in schema and value > schema["maximum"]:
