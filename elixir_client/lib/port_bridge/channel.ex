@@ -247,12 +247,16 @@ defmodule PortBridge.Channel do
           {{:ok, term} | {:error, Error.t()}, :ok | {:remove, term}}
   def exchange(%__MODULE__{} = channel, command, args, opts) do
     id = System.unique_integer([:positive])
+    timeout = Keyword.get(opts, :timeout, :infinity)
 
-    with {:ok, frame} <- encode(channel, id, command, args, opts),
+    envelope =
+      [timeout_ms: Protocol.worker_timeout_ms(timeout)] ++
+        Keyword.take(opts, [:session_id, :meta])
+
+    with {:ok, frame} <- encode(channel, id, command, args, envelope),
          :ok <- send_frame(channel, frame) do
       port_ref = Port.monitor(channel.port)
       owner_ref = if owner = opts[:owner], do: Process.monitor(owner)
-      timeout = Keyword.get(opts, :timeout, :infinity)
 
       wait = %{
         id: id,

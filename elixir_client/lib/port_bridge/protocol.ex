@@ -91,6 +91,21 @@ defmodule PortBridge.Protocol do
     end
   end
 
+  # The worker's own deadline for a request trails the client's by this much: the
+  # client's comes first (and sends cancel); the worker's bounds what cannot be
+  # cancelled (DSPy shortens its LM client's timeout to it).
+  @worker_deadline_margin_ms 1_000
+
+  @doc """
+  The `timeout_ms` a request carries for a client-side `timeout` (ms or `:infinity`):
+  the timeout plus #{@worker_deadline_margin_ms} ms, or nil for `:infinity`.
+  """
+  @spec worker_timeout_ms(timeout) :: pos_integer | nil
+  def worker_timeout_ms(:infinity), do: nil
+
+  def worker_timeout_ms(timeout) when is_integer(timeout),
+    do: min(timeout + @worker_deadline_margin_ms, @max_timeout_ms)
+
   @doc "True for an id the worker accepts."
   def valid_id?(id) when is_integer(id), do: id >= -@int64 and id < @int64
   def valid_id?(id), do: string_within?(id, @max_id_chars)

@@ -33,6 +33,8 @@ defmodule PortBridge.Sessions do
   alias PortBridge.Error
 
   @program_commands ~w(create_program import_program optimize_program)
+  # Workers remembered as holding a scope (older ones are long replaced).
+  @max_holders 64
 
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts[:table], name: opts[:name])
 
@@ -76,7 +78,7 @@ defmodule PortBridge.Sessions do
     scope = opts[:session_id]
     command = to_string(command)
 
-    case ensure_built(table, scope, channel, opts, exchange) do
+    case ensure_scopes(table, scope, channel, opts, exchange) do
       {:ok, :ok} ->
         {result, checkin} = exchange.(channel, command, args, opts)
         after_request(table, scope, channel, command, args, opts, exchange, {result, checkin})
@@ -92,12 +94,12 @@ defmodule PortBridge.Sessions do
         record_change(table, scope, channel, command, args, value, opts, exchange)
         {result, checkin}
 
-      {:error, %Error{category: :not_found}} when checkin == :ok ->
+      {:error, %Error{} = error} when checkin == :ok ->
         # The worker lost the scope (its session expired): rebuild it once, retry once.
-        if has_state?(record(table, scope)) do
+        if lost_scope?(error) and has_state?(record(table, scope)) do
           mark_stale(table, scope)
 
-          case ensure_built(table, scope, channel, opts, exchange) do
+          case ensure_scopes(table, scope, channel, opts, exchange) do
             {:ok, :ok} -> exchange.(channel, command, args, opts)
             {:error, _error, checkin} -> {result, checkin}
           end
@@ -110,7 +112,26 @@ defmodule PortBridge.Sessions do
     end
   end
 
+  # What a worker answers when it no longer has a scope the record has.
+  defp lost_scope?(%Error{category: :not_found, code: code}),
+    do: code in ["unknown_program", "unknown_session"]
+
+  defp lost_scope?(%Error{code: "no_lm_configured"}), do: true
+  defp lost_scope?(_), do: false
+
   ## Rebuilding
+
+  # A session without its own LM uses the global one: build the global scope on the
+  # worker first, then the session's.
+  defp ensure_scopes(table, nil, channel, opts, exchange),
+    do: ensure_built(table, nil, channel, opts, exchange)
+
+  defp ensure_scopes(table, scope, channel, opts, exchange) do
+    with {:ok, :ok} <-
+           ensure_built(table, nil, channel, Keyword.delete(opts, :session_id), exchange) do
+      ensure_built(table, scope, channel, opts, exchange)
+    end
+  end
 
   defp ensure_built(table, scope, channel, opts, exchange) do
     record = record(table, scope)
@@ -129,7 +150,9 @@ defmodule PortBridge.Sessions do
     steps =
       if(record.lm, do: [{"configure_lm", record.lm}], else: []) ++
         for {program_id, program} <- Enum.sort(record.programs),
-            do: {"import_program", %{"program" => program, "program_id" => program_id}}
+            do:
+              {"import_program",
+               %{"program" => program, "program_id" => program_id, "replace" => true}}
 
     replay_opts = Keyword.take(opts, [:session_id, :timeout])
 
@@ -145,7 +168,7 @@ defmodule PortBridge.Sessions do
     case result do
       :ok ->
         update(table, scope, fn record ->
-          %{record | built_on: [channel.port | record.built_on]}
+          %{record | built_on: Enum.take([channel.port | record.built_on], @max_holders)}
         end)
 
         Logger.info(

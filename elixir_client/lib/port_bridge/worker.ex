@@ -36,7 +36,7 @@ defmodule PortBridge.Worker do
   use GenServer
   require Logger
 
-  alias PortBridge.{Channel, Error, Options, Request}
+  alias PortBridge.{Channel, Error, Options, Protocol, Request}
 
   @doc false
   def child_spec(opts) do
@@ -76,7 +76,11 @@ defmodule PortBridge.Worker do
       pid when is_pid(pid) ->
         timeout = Keyword.get(opts, :timeout, PortBridge.default_timeout())
         ref = :erlang.monitor(:process, pid, alias: :demonitor)
-        envelope = Keyword.take(opts, [:session_id, :meta])
+
+        envelope =
+          [timeout_ms: Protocol.worker_timeout_ms(timeout)] ++
+            Keyword.take(opts, [:session_id, :meta])
+
         GenServer.cast(pid, {:request, ref, self(), command, args, envelope, timeout})
         Request.new(pid, ref, fn -> GenServer.cast(pid, {:cancel, ref}) end, timeout)
 

@@ -1,0 +1,254 @@
+defmodule PortBridge.DSPy do
+  @moduledoc """
+  DSPy programs from Elixir, through a `PortBridge.Worker` or a `PortBridge.Pool`.
+
+  Every function takes the `target` (a worker or pool, by pid or name) first, and
+  options that are either the command's arguments (listed per function) or request
+  options (`:session_id`, `:timeout`, `:on_event`, `:meta`, `:retry`,
+  `:pool_timeout`; see `PortBridge.request/4`). Results are `{:ok, map}` with the
+  worker's string keys, or `{:error, %PortBridge.Error{}}`.
+
+  A program lives in a scope: the session named by `:session_id`, or the global
+  scope without one. An LM configured in a session is that session's; a session
+  without its own LM uses the global one. The `"offline"` model is a built-in
+  deterministic LM (no network, no key) for demos and tests.
+
+  ```elixir
+  {:ok, worker} = PortBridge.Worker.start_link(python: "../.venv/bin/python")
+  alias PortBridge.DSPy
+
+  {:ok, %{"model" => "offline"}} = DSPy.configure_lm(worker, model: "offline", session_id: "demo")
+
+  {:ok, %{"program_id" => "qa"}} =
+    DSPy.create_program(worker,
+      signature: "question -> answer",
+      module: "ChainOfThought",
+      program_id: "qa",
+      session_id: "demo"
+    )
+
+  {:ok, %{"outputs" => %{"answer" => answer, "reasoning" => _}}} =
+    DSPy.execute_program(worker, "qa", %{question: "What is 2 + 2?"}, session_id: "demo")
+
+  true = is_binary(answer)
+
+  # Streaming: chunk events as the LM writes, then the result.
+  [{:chunk, %{"field" => _, "text" => _}} | _] =
+    worker |> DSPy.stream("qa", %{question: "Why?"}, session_id: "demo") |> Enum.to_list()
+
+  # Few-shot optimisation, then export and import elsewhere.
+  {:ok, %{"demos" => 2}} =
+    DSPy.optimize_program(worker, "qa",
+      optimizer: "LabeledFewShot",
+      trainset: [
+        %{inputs: %{question: "1 + 1?"}, outputs: %{answer: "2"}},
+        %{inputs: %{question: "2 + 3?"}, outputs: %{answer: "5"}}
+      ],
+      session_id: "demo"
+    )
+
+  {:ok, program} = DSPy.export_program(worker, "qa", session_id: "demo")
+  {:ok, %{"program_id" => "qa", "demos" => 2}} = DSPy.import_program(worker, program, session_id: "other")
+
+  GenServer.stop(worker)
+  ```
+
+  Typed signatures are maps: `%{inputs: %{question: %{type: "str", desc: "..."}},
+  outputs: %{answer: %{type: "int"}, confidence: %{type: "float"}}}`, with types
+  `str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`, `optional[T]`,
+  `%{literal: [...]}` and nested `%{object: %{...}}` (see `describe` on a worker).
+  """
+
+  alias PortBridge.Error
+
+  @request_keys [:session_id, :timeout, :on_event, :meta, :retry, :pool_timeout]
+  @lm_keys [
+    :model,
+    :api_key,
+    :api_base,
+    :temperature,
+    :max_tokens,
+    :cache,
+    :num_retries,
+    :timeout_s
+  ]
+
+  @type target :: GenServer.server()
+  @type result :: {:ok, map} | {:error, Error.t()}
+
+  @doc """
+  Sets the LM of a session (with `:session_id`) or the global one.
+
+  Arguments: `:model` (required: a DSPy model string such as `"openai/gpt-4o-mini"`,
+  or `"offline"`), `:api_key`, `:api_base`, `:temperature`, `:max_tokens`, `:cache`
+  (default false), `:num_retries`, `:timeout_s`. The API key is never echoed, logged
+  or exported by the worker.
+  """
+  @spec configure_lm(target, keyword) :: result
+  def configure_lm(target, opts) do
+    call(target, "configure_lm", opts, @lm_keys, required: [:model])
+  end
+
+  @doc """
+  Builds a program from a signature.
+
+  Arguments: `:signature` (required: `"question, context -> answer"` or a typed map,
+  see the module doc), `:module` (`"Predict"`, default, or `"ChainOfThought"`),
+  `:program_id` (generated if absent), `:instructions`, `:replace` (replace a
+  program of the same id). Returns its description, `"program_id"` included.
+  """
+  @spec create_program(target, keyword) :: result
+  def create_program(target, opts) do
+    call(
+      target,
+      "create_program",
+      opts,
+      [:signature, :module, :program_id, :instructions, :replace],
+      required: [:signature]
+    )
+  end
+
+  @doc """
+  Runs a program on one set of inputs (a map with one value per input field).
+  Returns `%{"outputs" => %{...}, "usage" => %{...}, "model" => ..., "program_id" => ...}`.
+  """
+  @spec execute_program(target, String.t(), map, keyword) :: result
+  def execute_program(target, program_id, inputs, opts \\ []) do
+    call(target, "execute_program", [program_id: program_id, inputs: inputs] ++ opts, [
+      :program_id,
+      :inputs
+    ])
+  end
+
+  @doc """
+  Runs a program and streams its output: a lazy stream of `{:chunk, %{"field",
+  "text", "predictor", "last"}}` as the LM writes, then `{:ok, result}` (as
+  `execute_program/4` returns) or `{:error, error}`. Other events come as
+  `{:event, name, data}`. Halting the stream early cancels the run.
+  """
+  @spec stream(target, String.t(), map, keyword) :: Enumerable.t()
+  def stream(target, program_id, inputs, opts \\ []) do
+    {args, request_opts} = split!(opts, [], "execute_program")
+    args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
+
+    target
+    |> PortBridge.stream("execute_program", args, Keyword.delete(request_opts, :retry))
+    |> Stream.map(fn
+      {:event, "chunk", data} -> {:chunk, data}
+      other -> other
+    end)
+  end
+
+  @doc """
+  Optimises a program from labelled examples; `progress` events go to `:on_event`.
+
+  Arguments: `:optimizer` (required: `"LabeledFewShot"` or `"BootstrapFewShot"`),
+  `:trainset` (required: a list of `%{inputs: %{...}, outputs: %{...}}`), `:metric`
+  (`"exact_match"` by default), `:metric_fields`, `:options` (`k`,
+  `max_bootstrapped_demos`, `max_labeled_demos`, `max_rounds`, `max_errors`,
+  `metric_threshold`), `:save_as` (keep the original and save the result under
+  this id), `:replace`. Returns `%{"program_id", "demos", "bootstrapped", ...}`.
+  """
+  @spec optimize_program(target, String.t(), keyword) :: result
+  def optimize_program(target, program_id, opts) do
+    keys = [
+      :program_id,
+      :optimizer,
+      :trainset,
+      :metric,
+      :metric_fields,
+      :options,
+      :save_as,
+      :replace
+    ]
+
+    call(target, "optimize_program", [program_id: program_id] ++ opts, keys,
+      required: [:optimizer, :trainset]
+    )
+  end
+
+  @doc """
+  A program as a JSON document (its definition and learned state: instructions,
+  demos); never LM settings or keys. `import_program/3` rebuilds it, on this worker
+  or any other.
+  """
+  @spec export_program(target, String.t(), keyword) :: result
+  def export_program(target, program_id, opts \\ []) do
+    with {:ok, %{"program" => program}} <- by_id(target, "export_program", program_id, opts),
+         do: {:ok, program}
+  end
+
+  @doc """
+  Rebuilds a program from an `export_program/3` document. Arguments: `:program_id`
+  (default: the document's), `:replace`. Returns the program's description.
+  """
+  @spec import_program(target, map, keyword) :: result
+  def import_program(target, program, opts \\ []) when is_map(program) do
+    call(target, "import_program", [program: program] ++ opts, [:program, :program_id, :replace])
+  end
+
+  @doc "The programs of the scope, as a list of descriptions."
+  @spec list_programs(target, keyword) :: {:ok, [map]} | {:error, Error.t()}
+  def list_programs(target, opts \\ []) do
+    with {:ok, %{"programs" => programs}} <- call(target, "list_programs", opts, []),
+         do: {:ok, programs}
+  end
+
+  @doc "One program's description (module, signature, demos, optimizations)."
+  @spec get_program(target, String.t(), keyword) :: result
+  def get_program(target, program_id, opts \\ []),
+    do: by_id(target, "get_program", program_id, opts)
+
+  @doc "Forgets a program."
+  @spec delete_program(target, String.t(), keyword) :: result
+  def delete_program(target, program_id, opts \\ []),
+    do: by_id(target, "delete_program", program_id, opts)
+
+  @doc "Token usage per model of the scope's calls. Argument: `:reset` (zero the counters)."
+  @spec lm_usage(target, keyword) :: result
+  def lm_usage(target, opts \\ []), do: call(target, "lm_usage", opts, [:reset])
+
+  @doc """
+  Ends a session at once: its queued and running requests are cancelled, its
+  programs and LM freed (and a pool forgets what it recorded to rebuild it).
+  """
+  @spec end_session(target, String.t(), keyword) :: result
+  def end_session(target, session_id, opts \\ []) do
+    call(target, "end_session", [session_id: session_id] ++ opts, [],
+      also: %{"session_id" => session_id}
+    )
+  end
+
+  defp by_id(target, command, program_id, opts) do
+    call(target, command, [program_id: program_id] ++ opts, [:program_id])
+  end
+
+  defp call(target, command, opts, arg_keys, checks \\ []) do
+    {args, request_opts} = split!(opts, arg_keys, command)
+
+    for key <- Keyword.get(checks, :required, []), not Map.has_key?(args, Atom.to_string(key)) do
+      raise ArgumentError, "#{command} needs #{inspect(key)}"
+    end
+
+    PortBridge.request(
+      target,
+      command,
+      Map.merge(args, Keyword.get(checks, :also, %{})),
+      request_opts
+    )
+  end
+
+  # Options are the command's arguments or request options; anything else is a typo.
+  defp split!(opts, arg_keys, command) do
+    {args, rest} = Keyword.split(opts, arg_keys)
+    {request_opts, unknown} = Keyword.split(rest, @request_keys)
+
+    if unknown != [] do
+      raise ArgumentError,
+            "unknown options for #{command}: #{inspect(Keyword.keys(unknown))} " <>
+              "(arguments: #{inspect(arg_keys)}; request options: #{inspect(@request_keys)})"
+    end
+
+    {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
+  end
+end
