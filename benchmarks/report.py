@@ -170,8 +170,10 @@ def render(results: list[Result]) -> str:
     ]
     for r in results:
         lines += ["", f"### {r.id}: {r.title} ({r.seconds:.0f} s)", ""]
-        if r.run and (r.run["date"], r.run["command"]) != (run["date"], run["command"]):
-            lines += [f"(Measured on {r.run['date']} with `{r.run['command']}`.)", ""]
+        if r.run:  # scenarios may come from different runs (--only): say which, and how loaded the machine was
+            load = ", ".join(f"{x:.2f}" for x in r.run["machine"]["loadavg_at_start"])
+            lines += [f"Measured {r.run['date']} with `{r.run['command']}`; load average at that run's start {load}.",
+                      ""]
         if r.error:
             lines += [f"Not run: {r.error}", ""]
         for t in r.tables:

@@ -225,8 +225,11 @@ def run_overhead(quick: bool) -> report.Result:
                 table.add(name, report.span(spread(i_med), lambda v: f"{v / 1e6:.2f}"),
                           report.span(spread(w_med), lambda v: f"{v / 1e6:.2f}"), report.span(d, report.us))
                 r.data[name] = {"worker_medians_ns": w_med, "inprocess_medians_ns": i_med, "overhead_ns": diffs}
-                r.target(f"execute_program overhead, {name}", "<= 300 us", report.span(d, report.us) + " us",
-                         d["median"] <= 300e3)
+                # A spread of differences that crosses zero is noise, not an overhead: no verdict.
+                within_noise = d["min"] < 0 < d["max"]
+                r.target(f"execute_program overhead, {name}", "<= 300 us",
+                         report.span(d, report.us) + " us" + (" (within noise)" if within_noise else ""),
+                         None if within_noise else d["median"] <= 300e3)
     finally:
         inproc.stdin.close()
         inproc.wait(10)

@@ -19,6 +19,14 @@ from .common import interleave, worker_settled
 PEERS = {"floor": floor_argv, "worker": lambda: worker_argv("--backends", "")}
 
 
+def on_fresh_peer(name: str, measure):
+    """``measure(peer)`` on a freshly spawned peer (a worker once its backends settled)."""
+    with Peer(PEERS[name]()) as peer:
+        if name == "worker":
+            worker_settled(peer)
+        return measure(peer)
+
+
 def ping_frames(n: int, fmt: str, start: int = 1) -> list[bytes]:
     out = []
     for i in range(start, start + n):
@@ -75,10 +83,7 @@ def run_sequential(quick: bool) -> report.Result:
         frames = ping_frames(n + warmup, fmt)
 
         def measure(name: str) -> dict:
-            with Peer(PEERS[name]()) as peer:
-                if name == "worker":
-                    worker_settled(peer)
-                lat = sequential(peer, frames, warmup)
+            lat = on_fresh_peer(name, lambda peer: sequential(peer, frames, warmup))
             return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
 
         runs = interleave(list(PEERS), rounds, measure)
@@ -106,13 +111,8 @@ def run_pipelined(quick: bool) -> report.Result:
     for fmt in ("json", "msgpack"):
         frames = ping_frames(n + warmup, fmt)
 
-        def measure(name: str) -> float:
-            with Peer(PEERS[name]()) as peer:
-                if name == "worker":
-                    worker_settled(peer)
-                return pipelined(peer, frames, warmup)
-
-        runs = interleave(list(PEERS), rounds, measure)
+        runs = interleave(list(PEERS), rounds, lambda name: on_fresh_peer(
+            name, lambda peer: pipelined(peer, frames, warmup)))
         ratios = [w / f for w, f in zip(runs["worker"], runs["floor"])]
         for name in PEERS:
             cell = report.span(spread(ratios), report.ratio) if name == "worker" else "1"
