@@ -167,7 +167,7 @@ defmodule PortBridge.Pool do
 
     sessions =
       if config.sessions,
-        do: [{Sessions, name: Module.concat(config.name, SessionStore), table: config.sessions}],
+        do: [{Sessions, config.sessions}],
         else: []
 
     shard_specs =

@@ -36,20 +36,34 @@ defmodule PortBridge.Sessions do
   # Workers remembered as holding a scope (older ones are long replaced).
   @max_holders 64
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts[:table], name: opts[:name])
+  @doc false
+  # The store process owns the table and is registered under the table's name;
+  # callers read the table directly and change it through the process, so that
+  # concurrent changes to one scope (the global one, from several workers) never
+  # overwrite each other.
+  def start_link(table), do: GenServer.start_link(__MODULE__, table, name: table)
 
   @impl true
   def init(table) do
-    ^table =
-      :ets.new(table, [
-        :named_table,
-        :public,
-        :set,
-        read_concurrency: true,
-        write_concurrency: true
-      ])
-
+    ^table = :ets.new(table, [:named_table, :protected, :set, read_concurrency: true])
     {:ok, table}
+  end
+
+  @impl true
+  def handle_call({:update, key, fun}, _from, table) do
+    record =
+      case :ets.lookup(table, key) do
+        [{_, record}] -> record
+        [] -> %{lm: nil, programs: %{}, built_on: []}
+      end
+
+    :ets.insert(table, {key, fun.(record)})
+    {:reply, :ok, table}
+  end
+
+  def handle_call({:delete, key}, _from, table) do
+    :ets.delete(table, key)
+    {:reply, :ok, table}
   end
 
   @doc "The recorded state of a scope (`nil` for the global scope), or nil."
@@ -240,7 +254,7 @@ defmodule PortBridge.Sessions do
   defp record_change(table, scope, _channel, "end_session", args, _result, _opts, _exchange) do
     case args["session_id"] || args[:session_id] || scope do
       nil -> :ok
-      session_id -> :ets.delete(table, key(session_id))
+      session_id -> GenServer.call(table, {:delete, key(session_id)})
     end
   end
 
@@ -255,9 +269,5 @@ defmodule PortBridge.Sessions do
   defp mark_stale(table, scope),
     do: update(table, scope, fn record -> %{record | built_on: []} end)
 
-  defp update(table, scope, fun) do
-    record = record(table, scope) || %{lm: nil, programs: %{}, built_on: []}
-    :ets.insert(table, {key(scope), fun.(record)})
-    :ok
-  end
+  defp update(table, scope, fun), do: GenServer.call(table, {:update, key(scope), fun})
 end
