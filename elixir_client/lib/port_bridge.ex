@@ -49,13 +49,15 @@ defmodule PortBridge do
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(target, command, args \\ %{}, opts \\ []) do
-    Retry.run(fn -> do_request(target, command, args, opts) end, opts[:retry])
+    {module, target} = via(target)
+    Retry.run(fn -> module.request(target, command, args, opts) end, opts[:retry])
   end
 
-  defp do_request(target, command, args, opts) do
+  # A name a pool was started with goes to the pool, anything else to a worker.
+  defp via(target) do
     case Pool.lookup(target) do
-      {:ok, pool} -> Pool.request(pool, command, args, opts)
-      :error -> Worker.request(target, command, args, opts)
+      {:ok, pool} -> {Pool, pool}
+      :error -> {Worker, target}
     end
   end
 
@@ -76,10 +78,8 @@ defmodule PortBridge do
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(target, command, args \\ %{}, opts \\ []) do
-    case Pool.lookup(target) do
-      {:ok, pool} -> Pool.async_request(pool, command, args, opts)
-      :error -> Worker.async_request(target, command, args, opts)
-    end
+    {module, target} = via(target)
+    module.async_request(target, command, args, opts)
   end
 
   @doc "Waits for a request from `async_request/4`; `on_event` gets each `{name, data}` event."

@@ -139,21 +139,30 @@ defmodule PortBridge.Channel do
   end
 
   defp decode_payload(format, payload) do
-    case Codec.decode(payload, format) do
-      {:ok, frame} ->
-        {:ok, frame}
+    Codec.decode(payload, format)
+    |> codec_failure(
+      :communication,
+      "undecodable_frame",
+      "the worker wrote a frame that is not valid #{format}"
+    )
+  end
 
-      {:error, reason} ->
-        {:error,
-         Error.new(
-           :communication,
-           "undecodable_frame",
-           "the worker wrote a frame that is not valid #{format}",
-           %{
-             "reason" => inspect(reason, limit: 10, printable_limit: 200)
-           }
-         )}
-    end
+  defp encode_payload(format, request) do
+    Codec.encode(request, format)
+    |> codec_failure(
+      :serialization,
+      "unencodable_request",
+      "the request cannot be encoded as #{format}"
+    )
+  end
+
+  defp codec_failure({:ok, _} = ok, _category, _code, _message), do: ok
+
+  defp codec_failure({:error, reason}, category, code, message) do
+    {:error,
+     Error.new(category, code, message, %{
+       "reason" => inspect(reason, limit: 10, printable_limit: 200)
+     })}
   end
 
   @doc "Decodes a frame from the worker and tells what it is (see `PortBridge.Protocol.classify/1`)."
@@ -185,24 +194,6 @@ defmodule PortBridge.Channel do
       else
         {:ok, payload}
       end
-    end
-  end
-
-  defp encode_payload(format, request) do
-    case Codec.encode(request, format) do
-      {:ok, payload} ->
-        {:ok, payload}
-
-      {:error, reason} ->
-        {:error,
-         Error.new(
-           :serialization,
-           "unencodable_request",
-           "the request cannot be encoded as #{format}",
-           %{
-             "reason" => inspect(reason, limit: 10, printable_limit: 200)
-           }
-         )}
     end
   end
 
@@ -317,7 +308,7 @@ defmodule PortBridge.Channel do
 
         drain_cancelled(
           %{wait | deadline: deadline(@cancel_grace_ms)},
-          receive_timeout(wait.timeout, "pool")
+          receive_timeout(wait.timeout)
         )
     end
   end
@@ -340,6 +331,9 @@ defmodule PortBridge.Channel do
         {^port, {:exit_status, status}} ->
           Reaper.forget(wait.channel.os_pid)
           {{:error, error}, {:remove, {:exit_status, status}}}
+
+        {:DOWN, ref, :port, _, _} when ref == wait.port_ref ->
+          {{:error, error}, {:remove, :closed}}
       after
         remaining(wait.deadline) -> {{:error, error}, {:remove, :cancel_unanswered}}
       end
@@ -440,23 +434,13 @@ defmodule PortBridge.Channel do
   end
 
   @doc false
-  def receive_timeout(timeout, via) do
-    hint =
-      case via do
-        "pool" ->
-          "raise the call's :timeout (receive timeout) if the work is expected to take longer"
-
-        _ ->
-          "raise the call's :timeout if the work is expected to take longer"
-      end
-
+  def receive_timeout(timeout) do
     Error.new(
       :timeout,
       "receive_timeout",
-      "no reply within #{timeout} ms; cancel was sent to the worker (#{hint})",
-      %{
-        "timeout_ms" => timeout
-      }
+      "no reply within #{timeout} ms; cancel was sent to the worker " <>
+        "(pass a larger :timeout if the work is expected to take longer)",
+      %{"timeout_ms" => timeout}
     )
   end
 

@@ -278,13 +278,16 @@ defmodule PortBridge.Pool do
   # Connect the port back to the pool before checkin (or an idle worker's exit would
   # reach us instead of the pool), and take its stray frames off our mailbox.
   defp hand_back(channel, pool_pid, checkin) do
-    try do
-      Port.connect(channel.port, pool_pid)
-      flush(channel.port)
-      checkin
-    rescue
-      ArgumentError -> {:remove, :closed}
-    end
+    checkin =
+      try do
+        Port.connect(channel.port, pool_pid)
+        checkin
+      rescue
+        ArgumentError -> {:remove, :closed}
+      end
+
+    flush(channel.port)
+    checkin
   end
 
   defp flush(port) do

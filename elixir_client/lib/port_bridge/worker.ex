@@ -241,7 +241,7 @@ defmodule PortBridge.Worker do
   def handle_info({:deadline, ref}, state) do
     case state.requests do
       %{^ref => entry} ->
-        {:noreply, abandon(state, ref, Channel.receive_timeout(entry.timeout, "worker"))}
+        {:noreply, abandon(state, ref, Channel.receive_timeout(entry.timeout))}
 
       %{} ->
         {:noreply, state}
