@@ -283,7 +283,11 @@ defmodule PortBridge.Pool do
         Port.connect(channel.port, pool_pid)
         checkin
       rescue
-        ArgumentError -> {:remove, :closed}
+        # The port closed, or the pool is gone (then nobody else would close it:
+        # we are not linked to it, so it would outlive us).
+        ArgumentError ->
+          Channel.close(channel)
+          {:remove, :closed}
       end
 
     flush(channel.port)

@@ -139,7 +139,8 @@ defmodule PortBridge.PoolTest do
   end
 
   test "an error whose recovery is restart_worker replaces the worker" do
-    pool = start_pool(worker_opts(size: 1))
+    # (the worker logs the crash's traceback at error level: keep it off the report)
+    pool = start_pool(worker_opts(size: 1, worker_args: ["--log-level", "critical"]))
     pid = ping_pid(pool)
 
     assert {:error, %Error{category: :internal, recovery: :restart_worker}} =
@@ -215,6 +216,19 @@ defmodule PortBridge.PoolTest do
     stop_supervised!(pool)
     for pid <- pids, do: assert_os_pid_exited(pid)
     assert {:error, %Error{category: :communication}} = PortBridge.request(pool, "ping")
+  end
+
+  test "a pool that stops while a request holds a worker: the request ends, then its worker at once" do
+    pool = start_pool(worker_opts(size: 1))
+    pid = ping_pid(pool)
+    request = PortBridge.async_request(pool, "emit", %{n: 2, delay_ms: 300})
+    await_running(request)
+
+    stop_supervised!(pool)
+    assert {:ok, %{"emitted" => 2}} = Request.await(request)
+    # Closed by the caller that held it (no pool to give it back to), not left to
+    # the reaper's grace period (2 s) and signals.
+    assert_os_pid_exited(pid, 1_500)
   end
 
   test "options are checked at start" do
