@@ -128,20 +128,20 @@ def test_a_refused_connection_is_lm_unavailable_at_once(worker, server):
     started = time.perf_counter()
     err = error_of(worker, "execute_program", {"program_id": "qa", "inputs": {"question": "x"}}, session_id=s)
     assert (err["category"], err["code"]) == ("lm_unavailable", "transport")
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 3  # no retries: DSPy's default 3 would take ~7 s
 
 
 def test_a_model_slower_than_the_deadline_times_out_at_the_deadline(worker, server):
     s = "slow"
-    configure(worker, server, s, "slow-1500")
+    configure(worker, server, s, "slow-3000")
     program(worker, s)
     started = time.perf_counter()
     err = error_of(worker, "execute_program", {"program_id": "qa", "inputs": {"question": "x"}},
                    session_id=s, timeout_ms=300)
     elapsed = time.perf_counter() - started
-    assert err["category"] == "timeout" and 0.25 < elapsed < 1.2
+    assert err["category"] == "timeout" and 0.25 < elapsed < 2.5  # at the deadline, not when the model answers
     # The LM client's own timeout (timeout_s) is a transport failure of the provider.
-    configure(worker, server, s, "slow-1500", timeout_s=0.2)
+    configure(worker, server, s, "slow-3000", timeout_s=0.2)
     err = error_of(worker, "execute_program", {"program_id": "qa", "inputs": {"question": "x"}}, session_id=s)
     assert (err["category"], err["code"]) == ("lm_unavailable", "lm_read_timeout")
     # The session still works afterwards.

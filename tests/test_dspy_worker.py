@@ -9,6 +9,7 @@ import pytest
 
 from bridge.backends.dspy import fieldtypes
 from tests.support.dspy_workers import dspy_worker, error_of
+from tests.support.waiting import until
 
 DSPY_COMMANDS = {"configure_lm", "create_program", "execute_program", "list_programs", "get_program",
                  "delete_program", "export_program", "import_program", "optimize_program", "lm_usage"}
@@ -292,7 +293,8 @@ def test_a_cancelled_optimisation_stops_between_examples(worker):
     assert running.wait(30), "no progress event"
     assert worker.call("cancel", {"request_id": pending.id})["cancelled"]
     assert pending.wait(10)["error"]["category"] == "cancelled"
-    # The session's next request runs once the cancelled one has stopped; the program was not replaced.
+    # The handler notices at its next example, stops, and records what it used; the program is not replaced.
+    until(lambda: worker.call("stats"), lambda stats: stats["running"] == 0, timeout=30)
     assert worker.call("get_program", {"program_id": "qa"}, session_id=s)["demos"] == 0
     used = worker.call("lm_usage", session_id=s)["models"]["offline"]["lm_calls"]
     assert used < 400
