@@ -19,7 +19,7 @@ defmodule PortBridge do
   options and a complete example.
   """
 
-  alias PortBridge.{Error, Pool, Request, Retry, Worker}
+  alias PortBridge.{CircuitBreaker, Error, Pool, Request, Retry, Worker}
 
   @default_timeout 60_000
 
@@ -44,13 +44,18 @@ defmodule PortBridge do
     * `:meta` - a map echoed back by the worker and put in its logs (`trace_id`).
     * `:retry` - `true` or options: retry following the error table, see
       `PortBridge.Retry`. Off by default.
+    * `:circuit` - `true`, a key or options: fail at once while calls with the
+      same key keep failing with `circuit_break` errors, see
+      `PortBridge.CircuitBreaker`. Off by default.
     * `:pool_timeout` - pools only: ms to wait for a free worker (default 5_000).
   """
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(target, command, args \\ %{}, opts \\ []) do
-    {module, target} = via(target)
-    Retry.run(fn -> module.request(target, command, args, opts) end, opts[:retry])
+    {module, resolved} = via(target)
+    circuit = CircuitBreaker.options(opts[:circuit], {target, opts[:session_id]})
+    call = fn -> module.request(resolved, command, args, opts) end
+    Retry.run(fn -> CircuitBreaker.call(call, circuit) end, opts[:retry])
   end
 
   # A name a pool was started with goes to the pool, anything else to a worker.

@@ -6,6 +6,7 @@ defmodule PortBridge.Application do
   def start(_type, _args) do
     children = [
       PortBridge.Reaper,
+      PortBridge.CircuitBreaker,
       {Task.Supervisor, name: PortBridge.TaskSupervisor}
     ]
 

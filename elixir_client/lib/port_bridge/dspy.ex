@@ -4,7 +4,7 @@ defmodule PortBridge.DSPy do
 
   Every function takes the `target` (a worker or pool, by pid or name) first, and
   options that are either the command's arguments (listed per function) or request
-  options (`:session_id`, `:timeout`, `:on_event`, `:meta`, `:retry`,
+  options (`:session_id`, `:timeout`, `:on_event`, `:meta`, `:retry`, `:circuit`,
   `:pool_timeout`; see `PortBridge.request/4`). Results are `{:ok, map}` with the
   worker's string keys, or `{:error, %PortBridge.Error{}}`.
 
@@ -61,7 +61,7 @@ defmodule PortBridge.DSPy do
 
   alias PortBridge.Error
 
-  @request_keys [:session_id, :timeout, :on_event, :meta, :retry, :pool_timeout]
+  @request_keys [:session_id, :timeout, :on_event, :meta, :retry, :circuit, :pool_timeout]
   @lm_keys [
     :model,
     :api_key,
@@ -132,7 +132,7 @@ defmodule PortBridge.DSPy do
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
-    |> PortBridge.stream("execute_program", args, Keyword.delete(request_opts, :retry))
+    |> PortBridge.stream("execute_program", args, Keyword.drop(request_opts, [:retry, :circuit]))
     |> Stream.map(fn
       {:event, "chunk", data} -> {:chunk, data}
       other -> other
