@@ -444,7 +444,8 @@ defmodule PortBridge.Channel do
     )
   end
 
-  defp start_failed(executable, status) do
+  @doc false
+  def start_failed(executable, status) do
     Error.new(
       :initialization,
       "worker_start_failed",
@@ -454,7 +455,8 @@ defmodule PortBridge.Channel do
     )
   end
 
-  defp ready_timeout(ms) do
+  @doc false
+  def ready_timeout(ms) do
     Error.new(
       :initialization,
       "ready_timeout",

@@ -220,15 +220,7 @@ defmodule PortBridge.Worker do
         Logger.error("portbridge worker #{state.os_pid} exited with status #{status}")
         {{:worker_exited, status}, Channel.exited(status)}
       else
-        {{:worker_start_failed, status},
-         Error.new(
-           :initialization,
-           "worker_start_failed",
-           "the worker exited with status #{status} before it was ready",
-           %{
-             "exit_status" => status
-           }
-         )}
+        {{:worker_start_failed, status}, Channel.start_failed(state.spawn.executable, status)}
       end
 
     {:stop, {:shutdown, reason}, fail_all(%{state | port: nil}, error)}
@@ -256,15 +248,7 @@ defmodule PortBridge.Worker do
   end
 
   def handle_info(:ready_timeout, state) do
-    error =
-      Error.new(
-        :initialization,
-        "ready_timeout",
-        "the worker sent no ready event within #{state.spawn.ready_timeout} ms",
-        %{
-          "ready_timeout_ms" => state.spawn.ready_timeout
-        }
-      )
+    error = Channel.ready_timeout(state.spawn.ready_timeout)
 
     # Not ready in time: stuck, no reason to give it a grace period.
     Channel.close(channel(state), grace_ms: 0)
