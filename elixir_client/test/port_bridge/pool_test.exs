@@ -12,9 +12,17 @@ defmodule PortBridge.PoolTest do
     name
   end
 
-  # Waits for the first event of a request: proof that it holds a worker now.
-  defp await_running(%Request{ref: ref}) do
+  # A pool of one worker, busy with a request that sends two events `delay_ms` apart
+  # (its first event proves that it holds the worker).
+  defp busy_pool(delay_ms) do
+    pool = start_pool(worker_opts(size: 1))
+    pid = ping_pid(pool)
+
+    %Request{ref: ref} =
+      request = PortBridge.async_request(pool, "emit", %{n: 2, delay_ms: delay_ms})
+
     assert_receive {^ref, {:event, _, _}}, 5_000
+    {pool, pid, request}
   end
 
   test "checkout under contention: every caller gets its own reply, from the pool's workers" do
@@ -61,9 +69,7 @@ defmodule PortBridge.PoolTest do
   end
 
   test "pool_timeout: a clear overloaded error when no worker is free" do
-    pool = start_pool(worker_opts(size: 1))
-    busy = PortBridge.async_request(pool, "emit", %{n: 2, delay_ms: 2_000})
-    await_running(busy)
+    {pool, _pid, busy} = busy_pool(2_000)
 
     assert {:error, %Error{category: :overloaded, code: "pool_timeout", retryable: true} = error} =
              PortBridge.request(pool, "ping", %{}, pool_timeout: 100)
@@ -123,11 +129,7 @@ defmodule PortBridge.PoolTest do
   end
 
   test "a worker killed mid-request: its caller gets communication, the next request a fresh worker" do
-    pool = start_pool(worker_opts(size: 1))
-    pid = ping_pid(pool)
-    request = PortBridge.async_request(pool, "emit", %{n: 2, delay_ms: 10_000})
-    await_running(request)
-
+    {pool, pid, request} = busy_pool(10_000)
     kill9(pid)
 
     assert {:error, %Error{category: :communication, code: "worker_exited"}} =
@@ -219,11 +221,7 @@ defmodule PortBridge.PoolTest do
   end
 
   test "a pool that stops while a request holds a worker: the request ends, then its worker at once" do
-    pool = start_pool(worker_opts(size: 1))
-    pid = ping_pid(pool)
-    request = PortBridge.async_request(pool, "emit", %{n: 2, delay_ms: 100})
-    await_running(request)
-
+    {pool, pid, request} = busy_pool(100)
     stop_supervised!(pool)
     assert {:ok, %{"emitted" => 2}} = Request.await(request)
     # Closed by the caller that held it (no pool to give it back to), not left to
