@@ -181,6 +181,27 @@ def test_streaming_sends_chunks_per_field_before_the_final_outputs(worker):
     assert plain["outputs"] == outputs
 
 
+def test_many_calls_in_flight_on_one_program_never_mix_inputs_or_chunks(worker):
+    """40 concurrent calls in the global scope (no lane: they run in parallel), half of them streaming."""
+    worker.call("create_program", {"signature": "question -> answer", "module": "ChainOfThought",
+                                   "program_id": "shared", "replace": True})
+    calls = []
+    for i in range(40):
+        events: list = []
+        args = {"program_id": "shared", "inputs": {"question": f"question number {i}"}, "stream": i % 2 == 0}
+        calls.append((i, events, worker.submit("execute_program", args, on_event=events.append)))
+    for i, events, pending in calls:
+        reply = pending.wait(60)
+        assert reply["success"], reply
+        answer = reply["result"]["outputs"]["answer"]
+        assert answer.endswith(f": question number {i}"), answer
+        if i % 2 == 0:
+            streamed = "".join(e["data"]["text"] for e in events if e["data"]["field"] == "answer")
+            assert streamed == answer
+        else:
+            assert events == []
+
+
 TRAIN = [
     {"inputs": {"question": "What is the capital of France?"}, "outputs": {"answer": "Paris"}},
     {"inputs": {"question": "What is 2 + 2?"}, "outputs": {"answer": "4"}},
