@@ -240,6 +240,23 @@ def test_labeled_few_shot_then_export_and_import_in_a_fresh_worker(worker, tmp_p
             doc["state"]
 
 
+def test_a_chain_of_thought_trainset_may_label_reasoning_and_the_metric_ignores_it(worker):
+    s = "reasoning-labels"
+    for module in ("ChainOfThought", "Predict"):
+        worker.call("create_program", {"signature": "question -> answer", "module": module,
+                                       "program_id": module}, session_id=s)
+    labelled = [{"inputs": {"question": "2+2?"}, "outputs": {"reasoning": "add two and two", "answer": "4"}}]
+    result = worker.call("optimize_program", {"program_id": "ChainOfThought", "optimizer": "LabeledFewShot",
+                                              "trainset": labelled}, session_id=s)
+    assert result["demos"] == 1
+    taught = worker.call("execute_program", {"program_id": "ChainOfThought", "inputs": {"question": "2+2?"}},
+                         session_id=s)["outputs"]
+    assert taught == {"reasoning": "add two and two", "answer": "4"}
+    err = error_of(worker, "optimize_program", {"program_id": "Predict", "optimizer": "LabeledFewShot",
+                                                "trainset": labelled}, session_id=s)
+    assert err["code"] == "unknown_output" and err["details"]["unknown"] == ["reasoning"]
+
+
 def _tamper(doc, change):
     import copy
 

@@ -58,19 +58,23 @@ def module(dspy, module_name: str, spec: dict):
     if module_name not in MODULES:
         raise validation_error("unsupported_module", f"module {module_name!r} cannot be built from data; "
                                f"supported: {', '.join(MODULES)}", module=module_name)
-    if module_name == "ChainOfThought" and REASONING in spec["outputs"]:
+    if module_name == "ChainOfThought" and (REASONING in spec["outputs"] or REASONING in spec["inputs"]):
         raise validation_error("reserved_field_name", "ChainOfThought adds its own 'reasoning' output; "
-                               "rename yours or use Predict", field=REASONING)
+                               "rename your 'reasoning' field or use Predict", field=REASONING)
     sig = signature(dspy, spec)
     return dspy.ChainOfThought(sig) if module_name == "ChainOfThought" else dspy.Predict(sig)
 
 
+def output_fields(module_name: str, spec: dict) -> dict:
+    """Every output of this module's predictor (ChainOfThought's 'reasoning' included), as ``{name: field}``."""
+    if module_name == "ChainOfThought":
+        return {REASONING: {"type": "str", "desc": ""}, **spec["outputs"]}
+    return dict(spec["outputs"])
+
+
 def demo_fields(module_name: str, spec: dict) -> dict:
     """Every field a demo of this module's predictor may carry, as ``{name: {"type", "desc"}}``."""
-    fields = {**spec["inputs"], **spec["outputs"]}
-    if module_name == "ChainOfThought":
-        fields[REASONING] = {"type": "str", "desc": ""}
-    return fields
+    return {**spec["inputs"], **output_fields(module_name, spec)}
 
 
 def python_inputs(sig, inputs: dict) -> dict:

@@ -2,7 +2,8 @@
 
 A client names a metric; no code crosses the wire. Each metric compares the
 labelled outputs of a training example with the program's prediction, field
-by field (the labelled fields, or the ``metric_fields`` asked for), and
+by field (the labelled signature outputs, or the ``metric_fields`` asked
+for; a ChainOfThought's labelled reasoning is not compared), and
 returns the mean of the field scores in [0, 1]. BootstrapFewShot keeps a
 generated demo when the score reaches the threshold (default: every compared
 field matches; 0.5 for ``f1``). Plain Python, no DSPy import.
@@ -61,14 +62,14 @@ METRICS: dict[str, tuple[Callable, float, str]] = {
 }
 
 
-def make(name: str, fields: list[str] | None) -> Callable:
-    """The DSPy metric function for a named metric, comparing ``fields`` (default: the labelled outputs)."""
+def make(name: str, fields: list[str] | None, outputs: list[str]) -> Callable:
+    """The DSPy metric for a named metric, comparing ``fields`` (default: the labelled ones of ``outputs``)."""
     from .build import json_value  # pydantic: only once DSPy is imported
 
     compare = METRICS[name][0]
 
     def metric(example, prediction, trace=None) -> float:
-        names = fields or [k for k in example.labels().keys()]
+        names = fields or [k for k in example.labels().keys() if k in outputs]
         if not names:
             return 0.0
         scores = [compare(json_value(example.get(k)), json_value(prediction.get(k))) for k in names]

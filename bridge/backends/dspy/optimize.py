@@ -43,6 +43,7 @@ class _Reporting(BootstrapFewShot):
 def trainset(program: Program, items: list) -> list:
     """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked."""
     signature = program.predictors()[0][1].signature
+    outputs = build.output_fields(program.module_name, program.spec)  # ChainOfThought may be given reasoning
     examples = []
     for i, item in enumerate(items):
         where = f"args.trainset[{i}]"
@@ -50,7 +51,7 @@ def trainset(program: Program, items: list) -> list:
         if not item["outputs"]:
             raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
                                    path=f"{where}.outputs")
-        spec.check_outputs(program.spec, item["outputs"], f"{where}.outputs")
+        spec.check_outputs(outputs, item["outputs"], f"{where}.outputs")
         values = build.python_inputs(signature, item["inputs"])
         examples.append(dspy.Example(**values, **item["outputs"]).with_inputs(*values))
     return examples
@@ -85,7 +86,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
 
         optimizer = _Reporting(
             report,
-            metric=metrics.make(metric_name, fields),
+            metric=metrics.make(metric_name, fields, list(program.spec["outputs"])),
             metric_threshold=threshold,
             max_bootstrapped_demos=options.get("max_bootstrapped_demos", 4),
             max_labeled_demos=options.get("max_labeled_demos", 16),

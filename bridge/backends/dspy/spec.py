@@ -132,14 +132,14 @@ def check_inputs(spec: dict, inputs: dict, path: str = "args.inputs") -> None:
     fieldtypes.check_fields(spec["inputs"], inputs, path, "input")
 
 
-def check_outputs(spec: dict, outputs: dict, path: str) -> None:
-    """Labelled outputs (trainsets, demos): unknown or mistyped ones are refused; some may be absent."""
-    unknown = sorted(set(outputs) - set(spec["outputs"]))
+def check_outputs(fields: dict, outputs: dict, path: str) -> None:
+    """Labelled outputs (trainsets): unknown or mistyped ones are refused; some may be absent."""
+    unknown = sorted(set(outputs) - set(fields))
     if unknown:
         raise validation_error("unknown_output", f"{path}: unknown output(s) {unknown}; expected "
-                               f"{sorted(spec['outputs'])}", path=path, unknown=unknown)
+                               f"{sorted(fields)}", path=path, unknown=unknown)
     for name, value in outputs.items():
-        fieldtypes.check(spec["outputs"][name]["type"], value, f"{path}.{name}")
+        fieldtypes.check(fields[name]["type"], value, f"{path}.{name}")
 
 
 def summary(spec: dict) -> str:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ...errors import not_found, overloaded, validation_error
+from .spec import summary
 
 MAX_PROGRAMS = 256  # per scope
 STORE = "dspy"  # this backend's key in Session.store
@@ -36,8 +37,6 @@ class Program:
         return sum(len(p.demos) for _, p in self.predictors())
 
     def describe(self) -> dict:
-        from .spec import summary
-
         return {
             "program_id": self.program_id,
             "module": self.module_name,
