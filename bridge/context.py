@@ -76,51 +76,58 @@ class Job:
 
 
 class Context:
-    """What a handler sees of its request: ``handler(ctx, args) -> result``."""
+    """What a handler sees of its request: ``handler(ctx, args) -> result``.
 
-    __slots__ = ("job", "dispatcher")
+    Scheduled requests have a ``job`` (they can be cancelled, time out, wait);
+    control commands run inline on the reading thread with ``job`` None: they
+    are answered as soon as they return, so nothing can interrupt them.
+    """
 
-    def __init__(self, job: Job, dispatcher: "Dispatcher") -> None:
-        self.job = job
+    __slots__ = ("request", "session", "codec", "dispatcher", "job")
+
+    def __init__(self, request: "Request", session: "Session", codec, dispatcher: "Dispatcher",
+                 job: Job | None = None) -> None:
+        self.request = request
+        self.session = session
+        self.codec = codec
         self.dispatcher = dispatcher
+        self.job = job
 
     @property
     def request_id(self):
-        return self.job.request.id
-
-    @property
-    def session(self) -> "Session":
-        return self.job.session
+        return self.request.id
 
     @property
     def session_id(self) -> str | None:
-        return self.job.request.session_id
+        return self.request.session_id
 
     @property
     def meta(self) -> dict:
-        return self.job.request.meta
+        return self.request.meta
 
     @property
     def format(self) -> str:
-        return self.job.codec.name
+        return self.codec.name
 
     def emit(self, name: str, data) -> None:
         """Send an event (``chunk``, ``progress``) for this request, unless it was already answered."""
-        if not self.job.done:
-            self.dispatcher.send_event(self.job, name, data)
+        if self.job is None or not self.job.done:
+            self.dispatcher.send_event(name, data, self.request.id, self.codec)
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline, or None without one."""
-        if self.job.deadline is None:
+        if self.job is None or self.job.deadline is None:
             return None
         return max(self.job.deadline - time.monotonic(), 0.0)
 
     def check(self) -> None:
         """Raise if the request was already answered (cancelled, timed out, shutting down)."""
-        if self.job.interrupted:
+        if self.job is not None and self.job.interrupted:
             raise BridgeError("cancelled", "interrupted", "the request was answered before its handler finished")
 
     def wait(self, seconds: float) -> None:
         """Sleep like a slow call, but stop at once (raising) when the request is answered."""
-        if self.job.wait_interrupted(seconds):
+        if self.job is None:
+            time.sleep(seconds)
+        elif self.job.wait_interrupted(seconds):
             self.check()

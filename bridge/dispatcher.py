@@ -85,9 +85,9 @@ class Dispatcher:
         self._write(payload)
         self.stats.frame_out(len(payload))
 
-    def send_event(self, job: Job | None, name: str, data) -> None:
-        codec = job.codec if job is not None else self.last_codec
-        rid = job.request.id if job is not None else None
+    def send_event(self, name: str, data, rid=None, codec=None) -> None:
+        """An event of request ``rid`` in its format, or a worker-level one (``rid`` None)."""
+        codec = codec or self.last_codec
         try:
             self.send(codec, envelope.event(rid, name, data))
         except codecs.EncodeError as exc:
@@ -126,8 +126,8 @@ class Dispatcher:
             return self.pinned
         return codecs.detect(payload)
 
-    def handle_payload(self, payload: bytes) -> None:
-        """One complete frame payload from the client."""
+    def handle_payload(self, payload) -> None:
+        """One complete frame payload from the client (bytes, or a memoryview valid during the call)."""
         stats = self.stats
         stats.frames_in += 1  # only this (the reading) thread counts input
         stats.bytes_in += len(payload)
@@ -145,7 +145,7 @@ class Dispatcher:
         try:
             request = envelope.parse_request(codec.decode(payload))
         except codecs.DecodeError as exc:
-            rid = envelope.recover_id(payload[:4096], codec.name)
+            rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
             self.reject(protocol_error("undecodable", str(exc)[:500], format=codec.name), codec, rid)
             return
         except BridgeError as exc:
@@ -237,17 +237,15 @@ class Dispatcher:
     # -- running ----------------------------------------------------------------------
 
     def _run_control(self, request: envelope.Request, command, codec) -> None:
-        """Control commands run right here, on the reading thread: no queue, no session, no lock.
-        Nobody else can answer them, so no job bookkeeping either."""
-        job = Job(request, command, codec, self.sessions.global_session)
-        job.state = "running"
+        """Control commands run right here, on the reading thread: no queue, no session, no job.
+        Nobody else can answer them, so there is nothing to book-keep but the reply."""
         # Shutdown waits for this reply too. Only this thread sets the flag, so it
         # needs no lock (a lock costs ~0.4 us here, a tenth of a ping's time in the worker).
         self._inline = True
         try:
-            result, error = self._call(job)
-            job.state = "done"
-            self._reply(job, error, result, counted=False)
+            ctx = Context(request, self.sessions.global_session, codec, self)
+            result, error = self._call(command, ctx)
+            self._reply(request, codec, error, result, counted=False)
         finally:
             self._inline = False
             if self._draining:
@@ -258,25 +256,25 @@ class Dispatcher:
         """Run a scheduled job's handler (on a scheduler thread)."""
         if not job.start():
             return
-        result, error = self._call(job)
+        result, error = self._call(job.command, Context(job.request, job.session, job.codec, self, job))
         self.finish(job, error, result)
 
-    def _call(self, job: Job):
+    def _call(self, command, ctx: Context):
         """The handler's (result, None), or (None, its error): every failure becomes one categorised error."""
-        token = enter_request(job.request)
+        token = enter_request(ctx.request)
         try:
-            return job.command.handler(Context(job, self), job.request.args), None
+            return command.handler(ctx, ctx.request.args), None
         except BaseException as exc:  # noqa: BLE001
-            return None, self._classify(exc, job)
+            return None, self._classify(exc, command.name)
         finally:
             leave_request(token)
 
-    def _classify(self, exc: BaseException, job: Job) -> BridgeError:
+    def _classify(self, exc: BaseException, command: str) -> BridgeError:
         error = self.registry.classify(exc)
         if error.category == "internal":
-            log.error("%s failed: %s", job.request.command, error.message, exc_info=exc)
+            log.error("%s failed: %s", command, error.message, exc_info=exc)
         elif error.category not in ("validation", "not_found", "cancelled"):
-            log.warning("%s failed: %s/%s: %s", job.request.command, error.category, error.code, error.message)
+            log.warning("%s failed: %s/%s: %s", command, error.category, error.code, error.message)
         if self.debug and not isinstance(exc, BridgeError):
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             error.details = {**error.details, "traceback": tb[-20000:]}
@@ -295,19 +293,18 @@ class Dispatcher:
         if previous == "queued":
             self.scheduler.withdraw(job)
         self.sessions.release(job.session)
-        self._reply(job, error, result)
+        self._reply(job.request, job.codec, error, result)
         self.scheduler.release_lane(job)
         return True
 
-    def _reply(self, job: Job, error: BridgeError | None, result, counted: bool = True) -> None:
-        """Encode and write a job's final reply; ``counted``: the job is in ``_unwritten``."""
-        request = job.request
+    def _reply(self, request, codec, error: BridgeError | None, result, counted: bool = True) -> None:
+        """Encode and write a final reply; ``counted``: the request is in ``_unwritten``."""
         meta = envelope.reply_meta(request)
         if error is None:
             doc = {"id": request.id, "success": True, "result": result, "meta": meta}
         else:
             doc = envelope.failure(request.id, self._wire(error), meta)
-        payload, category = self._encode_final(job.codec, doc)
+        payload, category = self._encode_final(codec, doc)
         # Counted before the write, so that a client reading this reply and
         # asking for stats next sees it.
         self.stats.reply(request.command, meta["elapsed_us"], category, len(payload))

@@ -125,6 +125,45 @@ class FrameDecoder:
             return max(HEADER_SIZE - have, 0)
         return max(self._length - have, 0)
 
+    def split(self, data) -> list:
+        """Feed ``data`` and return every item now complete, as a list.
+
+        The fast path of a worker's read loop: when no partial frame is pending,
+        the complete frames in ``data`` are returned as memoryview slices of
+        ``data`` itself, with no copy; they are valid until ``data`` is
+        overwritten, so consume them first. Only a trailing partial frame is
+        buffered. If the stream lost its framing, the list ends with the
+        ``StreamDesync`` exception instead of raising it, so that the frames
+        before it are still answered.
+        """
+        if self._buf or self._skip or self._skip_length or self._length is not None:
+            self.feed(data)
+            return self._drain([])
+        view = memoryview(data)
+        n = len(view)
+        pos = 0
+        items = []
+        limit = self.max_frame_bytes
+        unpack = HEADER.unpack_from
+        while n - pos >= HEADER_SIZE:
+            (length,) = unpack(view, pos)
+            end = pos + HEADER_SIZE + length
+            if length == 0 or length > limit or end > n:
+                break  # the rare cases, and the partial tail: the buffered path below
+            items.append(view[pos + HEADER_SIZE : end])
+            pos = end
+        if pos < n:
+            self.feed(view[pos:])
+            self._drain(items)
+        return items
+
+    def _drain(self, items: list) -> list:
+        try:
+            items.extend(self.frames())
+        except StreamDesync as exc:
+            items.append(exc)
+        return items
+
     def frames(self):
         """Yield every complete item now buffered."""
         while True:

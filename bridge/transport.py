@@ -126,17 +126,20 @@ class Transport:
                 return
             if self._batch is not None and self._batch_owner == threading.get_ident():
                 self._flush_batch()  # a large frame: keep this thread's frames in order
-            self._guarded(self._write_frame, header, payload)
+            if len(payload) < _COPY_LIMIT:
+                data = header + payload
+                try:
+                    written = os.write(self.out_fd, data)
+                    if written != len(data):  # a pipe may take only part of it
+                        self._write_all(memoryview(data)[written:])
+                except OSError as exc:
+                    self._failed(exc)
+            else:
+                self._guarded(self._write_large, header, payload)
 
-    def _write_frame(self, header: bytes, payload: bytes) -> None:
-        if len(payload) < _COPY_LIMIT:
-            data = header + payload
-            written = os.write(self.out_fd, data)
-            if written != len(data):  # a pipe may take only part of it
-                self._write_all(memoryview(data)[written:])
-        else:
-            self._write_all(header)
-            self._write_all(payload)
+    def _write_large(self, header: bytes, payload: bytes) -> None:
+        self._write_all(header)  # no copy of a large payload just to prepend 4 bytes
+        self._write_all(payload)
 
     def _guarded(self, write, *args) -> None:
         """Run ``write(*args)`` (the write lock is held); a failed one closes the transport."""
@@ -145,10 +148,14 @@ class Transport:
         try:
             write(*args)
         except OSError as exc:
-            self.closed = True
-            reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
-            log.warning("%s; stopping", reason)
-            threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """A write failed (the write lock is held): the reader is gone; stop once."""
+        self.closed = True
+        reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
+        log.warning("%s; stopping", reason)
+        threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
 
     def seal(self, timeout: float = 2.0) -> None:
         """Wait for a write in progress (never exit mid-frame), then drop every later write."""

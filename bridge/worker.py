@@ -27,7 +27,7 @@ from . import core_commands, logs
 from .backends import load as load_backends
 from .dispatcher import Dispatcher, Limits
 from .errors import RegistrationError, protocol_error
-from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized, StreamDesync
+from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized
 from .registry import Registry
 from .transport import Transport, guard_stdio
 
@@ -76,8 +76,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         if self.config.log_frames:
-            logs.forward_as_events(lambda data: self.dispatcher.send_event(None, "log", data), self.config.log_level)
-        self.dispatcher.send_event(None, "ready", self.dispatcher.ready_data())
+            logs.forward_as_events(lambda data: self.dispatcher.send_event("log", data), self.config.log_level)
+        self.dispatcher.send_event("ready", self.dispatcher.ready_data())
         threading.Thread(target=self._start_backends, name="portbridge-backends", daemon=True).start()
         code = self._read_loop()
         self.begin_shutdown("stdin closed" if code == EXIT_OK else "stream out of sync", code)
@@ -108,29 +108,35 @@ class Worker:
     def _read_loop(self) -> int:
         decoder = FrameDecoder(self.config.limits.max_frame_bytes, self.config.desync_bytes)
         dispatcher = self.dispatcher
+        handle_payload = dispatcher.handle_payload
         transport = self.transport
         while True:
             data = transport.read()
             if not data:
                 break
-            decoder.feed(data)
-            transport.begin_batch()  # replies to this chunk's control requests leave together
+            # Whole frames come back as views of the read buffer: each is handled
+            # (decoded) before the next read overwrites it.
+            items = decoder.split(data)
+            batch = len(items) > 1  # replies to one chunk's control requests leave together
+            if batch:
+                transport.begin_batch()
             try:
-                for item in decoder.frames():
-                    if isinstance(item, bytes):
-                        dispatcher.handle_payload(item)
+                for item in items:
+                    if type(item) is memoryview or type(item) is bytes:
+                        handle_payload(item)
                     elif isinstance(item, Oversized):
                         dispatcher.handle_oversized(item.length, item.head)
                     elif isinstance(item, Empty):
                         dispatcher.handle_empty()
-            except StreamDesync as exc:
-                transport.end_batch()
-                log.error("%s; no further input is read", exc)
-                dispatcher.reject(protocol_error(
-                    "stream_desync", f"{exc}; the worker stops reading and exits with code {EXIT_DESYNC}",
-                    declared_bytes=exc.declared), dispatcher.last_codec)
-                return EXIT_DESYNC
-            transport.end_batch()
+                    else:  # StreamDesync: always the last item
+                        log.error("%s; no further input is read", item)
+                        dispatcher.reject(protocol_error(
+                            "stream_desync", f"{item}; the worker stops reading and exits with code {EXIT_DESYNC}",
+                            declared_bytes=item.declared), dispatcher.last_codec)
+                        return EXIT_DESYNC
+            finally:
+                if batch:
+                    transport.end_batch()
         if decoder.pending():
             dispatcher.reject(protocol_error(
                 "truncated_frame",

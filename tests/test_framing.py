@@ -131,3 +131,42 @@ def test_truncation_inside_an_oversized_frame_is_detected(size, data):
     cut = data.draw(st.integers(min_value=1, max_value=len(stream) - 1))
     out, decoder = decode_all([stream[:cut]], max_frame_bytes=64)
     assert out == [] and decoder.pending() == cut
+
+
+def split_all(pieces, **kw):
+    decoder = FrameDecoder(**kw)
+    out = []
+    for piece in pieces:
+        buf = bytearray(piece)  # a reused read buffer: items must be taken before it changes
+        for item in decoder.split(buf):
+            out.append(bytes(item) if isinstance(item, memoryview) else item)
+        buf[:] = b"\xee" * len(buf)
+    return out, decoder
+
+
+@given(payloads, st.lists(st.integers(min_value=0), max_size=30))
+def test_split_agrees_with_frames_under_any_chunking(frames, cuts):
+    stream = b"".join(encode_frame(p) for p in frames)
+    out, decoder = split_all(chunked(stream, cuts))
+    assert out == frames and decoder.pending() == 0
+
+
+@given(st.integers(min_value=65, max_value=3000), st.binary(max_size=100), st.lists(st.integers(0), max_size=10))
+def test_split_skips_oversized_frames_like_frames(size, after, cuts):
+    stream = encode_frame(b"z" * size) + encode_frame(b"") + (encode_frame(after) if after else b"")
+    via_split, _ = split_all(chunked(stream, cuts), max_frame_bytes=64)
+    via_frames, _ = decode_all(chunked(stream, cuts), max_frame_bytes=64)
+    assert via_split == via_frames
+
+
+def test_split_returns_frames_before_a_desync_then_the_desync():
+    decoder = FrameDecoder()
+    items = decoder.split(encode_frame(b"a") + encode_frame(b"b") + b"hello world")
+    assert [bytes(i) for i in items[:2]] == [b"a", b"b"]
+    assert isinstance(items[2], StreamDesync) and len(items) == 3
+
+
+def test_split_of_whole_frames_copies_nothing():
+    data = bytearray(encode_frame(b"abc") + encode_frame(b"de"))
+    items = FrameDecoder().split(data)
+    assert all(isinstance(i, memoryview) and i.obj is data for i in items)
