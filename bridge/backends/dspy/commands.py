@@ -69,6 +69,7 @@ def register(registry, gate) -> None:
 
     @command("export_program", schemas.BY_ID, "a program as a JSON document: definition and learned state")
     def export_program(ctx, args):
+        gate.require()  # programs.py imports pydantic: never while DSPy imports on another thread
         from . import programs
 
         program = scopes(ctx)[0].get(args["program_id"])
