@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 
@@ -31,6 +30,8 @@ def cache_dir() -> str:
     """A directory the worker owns for DSPy's disk cache (used only by LMs configured with cache=true)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     if not os.access(os.path.dirname(base) if not os.path.isdir(base) else base, os.W_OK):
+        import tempfile  # on the import thread, not while the backend registers
+
         base = tempfile.gettempdir()
     return os.path.join(base, "portbridge", "dspy")
 
