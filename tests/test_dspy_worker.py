@@ -111,6 +111,19 @@ def test_program_lifecycle_in_a_session(worker):
     assert worker.call("list_programs", session_id=s)["count"] == 0
 
 
+def test_a_scope_holds_a_bounded_number_of_programs(worker):
+    s = "many-programs"
+    limit = worker.call("describe")["backends"]["dspy"]["limits"]["max_programs_per_scope"]
+    pending = [worker.submit("create_program", {"signature": "q -> a", "program_id": f"p{i}"}, session_id=s)
+               for i in range(limit + 1)]
+    replies = [p.wait(60) for p in pending]
+    assert all(r["success"] for r in replies[:limit])
+    assert (replies[-1]["error"]["category"], replies[-1]["error"]["code"]) == ("overloaded", "too_many_programs")
+    worker.call("delete_program", {"program_id": "p0"}, session_id=s)
+    assert worker.call("create_program", {"signature": "q -> a", "program_id": "again"}, session_id=s)
+    worker.call("end_session", {"session_id": s})
+
+
 @pytest.mark.parametrize("module", ["Predict", "ChainOfThought"])
 def test_typed_outputs_are_valid_for_their_types_and_deterministic(worker, module):
     s = f"typed-{module}"
