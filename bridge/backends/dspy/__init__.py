@@ -58,7 +58,8 @@ class DSPyBackend(Backend):
             "lm": {
                 "models": "any DSPy model string (provider/model), or 'offline': a built-in deterministic LM that "
                           "fills each output with a type-valid value derived from the prompt, and repeats a "
-                          "demo's outputs for that demo's inputs; it is used only when configured",
+                          "demo's outputs for that demo's inputs; it is used only when configured. Providers "
+                          "DSPy's own client does not serve go through litellm, whose first use costs seconds",
                 "scopes": "configure_lm with session_id sets that session's LM; without, the global LM, which "
                           "sessions without their own use",
                 "cache": "off unless configure_lm sets cache: true",
