@@ -155,7 +155,9 @@ def _msgpack_id(head: bytes):
 
 def _json_id(head: bytes):
     """Scan JSON text for a key "id" at depth 1 and read a number or string after it."""
-    text = head.decode("utf-8", errors="replace")
+    # Invalid UTF-8 stays invalid (as lone surrogates, which orjson refuses below): replacing
+    # it with U+FFFD would "recover" an id the client never sent.
+    text = head.decode("utf-8", errors="surrogateescape")
     depth, i, n = 0, 0, len(text)
     expect_key = False
     while i < n:
