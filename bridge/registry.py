@@ -116,12 +116,16 @@ class Registry:
                 found = fn(exc)
             except Exception:  # a broken classifier must not hide the original failure
                 found = None
-            if found is not None:
+            if isinstance(found, BridgeError):
                 return found
         kind = type(exc).__name__
+        try:
+            text = str(exc)
+        except Exception:  # an exception whose __str__ raises (or returns a non-string) still gets its reply
+            text = "<str() of the exception failed>"
         return BridgeError(
             "internal",
             "unhandled_exception",
-            f"{kind}: {exc}"[:2000] if str(exc) else kind,
+            f"{kind}: {text}"[:2000] if text else kind,
             {"exception": kind},
         )
