@@ -110,8 +110,10 @@ def load(registry, names: list[str] | None = None, modules: list[str] = ()) -> d
     adds backends by import path (``package.module:attribute``), as given by
     the worker's owner with ``--backend-module``: for developing and testing a
     backend before it is packaged. An unknown name raises RegistrationError; a
-    backend whose code fails to import is kept as a FailedBackend (reported by
-    ``health`` and ``describe``) so that the core and the others keep working.
+    backend whose code fails to import, or whose ``register`` raises anything
+    but RegistrationError, is kept as a FailedBackend (reported by ``health``
+    and ``describe``, its half-registered commands removed) so that the core
+    and the others keep working.
     """
     found = available() if names is None or names else {}
     wanted = list(found) if names is None else names
@@ -127,13 +129,24 @@ def load(registry, names: list[str] | None = None, modules: list[str] = ()) -> d
         try:
             obj = load_object()
             backend = obj() if isinstance(obj, type) else obj
-        except Exception as exc:  # a broken plug-in must not take the worker down
+        except BaseException as exc:  # noqa: BLE001 -- a module's top level may even raise SystemExit
             log.error("backend %s failed to load: %s", label, exc, exc_info=True)
             backends[label] = FailedBackend(label, exc)
             continue
         backend.name = backend.name or label
         if backend.name in backends:
             raise RegistrationError(f"two backends are named {backend.name!r}")
-        backend.register(registry)
+        commands, classifiers = set(registry.commands), len(registry.classifiers)
+        try:
+            backend.register(registry)
+        except RegistrationError:
+            raise
+        except Exception as exc:
+            log.error("backend %s failed to register: %s", backend.name, exc, exc_info=True)
+            for name in set(registry.commands) - commands:
+                del registry.commands[name]
+            del registry.classifiers[classifiers:]
+            backends[backend.name] = FailedBackend(backend.name, exc)
+            continue
         backends[backend.name] = backend
     return backends
