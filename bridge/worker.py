@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 from . import core_commands, logs
@@ -170,6 +171,7 @@ class Worker:
                     backend.shutdown()
                 except Exception:
                     log.exception("backend %s failed to shut down", backend.name)
+            end_descendants()
         finally:
             self.transport.seal()
             logging.shutdown()
@@ -177,6 +179,59 @@ class Worker:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: children of each of its threads, theirs, and so on (Linux /proc;
+    elsewhere none are found)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def end_descendants(grace_s: float = 0.5) -> None:
+    """Stop every process a handler started (and what those started), so none outlives the worker.
+
+    The whole tree is listed first: a grandchild whose parent dies is re-parented
+    away and could no longer be found. SIGTERM, up to ``grace_s`` to exit, then SIGKILL.
+    """
+    pids = descendants(os.getpid())
+    if not pids:
+        return
+    log.warning("stopping %d process(es) started by handlers: %s", len(pids), pids)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while (pids := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not pids:
+            return
+
+
+def _running(pid: int) -> bool:
+    """Not yet exited (a zombie has exited: its parent, or init after us, reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
 
 
 def serve(config: WorkerConfig) -> int:
