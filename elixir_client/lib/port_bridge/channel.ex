@@ -445,6 +445,19 @@ defmodule PortBridge.Channel do
   end
 
   @doc false
+  # An exit before `ready`. Killed by a signal (status 128 + n: SIGKILL from outside,
+  # the OOM killer; the worker's own exit codes are 0 to 3) is the process dying, not
+  # a start that cannot work: whoever waited for it gets `communication` (retryable),
+  # as when a ready worker is killed.
+  def start_failed(executable, status) when status > 128 do
+    Error.new(
+      :communication,
+      "worker_exited",
+      "the worker process (#{executable}) was killed by signal #{status - 128} before it was ready",
+      %{"exit_status" => status, "signal" => status - 128, "executable" => executable}
+    )
+  end
+
   def start_failed(executable, status) do
     Error.new(
       :initialization,

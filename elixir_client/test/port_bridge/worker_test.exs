@@ -239,6 +239,26 @@ defmodule PortBridge.WorkerTest do
     assert_receive {:EXIT, ^worker, {:shutdown, {:worker_start_failed, 2}}}
   end
 
+  test "a worker killed by a signal before ready fails its callers with communication, not initialization" do
+    Process.flag(:trap_exit, true)
+    # Never ready (it is not a worker), so the kill surely lands before ready.
+    {:ok, worker} = Worker.start_link(executable: "/bin/sleep", args: ["30"])
+    %{os_pid: os_pid, status: :starting} = Worker.info(worker)
+    request = Worker.async_request(worker, "ping")
+    wait_until(fn -> Worker.info(worker).in_flight == 1 end)
+    kill9(os_pid)
+
+    assert {:error,
+            %Error{
+              category: :communication,
+              code: "worker_exited",
+              retryable: true,
+              details: %{"exit_status" => 137, "signal" => 9}
+            }} = Request.await(request)
+
+    assert_receive {:EXIT, ^worker, {:shutdown, {:worker_start_failed, 137}}}
+  end
+
   test "a worker that never sends ready fails at :ready_timeout and is reaped" do
     Process.flag(:trap_exit, true)
     {:ok, worker} = Worker.start_link(executable: "/bin/sleep", args: ["30"], ready_timeout: 200)
