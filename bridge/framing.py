@@ -32,6 +32,13 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 DEFAULT_DESYNC_BYTES = 1024 * 1024 * 1024
 # How much of an oversized frame is kept to recover its request id.
 OVERSIZED_HEAD_BYTES = 4096
+# From this size on, a frame gets a buffer of its own size that input is read
+# straight into (``writable``/``advance``): no growing buffer, no copy out of it.
+DIRECT_BYTES = 256 * 1024
+# ... up to this size: the buffer is allocated (and zero-filled) when the header
+# arrives, so a larger frame (possible only with a raised --max-frame-bytes)
+# grows with its data instead.
+DIRECT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class StreamDesync(Exception):
@@ -73,6 +80,12 @@ class FrameDecoder:
     ``pending()`` tells how many bytes are buffered (non-zero at end of input
     means the stream ended inside a frame), ``wanted()`` how many more bytes the
     current frame needs, so a transport can size its reads.
+
+    A large frame (``DIRECT_BYTES`` and up) is assembled in a bytearray of its
+    exact size, which is also the item returned. While one is incomplete,
+    ``writable()`` gives the part still to fill: a transport may read into it
+    directly and then call ``advance(n)``, so its bytes are copied once, by the
+    kernel.
     """
 
     def __init__(
@@ -90,12 +103,32 @@ class FrameDecoder:
         self._skip = 0  # bytes of an oversized payload still to discard
         self._skip_head = bytearray()
         self._skip_length = 0
+        self._frame: bytearray | None = None  # a large frame being assembled in place
+        self._filled = 0
 
     def feed(self, data: bytes) -> None:
         if self._skip:
             data = self._discard(data)
+        if self._frame is not None and data:
+            data = self._fill(data)
         if data:
             self._buf += data
+
+    def _fill(self, data) -> bytes:
+        take = min(len(self._frame) - self._filled, len(data))
+        self._frame[self._filled : self._filled + take] = data[:take]
+        self._filled += take
+        return data[take:]
+
+    def writable(self) -> memoryview | None:
+        """The unfilled part of the large frame being assembled, or None."""
+        if self._frame is None or self._buf:
+            return None
+        return memoryview(self._frame)[self._filled :]
+
+    def advance(self, n: int) -> None:
+        """``n`` bytes were written into ``writable()``."""
+        self._filled += n
 
     def _discard(self, data: bytes) -> bytes:
         take = min(self._skip, len(data))
@@ -109,6 +142,8 @@ class FrameDecoder:
         """Bytes received of frames not yet complete (non-zero at end of input = truncated)."""
         if self._skip:
             return HEADER_SIZE + self._skip_length - self._skip
+        if self._frame is not None:
+            return HEADER_SIZE + self._filled + len(self._buf) - self._pos
         have = len(self._buf) - self._pos
         # A parsed header has left the buffer but still belongs to the unfinished frame.
         return have + (HEADER_SIZE if self._length is not None else 0)
@@ -121,6 +156,8 @@ class FrameDecoder:
         have = len(self._buf) - self._pos
         if self._skip:
             return self._skip
+        if self._frame is not None:
+            return len(self._frame) - self._filled
         if self._length is None:
             return max(HEADER_SIZE - have, 0)
         return max(self._length - have, 0)
@@ -136,7 +173,7 @@ class FrameDecoder:
         ``StreamDesync`` exception instead of raising it, so that the frames
         before it are still answered.
         """
-        if self._buf or self._skip or self._skip_length or self._length is not None:
+        if self._buf or self._skip or self._skip_length or self._length is not None or self._frame is not None:
             self.feed(data)
             return self._drain([])
         view = memoryview(data)
@@ -176,6 +213,11 @@ class FrameDecoder:
     def _next(self):
         if self._skip:
             return None
+        if self._frame is not None:
+            if self._filled < len(self._frame):
+                return None
+            frame, self._frame, self._filled = self._frame, None, 0
+            return frame
         if self._skip_length:
             item = Oversized(self._skip_length, bytes(self._skip_head))
             self._skip_length = 0
@@ -193,6 +235,8 @@ class FrameDecoder:
                 raise StreamDesync(length, self.desync_bytes)
             if length > self.max_frame_bytes:
                 return self._start_skip(length)
+            if DIRECT_BYTES <= length <= DIRECT_MAX_BYTES:
+                return self._start_frame(length)
             self._length = length
         end = self._pos + self._length
         if len(buf) < end:
@@ -202,6 +246,15 @@ class FrameDecoder:
         self._pos = end
         self._length = None
         return payload
+
+    def _start_frame(self, length: int):
+        self._frame = bytearray(length)
+        rest = memoryview(self._buf)[self._pos :]
+        leftover = bytes(self._fill(rest))
+        rest.release()
+        self._buf = bytearray(leftover)
+        self._pos = 0
+        return self._next()
 
     def _start_skip(self, length: int):
         rest = bytes(self._buf[self._pos :])

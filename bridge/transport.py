@@ -76,6 +76,15 @@ class Transport:
         self._buffer = bytearray(READ_BYTES)
         self._view = memoryview(self._buffer)
 
+    def read_into(self, target: memoryview) -> int:
+        """Read straight into ``target`` (a large frame's own buffer); 0 at end of input."""
+        try:
+            return os.readv(self.in_fd, [target])
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.EIO):
+                return 0
+            raise
+
     def read(self) -> bytes:
         """The next chunk of input; b"" at end of input."""
         try:

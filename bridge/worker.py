@@ -112,18 +112,27 @@ class Worker:
         handle_payload = dispatcher.handle_payload
         transport = self.transport
         while True:
-            data = transport.read()
-            if not data:
-                break
-            # Whole frames come back as views of the read buffer: each is handled
-            # (decoded) before the next read overwrites it.
-            items = decoder.split(data)
+            target = decoder.writable()
+            if target is not None:  # inside a large frame: the kernel copies into its buffer
+                n = transport.read_into(target)
+                target.release()
+                if not n:
+                    break
+                decoder.advance(n)
+                items = decoder.split(b"")
+            else:
+                data = transport.read()
+                if not data:
+                    break
+                # Whole frames come back as views of the read buffer: each is
+                # handled (decoded) before the next read overwrites it.
+                items = decoder.split(data)
             batch = len(items) > 1  # replies to one chunk's control requests leave together
             if batch:
                 transport.begin_batch()
             try:
                 for item in items:
-                    if type(item) is memoryview or type(item) is bytes:
+                    if type(item) in (memoryview, bytes, bytearray):
                         handle_payload(item)
                     elif isinstance(item, Oversized):
                         dispatcher.handle_oversized(item.length, item.head)

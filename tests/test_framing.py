@@ -107,7 +107,7 @@ def test_unframed_text_raises_desync(text):
     assert info.value.declared > 1024**3
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)  # a large frame's buffer is allocated up front
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_header_round_trip(n):
     decoder = FrameDecoder(max_frame_bytes=2**32 - 1, desync_bytes=2**32 - 1)
@@ -170,3 +170,40 @@ def test_split_of_whole_frames_copies_nothing():
     data = bytearray(encode_frame(b"abc") + encode_frame(b"de"))
     items = FrameDecoder().split(data)
     assert all(isinstance(i, memoryview) and i.obj is data for i in items)
+
+
+@settings(max_examples=40)
+@given(st.lists(st.sampled_from([10, 300_000, 5, 262_144, 700_000]), min_size=1, max_size=4),
+       st.lists(st.integers(min_value=0), max_size=12), st.booleans())
+def test_large_frames_assemble_in_place_under_any_chunking(sizes, cuts, direct):
+    """Large frames are built in a buffer of their own size; reading straight into it gives the same frames."""
+    frames = [bytes([i]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(encode_frame(p) for p in frames)
+    decoder = FrameDecoder()
+    out = []
+    pos = 0
+    for piece in chunked(stream, cuts):
+        while piece:
+            target = decoder.writable() if direct else None
+            if target is not None:
+                n = min(len(target), len(piece))
+                target[:n] = piece[:n]
+                target.release()
+                decoder.advance(n)
+                piece = piece[n:]
+                out.extend(bytes(i) for i in decoder.split(b""))
+            else:
+                out.extend(bytes(i) for i in decoder.split(piece))
+                piece = b""
+        pos += 1
+    assert out == frames and decoder.pending() == 0
+
+
+def test_a_large_frame_is_returned_as_its_own_buffer_and_truncation_counts():
+    payload = b"q" * 300_000
+    decoder = FrameDecoder()
+    stream = encode_frame(payload)
+    assert decoder.split(stream[:1000]) == []
+    assert decoder.pending() == 1000 and decoder.wanted() == len(payload) - 996
+    (item,) = decoder.split(stream[1000:])
+    assert type(item) is bytearray and item == payload
