@@ -91,6 +91,7 @@ defmodule PortBridge.Sessions do
   def run(table, channel, command, args, opts, exchange) do
     scope = opts[:session_id]
     command = to_string(command)
+    exchange = within_deadline(exchange, Keyword.get(opts, :timeout, :infinity))
 
     case ensure_scopes(table, scope, channel, opts, exchange) do
       {:ok, :ok} ->
@@ -100,6 +101,32 @@ defmodule PortBridge.Sessions do
       {:error, error, checkin} ->
         {{:error, error}, checkin}
     end
+  end
+
+  # One deadline for all a request does on the worker: rebuilding its scope, the
+  # request itself, recording what it changed. Each exchange gets the time left, so
+  # a caller never waits past its :timeout because a fresh worker had to be rebuilt.
+  defp within_deadline(exchange, :infinity), do: exchange
+
+  defp within_deadline(exchange, timeout) when is_integer(timeout) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    fn channel, command, args, opts ->
+      case deadline - System.monotonic_time(:millisecond) do
+        left when left > 0 -> exchange.(channel, command, args, Keyword.put(opts, :timeout, left))
+        _ -> {{:error, deadline_used_up(timeout, command)}, :ok}
+      end
+    end
+  end
+
+  defp deadline_used_up(timeout, command) do
+    Error.new(
+      :timeout,
+      "receive_timeout",
+      "the request's :timeout (#{timeout} ms) ran out before #{command} could be sent: " <>
+        "rebuilding its session on a fresh worker took the rest (pass a larger :timeout)",
+      %{"timeout_ms" => timeout, "step" => command}
+    )
   end
 
   defp after_request(table, scope, channel, command, args, opts, exchange, {result, checkin}) do

@@ -130,6 +130,34 @@ defmodule PortBridge.PoolSessionsTest do
              DSPy.execute_program(pool, "qa", %{question: "x"}, session_id: "gone")
   end
 
+  test "rebuilding a session counts against the request's timeout, not on top of it" do
+    pool = start_pool(size: 1)
+    build_session(pool, "hurried")
+    old_pid = ping_pid(pool, session_id: "hurried")
+    kill9(old_pid)
+    assert_os_pid_exited(old_pid)
+    # A ping without a session rebuilds nothing: wait for the replacement worker
+    # (a ping may still meet the dying port once: a communication error).
+    wait_until(fn ->
+      match?({:ok, %{"pid" => pid}} when pid != old_pid, PortBridge.request(pool, "ping"))
+    end)
+
+    # The fresh worker imports DSPy (about a second) before the session can be
+    # replayed on it; the request then needs another 1.3 s. Within 1.5 s in all, it
+    # can only end in a timeout, and must end by then. (No retry: each retry would
+    # get a :timeout of its own.)
+    started = System.monotonic_time(:millisecond)
+    result = PortBridge.request(pool, "sleep", %{ms: 1300}, session_id: "hurried", timeout: 1_500)
+
+    elapsed = System.monotonic_time(:millisecond) - started
+    assert {:error, %Error{category: :timeout}} = result
+    assert elapsed < 1_500 + 400, "the request took #{elapsed} ms"
+
+    # The session is intact for the next, unhurried request.
+    assert {:ok, %{"outputs" => _}} =
+             DSPy.execute_program(pool, "qa", %{question: "7 + 1?"}, session_id: "hurried")
+  end
+
   test "recover_sessions: false records nothing" do
     pool = start_pool(size: 1, recover_sessions: false)
     build_session(pool, "unrecorded")
