@@ -431,8 +431,9 @@ if Code.ensure_loaded?(NimblePool) do
     require Logger
     alias PortBridge.{Channel, Error, Reaper}
 
+    # `gave_up` belongs to this run of the shard (the failure counter outlives it).
     @impl NimblePool
-    def init_pool(config), do: {:ok, config}
+    def init_pool(config), do: {:ok, Map.put(config, :gave_up, :atomics.new(1, []))}
 
     @impl NimblePool
     def init_worker(config) do
@@ -441,6 +442,11 @@ if Code.ensure_loaded?(NimblePool) do
     end
 
     defp start_worker(pool, config) do
+      # This shard gave up and asked its pool to stop; NimblePool may have queued
+      # one more start before the stop lands. Start nothing: this task is linked
+      # to the pool and ends with it.
+      if :atomics.get(config.gave_up, 1) == 1, do: Process.sleep(:infinity)
+
       failures = :counters.get(config.failures, config.index)
       if failures > 0, do: Process.sleep(backoff(failures, config))
 
@@ -461,6 +467,8 @@ if Code.ensure_loaded?(NimblePool) do
           )
 
           if failures >= config.max_start_failures do
+            :atomics.put(config.gave_up, 1, 1)
+
             error = %{
               error
               | details:
