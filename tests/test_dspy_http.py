@@ -10,12 +10,14 @@ connection costs milliseconds, not DSPy's default seven seconds of retries.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
 
 from tests.support.dspy_workers import dspy_worker, error_of, stderr_text
 from tests.support.openai_server import OpenAIServer
+from tests.support.waiting import until
 
 API_KEY = "sk-portbridge-test-7f3a9c1e5b"
 
@@ -166,6 +168,26 @@ def test_bootstrap_few_shot_over_http_keeps_the_runs_the_metric_accepts(worker, 
     assert progress[-1]["data"]["done"] == 4
     demos = worker.call("export_program", {"program_id": "qa"}, session_id=s)["program"]["state"]
     assert sum(1 for d in demos["predictors"]["self"]["demos"] if d.get("augmented")) == 3
+
+
+def test_a_cancelled_optimisation_stops_between_examples(worker, server):
+    """Each LM call takes 50 ms, so 100 examples would take 5 s; the cancel stops it after one or two."""
+    s = "cancel-optimize"
+    configure(worker, server, s, "slow-50")
+    program(worker, s)
+    trainset = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": "a"}} for i in range(100)]
+    running = threading.Event()
+    pending = worker.submit("optimize_program", {
+        "program_id": "qa", "optimizer": "BootstrapFewShot", "trainset": trainset,
+        "options": {"max_bootstrapped_demos": 100, "max_errors": 100}},
+        session_id=s, on_event=lambda e: e["data"]["done"] > 0 and running.set())
+    assert running.wait(30), "no progress event"
+    assert worker.call("cancel", {"request_id": pending.id})["cancelled"]
+    assert pending.wait(10)["error"]["category"] == "cancelled"
+    # The handler notices before its next example, stops, and records what it used; the program is kept.
+    until(lambda: worker.call("stats"), lambda stats: stats["running"] == 0, timeout=30)
+    assert worker.call("get_program", {"program_id": "qa"}, session_id=s)["demos"] == 0
+    assert worker.call("lm_usage", session_id=s)["models"]["openai/slow-50"]["lm_calls"] <= 3
 
 
 def test_the_api_key_never_leaves_the_worker(worker, server):
