@@ -79,9 +79,15 @@ def ping(ctx: Context, args: dict) -> dict:
     return {"pong": True, "pid": PID}
 
 
+REGISTRATION_WAIT_S = 30.0
+
+
 def describe(ctx: Context, args: dict) -> dict:
     """Commands with their argument schemas, backends, formats and limits."""
     d = ctx.dispatcher
+    # Backends register just after ready (tens of ms): a describe sent at once
+    # waits for them rather than listing the core alone.
+    d.registry.complete.wait(REGISTRATION_WAIT_S)
     return {
         "protocol": envelope.PROTOCOL_VERSION,
         "version": __version__,
@@ -107,11 +113,13 @@ def stats(ctx: Context, args: dict) -> dict:
 
 
 def health(ctx: Context, args: dict) -> dict:
-    """ok, degraded (a backend failed) or shutting_down; with each backend's state."""
+    """ok, starting (backends still registering), degraded (a backend failed) or shutting_down."""
     d = ctx.dispatcher
     backends = {name: b.status() for name, b in d.backends.items()}
     if not d.accepting:
         status = "shutting_down"
+    elif not d.registry.complete.is_set():
+        status = "starting"
     elif any(b.get("state") == "failed" for b in backends.values()):
         status = "degraded"
     else:

@@ -232,8 +232,8 @@ EXCHANGES = [
      {"id": 14, "success": False, "error": {"category": "not_found", "code": "unknown_session"}}),
     ("list_sessions_empty", "json", {"id": 15, "command": "list_sessions"},
      {"id": 15, "success": True, "result": {"sessions": [], "count": 0}}),
-    ("health", "json", {"id": 16, "command": "health"},
-     {"id": 16, "success": True, "result": {"status": "ok", "accepting": True}}),
+    ("health", "json", {"id": 16, "command": "health"},  # status: "starting" until backends registered
+     {"id": 16, "success": True, "result": {"accepting": True, "in_flight": 0}}),
     ("ping_rejects_args", "json", {"id": 17, "command": "ping", "args": {"x": 1}},
      {"id": 17, "success": False, "error": {"category": "validation", "code": "invalid_args"}}),
     ("string_id_and_null_fields", "json",

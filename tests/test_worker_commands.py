@@ -9,7 +9,7 @@ import pytest
 
 from bridge import codecs
 from bridge.client import RemoteError
-from tests.support.waiting import until as _until
+from tests.support.waiting import until
 
 CORE = {"ping", "describe", "stats", "health", "cancel", "list_sessions", "end_session", "shutdown", "echo", "sleep"}
 CONTROL = CORE - {"echo", "sleep"}
@@ -63,16 +63,18 @@ def test_stats_sees_work_in_flight(spawn):
     w = spawn("--max-concurrency", "1")
     running = w.submit("sleep", {"ms": 2000})
     queued = w.submit("sleep", {"ms": 2000})
-    stats = _until(lambda: w.call("stats"), lambda s: s["running"] == 1 and s["queued"] == 1)
+    stats = until(lambda: w.call("stats"), lambda s: s["running"] == 1 and s["queued"] == 1)
     assert stats["in_flight"] == 2
     for p in (running, queued):
         w.call("cancel", {"request_id": p.id})
         assert p.wait()["error"]["category"] == "cancelled"
 
 
-def test_health(spawn):
-    health = spawn().call("health")
-    assert health["status"] == "ok" and health["accepting"] is True
+def test_health_is_starting_until_backends_registered_then_ok(spawn):
+    w = spawn()
+    first = w.call("health")
+    assert first["status"] in ("starting", "ok") and first["accepting"] is True
+    until(lambda: w.call("health"), lambda h: h["status"] == "ok")
 
 
 def test_echo_returns_args_unchanged_in_both_formats(spawn):
@@ -96,7 +98,7 @@ def test_cancel_running_and_queued_requests(spawn):
     w = spawn("--max-concurrency", "1")
     running = w.submit("sleep", {"ms": 10_000})
     queued = w.submit("sleep", {"ms": 10_000})
-    _until(lambda: w.call("stats"), lambda s: s["running"] == 1)
+    until(lambda: w.call("stats"), lambda s: s["running"] == 1)
     assert w.call("cancel", {"request_id": queued.id}) == {"request_id": queued.id, "cancelled": True, "state": "queued"}
     assert w.call("cancel", {"request_id": running.id})["state"] == "running"
     for p, state in ((running, "running"), (queued, "queued")):
@@ -114,7 +116,7 @@ def test_sessions_are_listed_and_ended(spawn):
     assert listed["count"] == 2 and {s["session_id"] for s in listed["sessions"]} == {"a", "b"}
     busy = w.submit("sleep", {"ms": 10_000}, session_id="a")
     waiting = w.submit("sleep", {"ms": 10}, session_id="a")
-    _until(lambda: w.call("stats"), lambda s: s["running"] == 1)
+    until(lambda: w.call("stats"), lambda s: s["running"] == 1)
     ended = w.call("end_session", {"session_id": "a"})
     assert ended == {"session_id": "a", "ended": True, "cancelled_requests": 2}
     for p in (busy, waiting):
@@ -138,7 +140,7 @@ def test_idle_sessions_expire(spawn):
     w = spawn("--session-ttl", "0.2")
     w.call("echo", {}, session_id="short-lived")
     assert w.call("list_sessions")["count"] == 1
-    _until(lambda: w.call("list_sessions"), lambda s: s["count"] == 0, timeout=5)
+    until(lambda: w.call("list_sessions"), lambda s: s["count"] == 0, timeout=5)
 
 
 def test_session_count_is_bounded(spawn):
@@ -167,3 +169,10 @@ def test_msgpack_request_gets_msgpack_reply_in_auto_mode(raw):
     assert codecs.detect(w.read_frame()) is codecs.JSON
 
 
+
+
+def test_describe_sent_at_once_lists_the_backends_too(raw):
+    """The first frame after ready: describe waits for backend registration instead of listing the core alone."""
+    w = raw("--backend-module", "tests.support.misbehaving_backend:backend")
+    described = w.request({"id": 1, "command": "describe"})["result"]
+    assert "hang" in described["commands"] and "misbehaving" in described["backends"]
