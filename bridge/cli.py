@@ -39,6 +39,9 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="frame format; auto detects each frame and answers in kind (default)")
     p.add_argument("--max-frame-bytes", type=_positive_int, default=64 * 1024 * 1024,
                    help="largest accepted frame payload (default 64 MiB)")
+    p.add_argument("--max-frame-values", type=_positive_int, default=1024 * 1024,
+                   help="most values one frame may decode to: array elements, map entries, containers "
+                        "(default 1048576; bounds the memory one request can take)")
     p.add_argument("--max-concurrency", type=_positive_int, default=32,
                    help="non-control requests running at once (default 32)")
     p.add_argument("--max-queue", type=int, default=1024,
@@ -97,6 +100,7 @@ def _worker_config(ns: argparse.Namespace):
 
     limits = Limits(
         max_frame_bytes=ns.max_frame_bytes,
+        max_frame_values=ns.max_frame_values,
         max_concurrency=ns.max_concurrency,
         max_queue=max(ns.max_queue, 0),
         max_sessions=ns.max_sessions,

@@ -7,6 +7,7 @@ the same two exceptions, so the rest of the worker never asks which one it has.
 
 from __future__ import annotations
 
+import re
 import threading
 
 import msgpack
@@ -19,6 +20,36 @@ class DecodeError(ValueError):
 
 class EncodeError(ValueError):
     """The value cannot be represented in the codec's format."""
+
+
+class TooManyValues(DecodeError):
+    """The payload holds more values than allowed: refused before they are built (a memory bound).
+
+    Values are every array element, every map entry and every container. A
+    64 MiB frame of empty maps would otherwise become 64 million dicts: ~5 GB.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the payload holds more than {limit} values (arrays' elements, maps' entries and "
+                         "the containers themselves; --max-frame-values)")
+        self.limit = limit
+
+
+# Deleted by bytes.translate, leaving the bytes that can start a JSON value's slot: , [ {
+_NOT_JSON_MARKS = bytes(b for b in range(256) if b not in b",[{")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _json_values(data: bytes, limit: int) -> int:
+    """An upper bound of the values in a JSON text: each element follows a comma or opens its
+    container, so values <= commas + 2 * containers. Marks inside strings count too, unless a
+    second look without the strings is needed (texts full of commas)."""
+    marks = data.translate(None, _NOT_JSON_MARKS)
+    bound = len(marks) + marks.count(b"[") + marks.count(b"{")
+    if bound > limit:
+        marks = _JSON_STRING.sub(b"", data).translate(None, _NOT_JSON_MARKS)
+        bound = len(marks) + marks.count(b"[") + marks.count(b"{")
+    return bound
 
 
 class JsonCodec:
@@ -35,6 +66,13 @@ class JsonCodec:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"invalid JSON: {exc}") from None
+
+    def decode_bounded(self, payload, max_values: int):
+        """``decode``, but a payload of more than ``max_values`` values raises TooManyValues first."""
+        data = payload if isinstance(payload, (bytes, bytearray)) else bytes(payload)
+        if _json_values(data, max_values) > max_values:
+            raise TooManyValues(max_values)
+        return self.decode(data)
 
 
 class MsgpackCodec:
@@ -64,6 +102,30 @@ class MsgpackCodec:
             return msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             # UnicodeDecodeError is a ValueError: invalid UTF-8 in a str lands here.
+            raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None
+
+    def decode_bounded(self, payload, max_values: int):
+        """``decode``, but a payload of more than ``max_values`` values raises TooManyValues as soon
+        as that is known: a container too long is refused at its header, and every container
+        built is counted, so at most ``max_values`` values ever exist."""
+        left = [max_values]
+
+        def count(container):
+            left[0] -= len(container) + 1
+            if left[0] < 0:
+                raise TooManyValues(max_values)
+            return container
+
+        try:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False, max_array_len=max_values,
+                                   max_map_len=max_values, list_hook=count, object_hook=count)
+        except TooManyValues:
+            raise
+        except ValueError as exc:
+            if "exceeds max_array_len" in str(exc) or "exceeds max_map_len" in str(exc):
+                raise TooManyValues(max_values) from None
+            raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None
+        except (TypeError, msgpack.FormatError, msgpack.StackError) as exc:
             raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None
 
 

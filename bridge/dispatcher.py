@@ -41,6 +41,7 @@ class Limits:
     max_sessions: int = 1024
     session_ttl_s: float = 3600.0
     shutdown_grace_s: float = 1.0
+    max_frame_values: int = 1024 * 1024
 
 
 class Dispatcher:
@@ -63,6 +64,9 @@ class Dispatcher:
         self.sessions = SessionTable(self.limits.session_ttl_s, self.limits.max_sessions, self._session_closed)
         self.scheduler = Scheduler(self.limits.max_concurrency, self.limits.max_queue, self.run)
         self.pinned = None if fmt == "auto" else codecs.get(fmt)
+        # A value takes at least half a byte (a 1-byte empty map in an array is an element and a
+        # container): shorter payloads cannot hold too many and skip the count.
+        self._count_values_from = self.limits.max_frame_values // 2
         self.accepting = True
         self.on_shutdown: Callable[[str], None] = lambda reason: None
         self._write = write
@@ -117,6 +121,7 @@ class Dispatcher:
             "max_sessions": lim.max_sessions,
             "session_ttl_s": lim.session_ttl_s,
             "shutdown_grace_s": lim.shutdown_grace_s,
+            "max_frame_values": lim.max_frame_values,
         }
 
     # -- input ----------------------------------------------------------------------
@@ -143,7 +148,15 @@ class Dispatcher:
             return
         self.last_codec = codec
         try:
-            request = envelope.parse_request(codec.decode(payload))
+            if len(payload) > self._count_values_from:  # long enough to hold too many values
+                request = envelope.parse_request(codec.decode_bounded(payload, self.limits.max_frame_values))
+            else:
+                request = envelope.parse_request(codec.decode(payload))
+        except codecs.TooManyValues as exc:
+            rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
+            self.reject(protocol_error("too_many_values", str(exc), max_frame_values=exc.limit, format=codec.name),
+                        codec, rid)
+            return
         except codecs.DecodeError as exc:
             rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
             self.reject(protocol_error("undecodable", str(exc)[:500], format=codec.name), codec, rid)
