@@ -20,6 +20,19 @@ from bridge.registry import ANY_ARGS
 
 log = logging.getLogger("tests.misbehaving")
 
+
+class BrokenStr(Exception):
+    """An exception whose str() itself raises (libraries do ship these)."""
+
+    def __str__(self):
+        raise RuntimeError("__str__ failed")
+
+
+class NonStrStr(Exception):
+    def __str__(self):
+        return 42  # TypeError: __str__ returned non-string
+
+
 EXCEPTIONS = {
     "ValueError": lambda: ValueError("a plain bug"),
     "KeyError": lambda: KeyError("missing"),
@@ -30,6 +43,12 @@ EXCEPTIONS = {
     "GeneratorExit": lambda: GeneratorExit(),
     "BaseException": lambda: BaseException("the root of it all"),
     "BridgeError": lambda: BridgeError("execution", "user_program_failed", "the program raised"),
+    "BrokenStr": lambda: BrokenStr(),
+    "NonStrStr": lambda: NonStrStr(),
+    "StopIteration": lambda: StopIteration("done"),
+    "ExceptionGroup": lambda: ExceptionGroup("several", [ValueError("one"), KeyError("two")]),
+    "BaseExceptionGroup": lambda: BaseExceptionGroup("several", [KeyboardInterrupt(), ValueError("x")]),
+    "HugeMessage": lambda: ValueError("x" * 5_000_000),
 }
 
 
@@ -49,6 +68,7 @@ class Misbehaving(Backend):
         cmd("emit")(emit)
         cmd("result")(result)
         cmd("leak")(leak)
+        cmd("spawn_child")(spawn_child)
 
 
 def print_stdout(ctx, args):
@@ -96,6 +116,23 @@ def result(ctx, args):
         "nan": float("nan"),
     }
     return {"value": values[args["kind"]]}
+
+
+def spawn_child(ctx, args):
+    """Start a long-lived child (which starts a grandchild when asked); hang when asked, else answer its pid."""
+    code = "import time; time.sleep(600)"
+    if args.get("grandchild"):
+        code = ("import subprocess, sys, time; "
+                "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+                "print(g.pid, flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE if args.get("grandchild") else None)
+    pids = [child.pid]
+    if args.get("grandchild"):
+        pids.append(int(child.stdout.readline()))
+    if args.get("hang"):
+        ctx.emit("progress", {"pids": pids})
+        threading.Event().wait()
+    return {"pids": pids}
 
 
 def leak(ctx, args):

@@ -34,7 +34,8 @@ def worker_env(**extra: str) -> dict:
 class RawWorker:
     """A worker process driven with raw bytes; every read has a timeout."""
 
-    def __init__(self, *worker_args: str, env: dict | None = None, stderr_path: str | None = None) -> None:
+    def __init__(self, *worker_args: str, env: dict | None = None, stderr_path: str | None = None,
+                 cwd: str | None = None) -> None:
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -44,6 +45,7 @@ class RawWorker:
             stderr=self._stderr,
             env=env or worker_env(),
             bufsize=0,
+            cwd=cwd,
         )
         self._buf = bytearray()
         self.ready = self.read_doc()
