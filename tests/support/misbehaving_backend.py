@@ -136,11 +136,15 @@ def spawn_child(ctx, args):
 
 
 def leak(ctx, args):
-    """Handle a secret the careless way: log it, put it in a nested result and an exception."""
+    """Handle a secret the careless way: log it, put it in a nested result and an exception.
+
+    With ``register: false`` it does not even declare it a secret: only a key the
+    worker already knows (from configure_lm) can be masked then."""
     from bridge.redaction import register_secret
 
     secret = args["secret"]
-    register_secret(secret)
+    if args.get("register", True):
+        register_secret(secret)
     log.warning("calling the provider with key %s", secret)
     raise ValueError(f"provider said: invalid key {secret}")
 
