@@ -24,6 +24,8 @@ from pathlib import Path
 import msgpack
 import orjson
 
+from bridge.client import kill_process
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -199,14 +201,7 @@ class Peer:
         return code
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        kill_process(self.process)
 
     def __enter__(self) -> "Peer":
         return self

@@ -73,6 +73,19 @@ def worker_command(worker_args=(), python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "bridge", "worker", *worker_args]
 
 
+def kill_process(process: subprocess.Popen) -> None:
+    """SIGKILL a child unless it has exited, reap it, and close the pipes we hold to it."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
 def _read_exactly(stream, n: int) -> bytes:
     """Up to ``n`` bytes: fewer only at end of input (an unbuffered pipe gives what one read has)."""
     data = stream.read(n)

@@ -15,7 +15,7 @@ import sys
 import time
 
 from bridge import codecs
-from bridge.client import worker_command
+from bridge.client import kill_process, worker_command
 from bridge.framing import HEADER, encode_frame
 from tests.support.schemas import violations
 
@@ -130,14 +130,7 @@ class RawWorker:
             return f.read().decode("utf-8", "replace")
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        kill_process(self.process)
         if self._stderr not in (None, subprocess.DEVNULL):
             self._stderr.close()
 
