@@ -92,6 +92,10 @@ KNOWN = [
     [_json(b'{"id":15,"command":"echo","args":{"x":[' + b"0," * 25_000 + b"0]}}", 15)],
     [_mp({"id": 16, "command": "echo", "args": {"x": [{}] * 12_000}})],
     [_json(b'{"id":17,"command":"echo","args":{"t":"' + b",[{" * 30_000 + b'"}}', 17)],
+    # values hidden by a duplicate key still count: they were in the frame (found by the soak)
+    [(fz.write_msgpack(fz.Pairs((("id", 18), ("command", "echo"),
+                                 ("args", fz.Pairs((("x", [0] * 25_000), ("x", None))))))),
+      frozenset({(int, 18)}))],
 ]
 
 
