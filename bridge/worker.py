@@ -74,8 +74,7 @@ class Worker:
         self._stopper: threading.Thread | None = None
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        self._watch_signals()
         if self.config.log_frames:
             logs.forward_as_events(lambda data: self.dispatcher.send_event("log", data), self.config.log_level)
         self.dispatcher.send_event("ready", self.dispatcher.ready_data())
@@ -154,10 +153,29 @@ class Worker:
                 received_bytes=decoder.pending()), dispatcher.last_codec)
         return EXIT_OK
 
-    def _on_signal(self, signum, frame) -> None:
-        # Runs on the main thread between bytecodes, possibly inside begin_shutdown:
-        # never take its lock here.
-        threading.Thread(target=self.begin_shutdown, args=(signal.Signals(signum).name,), daemon=True).start()
+    def _watch_signals(self) -> None:
+        """SIGTERM and SIGINT start the shutdown path through a thread of their own.
+
+        Python runs signal handlers on the main thread only, between bytecodes, and
+        the main thread spends its life blocked in read(). The kernel delivers a
+        signal to any thread: when another thread took it, read() was never
+        interrupted and the handler never ran (8 signals at once left 2 workers in
+        60 running for good). The C-level handler writes the signal's number to the
+        wakeup fd whatever thread it runs on, and the watcher thread reads it there.
+        """
+        read_end, write_end = os.pipe()  # not inherited by children (PEP 446)
+        os.set_blocking(write_end, False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _noted_by_watcher)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=self._signal_watcher, args=(read_end,), name="portbridge-signals",
+                         daemon=True).start()
+
+    def _signal_watcher(self, fd: int) -> None:
+        while data := os.read(fd, 64):
+            for number in data:
+                if number in (signal.SIGTERM, signal.SIGINT):
+                    self.begin_shutdown(signal.Signals(number).name)
 
     def begin_shutdown(self, reason: str, code: int = EXIT_OK) -> None:
         """Start the one shutdown path (idempotent, callable from any thread or a signal handler)."""
@@ -188,6 +206,10 @@ class Worker:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+
+def _noted_by_watcher(signum, frame) -> None:
+    """The Python-level handler has nothing to do: the wakeup fd carries the signal."""
 
 
 def descendants(pid: int) -> list[int]:

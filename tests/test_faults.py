@@ -100,6 +100,18 @@ def test_repeated_signals_take_the_one_shutdown_path_once(raw):
     assert w.wait(10) == 0
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_taken_by_another_thread_than_main_still_stops_the_worker(raw, sig):
+    """The main thread sits in read(); a signal the kernel hands to another thread never
+    interrupts it (found when 8 signals at once left 2 workers in 60 running)."""
+    w = raw(*MISBEHAVING, "--shutdown-grace", "0.3")
+    w.send_doc({"id": "stuck", "command": "hang"})
+    w.send_doc({"id": "sig", "command": "signal_this_thread", "args": {"signal": sig}})
+    replies = {r["id"]: _outcome(r) for r in _read_all(w, timeout=10)}
+    assert replies == {"stuck": SHUTTING_DOWN, "sig": "ok"}
+    assert w.wait(10) == 0
+
+
 def test_a_reader_that_stops_reading_cannot_keep_the_worker_alive(raw):
     """Replies fill the pipe and the writing thread blocks for good; SIGTERM still ends the worker
     (the final seal waits for a frame in progress for a bounded time, then exits)."""

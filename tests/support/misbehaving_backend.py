@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,11 @@ class Misbehaving(Backend):
         cmd("result")(result)
         cmd("leak")(leak)
         cmd("spawn_child")(spawn_child)
+        cmd("signal_this_thread", {
+            "type": "object",
+            "properties": {"signal": {"enum": ["SIGTERM", "SIGINT"]}},
+            "required": ["signal"],
+        })(signal_this_thread)
 
 
 def print_stdout(ctx, args):
@@ -93,6 +99,13 @@ def raise_(ctx, args):
 def hang(ctx, args):
     """Block forever and ignore cancellation (an uninterruptible call)."""
     threading.Event().wait()
+
+
+def signal_this_thread(ctx, args):
+    """Direct a signal at the handler's own thread: what the kernel does with a process-directed
+    signal whenever it picks a thread other than the main one."""
+    signal.pthread_kill(threading.get_ident(), getattr(signal, args["signal"]))
+    return {"sent": args["signal"]}
 
 
 def log_(ctx, args):
