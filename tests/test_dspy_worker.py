@@ -122,6 +122,26 @@ def test_a_scope_holds_a_bounded_number_of_programs(worker):
     worker.call("end_session", {"session_id": s})
 
 
+def test_a_trainset_and_its_demos_are_bounded(worker):
+    """PROTOCOL.md section 10: more examples or demos than the limits is validation, before any work."""
+    s = "big-trainset"
+    limits = worker.call("describe")["backends"]["dspy"]["limits"]
+    worker.call("configure_lm", {"model": "offline"}, session_id=s)
+    worker.call("create_program", {"signature": "q -> a", "program_id": "p"}, session_id=s)
+    example = {"inputs": {"q": "x"}, "outputs": {"a": "y"}}
+
+    def optimize(n: int, **options):
+        return worker.request("optimize_program", {"program_id": "p", "optimizer": "LabeledFewShot",
+                                                   "trainset": [example] * n, **options}, session_id=s)
+
+    assert optimize(limits["max_trainset"])["success"]
+    err = optimize(limits["max_trainset"] + 1)["error"]
+    assert (err["category"], err["code"], err["details"]["path"]) == ("validation", "invalid_args", "args.trainset")
+    err = optimize(2, options={"k": limits["max_demos_per_predictor"] + 1})["error"]
+    assert (err["category"], err["code"], err["details"]["path"]) == ("validation", "invalid_args", "args.options.k")
+    worker.call("end_session", {"session_id": s})
+
+
 @pytest.mark.parametrize("module", ["Predict", "ChainOfThought"])
 def test_typed_outputs_are_valid_for_their_types_and_deterministic(worker, module):
     s = f"typed-{module}"
