@@ -314,7 +314,7 @@ class Dispatcher:
         """Encode and write a final reply; ``counted``: the request is in ``_unwritten``."""
         meta = envelope.reply_meta(request)
         if error is None:
-            doc = {"id": request.id, "success": True, "result": result, "meta": meta}
+            doc = envelope.success(request.id, result, meta)
         else:
             doc = envelope.failure(request.id, self._wire(error), meta)
         payload, category = self._encode_final(codec, doc)

@@ -136,11 +136,8 @@ class Transport:
             if self._batch is not None and self._batch_owner == threading.get_ident():
                 self._flush_batch()  # a large frame: keep this thread's frames in order
             if len(payload) < _COPY_LIMIT:
-                data = header + payload
                 try:
-                    written = os.write(self.out_fd, data)
-                    if written != len(data):  # a pipe may take only part of it
-                        self._write_all(memoryview(data)[written:])
+                    self._write_all(header + payload)
                 except OSError as exc:
                     self._failed(exc)
             else:
