@@ -34,22 +34,34 @@ defmodule PortBridge.Request do
   taking `{name, data}`) as it arrives.
   """
   @spec await(t, (event -> any) | nil) :: {:ok, term} | {:error, Error.t()}
-  def await(%__MODULE__{ref: ref} = request, on_event \\ nil) do
-    receive do
-      {^ref, {:event, name, data}} ->
+  def await(%__MODULE__{} = request, on_event \\ nil) do
+    case next(request) do
+      {:event, name, data} ->
         if on_event, do: on_event.({name, data})
         await(request, on_event)
 
+      {:done, result} ->
+        result
+    end
+  end
+
+  # The request's next message: `{:event, name, data}`, or `{:done, result}` once it
+  # is over (its reply, the death of the process serving it, or that process stuck).
+  defp next(%__MODULE__{ref: ref} = request) do
+    receive do
+      {^ref, {:event, name, data}} ->
+        {:event, name, data}
+
       {^ref, {:reply, result}} ->
         Process.demonitor(ref, [:flush])
-        result
+        {:done, result}
 
       {:DOWN, ^ref, _, _, reason} ->
-        {:error, server_down(reason)}
+        {:done, {:error, server_down(reason)}}
     after
       safety(request.timeout) ->
         cancel(request)
-        {:error, stuck(request)}
+        {:done, {:error, stuck(request)}}
     end
   end
 
@@ -79,7 +91,7 @@ defmodule PortBridge.Request do
   ...) cancels the request.
   """
   @spec stream(t) :: Enumerable.t()
-  def stream(%__MODULE__{ref: ref} = request) do
+  def stream(%__MODULE__{} = request) do
     Stream.resource(
       fn -> :running end,
       fn
@@ -87,20 +99,9 @@ defmodule PortBridge.Request do
           {:halt, :done}
 
         :running ->
-          receive do
-            {^ref, {:event, name, data}} ->
-              {[{:event, name, data}], :running}
-
-            {^ref, {:reply, result}} ->
-              Process.demonitor(ref, [:flush])
-              {[result], :done}
-
-            {:DOWN, ^ref, _, _, reason} ->
-              {[{:error, server_down(reason)}], :done}
-          after
-            safety(request.timeout) ->
-              cancel(request)
-              {[{:error, stuck(request)}], :done}
+          case next(request) do
+            {:event, _name, _data} = event -> {[event], :running}
+            {:done, result} -> {[result], :done}
           end
       end,
       fn
