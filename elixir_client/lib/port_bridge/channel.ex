@@ -15,8 +15,19 @@ defmodule PortBridge.Channel do
   require Logger
   alias PortBridge.{Codec, Error, Protocol, Reaper}
 
+  # Until `ready` announces the worker's own limits: its defaults (grace: 1 s + 1 s).
+  @default_max_frame_bytes 64 * 1024 * 1024
+  @default_grace_ms 2_000
+
   @enforce_keys [:port, :os_pid, :format]
-  defstruct [:port, :os_pid, :format, :ready, max_frame_bytes: 64 * 1024 * 1024, grace_ms: 2_000]
+  defstruct [
+    :port,
+    :os_pid,
+    :format,
+    :ready,
+    max_frame_bytes: @default_max_frame_bytes,
+    grace_ms: @default_grace_ms
+  ]
 
   @type t :: %__MODULE__{
           port: port,
@@ -27,8 +38,6 @@ defmodule PortBridge.Channel do
           grace_ms: non_neg_integer
         }
 
-  # Until `ready` announces the worker's own grace period: its default (1 s) + 1 s.
-  @default_grace_ms 2_000
   # How long the worker may take to answer the cancel of a timed-out request
   # (cancel is a control command: answered at once, even under load).
   @cancel_grace_ms 2_000
@@ -118,7 +127,7 @@ defmodule PortBridge.Channel do
          os_pid: os_pid,
          format: format,
          ready: data,
-         max_frame_bytes: limits["max_frame_bytes"] || 64 * 1024 * 1024,
+         max_frame_bytes: limits["max_frame_bytes"] || @default_max_frame_bytes,
          grace_ms: grace_ms
        }}
     else
@@ -345,17 +354,13 @@ defmodule PortBridge.Channel do
   # The request was cancelled by its owner: its final reply came; also take the
   # cancel's own reply off the port.
   defp finish(wait, result) do
-    case drain_cancelled(%{wait | id: nil, deadline: deadline(@cancel_grace_ms)}, nil) do
-      {_, :ok} -> {result, :ok}
-      {_, remove} -> {result, remove}
-    end
+    {_, checkin} = drain_cancelled(%{wait | id: nil, deadline: deadline(@cancel_grace_ms)}, nil)
+    {result, checkin}
   end
 
   defp send_cancel(%{cancel_id: nil} = wait) do
     cancel_id = System.unique_integer([:positive])
-
-    {:ok, frame} = encode(wait.channel, cancel_id, "cancel", %{"request_id" => wait.id}, [])
-    _ = send_frame(wait.channel, frame)
+    _ = send_cancel(wait.channel, cancel_id, wait.id)
     %{wait | cancel_id: cancel_id}
   end
 
@@ -363,6 +368,13 @@ defmodule PortBridge.Channel do
 
   defp deliver(nil, _name, _data), do: :ok
   defp deliver(fun, name, data) when is_function(fun, 1), do: fun.({name, data})
+
+  @doc "Sends `cancel` (request id `cancel_id`) for the request `request_id`; its reply is the caller's to ignore."
+  @spec send_cancel(t, Protocol.id(), Protocol.id()) :: :ok | {:error, Error.t()}
+  def send_cancel(channel, cancel_id, request_id) do
+    {:ok, frame} = encode(channel, cancel_id, "cancel", %{"request_id" => request_id}, [])
+    send_frame(channel, frame)
+  end
 
   @doc false
   # Frames no caller is waiting for: worker-level log events, id-null errors (a frame

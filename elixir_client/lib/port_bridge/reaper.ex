@@ -37,10 +37,6 @@ defmodule PortBridge.Reaper do
   @spec watch_grace(pos_integer, non_neg_integer) :: :ok
   def watch_grace(os_pid, grace_ms), do: GenServer.cast(__MODULE__, {:grace, os_pid, grace_ms})
 
-  @doc "Hands `os_pid` to another owner (a port that moved to another process for good)."
-  @spec transfer(pos_integer, pid) :: :ok
-  def transfer(os_pid, owner), do: GenServer.call(__MODULE__, {:transfer, os_pid, owner})
-
   @doc """
   The port of `os_pid` was closed on purpose: make sure the process exits, within
   its grace period or `grace_ms` (0 for a process known to be stuck).
@@ -141,16 +137,6 @@ defmodule PortBridge.Reaper do
     }
 
     {:reply, :ok, state}
-  end
-
-  def handle_call({:transfer, os_pid, owner}, _from, state) do
-    case state.pids do
-      %{^os_pid => {_old, _mref, grace_ms}} ->
-        handle_call({:watch, os_pid, owner, grace_ms}, nil, state)
-
-      %{} ->
-        {:reply, :ok, state}
-    end
   end
 
   def handle_call(:watched, _from, state) do

@@ -128,9 +128,7 @@ defmodule PortBridge.Worker do
            requests: %{},
            ids: %{},
            callers: %{},
-           queue: :queue.new(),
-           # ids whose final reply nobody waits for any more (timed out, cancelled)
-           dropped: MapSet.new()
+           queue: :queue.new()
          }}
 
       {:error, error} ->
@@ -313,12 +311,9 @@ defmodule PortBridge.Worker do
         finish(state, ref, result)
 
       :error ->
-        if MapSet.member?(state.dropped, id) do
-          %{state | dropped: MapSet.delete(state.dropped, id)}
-        else
-          Channel.stray(state.channel, {:reply, id, result, %{}})
-          state
-        end
+        # Nobody waits for it any more (timed out, cancelled), or a cancel's own reply.
+        Channel.stray(state.channel, {:reply, id, result, %{}})
+        state
     end
   end
 
@@ -343,15 +338,8 @@ defmodule PortBridge.Worker do
       {:ok, %{id: id}} ->
         cancel_id = state.next_id
 
-        if state.channel do
-          {:ok, frame} =
-            Channel.encode(state.channel, cancel_id, "cancel", %{"request_id" => id}, [])
-
-          Channel.send_frame(state.channel, frame)
-        end
-
-        dropped = state.dropped |> MapSet.put(id) |> MapSet.put(cancel_id)
-        finish(%{state | next_id: cancel_id + 1, dropped: dropped}, ref, error && {:error, error})
+        if state.channel, do: Channel.send_cancel(state.channel, cancel_id, id)
+        finish(%{state | next_id: cancel_id + 1}, ref, error && {:error, error})
 
       :error ->
         state
