@@ -30,7 +30,7 @@ defmodule PortBridge.Sessions do
   use GenServer
   require Logger
 
-  alias PortBridge.Error
+  alias PortBridge.{Channel, Error}
 
   @program_commands ~w(create_program import_program optimize_program)
   # Workers remembered as holding a scope (older ones are long replaced).
@@ -109,12 +109,12 @@ defmodule PortBridge.Sessions do
   defp within_deadline(exchange, :infinity), do: exchange
 
   defp within_deadline(exchange, timeout) when is_integer(timeout) do
-    deadline = System.monotonic_time(:millisecond) + timeout
+    deadline = Channel.deadline(timeout)
 
     fn channel, command, args, opts ->
-      case deadline - System.monotonic_time(:millisecond) do
-        left when left > 0 -> exchange.(channel, command, args, Keyword.put(opts, :timeout, left))
-        _ -> {{:error, deadline_used_up(timeout, command)}, :ok}
+      case Channel.remaining(deadline) do
+        0 -> {{:error, deadline_used_up(timeout, command)}, :ok}
+        left -> exchange.(channel, command, args, Keyword.put(opts, :timeout, left))
       end
     end
   end
