@@ -14,7 +14,6 @@ its ``events`` list) before its final reply.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -303,9 +302,3 @@ class WorkerClient:
     def pid(self) -> int:
         return self.process.pid
 
-
-def child_env(**extra: str) -> dict:
-    """The current environment plus ``extra`` (for spawning workers in tests and tools)."""
-    env = dict(os.environ)
-    env.update(extra)
-    return env

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from bridge.client import WorkerClient
-from tests.support.schemas import FrameChecker
-from tests.support.workers import RawWorker, pid_alive, worker_env
+from tests.support.workers import RawWorker, checked_client, pid_alive
 
 
 @pytest.fixture
@@ -16,25 +17,12 @@ def spawn(tmp_path):
     Every frame the worker sends is checked against protocol/schemas; the test
     fails if one breaks them, or if the worker process outlives the test.
     """
-    started: list[WorkerClient] = []
-    checker = FrameChecker()
+    with contextlib.ExitStack() as stack:
 
-    def start(*worker_args: str, env: dict | None = None, fmt: str = "json", **kw) -> WorkerClient:
-        stderr = open(tmp_path / f"worker-{len(started)}.stderr", "wb")
-        client = WorkerClient(
-            list(worker_args), fmt=fmt, env=env or worker_env(), stderr=stderr, on_frame=checker, **kw
-        )
-        client.stderr_path = stderr.name
-        stderr.close()
-        started.append(client)
-        return client
+        def start(*worker_args: str, env: dict | None = None, fmt: str = "json", **kw) -> WorkerClient:
+            return stack.enter_context(checked_client(tmp_path, *worker_args, env=env, fmt=fmt, **kw))
 
-    yield start
-    for client in started:
-        client.__exit__(None, None, None)
-        client.kill()
-        assert not pid_alive(client.pid), f"worker {client.pid} outlived its test"
-    assert not checker.problems, "frames broke protocol/schemas:\n" + "\n".join(checker.problems[:10])
+        yield start
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 
 from bridge import codecs
 from bridge.framecat import from_readable
-from bridge.framing import FrameDecoder
+from bridge.framing import FrameDecoder, encode_frame
 from tests.support.workers import worker_env
 
 CLI = [sys.executable, "-m", "bridge"]
@@ -70,7 +70,7 @@ def test_encode_worker_decode_round_trip_in_both_formats():
 def test_decode_reads_mixed_formats_and_reports_bad_frames():
     good_json = codecs.JSON.encode({"a": 1})
     good_msgpack = codecs.MSGPACK.encode({"b": b"\x00"})
-    stream = b"".join(len(p).to_bytes(4, "big") + p for p in (good_json, good_msgpack, b"[1]", b""))
+    stream = b"".join(encode_frame(p) for p in (good_json, good_msgpack, b"[1]", b""))
     result = run("decode", "-v", input=stream + b"\x00\x00\x00\x09{}")
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[0] == {"format": "json", "length": len(good_json), "frame": {"a": 1}}

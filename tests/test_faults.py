@@ -32,15 +32,6 @@ def _outcome(reply: dict):
     return "ok" if reply["success"] else (reply["error"]["category"], reply["error"]["code"])
 
 
-def _read_all(w, timeout: float = 20.0) -> list[dict]:
-    """Every final reply until stdout ends (read_frame fails the test if it ends inside a frame)."""
-    replies = []
-    while (doc := w.read_doc(timeout)) is not None:
-        if "event" not in doc:
-            replies.append(doc)
-    return replies
-
-
 def _send_quietly(w, data: bytes) -> None:
     try:
         w.send(data)
@@ -59,7 +50,7 @@ def test_end_of_input_with_much_work_in_flight_answers_every_request_once(raw):
     frames += [{"id": "hung", "command": "hang"}]
     w.send(b"".join(encode_frame(orjson.dumps(f)) for f in frames))
     w.close_stdin()
-    replies = _read_all(w)
+    replies = w.read_to_end()
     assert w.wait(10) == 0
     counts = Counter(r["id"] for r in replies)
     assert set(counts) == {f["id"] for f in frames} and set(counts.values()) == {1}
@@ -80,7 +71,7 @@ def test_a_signal_while_replies_stream_out_cuts_no_frame_and_answers_none_twice(
     sender.start()
     first = w.read_reply()
     os.kill(w.pid, getattr(signal, sig))
-    replies = [first, *_read_all(w)]  # fails the test if stdout ends inside a frame
+    replies = [first, *w.read_to_end()]  # fails the test if stdout ends inside a frame
     assert w.wait(10) == 0
     sender.join(10)
     counts = Counter(r["id"] for r in replies)
@@ -95,7 +86,7 @@ def test_repeated_signals_take_the_one_shutdown_path_once(raw):
     until(lambda: w.request({"id": "s", "command": "stats"})["result"], lambda s: s["running"] == 1)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM, signal.SIGINT):
         os.kill(w.pid, sig)
-    replies = _read_all(w)
+    replies = w.read_to_end()
     assert [(r["id"], _outcome(r)) for r in replies] == [("stuck", SHUTTING_DOWN)]
     assert w.wait(10) == 0
 
@@ -107,7 +98,7 @@ def test_a_signal_taken_by_another_thread_than_main_still_stops_the_worker(raw, 
     w = raw(*MISBEHAVING, "--shutdown-grace", "0.3")
     w.send_doc({"id": "stuck", "command": "hang"})
     w.send_doc({"id": "sig", "command": "signal_this_thread", "args": {"signal": sig}})
-    replies = {r["id"]: _outcome(r) for r in _read_all(w, timeout=10)}
+    replies = {r["id"]: _outcome(r) for r in w.read_to_end(10)}
     assert replies == {"stuck": SHUTTING_DOWN, "sig": "ok"}
     assert w.wait(10) == 0
 

@@ -26,7 +26,6 @@ import re
 import struct
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +35,7 @@ import orjson
 from hypothesis import strategies as st
 
 from bridge.framing import HEADER
+from bridge.framing import encode_frame as frame
 from tests.support import schema_zoo_backend
 from tests.support.workers import RawWorker, pid_alive
 
@@ -47,10 +47,6 @@ FIELDS = ("id", "command", "args", "session_id", "timeout_ms", "meta")
 # Commands the long-lived worker may be sent: quick, and none that ends the stream.
 SAFE_COMMANDS = ("ping", "echo", "describe", "stats", "health", "cancel", "list_sessions", "end_session", "sleep")
 ZOO_COMMANDS = ("zoo",)  # tests/support/schema_zoo_backend.py: every schema keyword
-ENVELOPE_CODES = {
-    "not_a_map", "invalid_id", "unknown_field", "invalid_command", "invalid_args",
-    "invalid_session_id", "invalid_timeout", "invalid_meta",
-}
 # What a fuzzed worker runs with: small limits, so that huge values cross them cheaply.
 FUZZ_MAX_FRAME_BYTES = 256 * 1024
 FUZZ_MAX_FRAME_VALUES = 20_000
@@ -96,18 +92,6 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def has_raw(value) -> bool:
-    if isinstance(value, Raw):
-        return True
-    if isinstance(value, Pairs):
-        return any(has_raw(k) or has_raw(v) for k, v in value.items)
-    if isinstance(value, dict):
-        return any(has_raw(k) or has_raw(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_raw(v) for v in value)
-    return False
 
 
 def write_json(value) -> bytes:
@@ -192,10 +176,6 @@ def _msgpack_into(value, out: list) -> None:
 
 
 WRITERS = {"json": write_json, "msgpack": write_msgpack}
-
-
-def frame(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload)) + payload
 
 
 # -- the oracle for decoded envelopes (PROTOCOL.md 4.1) -------------------------------------
@@ -595,6 +575,11 @@ class Tally:
     crashes: list = field(default_factory=list)
     codes: Counter = field(default_factory=Counter)
 
+    def count(self, reply: dict) -> None:
+        """A final reply and its outcome."""
+        self.replies += 1
+        self.codes["ok" if reply["success"] else f"{reply['error']['category']}/{reply['error']['code']}"] += 1
+
     def line(self) -> str:
         top = ", ".join(f"{k} {v}" for k, v in self.codes.most_common(8))
         return (f"{self.cases} cases, {self.frames} frames, {self.replies} final replies, {self.events} events, "
@@ -612,8 +597,7 @@ def final_replies(worker: RawWorker, count: int, tally: Tally, timeout: float = 
             tally.events += 1
             continue
         out.append(doc)
-        tally.replies += 1
-        tally.codes["ok" if doc["success"] else f"{doc['error']['category']}/{doc['error']['code']}"] += 1
+        tally.count(doc)
     return out
 
 
@@ -688,10 +672,7 @@ class Harness:
             return None
         worker.close_stdin()
         try:
-            leftovers = []
-            while (doc := worker.read_doc(10)) is not None:
-                if "event" not in doc:
-                    leftovers.append(doc)
+            leftovers = worker.read_to_end(10)
             code = worker.wait(10)
         finally:
             worker.kill()
@@ -780,18 +761,14 @@ def run_stream(data: bytes, worker_args=FUZZ_WORKER_ARGS, stderr_path: str | Non
         except BrokenPipeError:
             pass  # it stopped reading (desync) before taking everything: allowed
         worker.close_stdin()
-        replies = []
-        while (doc := worker.read_doc(20)) is not None:  # read_doc checks every frame against the schemas
-            if "event" in doc:
-                tally.events += 1
-            else:
-                replies.append(doc)
+        events: list[dict] = []
+        replies = worker.read_to_end(20, events)  # every frame is checked against the schemas
         code = worker.wait(20)
     finally:
         worker.kill()
-    tally.replies += len(replies)
+    tally.events += len(events)
     for reply in replies:
-        tally.codes["ok" if reply["success"] else f"{reply['error']['category']}/{reply['error']['code']}"] += 1
+        tally.count(reply)
     endings = [r for r in replies if not r["success"] and r["error"]["code"] in ("truncated_frame", "stream_desync")]
     detail = f"{expected}, got {len(replies)} replies, exit {code}: {[str(r)[:160] for r in replies]}"
     assert len(replies) == expected.replies, detail
@@ -801,12 +778,3 @@ def run_stream(data: bytes, worker_args=FUZZ_WORKER_ARGS, stderr_path: str | Non
     assert all(r["id"] is None for r in endings), detail
     assert not pid_alive(worker.pid)
     return expected
-
-
-def wait_for_exit(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True

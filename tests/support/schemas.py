@@ -39,13 +39,13 @@ def violations(frame: dict) -> list[str]:
 
 
 class FrameChecker:
-    """An ``on_frame`` hook that records every violation, for a fixture to assert on."""
+    """An ``on_frame`` hook that keeps every frame and records every violation, for a fixture to assert on."""
 
     def __init__(self) -> None:
         self.problems: list[str] = []
-        self.frames = 0
+        self.frames: list[dict] = []
 
     def __call__(self, frame: dict) -> None:
-        self.frames += 1
+        self.frames.append(frame)
         for problem in violations(frame):
             self.problems.append(f"{problem} in {str(frame)[:300]}")

@@ -8,16 +8,17 @@ that no worker process outlives its test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
-import sys
+import tempfile
 import time
 
 from bridge import codecs
-from bridge.client import kill_process, worker_command
+from bridge.client import WorkerClient, kill_process, worker_command
 from bridge.framing import HEADER, encode_frame
-from tests.support.schemas import violations
+from tests.support.schemas import FrameChecker, violations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -114,6 +115,17 @@ class RawWorker:
         self.send_doc(doc, fmt)
         return self.read_reply(timeout)
 
+    def read_to_end(self, timeout: float = 20.0, events: list | None = None) -> list[dict]:
+        """Every final reply until stdout ends (a stream that ends inside a frame fails the test);
+        events go to ``events`` when given."""
+        replies = []
+        while (doc := self.read_doc(timeout)) is not None:
+            if "event" not in doc:
+                replies.append(doc)
+            elif events is not None:
+                events.append(doc)
+        return replies
+
     def close_stdin(self) -> None:
         try:
             self.process.stdin.close()
@@ -124,15 +136,36 @@ class RawWorker:
         return self.process.wait(timeout)
 
     def stderr_text(self) -> str:
-        if not self.stderr_path:
-            return ""
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return read_stderr(self.stderr_path) if self.stderr_path else ""
 
     def kill(self) -> None:
         kill_process(self.process)
         if self._stderr not in (None, subprocess.DEVNULL):
             self._stderr.close()
+
+
+def read_stderr(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def checked_client(folder, *worker_args: str, env: dict | None = None, fmt: str = "json", **kw):
+    """A started WorkerClient (``.stderr_path``; ``.frames``, every frame it received), stopped on
+    exit; fails if a frame broke protocol/schemas or the process outlived it."""
+    checker = FrameChecker()
+    fd, stderr_path = tempfile.mkstemp(prefix="worker-", suffix=".stderr", dir=str(folder))
+    with open(fd, "wb") as stderr:
+        client = WorkerClient(list(worker_args), fmt=fmt, env=env or worker_env(), stderr=stderr,
+                              on_frame=checker, **kw)
+    client.stderr_path = stderr_path
+    client.frames = checker.frames
+    try:
+        yield client
+    finally:
+        client.__exit__(None, None, None)  # closes stdin, waits, kills one that does not exit
+        assert not pid_alive(client.pid), f"worker {client.pid} outlived its test"
+        assert not checker.problems, "frames broke protocol/schemas:\n" + "\n".join(checker.problems[:10])
 
 
 def pid_alive(pid: int) -> bool:
@@ -145,5 +178,3 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def python() -> str:
-    return sys.executable
