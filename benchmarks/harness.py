@@ -14,22 +14,19 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import msgpack
-import orjson
-
-from bridge.client import kill_process
+from bridge import codecs
+from bridge.client import kill_process, worker_command
+from bridge.framing import HEADER, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
-HEADER = struct.Struct(">I")
 READ_BYTES = 1 << 20
 
 
@@ -42,7 +39,7 @@ def env(**extra: str) -> dict:
 
 
 def worker_argv(*args: str) -> list[str]:
-    return [PYTHON, "-m", "bridge", "worker", *args]
+    return worker_command(args, PYTHON)
 
 
 def floor_argv() -> list[str]:
@@ -56,20 +53,15 @@ def cat_argv() -> list[str]:
 # -- frames -------------------------------------------------------------------------
 
 def encode(doc, fmt: str) -> bytes:
-    if fmt == "json":
-        return orjson.dumps(doc)
-    return msgpack.packb(doc, use_bin_type=True)
+    return codecs.get(fmt).encode(doc)
 
 
 def decode(payload: bytes):
-    if payload[:1] == b"{":
-        return orjson.loads(payload)
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    return codecs.detect(payload).decode(payload)
 
 
 def frame(doc, fmt: str) -> bytes:
-    payload = encode(doc, fmt)
-    return HEADER.pack(len(payload)) + payload
+    return encode_frame(encode(doc, fmt))
 
 
 class PeerError(RuntimeError):
@@ -165,10 +157,6 @@ class Peer:
         del buf[:pos]
         return last
 
-    def request(self, data: bytes) -> bytes:
-        self.send(data)
-        return self.recv()
-
     def roundtrip(self, data: bytes) -> tuple[int, bytes]:
         """One request frame -> (nanoseconds, reply payload). Above what a pipe holds, a thread
         writes while this one reads (a peer such as cat answers before it has read everything)."""
@@ -184,21 +172,17 @@ class Peer:
         writer.join()
         return elapsed, reply
 
-    def rss_bytes(self) -> int:
-        return rss_bytes(self.pid)
-
     def close(self, timeout: float = 15.0) -> int | None:
         try:
             self.process.stdin.close()
         except OSError:
             pass
         try:
-            code = self.process.wait(timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.process.stdout.close()
-        return code
+            pass
+        kill_process(self.process)
+        return self.process.returncode
 
     def kill(self) -> None:
         kill_process(self.process)
@@ -234,21 +218,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise PeerError(f"no VmRSS for pid {pid}")
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """RSS of a process and its descendants (a BEAM and its Ports, a worker and its helpers)."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            total += rss_bytes(p)
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError, PeerError):
-            pass
-    return total
 
 
 def machine() -> dict:

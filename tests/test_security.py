@@ -48,7 +48,7 @@ INJECTIONS = [
     f"eval('open(\"{MARK}\", \"w\")')", f"{{{{7*7}}}}{MARK}", f"${{7*7}}{MARK}", f"$(touch pwned_{MARK})",
     f"`touch pwned_{MARK}`", f"%s%s%n{MARK}",
     "../../etc/passwd", "/etc/passwd", f"../../{MARK}_file", f"/tmp/{MARK}_file", "~/.ssh/id_rsa", "file:///etc/passwd",
-    f"question: os.system -> answer", f"question: {MARK}_module -> answer", f"q -> a: __import__('{MARK}')",
+    "question: os.system -> answer", f"question: {MARK}_module -> answer", f"q -> a: __import__('{MARK}')",
     f"{MARK}: subprocess.Popen", f"http://127.0.0.1:9/{MARK}",
     *(p.decode("latin-1") for p in PICKLES),
     base64.b64encode(PICKLES[1]).decode(),

@@ -22,6 +22,8 @@ import subprocess
 import threading
 import time
 
+from bridge.client import kill_process
+
 from .. import report
 from ..harness import PYTHON, ROOT, Peer, decode, env, rss_bytes, spread, worker_argv
 from .common import dspy_program, execute_frame, has_command, worker_settled
@@ -51,8 +53,8 @@ class LMServer:
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        kill_process(self.process)
 
     def __enter__(self) -> "LMServer":
         return self

@@ -75,7 +75,7 @@ def run(quick: bool) -> report.Result:
         idle = settle_rss(peer.pid)
         table.add("worker --backends ''", "idle", mib(idle))
         before, after = growth(peer, core_requests, 1000, n)
-        table.add("worker --backends ''", f"after 1,000 requests (warm-up)", mib(before))
+        table.add("worker --backends ''", "after 1,000 requests (warm-up)", mib(before))
         table.add("worker --backends ''", f"after {n:,} more (ping, echo, sleep, stats)", mib(after))
     r.data["core"] = {"idle": idle, "warm": before, "after": after, "requests": n}
     d = after - before

@@ -12,7 +12,6 @@ Python, no checks).
 from __future__ import annotations
 
 import statistics
-import time
 
 from .. import report
 from ..harness import Peer, cat_argv, floor_argv, frame, spread, worker_argv

@@ -13,7 +13,7 @@ import threading
 import time
 
 from .. import report
-from ..harness import HEADER, Peer, decode, encode, floor_argv, pct, spread, worker_argv
+from ..harness import Peer, decode, floor_argv, frame, pct, spread, worker_argv
 from .common import interleave, worker_settled
 
 PEERS = {"floor": floor_argv, "worker": lambda: worker_argv("--backends", "")}
@@ -28,11 +28,7 @@ def on_fresh_peer(name: str, measure):
 
 
 def ping_frames(n: int, fmt: str, start: int = 1) -> list[bytes]:
-    out = []
-    for i in range(start, start + n):
-        payload = encode({"id": i, "command": "ping"}, fmt)
-        out.append(HEADER.pack(len(payload)) + payload)
-    return out
+    return [frame({"id": i, "command": "ping"}, fmt) for i in range(start, start + n)]
 
 
 def check_pong(payload: bytes) -> None:
