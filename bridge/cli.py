@@ -35,22 +35,25 @@ def _non_negative_float(text: str) -> float:
 
 
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    from .limits import WORKER as D  # protocol/limits.json: the one home of these defaults
+
     p.add_argument("--format", choices=FORMATS, default="auto",
                    help="frame format; auto detects each frame and answers in kind (default)")
-    p.add_argument("--max-frame-bytes", type=_positive_int, default=64 * 1024 * 1024,
-                   help="largest accepted frame payload (default 64 MiB)")
-    p.add_argument("--max-frame-values", type=_positive_int, default=1024 * 1024,
+    p.add_argument("--max-frame-bytes", type=_positive_int, default=D["max_frame_bytes"],
+                   help="largest accepted frame payload (default %(default)s bytes)")
+    p.add_argument("--max-frame-values", type=_positive_int, default=D["max_frame_values"],
                    help="most values one frame may decode to: array elements, map entries, containers "
-                        "(default 1048576; bounds the memory one request can take)")
-    p.add_argument("--max-concurrency", type=_positive_int, default=32,
-                   help="non-control requests running at once (default 32)")
-    p.add_argument("--max-queue", type=int, default=1024,
-                   help="requests waiting beyond that before 'overloaded' (default 1024)")
-    p.add_argument("--session-ttl", type=_non_negative_float, default=3600.0,
-                   help="seconds an idle session is kept (default 3600)")
-    p.add_argument("--max-sessions", type=_positive_int, default=1024, help="sessions held at once (default 1024)")
-    p.add_argument("--shutdown-grace", type=_non_negative_float, default=1.0,
-                   help="seconds in-flight work may finish at shutdown (default 1)")
+                        "(default %(default)s; bounds the memory one request can take)")
+    p.add_argument("--max-concurrency", type=_positive_int, default=D["max_concurrency"],
+                   help="non-control requests running at once (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=D["max_queue"],
+                   help="requests waiting beyond that before 'overloaded' (default %(default)s)")
+    p.add_argument("--session-ttl", type=_non_negative_float, default=D["session_ttl_s"],
+                   help="seconds an idle session is kept (default %(default)s)")
+    p.add_argument("--max-sessions", type=_positive_int, default=D["max_sessions"],
+                   help="sessions held at once (default %(default)s)")
+    p.add_argument("--shutdown-grace", type=_non_negative_float, default=D["shutdown_grace_s"],
+                   help="seconds in-flight work may finish at shutdown (default %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"), default="warning")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
@@ -95,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(ns: argparse.Namespace):
-    from .dispatcher import Limits
+    from .limits import Limits
     from .worker import WorkerConfig
 
     limits = Limits(

@@ -15,14 +15,15 @@ import msgpack
 import orjson
 
 from .errors import protocol_error
+from .limits import ENVELOPE
 
 PROTOCOL_VERSION = 1
 FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta"})
-MAX_ID_CHARS = 128
-MAX_COMMAND_CHARS = 128
-MAX_SESSION_ID_CHARS = 256
-MAX_TIMEOUT_MS = 24 * 3600 * 1000
-MAX_META_ENTRIES = 64
+MAX_ID_CHARS: int = ENVELOPE["max_id_chars"]
+MAX_COMMAND_CHARS: int = ENVELOPE["max_command_chars"]
+MAX_SESSION_ID_CHARS: int = ENVELOPE["max_session_id_chars"]
+MAX_TIMEOUT_MS: int = ENVELOPE["max_timeout_ms"]
+MAX_META_ENTRIES: int = ENVELOPE["max_meta_entries"]
 INT64 = 2**63
 
 

@@ -13,32 +13,19 @@ the wire: it stops the worker at start-up, where a developer sees it.
 
 from __future__ import annotations
 
-import orjson
-import os
 from functools import lru_cache
+
+from .contract import read_json
 
 
 class RegistrationError(Exception):
     """A backend or the core registered something wrong (a programming error)."""
 
 
-def protocol_dir() -> str:
-    """Where ``protocol/`` is: inside an installed wheel, or beside ``bridge/`` in a source tree."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    installed = os.path.join(here, "_protocol")
-    return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(here), "protocol")
-
-
-def _read_table_text() -> bytes:
-    # Plain file access: importlib.resources costs ~18 ms of imports before ``ready``.
-    with open(os.path.join(protocol_dir(), "errors.json"), "rb") as f:
-        return f.read()
-
-
 @lru_cache(maxsize=1)
 def table() -> dict:
     """The whole table: ``{"version", "severities", "recoveries", "categories"}``."""
-    data = orjson.loads(_read_table_text())
+    data = read_json("errors.json")
     for name, row in data["categories"].items():
         if row["severity"] not in data["severities"] or row["recovery"] not in data["recoveries"]:
             raise RegistrationError(f"error table row {name!r} names an unknown severity or recovery")

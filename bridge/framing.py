@@ -23,13 +23,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .limits import FRAMING, WORKER
+
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 MAX_LENGTH = 2**32 - 1
-DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FRAME_BYTES: int = WORKER["max_frame_bytes"]
 # An Erlang peer never sends more than this in one frame; a larger declared
 # length almost always means unframed bytes (any ASCII text does).
-DEFAULT_DESYNC_BYTES = 1024 * 1024 * 1024
+DEFAULT_DESYNC_BYTES: int = FRAMING["desync_bytes"]
 # How much of an oversized frame is kept to recover its request id.
 OVERSIZED_HEAD_BYTES = 4096
 # From this size on, a frame gets a buffer of its own size that input is read
@@ -147,9 +149,6 @@ class FrameDecoder:
         have = len(self._buf) - self._pos
         # A parsed header has left the buffer but still belongs to the unfinished frame.
         return have + (HEADER_SIZE if self._length is not None else 0)
-
-    def in_oversized(self) -> bool:
-        return self._skip > 0
 
     def wanted(self) -> int:
         """Bytes still needed to complete the current header or frame."""

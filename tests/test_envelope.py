@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from bridge import codecs
 from bridge.envelope import FIELDS, parse_request, recover_id, valid_id
-from bridge.errors import BridgeError, protocol_dir
+from bridge.contract import protocol_dir
+from bridge.errors import BridgeError
 
 ids = st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.text(min_size=1, max_size=128)
 requests = st.fixed_dictionaries(

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from bridge.errors import protocol_dir, table
+from bridge.contract import protocol_dir
+from bridge.errors import table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(os.path.dirname(ROOT), "shared", "DESIGN.md")

@@ -30,7 +30,7 @@ def test_wheel_contains_the_protocol_and_the_entry_points(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    for path in ("errors.json", "PROTOCOL.md", "schemas/request.schema.json", "vectors/codec.json"):
+    for path in ("errors.json", "limits.json", "PROTOCOL.md", "schemas/request.schema.json", "vectors/codec.json"):
         assert f"bridge/_protocol/{path}" in names
     assert "portbridge = bridge.cli:main" in entry_points
     assert "dspy = bridge.backends.dspy:backend" in entry_points

@@ -8,7 +8,7 @@ import os
 import jsonschema
 from referencing import Registry, Resource
 
-from bridge.errors import protocol_dir
+from bridge.contract import protocol_dir
 from bridge.framecat import to_readable
 
 

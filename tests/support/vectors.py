@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from bridge.errors import protocol_dir
+from bridge.contract import protocol_dir
 from bridge.framecat import from_readable, to_readable
 
 
