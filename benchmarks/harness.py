@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from bridge import codecs
-from bridge.client import kill_process, worker_command
+from bridge.client import worker_command
+from bridge.processes import kill_process
 from bridge.framing import HEADER, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import codecs
 from .framing import HEADER, HEADER_SIZE
+from .processes import kill_process
 
 
 class WorkerExited(RuntimeError):
@@ -70,19 +71,6 @@ class Pending:
 
 def worker_command(worker_args=(), python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "bridge", "worker", *worker_args]
-
-
-def kill_process(process: subprocess.Popen) -> None:
-    """SIGKILL a child unless it has exited, reap it, and close the pipes we hold to it."""
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
 
 
 def _read_exactly(stream, n: int) -> bytes:

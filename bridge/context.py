@@ -1,133 +1,101 @@
-"""One request in flight (``Job``) and the view of it a handler gets (``Context``).
+"""What a handler sees of its request: ``handler(ctx, args) -> result``.
 
-A job gets exactly one final reply. Whoever produces it first (the handler,
-the deadline, a cancel, end_session, shutdown) wins through ``Job.finalize``;
-everything later is dropped. A handler that cannot be interrupted keeps running
-after its request was answered; cooperative handlers poll ``ctx.check()`` or
-sleep with ``ctx.wait()`` and stop early.
+The context is deliberately narrow: the request's identity (``request_id``,
+``session_id``, ``meta``, ``format``), its scope's store, events, its deadline
+and whether it was already answered. A handler never sees the dispatcher, the
+scheduler or another request; commands that manage the worker itself (cancel,
+end_session, shutdown...) are given a control interface when they are
+registered (``core_commands``), not through the context.
+
+Stores: ``ctx.store`` is the dict of the request's scope (its session's, or the
+global one when the request has no session); ``ctx.global_store`` is the
+global scope's. Each backend keeps its state under a key of its own
+(``ctx.store.setdefault("dspy", Scope())``); the dict lives as long as the
+session and a backend's ``close_session`` hook sees it go.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import BridgeError
 
 if TYPE_CHECKING:
-    from .dispatcher import Dispatcher
     from .envelope import Request
-    from .registry import Command
-    from .sessions import Session
+    from .inflight import Job
 
-
-class Job:
-    __slots__ = ("request", "command", "codec", "session", "deadline", "state", "interrupted", "_wakeup", "_lock")
-
-    def __init__(self, request: "Request", command: "Command", codec, session: "Session") -> None:
-        self.request = request
-        self.command = command
-        self.codec = codec
-        self.session = session
-        timeout_ms = request.timeout_ms
-        self.deadline = time.monotonic() + timeout_ms / 1000 if timeout_ms is not None else None
-        self.state = "queued"  # queued -> running -> done; or queued -> done
-        self.interrupted = False  # True once the reply came from outside the handler
-        self._wakeup: threading.Event | None = None  # made only for handlers that wait()
-        self._lock = threading.Lock()
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
-
-    def start(self) -> bool:
-        """Mark the job running; False if it was already answered while queued."""
-        with self._lock:
-            if self.state != "queued":
-                return False
-            self.state = "running"
-            return True
-
-    def finalize(self, external: bool = False) -> str | None:
-        """Claim the right to send the final reply. Returns the previous state, or None if taken."""
-        with self._lock:
-            if self.state == "done":
-                return None
-            previous, self.state = self.state, "done"
-            if external:
-                self.interrupted = True
-                wakeup = self._wakeup
-            else:
-                wakeup = None
-        if wakeup is not None:
-            wakeup.set()
-        return previous
-
-    def wait_interrupted(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True as soon as the job is answered from outside."""
-        with self._lock:
-            if self.interrupted:
-                return True
-            if self._wakeup is None:
-                self._wakeup = threading.Event()
-            wakeup = self._wakeup
-        return wakeup.wait(seconds)
+SendEvent = Callable[[str, Any, Any, Any], None]  # (name, data, request id, codec)
 
 
 class Context:
-    """What a handler sees of its request: ``handler(ctx, args) -> result``.
+    __slots__ = ("store", "global_store", "_request", "_codec", "_send_event", "_job")
 
-    Scheduled requests have a ``job`` (they can be cancelled, time out, wait);
-    control commands run inline on the reading thread with ``job`` None: they
-    are answered as soon as they return, so nothing can interrupt them.
-    """
-
-    __slots__ = ("request", "session", "codec", "dispatcher", "job")
-
-    def __init__(self, request: "Request", session: "Session", codec, dispatcher: "Dispatcher",
-                 job: Job | None = None) -> None:
-        self.request = request
-        self.session = session
-        self.codec = codec
-        self.dispatcher = dispatcher
-        self.job = job
+    def __init__(self, request: Request, codec: Any, store: dict, global_store: dict,
+                 send_event: SendEvent, job: Job | None = None) -> None:
+        self.store = store
+        self.global_store = global_store
+        self._request = request
+        self._codec = codec
+        self._send_event = send_event
+        # Scheduled requests have a job (they can be cancelled, time out, wait). Control
+        # commands run inline on the reading thread without one: they are answered as
+        # soon as they return, so nothing can interrupt them.
+        self._job = job
 
     @property
-    def request_id(self):
-        return self.request.id
+    def request_id(self) -> Any:
+        return self._request.id
 
     @property
     def session_id(self) -> str | None:
-        return self.request.session_id
+        return self._request.session_id
 
     @property
     def meta(self) -> dict:
-        return self.request.meta
+        return self._request.meta
 
     @property
     def format(self) -> str:
-        return self.codec.name
+        """The request's format (``json`` or ``msgpack``): its reply and events use it too."""
+        return self._codec.name
 
-    def emit(self, name: str, data) -> None:
-        """Send an event (``chunk``, ``progress``) for this request, unless it was already answered."""
-        if self.job is None or not self.job.done:
-            self.dispatcher.send_event(name, data, self.request.id, self.codec)
+    @property
+    def deadline(self) -> float | None:
+        """The request's deadline on the ``time.monotonic()`` clock, or None without one."""
+        return self._job.deadline if self._job is not None else None
 
     def remaining(self) -> float | None:
-        """Seconds left before the deadline, or None without one."""
-        if self.job is None or self.job.deadline is None:
-            return None
-        return max(self.job.deadline - time.monotonic(), 0.0)
+        """Seconds left before the deadline (never negative), or None without one."""
+        deadline = self.deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the request was answered from outside the handler (cancel, deadline, shutdown)."""
+        return self._job is not None and self._job.outcome is not None
 
     def check(self) -> None:
-        """Raise if the request was already answered (cancelled, timed out, shutting down)."""
-        if self.job is not None and self.job.interrupted:
-            raise BridgeError("cancelled", "interrupted", "the request was answered before its handler finished")
+        """Raise if the request was already answered from outside: a ``BridgeError`` of the category
+        that answered it (``cancelled``, ``timeout``, ``shutdown``)."""
+        job = self._job
+        if job is not None and job.outcome is not None:
+            raise interrupted(job.outcome)
 
     def wait(self, seconds: float) -> None:
-        """Sleep like a slow call, but stop at once (raising) when the request is answered."""
-        if self.job is None:
+        """Sleep like a slow call, but stop at once (raising, as ``check``) when the request is answered."""
+        if self._job is None:
             time.sleep(seconds)
-        elif self.job.wait_interrupted(seconds):
+        elif self._job.wait_interrupted(seconds):
             self.check()
+
+    def emit(self, name: str, data: Any) -> None:
+        """Send an event (``chunk``, ``progress``) for this request, unless it was already answered."""
+        if self._job is None or not self._job.done:
+            self._send_event(name, data, self._request.id, self._codec)
+
+
+def interrupted(outcome: BridgeError) -> BridgeError:
+    """What a handler's wait or check raises once its request was answered with ``outcome``."""
+    return BridgeError(outcome.category, "interrupted",
+                       f"the request was answered ({outcome.category}/{outcome.code}) before its handler finished")

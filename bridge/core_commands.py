@@ -5,18 +5,26 @@ health, cancel, list_sessions, end_session, shutdown. Scheduled diagnostics
 that clients, tests and benchmarks rely on: echo (returns its args unchanged,
 any size, any format) and sleep (waits like a slow backend call, honouring
 deadlines and cancel).
+
+The commands that manage the worker get the narrow ``Control`` interface when
+they are registered (the dispatcher provides it); like every handler they see
+their request only through the ``Context``.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Protocol
 
 from . import __version__, codecs, envelope
 from .context import Context
 from .errors import validation_error
+from .limits import Limits
 from .registry import ANY_ARGS, Registry
+from .sessions import SessionTable
+from .stats import Stats
 
-MAX_SLEEP_MS = 24 * 3600 * 1000
+MAX_SLEEP_MS = envelope.MAX_TIMEOUT_MS
 ID_SCHEMA = {
     "anyOf": [
         {"type": "integer"},
@@ -24,51 +32,36 @@ ID_SCHEMA = {
     ],
     "description": "the id of the request to cancel",
 }
+# Backends register just after ready (tens of ms): a describe sent at once
+# waits for them rather than listing the core alone.
+REGISTRATION_WAIT_S = 30.0
 
 
-def register(registry: Registry) -> None:
-    registry.command("ping", control=True)(ping)
-    registry.command("describe", control=True)(describe)
-    registry.command("stats", control=True)(stats)
-    registry.command("health", control=True)(health)
-    registry.command(
-        "cancel",
-        control=True,
-        schema={
-            "type": "object",
-            "properties": {"request_id": ID_SCHEMA},
-            "required": ["request_id"],
-            "additionalProperties": False,
-        },
-    )(cancel)
-    registry.command("list_sessions", control=True)(list_sessions)
-    registry.command(
-        "end_session",
-        control=True,
-        schema={
-            "type": "object",
-            "properties": {
-                "session_id": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": envelope.MAX_SESSION_ID_CHARS,
-                    "description": "the session to end; defaults to the envelope's session_id",
-                }
-            },
-            "additionalProperties": False,
-        },
-    )(end_session)
-    registry.command("shutdown", control=True)(shutdown)
-    registry.command("echo", schema=ANY_ARGS)(echo)
-    registry.command(
-        "sleep",
-        schema={
-            "type": "object",
-            "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}},
-            "required": ["ms"],
-            "additionalProperties": False,
-        },
-    )(sleep)
+class Control(Protocol):
+    """What the core's control commands need of the worker, and nothing more."""
+
+    registry: Registry
+    backends: dict
+    limits: Limits
+    stats: Stats
+    sessions: SessionTable
+    accepting: bool
+
+    def load(self) -> dict:
+        """``in_flight``, ``running``, ``queued``, ``threads``, ``sessions``, ``timers``."""
+        ...
+
+    def cancel(self, rid: Any) -> str:
+        """Answer request ``rid`` with ``cancelled``; its state before ('unknown' if none)."""
+        ...
+
+    def end_session(self, session_id: str) -> int:
+        """Cancel the session's requests and drop it; how many were cancelled (raises not_found)."""
+        ...
+
+    def shutdown(self, reason: str) -> None:
+        """Start the worker's one shutdown path."""
+        ...
 
 
 PID = os.getpid()  # the worker never forks; os.getpid() is a system call per ping
@@ -77,91 +70,6 @@ PID = os.getpid()  # the worker never forks; os.getpid() is a system call per pi
 def ping(ctx: Context, args: dict) -> dict:
     """Answer at once: the worker is alive and reading."""
     return {"pong": True, "pid": PID}
-
-
-REGISTRATION_WAIT_S = 30.0
-
-
-def describe(ctx: Context, args: dict) -> dict:
-    """Commands with their argument schemas, backends, formats and limits."""
-    d = ctx.dispatcher
-    # Backends register just after ready (tens of ms): a describe sent at once
-    # waits for them rather than listing the core alone.
-    d.registry.complete.wait(REGISTRATION_WAIT_S)
-    return {
-        "protocol": envelope.PROTOCOL_VERSION,
-        "version": __version__,
-        "formats": list(codecs.FORMATS),
-        "commands": {name: d.registry.commands[name].describe() for name in d.registry.names()},
-        "backends": {name: {"name": name, **b.describe()} for name, b in d.backends.items()},
-        "limits": d.describe_limits(),
-    }
-
-
-def stats(ctx: Context, args: dict) -> dict:
-    """Counts per command and error category, latency percentiles, load, sessions, uptime, RSS."""
-    d = ctx.dispatcher
-    return {
-        **d.stats.snapshot(),
-        "in_flight": len(d.jobs()),  # control requests (this one) are never in flight
-        "running": d.scheduler.running,
-        "queued": d.scheduler.queued,
-        "threads": d.scheduler.threads,
-        "sessions": len(d.sessions),
-        "timers": len(d.timers),
-    }
-
-
-def health(ctx: Context, args: dict) -> dict:
-    """ok, starting (backends still registering), degraded (a backend failed) or shutting_down."""
-    d = ctx.dispatcher
-    backends = {name: b.status() for name, b in d.backends.items()}
-    if not d.accepting:
-        status = "shutting_down"
-    elif not d.registry.complete.is_set():
-        status = "starting"
-    elif any(b.get("state") == "failed" for b in backends.values()):
-        status = "degraded"
-    else:
-        status = "ok"
-    return {
-        "status": status,
-        "accepting": d.accepting,
-        "backends": backends,
-        "in_flight": len(d.jobs()),
-        "queued": d.scheduler.queued,
-        "uptime_s": round(d.stats.uptime_s(), 3),
-    }
-
-
-def cancel(ctx: Context, args: dict) -> dict:
-    """Answer another request with 'cancelled' at once; reports its state before."""
-    rid = args["request_id"]
-    if rid == ctx.request_id:
-        raise validation_error("cancel_self", "a cancel request cannot cancel itself")
-    state = ctx.dispatcher.cancel(rid)
-    return {"request_id": rid, "cancelled": state in ("queued", "running"), "state": state}
-
-
-def list_sessions(ctx: Context, args: dict) -> dict:
-    """The sessions this worker holds."""
-    sessions = ctx.dispatcher.sessions.describe()
-    return {"sessions": sessions, "count": len(sessions)}
-
-
-def end_session(ctx: Context, args: dict) -> dict:
-    """Cancel a session's requests and free its store at once."""
-    session_id = args.get("session_id") or ctx.session_id
-    if session_id is None:
-        raise validation_error("missing_session_id", "name the session in args.session_id or the envelope")
-    cancelled = ctx.dispatcher.end_session(session_id)
-    return {"session_id": session_id, "ended": True, "cancelled_requests": cancelled}
-
-
-def shutdown(ctx: Context, args: dict) -> dict:
-    """Stop taking work, let in-flight work finish within the grace period, exit 0."""
-    ctx.dispatcher.on_shutdown("shutdown command")
-    return {"shutting_down": True, "grace_s": ctx.dispatcher.limits.shutdown_grace_s}
 
 
 def echo(ctx: Context, args: dict) -> dict:
@@ -173,3 +81,103 @@ def sleep(ctx: Context, args: dict) -> dict:
     """Wait args.ms milliseconds like a slow backend call; stops early on cancel or deadline."""
     ctx.wait(args["ms"] / 1000)
     return {"slept_ms": args["ms"]}
+
+
+def register(registry: Registry, control: Control) -> None:
+    """Register the core commands; those that manage the worker do it through ``control``."""
+    command = registry.command
+
+    @command("describe", control=True)
+    def describe(ctx: Context, args: dict) -> dict:
+        """Commands with their argument schemas, backends, formats and limits."""
+        registry.complete.wait(REGISTRATION_WAIT_S)
+        return {
+            "protocol": envelope.PROTOCOL_VERSION,
+            "version": __version__,
+            "formats": list(codecs.FORMATS),
+            "commands": {name: registry.commands[name].describe() for name in registry.names()},
+            "backends": {name: {"name": name, **b.describe()} for name, b in control.backends.items()},
+            "limits": control.limits.describe(),
+        }
+
+    @command("stats", control=True)
+    def stats(ctx: Context, args: dict) -> dict:
+        """Counts per command and error category, latency percentiles, load, sessions, uptime, RSS."""
+        return {**control.stats.snapshot(), **control.load()}
+
+    @command("health", control=True)
+    def health(ctx: Context, args: dict) -> dict:
+        """ok, starting (backends still registering), degraded (a backend failed) or shutting_down."""
+        backends = {name: b.status() for name, b in control.backends.items()}
+        if not control.accepting:
+            status = "shutting_down"
+        elif not registry.complete.is_set():
+            status = "starting"
+        elif any(b.get("state") == "failed" for b in backends.values()):
+            status = "degraded"
+        else:
+            status = "ok"
+        load = control.load()
+        return {
+            "status": status,
+            "accepting": control.accepting,
+            "backends": backends,
+            "in_flight": load["in_flight"],
+            "queued": load["queued"],
+            "uptime_s": round(control.stats.uptime_s(), 3),
+        }
+
+    @command("cancel", control=True, schema={
+        "type": "object",
+        "properties": {"request_id": ID_SCHEMA},
+        "required": ["request_id"],
+        "additionalProperties": False,
+    })
+    def cancel(ctx: Context, args: dict) -> dict:
+        """Answer another request with 'cancelled' at once; reports its state before."""
+        rid = args["request_id"]
+        if rid == ctx.request_id:
+            raise validation_error("cancel_self", "a cancel request cannot cancel itself")
+        state = control.cancel(rid)
+        return {"request_id": rid, "cancelled": state in ("queued", "running"), "state": state}
+
+    @command("list_sessions", control=True)
+    def list_sessions(ctx: Context, args: dict) -> dict:
+        """The sessions this worker holds."""
+        sessions = control.sessions.describe()
+        return {"sessions": sessions, "count": len(sessions)}
+
+    @command("end_session", control=True, schema={
+        "type": "object",
+        "properties": {
+            "session_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": envelope.MAX_SESSION_ID_CHARS,
+                "description": "the session to end; defaults to the envelope's session_id",
+            }
+        },
+        "additionalProperties": False,
+    })
+    def end_session(ctx: Context, args: dict) -> dict:
+        """Cancel a session's requests and free its store at once."""
+        session_id = args.get("session_id") or ctx.session_id
+        if session_id is None:
+            raise validation_error("missing_session_id", "name the session in args.session_id or the envelope")
+        cancelled = control.end_session(session_id)
+        return {"session_id": session_id, "ended": True, "cancelled_requests": cancelled}
+
+    @command("shutdown", control=True)
+    def shutdown(ctx: Context, args: dict) -> dict:
+        """Stop taking work, let in-flight work finish within the grace period, exit 0."""
+        control.shutdown("shutdown command")
+        return {"shutting_down": True, "grace_s": control.limits.shutdown_grace_s}
+
+    command("ping", control=True)(ping)
+    command("echo", schema=ANY_ARGS)(echo)
+    command("sleep", schema={
+        "type": "object",
+        "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}},
+        "required": ["ms"],
+        "additionalProperties": False,
+    })(sleep)

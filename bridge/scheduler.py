@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from typing import Callable
 
-from .context import Job
+from .inflight import Job
 from .errors import overloaded
 
 
@@ -94,7 +94,7 @@ class Scheduler:
             self._cond.notify()
         elif self._threads < self.max_concurrency:
             self._threads += 1
-            threading.Thread(target=self._loop, name=f"portbridge-worker-{self._threads}", daemon=True).start()
+            threading.Thread(target=self._loop, name=f"portbridge-handler-{self._threads}", daemon=True).start()
 
     def _loop(self) -> None:
         while True:
@@ -146,13 +146,6 @@ class Scheduler:
                 self._waiting -= 1
                 return True
             return False
-
-    def waiting_jobs(self) -> list[Job]:
-        with self._cond:
-            jobs = list(self._ready)
-            for lane in self._lanes.values():
-                jobs.extend(lane.waiting)
-            return jobs
 
     def close(self) -> None:
         """Let idle threads exit (used at shutdown)."""

@@ -4,8 +4,9 @@ A request with a ``session_id`` works in that session's store; one without
 works in the global scope, which is a session that never expires. Sessions are
 created on first use, isolated from each other, bounded in number, expire after
 an idle TTL (never while one of their requests is in flight) and are freed at
-once by ``end_session``. Each backend keeps its own state in a session through
-``Session.store(backend, factory)``; the session knows nothing about what is in it.
+once by ``end_session``. Each backend keeps its own state in a session's
+``store``, a dict, under a key of its own (handlers reach it as ``ctx.store``);
+the session knows nothing about what is in it.
 """
 
 from __future__ import annotations
@@ -24,19 +25,7 @@ class Session:
         self.last_used = time.monotonic()
         self.active = 0  # requests of this session in flight
         self.requests = 0
-        self._stores: dict[str, object] = {}
-        self._lock = threading.Lock()
-
-    def store(self, backend: str, factory: Callable[[], object]):
-        """The backend's state in this session, created by ``factory`` on first use."""
-        with self._lock:
-            state = self._stores.get(backend)
-            if state is None:
-                state = self._stores[backend] = factory()
-            return state
-
-    def peek(self, backend: str):
-        return self._stores.get(backend)
+        self.store: dict = {}  # backend -> its state in this session
 
     def describe(self) -> dict:
         return {
@@ -45,7 +34,7 @@ class Session:
             "idle_s": round(time.monotonic() - self.last_used, 3),
             "in_flight": self.active,
             "requests": self.requests,
-            "backends": sorted(self._stores),
+            "backends": sorted(self.store),
         }
 
 

@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 
 from . import core_commands, logs
 from .backends import load as load_backends
-from .dispatcher import Dispatcher, Limits
+from .dispatcher import Dispatcher
 from .errors import RegistrationError, protocol_error
 from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized
+from .limits import Limits
+from .processes import end_descendants
 from .registry import Registry
 from .transport import Transport, guard_stdio
 
 log = logging.getLogger("portbridge.worker")
 
 EXIT_OK = 0
-EXIT_CRASH = 1
 EXIT_USAGE = 2
 EXIT_DESYNC = 3
 
@@ -59,7 +60,6 @@ class Worker:
         self.transport = transport
         transport.on_closed = lambda reason: self.begin_shutdown(reason)
         self.registry = Registry()
-        core_commands.register(self.registry)
         self.backends: dict = {}  # filled by _start_backends, after ready
         self.dispatcher = Dispatcher(
             self.registry,
@@ -69,6 +69,7 @@ class Worker:
             debug=config.debug,
             backends=self.backends,
         )
+        core_commands.register(self.registry, self.dispatcher)
         self.dispatcher.on_shutdown = lambda reason: self.begin_shutdown(reason)
         self._stopping = threading.Lock()
         self._stopper: threading.Thread | None = None
@@ -198,7 +199,9 @@ class Worker:
                     backend.shutdown()
                 except Exception:
                     log.exception("backend %s failed to shut down", backend.name)
-            end_descendants()
+            stopped = end_descendants()
+            if stopped:
+                log.warning("stopped %d process(es) started by handlers: %s", len(stopped), stopped)
         finally:
             self.transport.seal()
             logging.shutdown()
@@ -210,59 +213,6 @@ class Worker:
 
 def _noted_by_watcher(signum, frame) -> None:
     """The Python-level handler has nothing to do: the wakeup fd carries the signal."""
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: children of each of its threads, theirs, and so on (Linux /proc;
-    elsewhere none are found)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in threads:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            found += children
-            todo += children
-    return found
-
-
-def end_descendants(grace_s: float = 0.5) -> None:
-    """Stop every process a handler started (and what those started), so none outlives the worker.
-
-    The whole tree is listed first: a grandchild whose parent dies is re-parented
-    away and could no longer be found. SIGTERM, up to ``grace_s`` to exit, then SIGKILL.
-    """
-    pids = descendants(os.getpid())
-    if not pids:
-        return
-    log.warning("stopping %d process(es) started by handlers: %s", len(pids), pids)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while (pids := [p for p in pids if _running(p)]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not pids:
-            return
-
-
-def _running(pid: int) -> bool:
-    """Not yet exited (a zombie has exited: its parent, or init after us, reaps it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
 
 
 def serve(config: WorkerConfig) -> int:

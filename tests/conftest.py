@@ -7,7 +7,8 @@ import contextlib
 import pytest
 
 from bridge.client import WorkerClient
-from tests.support.workers import RawWorker, checked_client, pid_alive
+from bridge.processes import alive as pid_alive
+from tests.support.workers import RawWorker, checked_client
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import pytest
 
 from bridge.framing import encode_frame
 from tests.support.waiting import until
-from tests.support.workers import pid_alive, worker_env
+from bridge.processes import alive as pid_alive
+from tests.support.workers import worker_env
 
 MISBEHAVING = ("--backends", "", "--backend-module", "tests.support.misbehaving_backend:backend")
 SHUTTING_DOWN = ("shutdown", "shutting_down")

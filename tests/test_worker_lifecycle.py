@@ -10,7 +10,7 @@ import pytest
 
 from bridge.client import RemoteError
 from tests.support.waiting import until
-from tests.support.workers import pid_alive
+from bridge.processes import alive as pid_alive
 
 MISBEHAVING = ("--backend-module", "tests.support.misbehaving_backend:backend")
 

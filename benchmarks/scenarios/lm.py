@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from bridge.client import kill_process
+from bridge.processes import kill_process
 
 from .. import report
 from ..harness import PYTHON, ROOT, Peer, decode, env, rss_bytes, spread, worker_argv

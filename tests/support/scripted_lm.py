@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from bridge.backends import Backend
 from bridge.backends.dspy import backend as dspy_backend
-from bridge.backends.dspy.state import STORE, LMConfig, Scope
+from bridge.backends.dspy.state import LMConfig, scope_of
 
 
 def script_lm(ctx, args):
     dspy_backend.gate.require()
     from dspy.utils import DummyLM
 
-    scope = ctx.session.store(STORE, Scope)
+    scope = scope_of(ctx.store)
     lm = DummyLM(args["answers"], follow_examples=args.get("follow_examples", False))
     with scope.lock:
         scope.lm = LMConfig("dummy", lm, {"scripted": True}, None, True)

@@ -16,7 +16,8 @@ import tempfile
 import time
 
 from bridge import codecs
-from bridge.client import WorkerClient, kill_process, worker_command
+from bridge.client import WorkerClient, worker_command
+from bridge.processes import alive as pid_alive, kill_process
 from bridge.framing import HEADER, encode_frame
 from tests.support.schemas import FrameChecker, violations
 
@@ -166,15 +167,3 @@ def checked_client(folder, *worker_args: str, env: dict | None = None, fmt: str 
         client.__exit__(None, None, None)  # closes stdin, waits, kills one that does not exit
         assert not pid_alive(client.pid), f"worker {client.pid} outlived its test"
         assert not checker.problems, "frames broke protocol/schemas:\n" + "\n".join(checker.problems[:10])
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a live process (zombies count as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-

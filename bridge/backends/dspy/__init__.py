@@ -77,7 +77,7 @@ class DSPyBackend(Backend):
         }
 
     def close_session(self, session, reason: str) -> None:
-        scope = session.peek(STORE)
+        scope = session.store.get(STORE)
         if scope is not None:
             with scope.lock:
                 scope.programs.clear()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from . import schemas, spec
-from .state import STORE, Scope
+from .state import scope_of
 
 BACKEND = "dspy"
 
@@ -19,8 +19,8 @@ def register(registry, gate) -> None:
     def command(name: str, schema: dict, description: str):
         return registry.command(name, schema=schema, backend=BACKEND, description=description)
 
-    def scopes(ctx) -> tuple[Scope, Scope]:
-        return ctx.session.store(STORE, Scope), ctx.dispatcher.sessions.global_session.store(STORE, Scope)
+    def scopes(ctx):
+        return scope_of(ctx.store), scope_of(ctx.global_store)
 
     @command("configure_lm", schemas.CONFIGURE_LM, "set the LM of this session (or the global one)")
     def configure_lm(ctx, args):

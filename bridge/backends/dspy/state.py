@@ -18,7 +18,7 @@ from ...errors import not_found, overloaded, validation_error
 from .spec import summary
 
 MAX_PROGRAMS = 256  # per scope
-STORE = "dspy"  # this backend's key in Session.store
+STORE = "dspy"  # this backend's key in a scope's store (ctx.store, ctx.global_store)
 
 
 @dataclass
@@ -125,3 +125,11 @@ class Scope:
             if reset:
                 self.usage.clear()
             return report
+
+
+def scope_of(store: dict) -> Scope:
+    """This backend's state in a scope's store (``ctx.store``, ``ctx.global_store``), made on first use."""
+    scope = store.get(STORE)
+    if scope is None:
+        scope = store.setdefault(STORE, Scope())  # one atomic step: two first requests share one Scope
+    return scope
