@@ -1,12 +1,18 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks.
 
 It answers ``POST /v1/chat/completions`` the way a model driven by DSPy's
-ChatAdapter would: it reads the output field names from the system message
+adapters would: it reads the output field names from the system message
 (``Your output fields are: 1. `answer` ...``) and the input values from the
-last user message (``[[ ## question ## ]]`` blocks), and answers every output
-field with ``"<model> says <field> for <first input value>"``, then
-``[[ ## completed ## ]]``. The answer names the model, so tests can tell which
-session's LM served a call. Standard library only.
+last user message (``[[ ## question ## ]]`` or ``<question>`` blocks), and
+answers every output field with ``"<model> says <field> for <first input
+value>"`` in the format the adapter asked for (ChatAdapter's ``[[ ## f ## ]]``
+blocks, a JSON object, or XML tags). The answer names the model, so tests can
+tell which session's LM served a call. ``POST /v1/embeddings`` answers each
+input with a deterministic unit vector of its words. A test can script the
+next answers of a model (``server.script(model, text, ...)``), and every
+request is kept whole in ``server.seen``. Another path gets a 404
+``{"detail": "Not Found"}``, as FastAPI-based servers answer. Standard
+library only.
 
 Behaviour is chosen by the model name the client sends (the part after
 ``openai/`` in a DSPy model string), so one server serves every test:
@@ -21,6 +27,7 @@ Behaviour is chosen by the model name the client sends (the part after
 ``garbage``            200 with a body that is not JSON at all
 ``unparseable``        200, a well-formed completion whose text fits no signature
 ``slow-<ms>``          waits <ms> milliseconds, then answers normally
+``no-usage...``        answers normally, without ``usage`` (also when streaming)
 anything else          answers normally (after ``--latency-ms``)
 =====================  ===================================================
 
@@ -79,22 +86,49 @@ class Seen:
     stream: bool
     authorization: str | None
     messages: list = field(repr=False, default_factory=list)
+    body: dict = field(repr=False, default_factory=dict)  # the whole request, as received
+    path: str = "/v1/chat/completions"
 
 
-def completion_text(model: str, messages: list[dict]) -> str:
-    """The ChatAdapter-formatted answer to a conversation."""
-    system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
-    last_user = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-    if isinstance(system, list):  # content parts
-        system = "".join(p.get("text", "") for p in system)
-    if isinstance(last_user, list):
-        last_user = "".join(p.get("text", "") for p in last_user)
+XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
+EMBEDDING_DIMS = 32
+
+
+def _text(content) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def completion_text(model: str, messages: list[dict], response_format=None) -> str:
+    """The answer to a conversation, in the format its DSPy adapter asked for (chat, JSON or XML)."""
+    system = _text(next((m.get("content") for m in messages if m.get("role") == "system"), ""))
+    last_user = _text(next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), ""))
     found = OUTPUT_FIELDS.search(system)
     outputs = FIELD_NAME.findall(found.group(1)) if found else ["answer"]
-    inputs = INPUT_BLOCK.findall(last_user)
+    xml = "wrapped in XML tags" in last_user
+    inputs = XML_BLOCK.findall(last_user) if xml else INPUT_BLOCK.findall(last_user)
     subject = inputs[0][1].strip() if inputs else "nothing"
-    blocks = [f"[[ ## {name} ## ]]\n{model} says {name} for {subject}" for name in outputs]
+    values = {name: f"{model} says {name} for {subject}" for name in outputs}
+    if response_format is not None or "Outputs will be a JSON object" in system:
+        return json.dumps(values)
+    if xml:
+        return "\n".join(f"<{name}>\n{value}\n</{name}>" for name, value in values.items())
+    blocks = [f"[[ ## {name} ## ]]\n{value}" for name, value in values.items()]
     return "\n\n".join(blocks + ["[[ ## completed ## ]]"])
+
+
+def embedding(text: str) -> list[float]:
+    """A deterministic unit vector for a text: its words hashed into EMBEDDING_DIMS buckets."""
+    import hashlib
+    import math
+
+    vector = [0.0] * EMBEDDING_DIMS
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % EMBEDDING_DIMS] += 1.0 if digest[1] % 2 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 def _tokens(text: str) -> int:
@@ -137,8 +171,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        if not self.path.rstrip("/").endswith("/chat/completions"):
-            self._error(404, "not_found", f"no route {self.path}")
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/v1/embeddings"):
+            # As FastAPI-based servers (vLLM and most self-hosted ones) answer a wrong api_base.
+            self._json(404, {"detail": "Not Found"})
             return
         try:
             body = json.loads(raw)
@@ -149,9 +185,12 @@ class Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", ""))
         stream = bool(body.get("stream"))
         auth = self.headers.get("Authorization")
-        self.server.record(Seen(model, stream, auth, body.get("messages") or []))
+        self.server.record(Seen(model, stream, auth, body.get("messages") or [], body, route))
         if settings.api_key is not None and auth != f"Bearer {settings.api_key}":
             self._error(401, "invalid_api_key", "Incorrect API key provided.")
+            return
+        if route == "/v1/embeddings":
+            self._embeddings(model, body)
             return
         delay = settings.latency_ms / 1000
         if model.startswith("slow-"):
@@ -170,26 +209,41 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(page)
             return
         messages = body.get("messages") or []
-        if model == "unparseable":
+        scripted = self.server.scripted(model, messages)
+        if scripted is not None:
+            text = scripted
+        elif model == "unparseable":
             text = "I would rather not follow any format today."
         else:
-            text = completion_text(model, messages)
+            text = completion_text(model, messages, body.get("response_format"))
         prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(text),
                  "total_tokens": prompt_tokens + _tokens(text)}
+        if model.startswith("no-usage"):
+            usage = None  # as many OpenAI-compatible servers answer (and stream) without it
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             self._stream(model, text, usage if include_usage else None)
             return
-        self._json(200, {
+        doc = {
             "id": f"chatcmpl-{self.server.count()}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop"}],
-            "usage": usage,
-        })
+        }
+        if usage is not None:
+            doc["usage"] = usage
+        self._json(200, doc)
+
+    def _embeddings(self, model: str, body: dict) -> None:
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        data = [{"object": "embedding", "index": i, "embedding": embedding(str(t))} for i, t in enumerate(texts)]
+        tokens = sum(_tokens(str(t)) for t in texts)
+        self._json(200, {"object": "list", "model": model, "data": data,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _stream(self, model: str, text: str, usage: dict | None) -> None:
         settings = self.server.settings
@@ -230,6 +284,7 @@ class _Server(ThreadingHTTPServer):
         self.settings = settings
         self.stopping = threading.Event()
         self.seen: list[Seen] = []
+        self.scripts: dict[str, list] = {}  # model -> answers still to give (texts or fn(messages) -> text)
         self._lock = threading.Lock()
         self._count = 0
 
@@ -242,6 +297,15 @@ class _Server(ThreadingHTTPServer):
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
+
+    def scripted(self, model: str, messages: list) -> str | None:
+        """The next scripted answer for ``model``, if a test scripted one (consumed in order)."""
+        with self._lock:
+            queue = self.scripts.get(model)
+            if not queue:
+                return None
+            answer = queue.pop(0)
+        return answer(messages) if callable(answer) else answer
 
     def count(self) -> int:
         with self._lock:
@@ -271,6 +335,11 @@ class OpenAIServer:
     @property
     def seen(self) -> list[Seen]:
         return list(self._server.seen)
+
+    def script(self, model: str, *answers) -> None:
+        """Answer the next calls to ``model`` with these texts (or ``fn(messages) -> text``), in order."""
+        with self._server._lock:
+            self._server.scripts.setdefault(model, []).extend(answers)
 
     def start(self) -> "OpenAIServer":
         self._thread.start()

@@ -20,13 +20,14 @@ Modules of this package, in the order a request meets them:
 * ``programs``   export and import documents
 * ``offline``, ``offline_model``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories
+* ``patches``    the two changes made to DSPy itself (a metadata cache, providers' messages)
 """
 
 from __future__ import annotations
 
 from .. import Backend
 from . import catalog, classify, commands, metrics, spec
-from .loader import Gate
+from .loader import GATE
 from .state import MAX_PROGRAMS, STORE
 
 
@@ -34,10 +35,10 @@ class DSPyBackend(Backend):
     name = "dspy"
 
     def __init__(self) -> None:
-        self.gate = Gate()
+        self.gate = GATE
 
     def register(self, registry) -> None:
-        commands.register(registry, self.gate)
+        commands.register(registry)
         registry.classifier(classify.classify)
 
     def start(self) -> None:
@@ -50,6 +51,7 @@ class DSPyBackend(Backend):
         return {
             **self.status(),
             "modules": catalog.MODULES,
+            "adapters": catalog.ADAPTERS,
             "not_buildable": catalog.NOT_BUILDABLE,
             "optimizers": catalog.OPTIMIZERS,
             "metrics": metrics.describe(),
@@ -67,7 +69,9 @@ class DSPyBackend(Backend):
                             "60, 120, 300 or 600 s)",
             },
             "streaming": "execute_program with stream: true sends chunk events {field, text, predictor, last} "
-                         "before the final outputs (a cached answer arrives without chunks)",
+                         "before the final outputs: field text only, each field's last chunk with last: true "
+                         "(a cached answer arrives without chunks)",
+            "differences": catalog.DIFFERENCES,
             "limits": {
                 **spec.LIMITS,
                 "max_programs_per_scope": MAX_PROGRAMS,

@@ -31,7 +31,9 @@ def annotation(canonical, owner: str = "Object"):
             sub = annotation(field["type"], f"{name}_{field_name}")
             default = None if fieldtypes.allows_missing(field["type"]) else ...
             fields[field_name] = (sub, pydantic.Field(default, description=field["desc"] or None))
-        return pydantic.create_model(name, __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+        # pydantic's default (extra keys ignored), as a user's own model in plain DSPy: ``extra="forbid"``
+        # would add ``additionalProperties: false`` to the prompt and fail answers that plain DSPy accepts.
+        return pydantic.create_model(name, **fields)
     inner = annotation(detail, owner)
     if kind == "list":
         return list[inner]
@@ -77,13 +79,32 @@ def demo_fields(module_name: str, spec: dict) -> dict:
     return {**spec["inputs"], **output_fields(module_name, spec)}
 
 
-def python_inputs(sig, inputs: dict) -> dict:
-    """Checked JSON inputs -> the values DSPy expects (pydantic models where the type is an object)."""
+def python_inputs(program, inputs: dict) -> dict:
+    """Checked JSON inputs -> the values DSPy expects (pydantic models where the type is an object).
+
+    Each input's converter (a pydantic TypeAdapter, or None for a plain value)
+    is made once per program and kept in ``program.converters``.
+    """
     out = {}
+    converters = program.converters
     for name, value in inputs.items():
-        ann = sig.input_fields[name].annotation
-        out[name] = value if ann in (str, int, float, bool) else pydantic.TypeAdapter(ann).validate_python(value)
+        converter = converters.get(name, False)
+        if converter is False:
+            ann = program.signature.input_fields[name].annotation
+            converter = converters[name] = None if ann in (str, int, float, bool) else pydantic.TypeAdapter(ann)
+        out[name] = value if converter is None else converter.validate_python(value)
     return out
+
+
+def adapter(dspy, name: str, lm):
+    """The DSPy adapter a program declared (``lm`` extracts the fields for two_step)."""
+    if name == "json":
+        return dspy.JSONAdapter()
+    if name == "xml":
+        return dspy.XMLAdapter()
+    if name == "two_step":
+        return dspy.TwoStepAdapter(extraction_model=lm)
+    return dspy.ChatAdapter()
 
 
 def json_value(value):

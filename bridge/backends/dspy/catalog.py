@@ -24,5 +24,31 @@ OPTIMIZERS = {
                         "topped up with labelled ones (options: max_bootstrapped_demos, max_labeled_demos, "
                         "max_rounds, max_errors, metric_threshold); one LM call per example and round",
 }
+ADAPTERS = {
+    "chat": "DSPy's ChatAdapter: [[ ## field ## ]] sections (the default; falls back to JSON once when the "
+            "answer does not parse, as in DSPy)",
+    "json": "JSONAdapter: the LM answers one JSON object (structured outputs where the provider supports them)",
+    "xml": "XMLAdapter: each output wrapped in <field> tags",
+    "two_step": "TwoStepAdapter: the LM answers freely, then the same LM extracts the fields through "
+                "ChatAdapter (two calls; for reasoning models)",
+}
 MAX_TRAINSET = 1000
 MAX_DEMOS = 128  # per predictor, in optimiser options and imported documents
+
+# Where a program run through the worker deliberately behaves otherwise than the same program in
+# plain DSPy 3.4 (what the LM is sent and what comes back are otherwise the same).
+DIFFERENCES = {
+    "inputs": "missing, unknown or mistyped inputs (also unknown keys inside object inputs) are validation "
+              "errors before any LM call; DSPy logs a warning and calls the LM",
+    "signatures": "string signatures are plain field names only ('a, b -> c'); types come as data, never "
+                  "through DSPy's string parser, which imports modules named in annotations",
+    "cache": "DSPy's response cache is off unless configure_lm sets cache: true (it is process-wide and keyed "
+             "without api_base or api_key)",
+    "history": "no LM or module history is kept (DSPy keeps 10,000 entries per LM, module and process)",
+    "streaming": "chunks carry field text only and each field ends with last: true; DSPy's StreamListener lets "
+                 "[[ ## field ## ]] markers into chunks when a server streams a few characters per event",
+    "usage": "lm_calls counts every LM call, also those whose response carries no usage; DSPy's tracker "
+             "records only calls that reported tokens",
+    "errors": "when a provider's error body has no OpenAI-style error.message (e.g. {\"detail\": \"Not Found\"}), "
+              "its detail or text is the message; DSPy says only [provider/model]",
+}

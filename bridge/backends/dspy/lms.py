@@ -6,12 +6,15 @@ different models never see each other's. The response cache is off unless a
 client asks for it (DSPy's disk cache is process-wide and keyed without the
 API base or key). API keys are registered as secrets the moment they arrive,
 and are never kept anywhere a reply, log or export could show them.
+Imported after the gate.
 """
 
 from __future__ import annotations
 
 import bisect
 from urllib.parse import urlsplit, urlunsplit
+
+from dspy.utils.usage_tracker import UsageTracker
 
 from ...errors import BridgeError, validation_error
 from ...redaction import register_secret
@@ -101,6 +104,13 @@ def for_deadline(config: LMConfig, remaining: float | None):
         if lm is None:
             lm = config.variants[step] = config.lm.copy(timeout=step)
         return lm
+
+
+class CountingTracker(UsageTracker):
+    """DSPy's usage tracker, keeping an (empty) entry for a call that reported no usage."""
+
+    def add_usage(self, lm: str, usage_entry: dict) -> None:
+        self.usage_data[lm].append(self._flatten_usage_entry(usage_entry or {}))
 
 
 def usage_of(tracker) -> dict:

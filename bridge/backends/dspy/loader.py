@@ -84,6 +84,9 @@ class Gate:
             import dspy
 
             adopt_logging()
+            from . import patches  # on this thread: nothing else may import dspy submodules yet
+
+            patches.apply(dspy)
             self._module = dspy
             self.version = getattr(dspy, "__version__", None)
             self.state = "ready"
@@ -123,3 +126,6 @@ class Gate:
         if self.error:
             doc["error"] = f"{self.error}; {INSTALL_HINT}"
         return doc
+
+
+GATE = Gate()  # the one gate of this process: DSPy is imported once

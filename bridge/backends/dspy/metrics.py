@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections import Counter
 from typing import Callable
 
@@ -21,7 +22,8 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize(text: str) -> str:
-    """SQuAD-style: lower case, no punctuation, no articles, single spaces."""
+    """As DSPy's ``normalize_text``: Unicode NFD, then SQuAD (lower case, no punctuation, no articles, spaces)."""
+    text = unicodedata.normalize("NFD", text)
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
@@ -54,8 +56,8 @@ def _f1(gold, pred) -> float:
 
 # name -> (field comparison, default threshold, description)
 METRICS: dict[str, tuple[Callable, float, str]] = {
-    "exact_match": (_exact, 1.0, "strings equal after SQuAD normalisation (case, punctuation, articles, "
-                    "spaces); other values equal as JSON"),
+    "exact_match": (_exact, 1.0, "strings equal after DSPy's normalize_text (Unicode NFD, case, punctuation, "
+                    "articles, spaces), as dspy.evaluate.answer_exact_match; other values equal as JSON"),
     "equals": (_equals, 1.0, "values equal exactly, as JSON, type included"),
     "contains": (_contains, 1.0, "the normalised label occurs inside the normalised predicted string"),
     "f1": (_f1, 0.5, "token-level F1 between normalised strings (SQuAD), in [0, 1]"),

@@ -42,7 +42,6 @@ class _Reporting(BootstrapFewShot):
 
 def trainset(program: Program, items: list) -> list:
     """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked."""
-    signature = program.predictors()[0][1].signature
     outputs = build.output_fields(program.module_name, program.spec)  # ChainOfThought may be given reasoning
     examples = []
     for i, item in enumerate(items):
@@ -52,7 +51,7 @@ def trainset(program: Program, items: list) -> list:
             raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
                                    path=f"{where}.outputs")
         spec.check_outputs(outputs, item["outputs"], f"{where}.outputs")
-        values = build.python_inputs(signature, item["inputs"])
+        values = build.python_inputs(program, item["inputs"])
         examples.append(dspy.Example(**values, **item["outputs"]).with_inputs(*values))
     return examples
 

@@ -3,7 +3,8 @@
 The export document is the whole program, never a pickle:
 
     {"format": "portbridge.dspy.program", "version": 1,
-     "program_id": "...", "module": "ChainOfThought", "signature": {canonical spec},
+     "program_id": "...", "module": "ChainOfThought", "options": {"adapter": "chat"},
+     "signature": {canonical spec},
      "state": {"predictors": {"predict": {"instructions": "...", "demos": [{...}, ...]}}},
      "optimizations": [...], "exported_by": {"portbridge": "0.1.0", "dspy": "3.4.1"}}
 
@@ -21,17 +22,35 @@ import time
 from ... import __version__
 from ...errors import validation_error
 from . import build, fieldtypes, spec
-from .catalog import MAX_DEMOS, MODULES
+from .catalog import ADAPTERS, MAX_DEMOS, MODULES
 from .state import Program
 
 FORMAT = "portbridge.dspy.program"
 VERSION = 1
-DOC_KEYS = {"format", "version", "program_id", "module", "signature", "state", "optimizations", "exported_by"}
+DOC_KEYS = {"format", "version", "program_id", "module", "options", "signature", "state", "optimizations",
+            "exported_by"}
 AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
 
-def create(dspy, program_id: str, module_name: str, signature_spec: dict) -> Program:
-    return Program(program_id, module_name, signature_spec, build.module(dspy, module_name, signature_spec))
+def options_of(args: dict) -> dict:
+    """What a program declares beside module and signature, from checked create_program args."""
+    return {"adapter": args.get("adapter", "chat")}
+
+
+def check_options(options, path: str) -> dict:
+    """Options from an export document (older documents have none: the defaults)."""
+    if options is None:
+        return options_of({})
+    if not isinstance(options, dict) or set(options) - {"adapter"}:
+        raise _refuse("bad_program_document", "options is a map with adapter", path)
+    if options.get("adapter", "chat") not in ADAPTERS:
+        raise _refuse("bad_program_document", f"options.adapter must be one of {sorted(ADAPTERS)}", path)
+    return options_of(options)
+
+
+def create(dspy, program_id: str, module_name: str, signature_spec: dict, options: dict | None = None) -> Program:
+    return Program(program_id, module_name, signature_spec, build.module(dspy, module_name, signature_spec),
+                   options=options or options_of({}))
 
 
 def demo_to_json(demo) -> dict:
@@ -50,6 +69,7 @@ def export(program: Program, dspy_version: str | None) -> dict:
         "version": VERSION,
         "program_id": program.program_id,
         "module": program.module_name,
+        "options": dict(program.options),
         "signature": program.spec,
         "state": {"predictors": predictors},
         "optimizations": list(program.optimizations),
@@ -76,7 +96,8 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if module_name not in MODULES:
         raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
     signature_spec = spec.parse_signature(doc.get("signature"))
-    program = create(dspy, program_id, module_name, signature_spec)
+    options = check_options(doc.get("options"), f"{path}.options")
+    program = create(dspy, program_id, module_name, signature_spec, options)
     state = doc.get("state")
     if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
         raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", f"{path}.state")

@@ -17,17 +17,23 @@ from .state import Program, Scope
 
 
 @contextlib.contextmanager
-def call_context(dspy, lm):
+def call_context(dspy, lm, adapter=None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``)."""
-    with dspy.context(lm=lm, adapter=dspy.ChatAdapter(), disable_history=True, trace=None,
+    with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
                       warn_on_type_mismatch=False):
         yield
 
 
 @contextlib.contextmanager
 def tracked(dspy, scope: Scope, into: dict):
-    """Track the usage of the block; it is added to the scope even when the block fails."""
-    with dspy.track_usage() as tracker:
+    """Track the usage of the block; it is added to the scope even when the block fails.
+
+    Every LM call is counted, also one whose response carries no ``usage``
+    (many OpenAI-compatible servers stream without it): DSPy's own tracker
+    keeps only calls that reported tokens.
+    """
+    tracker = lms.CountingTracker()
+    with dspy.context(usage_tracker=tracker):
         try:
             yield
         finally:
@@ -49,16 +55,17 @@ def program_errors(dspy):
 def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inputs: dict, stream: bool) -> dict:
     spec.check_inputs(program.spec, inputs)
     config = lms.resolve(scope, global_scope)
-    signature = program.predictors()[0][1].signature
-    values = build.python_inputs(signature, inputs)
+    values = build.python_inputs(program, inputs)
     lm = lms.for_deadline(config, ctx.remaining())
+    adapter = build.adapter(dspy, program.adapter, lm)
     ctx.check()
     usage: dict = {}
-    with call_context(dspy, lm), tracked(dspy, scope, usage), program_errors(dspy):
+    with call_context(dspy, lm, adapter), tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
             from . import streaming
 
-            prediction = streaming.run(program.module, values, lambda chunk: ctx.emit("chunk", chunk), ctx.check)
+            prediction = streaming.run(program.module, values, lambda chunk: ctx.emit("chunk", chunk), ctx.check,
+                                       adapter)
         else:
             prediction = program.module(**values)
     outputs = {name: build.json_value(value) for name, value in prediction.items()}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ... import registry
 from . import metrics, spec
-from .catalog import MAX_DEMOS, MAX_TRAINSET, MODULES, OPTIMIZERS
+from .catalog import ADAPTERS, MAX_DEMOS, MAX_TRAINSET, MODULES, OPTIMIZERS
 
 
 def _object(properties: dict, required=(), description: str = "") -> dict:
@@ -56,6 +56,9 @@ CREATE_PROGRAM = _object({
     "signature": {"anyOf": [{"type": "string", "minLength": 3, "maxLength": spec.MAX_STRING_CHARS},
                             {"type": "object"}], "description": TYPE_HELP},
     "module": {"enum": list(MODULES), "default": "Predict"},
+    "adapter": {"enum": list(ADAPTERS), "default": "chat",
+                "description": "how prompts and answers are formatted: " + "; ".join(
+                    f"{name}: {text}" for name, text in ADAPTERS.items())},
     "program_id": PROGRAM_ID,
     "instructions": {"type": "string", "maxLength": spec.MAX_INSTRUCTIONS_CHARS,
                      "description": "the task description (overrides the signature's)"},

@@ -29,9 +29,25 @@ class Program:
     module: object  # the dspy.Module
     created_at: float = field(default_factory=time.time)
     optimizations: list = field(default_factory=list)  # what optimize_program did to it, oldest first
+    options: dict = field(default_factory=dict)  # how it was declared beside its signature (adapter...)
+    # Looked up once instead of on every call: the module's structure never changes after it is
+    # built (optimisers make a new Program), and a pydantic TypeAdapter costs more than the lookup.
+    _predictors: list | None = field(default=None, repr=False, compare=False)
+    converters: dict = field(default_factory=dict, repr=False, compare=False)  # input -> TypeAdapter | None
 
     def predictors(self) -> list:
-        return list(self.module.named_predictors())
+        if self._predictors is None:
+            self._predictors = list(self.module.named_predictors())
+        return self._predictors
+
+    @property
+    def signature(self):
+        """The signature of its first predictor: the one whose inputs a caller supplies."""
+        return self.predictors()[0][1].signature
+
+    @property
+    def adapter(self) -> str:
+        return self.options.get("adapter", "chat")
 
     def demo_count(self) -> int:
         return sum(len(p.demos) for _, p in self.predictors())
@@ -40,6 +56,7 @@ class Program:
         return {
             "program_id": self.program_id,
             "module": self.module_name,
+            **self.options,
             "signature": self.spec,
             "summary": summary(self.spec),
             "demos": self.demo_count(),

@@ -1,0 +1,97 @@
+"""The few places the worker changes DSPy 3.4 itself, each with its reason (applied once, after the import).
+
+Both are applied by the import gate on its own thread, right after ``import
+dspy`` and before any command can run, so no other thread sees DSPy half
+patched. Neither changes what is sent to an LM or what a program returns.
+
+* ``model_info`` cache: DSPy looks up model metadata (capabilities, prices)
+  on every LM call. For a model name its table does not list (self-hosted,
+  vLLM, fine-tunes) the lookup scans all ~4,460 entries: ~600 us against
+  ~36 us, about 45% of a busy worker's GIL time. The table never changes
+  once loaded, so each (provider, model, namespaces) is looked up once; a
+  copy is returned, as DSPy returns a copy. ``benchmarks`` measures it.
+* The provider's own error message: the OpenAI-compatible client reads an
+  error's message only from ``{"error": {"message"}}``; a FastAPI-style
+  ``{"detail": "Not Found"}`` (vLLM and most self-hosted servers, the usual
+  answer to a wrong ``api_base``) became a bare ``[openai/<model>]``. When
+  DSPy found no message, the body's ``detail``/``message``/``error`` string,
+  or else the body's text, becomes the message.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+
+MAX_CACHED_MODELS = 4096
+MAX_BODY_CHARS = 500
+
+
+def apply(dspy) -> None:
+    cache_model_info()
+    keep_provider_messages()
+
+
+def cache_model_info() -> None:
+    from dspy.clients import capabilities, costs, model_metadata
+
+    original = model_metadata.model_info
+    if getattr(original, "portbridge_cached", False):
+        return
+    cache: dict = {}
+    lock = threading.Lock()
+
+    def model_info(provider, model, *, namespaces=None):
+        key = (provider, model, None if namespaces is None else tuple(namespaces))
+        found = cache.get(key)
+        if found is None:
+            found = original(provider, model, namespaces=namespaces)
+            with lock:
+                if len(cache) >= MAX_CACHED_MODELS:
+                    cache.clear()
+                cache[key] = found
+        return copy.deepcopy(found)
+
+    model_info.portbridge_cached = True
+    model_info.__wrapped__ = original
+    for module in (model_metadata, costs, capabilities):
+        module.model_info = model_info
+
+
+def body_message(body: str) -> str:
+    """The human-readable part of an error body that has no OpenAI ``error.message``."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("detail", "message", "error"):
+            value = doc.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:MAX_BODY_CHARS]
+    return body.strip()[:MAX_BODY_CHARS]
+
+
+def keep_provider_messages() -> None:
+    """On both OpenAI-compatible clients (chat completions, and responses: they share the parser)."""
+    from dspy._vendor.lm15.providers.openai import OpenAILM
+    from dspy._vendor.lm15.providers.openai_chat import OpenAIChatLM
+
+    for cls in (OpenAILM, OpenAIChatLM):
+        original = cls.__dict__["normalize_error"]
+        if getattr(original, "portbridge_patched", False):
+            continue
+        cls.normalize_error = _keeping_body(original)
+
+
+def _keeping_body(original):
+    def normalize_error(self, status: int, body: str):
+        error = original(self, status, body)
+        if not (error.message or "").strip():
+            error.message = body_message(body or "") or f"HTTP {status}"
+            error.args = (error.message,)
+        return error
+
+    normalize_error.portbridge_patched = True
+    return normalize_error
