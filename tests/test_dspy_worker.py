@@ -10,7 +10,8 @@ from bridge.backends.dspy import fieldtypes
 from tests.support.dspy_workers import dspy_worker, error_of
 
 DSPY_COMMANDS = {"configure_lm", "create_program", "execute_program", "list_programs", "get_program",
-                 "delete_program", "export_program", "import_program", "optimize_program", "lm_usage"}
+                 "delete_program", "export_program", "import_program", "optimize_program", "evaluate_program",
+                 "lm_usage"}
 TYPED = {
     "name": "Triage",
     "instructions": "Triage the support ticket.",
@@ -65,8 +66,13 @@ def test_describe_documents_every_command_the_modules_and_the_limits(worker):
     assert d["commands"]["configure_lm"]["args"]["properties"]["cache"]["default"] is False
     dspy = d["backends"]["dspy"]
     assert set(dspy["modules"]) == {"Predict", "ChainOfThought"}
-    assert "ReAct" in dspy["not_buildable"] and set(dspy["optimizers"]) == {"LabeledFewShot", "BootstrapFewShot"}
-    assert {"exact_match", "f1"} <= set(dspy["metrics"])
+    assert "ReAct" in dspy["not_buildable"]
+    assert set(dspy["optimizers"]) == {"LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
+                                       "MIPROv2", "COPRO", "SIMBA", "GEPA"}
+    assert all(o["options"] and o["description"] for o in dspy["optimizers"].values())
+    assert {"exact_match", "f1", "judge"} <= set(dspy["metrics"])
+    assert set(dspy["adapters"]) == {"chat", "json", "xml", "two_step"}
+    assert {"inputs", "streaming", "usage", "errors"} <= set(dspy["differences"])
     limits = dspy["limits"]
     assert limits["max_programs_per_scope"] > 0 and limits["max_trainset"] > 0 and limits["max_fields"] > 0
 
@@ -78,7 +84,8 @@ def test_describe_documents_every_command_the_modules_and_the_limits(worker):
     ("execute_program", {"program_id": "../etc", "inputs": {}}, "args.program_id"),
     ("configure_lm", {"model": "offline", "temperature": 9}, "args.temperature"),
     ("configure_lm", {"model": "openai/x", "api_base": "file:///etc/passwd"}, "args.api_base"),
-    ("optimize_program", {"program_id": "x", "optimizer": "MIPROv2", "trainset": [{}]}, "args.optimizer"),
+    ("optimize_program", {"program_id": "x", "optimizer": "MIPROv3", "trainset": [{}]}, "args.optimizer"),
+    ("create_program", {"signature": "q -> a", "adapter": "yaml"}, "args.adapter"),
 ])
 def test_bad_arguments_fail_validation_before_any_work(worker, command, args, path):
     err = error_of(worker, command, args, session_id="bad-args")

@@ -196,6 +196,8 @@ def _bases(commands: dict, export: dict | None) -> dict:
         "execute_program": {"program_id": "warm", "inputs": {"question": "q"}},
         "optimize_program": {"program_id": "warm", "optimizer": "LabeledFewShot",
                              "trainset": [{"inputs": {"question": "q"}, "outputs": {"answer": "a"}}]},
+        "evaluate_program": {"program_id": "warm",
+                             "devset": [{"inputs": {"question": "q"}, "outputs": {"answer": "a"}}]},
         "import_program": {"program": export, "program_id": "imported", "replace": True},
         "configure_lm": {"model": "offline"},
         "sleep": {"ms": 0},
@@ -230,6 +232,7 @@ def test_no_input_is_imported_evaluated_unpickled_run_or_used_as_a_path(tmp_path
             export = s.ok("export_program", {"program_id": "warm"}, session_id=sessions["echo"])["program"]
             s.ok("import_program", {"program": export, "program_id": "w2"}, session_id=sessions["echo"])
             s.ok("optimize_program", _bases(commands, export)["optimize_program"], session_id=sessions["echo"])
+            s.ok("evaluate_program", _bases(commands, export)["evaluate_program"], session_id=sessions["echo"])
             s.ok("lm_usage", session_id=sessions["echo"])
         for name in ("stats", "health", "list_sessions", "ping"):
             s.ok(name)

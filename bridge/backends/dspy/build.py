@@ -8,7 +8,7 @@ import pydantic
 from pydantic_core import to_jsonable_python
 
 from ...errors import validation_error
-from . import fieldtypes
+from . import fieldtypes, spec
 from .catalog import MODULES
 
 REASONING = "reasoning"
@@ -110,3 +110,19 @@ def adapter(dspy, name: str, lm):
 def json_value(value):
     """Any output value (pydantic models included) as plain JSON data."""
     return to_jsonable_python(value, fallback=str)
+
+
+def examples(dspy, program, items: list, path: str) -> list:
+    """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked (raises ``validation``)."""
+    outputs = output_fields(program.module_name, program.spec)  # ChainOfThought may be given reasoning
+    found = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        spec.check_inputs(program.spec, item["inputs"], f"{where}.inputs")
+        if not item["outputs"]:
+            raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
+                                   path=f"{where}.outputs")
+        spec.check_outputs(outputs, item["outputs"], f"{where}.outputs")
+        values = python_inputs(program, item["inputs"])
+        found.append(dspy.Example(**values, **item["outputs"]).with_inputs(*values))
+    return found

@@ -18,11 +18,34 @@ NOT_BUILDABLE = {
     "ProgramOfThought": "runs LM-written code (needs Deno or an unsandboxed interpreter) and is deprecated",
     "CodeAct": "runs LM-written code and needs Python tools",
 }
+BOOTSTRAP = ["max_bootstrapped_demos", "max_labeled_demos", "max_rounds", "max_errors", "metric_threshold"]
 OPTIMIZERS = {
-    "LabeledFewShot": "samples up to k labelled demos from the trainset (options: k); no LM calls",
-    "BootstrapFewShot": "runs the program on the trainset and keeps the runs the metric accepts as demos, "
-                        "topped up with labelled ones (options: max_bootstrapped_demos, max_labeled_demos, "
-                        "max_rounds, max_errors, metric_threshold); one LM call per example and round",
+    "LabeledFewShot": {"description": "samples up to k labelled demos from the trainset; no LM calls",
+                       "options": ["k"]},
+    "BootstrapFewShot": {"description": "runs the program on the trainset and keeps the runs the metric accepts "
+                                        "as demos, topped up with labelled ones; one LM call per example and round",
+                         "options": BOOTSTRAP},
+    "BootstrapFewShotWithRandomSearch": {
+        "description": "BootstrapFewShot over several random candidate demo sets, keeping the best on the valset "
+                       "(default: the trainset)",
+        "options": [*BOOTSTRAP, "num_candidate_programs", "num_threads", "stop_at_score"]},
+    "MIPROv2": {"description": "proposes instructions and bootstraps demos, then searches their combinations "
+                               "with optuna; auto light/medium/heavy (default light), or auto: null with "
+                               "num_candidates and num_trials",
+                "options": ["auto", "max_bootstrapped_demos", "max_labeled_demos", "num_candidates", "num_trials",
+                            "num_threads", "max_errors", "seed", "init_temperature", "metric_threshold",
+                            "minibatch", "minibatch_size"]},
+    "COPRO": {"description": "coordinate ascent over instructions written by the LM (breadth candidates, "
+                             "depth rounds)",
+              "options": ["breadth", "depth", "init_temperature", "num_threads"]},
+    "SIMBA": {"description": "stochastic mini-batch ascent: the LM writes advice and picks demos from the "
+                             "hardest examples",
+              "options": ["bsize", "num_candidates", "max_steps", "max_demos", "num_threads", "seed"]},
+    "GEPA": {"description": "reflective prompt evolution: a reflection LM reads the metric's textual feedback "
+                            "and rewrites instructions (budget: auto light/medium/heavy, max_metric_calls or "
+                            "max_full_evals; reflection_lm configured as configure_lm, default: the scope's LM)",
+             "options": ["auto", "max_metric_calls", "max_full_evals", "reflection_lm", "reflection_minibatch_size",
+                         "candidate_selection_strategy", "use_merge", "num_threads", "seed"]},
 }
 ADAPTERS = {
     "chat": "DSPy's ChatAdapter: [[ ## field ## ]] sections (the default; falls back to JSON once when the "

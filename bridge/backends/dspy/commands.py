@@ -106,6 +106,14 @@ def optimize_program(ctx, args):
     return optimize.run(ctx, scope, global_scope, program, args)
 
 
+def evaluate_program(ctx, args):
+    GATE.require()
+    from . import evaluate
+
+    scope, global_scope = scopes(ctx)
+    return evaluate.run(ctx, scope, global_scope, scope.get(args["program_id"]), args)
+
+
 def lm_usage(ctx, args):
     scope, global_scope = scopes(ctx)
     report = scope.usage_report(reset=args["reset"])
@@ -126,6 +134,8 @@ COMMANDS = {
     "import_program": (import_program, schemas.IMPORT_PROGRAM, "rebuild a program from an export_program document"),
     "optimize_program": (optimize_program, schemas.OPTIMIZE_PROGRAM, "tune a program's demos and instructions "
                          "over a trainset"),
+    "evaluate_program": (evaluate_program, schemas.EVALUATE_PROGRAM, "score a program over a labelled devset "
+                         "(per-example results; progress events)"),
     "lm_usage": (lm_usage, schemas.LM_USAGE, "token usage per model of this scope's calls"),
 }
 

@@ -12,6 +12,7 @@ Imported after the gate.
 from __future__ import annotations
 
 import bisect
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 from dspy.utils.usage_tracker import UsageTracker
@@ -107,10 +108,24 @@ def for_deadline(config: LMConfig, remaining: float | None):
 
 
 class CountingTracker(UsageTracker):
-    """DSPy's usage tracker, keeping an (empty) entry for a call that reported no usage."""
+    """DSPy's usage tracker, keeping an (empty) entry for a call that reported no usage.
+
+    One tracker serves every thread of a request: DSPy's ParallelExecutor
+    (Evaluate, the optimisers) deep-copies the tracker into each of its
+    threads and never merges the copies back, so their calls would be lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo) -> "CountingTracker":
+        return self
 
     def add_usage(self, lm: str, usage_entry: dict) -> None:
-        self.usage_data[lm].append(self._flatten_usage_entry(usage_entry or {}))
+        entry = self._flatten_usage_entry(usage_entry or {})
+        with self._lock:
+            self.usage_data[lm].append(entry)
 
 
 def usage_of(tracker) -> dict:

@@ -81,6 +81,12 @@ def make(name: str, fields: list[str] | None, outputs: list[str]) -> Callable:
     return metric
 
 
+JUDGE = ("an LM judge declared as data: {\"judge\": {\"signature\", \"inputs\": {judge_input: "
+         "'example.<field>' | 'prediction.<output>'}, \"score\": <a bool, int or float output>, \"module\", "
+         "\"instructions\"}}; it runs on the scope's LM; a bool scores 1 or 0, a number is clipped to [0, 1]")
+
+
 def describe() -> dict:
-    return {name: {"default_threshold": threshold, "description": text}
-            for name, (_, threshold, text) in METRICS.items()}
+    named = {name: {"default_threshold": threshold, "description": text}
+             for name, (_, threshold, text) in METRICS.items()}
+    return {**named, "judge": {"default_threshold": "1 for a bool score, else 0.5", "description": JUDGE}}

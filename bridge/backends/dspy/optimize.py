@@ -1,12 +1,17 @@
-"""``optimize_program``: few-shot optimisers driven by data (imported after the gate).
+"""``optimize_program``: DSPy's optimisers driven by data (imported after the gate).
 
-``LabeledFewShot`` samples demos from the trainset (no LM call).
-``BootstrapFewShot`` runs the program as its own teacher over the trainset,
-keeps the runs the named metric accepts as demos, and tops them up with
-labelled ones; it makes one LM call per example and round. A ``progress``
-event follows every example, and the request's cancel or deadline stops the
-run between examples. The optimised program replaces the original, or is
-saved beside it under ``save_as``.
+Each optimiser in ``catalog.OPTIMIZERS`` is DSPy's own class, built from the
+request's ``options`` (checked per optimiser: an option another optimiser
+takes is a validation error, not silently ignored) and compiled on a copy of
+the program in this request's DSPy context: the scope's LM (also as prompt
+model and, for GEPA, as reflection LM unless ``options.reflection_lm``
+configures another one, exactly as ``configure_lm`` does), the program's
+adapter, and the ``Guard`` callback, which stops the run before its next LM
+call once the request is cancelled or past its deadline, and sends
+``progress`` events (LM calls, evaluations, last score). BootstrapFewShot
+also reports after every example. The optimised program replaces the
+original, or is saved beside it under ``save_as``; it exports and imports
+like any program (instructions and demos per predictor).
 """
 
 from __future__ import annotations
@@ -14,17 +19,17 @@ from __future__ import annotations
 import time
 
 import dspy
-from dspy.teleprompt import BootstrapFewShot, LabeledFewShot
+from dspy import teleprompt
 
 from ...errors import validation_error
-from . import build, lms, metrics, spec
-from .running import call_context, program_errors, tracked
+from . import build, lms, scoring
+from .catalog import OPTIMIZERS
+from .running import Guard, call_context, program_errors, tracked
 from .state import Program, Scope
 
 
-
-class _Reporting(BootstrapFewShot):
-    """BootstrapFewShot that reports after every example and stops when the request is answered."""
+class _Reporting(teleprompt.BootstrapFewShot):
+    """BootstrapFewShot that reports after every example."""
 
     def __init__(self, report, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -40,68 +45,118 @@ class _Reporting(BootstrapFewShot):
         return accepted
 
 
-def trainset(program: Program, items: list) -> list:
-    """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked."""
-    outputs = build.output_fields(program.module_name, program.spec)  # ChainOfThought may be given reasoning
-    examples = []
-    for i, item in enumerate(items):
-        where = f"args.trainset[{i}]"
-        spec.check_inputs(program.spec, item["inputs"], f"{where}.inputs")
-        if not item["outputs"]:
-            raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
-                                   path=f"{where}.outputs")
-        spec.check_outputs(outputs, item["outputs"], f"{where}.outputs")
-        values = build.python_inputs(program, item["inputs"])
-        examples.append(dspy.Example(**values, **item["outputs"]).with_inputs(*values))
-    return examples
+def check_options(name: str, options: dict) -> None:
+    allowed = OPTIMIZERS[name]["options"]
+    wrong = sorted(set(options) - set(allowed))
+    if wrong:
+        raise validation_error("option_not_applicable", f"args.options: {wrong} do not apply to {name} (it takes "
+                               f"{sorted(allowed)})", path="args.options", optimizer=name)
+
+
+def _pick(options: dict, *keys: str, **renamed: str) -> dict:
+    picked = {k: options[k] for k in keys if k in options}
+    picked.update({theirs: options[ours] for ours, theirs in renamed.items() if ours in options})
+    return picked
+
+
+def build_optimizer(name: str, metric, options: dict, lm, reflection_lm, report):
+    """DSPy's optimiser object, and the keyword arguments of its ``compile`` besides student and trainset."""
+    threshold = options.get("metric_threshold")
+    if name == "LabeledFewShot":
+        return teleprompt.LabeledFewShot(k=options.get("k", 16)), {}
+    if name == "BootstrapFewShot":
+        return _Reporting(report, metric=metric, metric_threshold=threshold if threshold is not None
+                          else metric.threshold, max_bootstrapped_demos=options.get("max_bootstrapped_demos", 4),
+                          max_labeled_demos=options.get("max_labeled_demos", 16),
+                          max_rounds=options.get("max_rounds", 1), max_errors=options.get("max_errors", 10)), {}
+    if name == "BootstrapFewShotWithRandomSearch":
+        return teleprompt.BootstrapFewShotWithRandomSearch(
+            metric=metric, metric_threshold=threshold, **_pick(
+                options, "max_bootstrapped_demos", "max_labeled_demos", "max_rounds", "num_candidate_programs",
+                "num_threads", "max_errors", "stop_at_score")), {}
+    if name == "MIPROv2":
+        auto = options.get("auto", "light")
+        kwargs = _pick(options, "max_bootstrapped_demos", "max_labeled_demos", "num_candidates", "num_threads",
+                       "max_errors", "seed", "init_temperature", "metric_threshold")
+        compile_kwargs = _pick(options, "num_trials", "minibatch", "minibatch_size")
+        return teleprompt.MIPROv2(metric=metric, prompt_model=lm, task_model=lm, auto=auto, verbose=False,
+                                  track_stats=False, **kwargs), compile_kwargs
+    if name == "COPRO":
+        return teleprompt.COPRO(prompt_model=lm, metric=metric, **_pick(options, "breadth", "depth",
+                                                                      "init_temperature")), \
+            {"eval_kwargs": _pick(options, "num_threads")}
+    if name == "SIMBA":
+        return teleprompt.SIMBA(metric=metric, prompt_model=lm, **_pick(
+            options, "bsize", "num_candidates", "max_steps", "max_demos", "num_threads")), \
+            _pick(options, "seed")
+    if name == "GEPA":
+        budget = _pick(options, "auto", "max_metric_calls", "max_full_evals")
+        return teleprompt.GEPA(metric=metric, reflection_lm=reflection_lm, **(budget or {"auto": "light"}), **_pick(
+            options, "reflection_minibatch_size", "candidate_selection_strategy", "use_merge", "num_threads",
+            "seed")), {}
+    raise AssertionError(name)  # the schema allows only the names above
+
+
+def _check_budget(name: str, options: dict) -> None:
+    if name == "MIPROv2" and options.get("auto", "light") is None and not {"num_trials", "num_candidates"} <= \
+            set(options):
+        raise validation_error("bad_options", "args.options: MIPROv2 with auto: null needs num_trials and "
+                               "num_candidates", path="args.options")
+    if name == "GEPA" and len({"auto", "max_metric_calls", "max_full_evals"} & set(options)) > 1:
+        raise validation_error("bad_options", "args.options: GEPA takes one of auto, max_metric_calls, "
+                               "max_full_evals", path="args.options")
 
 
 def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) -> dict:
-    options = args["options"]
-    examples = trainset(program, args["trainset"])
+    name, options = args["optimizer"], args["options"]
+    check_options(name, options)
+    _check_budget(name, options)
+    examples = build.examples(dspy, program, args["trainset"], "args.trainset")
+    valset = build.examples(dspy, program, args["valset"], "args.valset") if args.get("valset") else None
     fields = args.get("metric_fields")
     unknown = sorted(set(fields or ()) - set(program.spec["outputs"]))
     if unknown:
         raise validation_error("unknown_output", f"args.metric_fields: unknown output(s) {unknown}",
                                path="args.metric_fields")
-    name, total = args["optimizer"], len(examples)
-    student = program.module.deepcopy()
-    student._compiled = False  # an optimised program may be optimised again
-    usage: dict = {}
+    uses_lm = name != "LabeledFewShot"
+    metric = scoring.resolve(dspy, args["metric"], fields, program, feedback=name == "GEPA")
+    config = lms.resolve(scope, global_scope) if uses_lm else None
+    lm = lms.for_deadline(config, ctx.remaining()) if config else None
+    reflection_lm = None
+    if name == "GEPA":
+        reflection = options.get("reflection_lm")
+        reflection_lm = lms.build(dspy, {"cache": False, **reflection}).lm if reflection else lm
+    total = len(examples)
     started = time.perf_counter()
     progress = {"optimizer": name, "done": 0, "total": total}
+
+    def report(optimizer: _Reporting) -> None:
+        ctx.check()
+        ctx.emit("progress", {**progress, "done": optimizer.done, "bootstrapped": optimizer.accepted,
+                              "errors": optimizer.error_count})
+
+    def activity(counters: dict) -> dict:
+        return {**progress, **counters, "elapsed_s": round(time.perf_counter() - started, 3)}
+
+    optimizer, compile_kwargs = build_optimizer(name, metric, options, lm, reflection_lm, report)
+    student = program.module.deepcopy()
+    student._compiled = False  # an optimised program may be optimised again
+    if valset is not None and name in ("BootstrapFewShotWithRandomSearch", "MIPROv2", "GEPA"):
+        compile_kwargs["valset"] = valset
+    usage: dict = {}
     ctx.emit("progress", progress)
-    if name == "LabeledFewShot":
-        compiled = LabeledFewShot(k=options.get("k", 16)).compile(student, trainset=examples)
-        accepted = 0
+    if uses_lm:
+        with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx, activity)), \
+                tracked(dspy, scope, usage), program_errors(dspy):
+            compiled = optimizer.compile(student, trainset=examples, **compile_kwargs)
     else:
-        metric_name = args["metric"]
-        threshold = options.get("metric_threshold", metrics.METRICS[metric_name][1])
-
-        def report(optimizer: _Reporting) -> None:
-            ctx.check()
-            ctx.emit("progress", {**progress, "done": optimizer.done, "bootstrapped": optimizer.accepted,
-                                  "errors": optimizer.error_count})
-
-        optimizer = _Reporting(
-            report,
-            metric=metrics.make(metric_name, fields, list(program.spec["outputs"])),
-            metric_threshold=threshold,
-            max_bootstrapped_demos=options.get("max_bootstrapped_demos", 4),
-            max_labeled_demos=options.get("max_labeled_demos", 16),
-            max_rounds=options.get("max_rounds", 1),
-            max_errors=options.get("max_errors", 10),
-        )
-        lm = lms.for_deadline(lms.resolve(scope, global_scope), ctx.remaining())
-        with call_context(dspy, lm), tracked(dspy, scope, usage), program_errors(dspy):
-            compiled = optimizer.compile(student, trainset=examples)
-        accepted = optimizer.accepted
+        compiled = optimizer.compile(student, trainset=examples)
     ctx.check()
     target = args.get("save_as") or program.program_id
-    record = {"optimizer": name, "metric": args.get("metric") if name == "BootstrapFewShot" else None,
-              "trainset": total, "at": round(time.time(), 3)}
+    record = {"optimizer": name, "metric": metric.__name__ if uses_lm else None, "trainset": total,
+              "at": round(time.time(), 3)}
     optimized = Program(target, program.module_name, program.spec, compiled,
-                        optimizations=[*program.optimizations, record][-100:])
+                        optimizations=[*program.optimizations, record][-100:], options=dict(program.options))
     scope.put(optimized, replace=target == program.program_id or args["replace"])
     demos = optimized.demo_count()
     ctx.emit("progress", {**progress, "done": total, "demos": demos})
@@ -111,7 +166,8 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
         "replaced": target == program.program_id,
         "optimizer": name,
         "demos": demos,
-        "bootstrapped": accepted,
+        "bootstrapped": getattr(optimizer, "accepted", 0),
+        "instructions": {n: p.signature.instructions for n, p in optimized.predictors()},
         "trainset": total,
         "usage": usage,
         "elapsed_s": round(time.perf_counter() - started, 3),

@@ -9,6 +9,10 @@ process-wide otherwise), no global trace, and a usage tracker of its own.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
+
+from dspy.utils.callback import BaseCallback
 
 from ...errors import BridgeError
 from . import build, lms, spec
@@ -16,12 +20,68 @@ from .classify import program_failure
 from .state import Program, Scope
 
 
+class Interrupted(BaseException):
+    """The request was answered (cancel, deadline, shutdown) while DSPy worked: stop the run.
+
+    A BaseException on purpose: DSPy catches ``Exception`` from callbacks, from
+    examples in its ParallelExecutor and from metrics, and would count a
+    cancel as one more failed example and carry on.
+    """
+
+
+class Guard(BaseCallback):
+    """A DSPy callback on every LM call and evaluation of one request, in every thread DSPy starts.
+
+    Before each LM call it stops the run if the request was answered; it
+    counts LM calls and evaluations, and sends a ``progress`` event (at most
+    every ``every_s`` seconds, and after every evaluation) when ``progress``
+    is given: ``progress(counters) -> event data or None``.
+    """
+
+    def __init__(self, ctx, progress=None, every_s: float = 0.25) -> None:
+        self.ctx = ctx
+        self.progress = progress
+        self.every_s = every_s
+        self.counters = {"lm_calls": 0, "evaluations": 0}
+        self._lock = threading.Lock()
+        self._sent = 0.0
+
+    def on_lm_start(self, call_id, instance, inputs) -> None:
+        try:
+            self.ctx.check()
+        except BridgeError:
+            raise Interrupted() from None
+
+    def on_lm_end(self, call_id, outputs, exception=None) -> None:
+        self._count("lm_calls", force=False)
+
+    def on_evaluate_end(self, call_id, outputs, exception=None) -> None:
+        score = getattr(outputs, "score", None)
+        self._count("evaluations", force=True, last_score=score if isinstance(score, (int, float)) else None)
+
+    def _count(self, key: str, force: bool, **extra) -> None:
+        with self._lock:
+            self.counters[key] += 1
+            now = time.monotonic()
+            if self.progress is None or (not force and now - self._sent < self.every_s):
+                return
+            self._sent = now
+            counters = {**self.counters, **{k: v for k, v in extra.items() if v is not None}}
+        data = self.progress(counters)
+        if data is not None:
+            self.ctx.emit("progress", data)
+
+
 @contextlib.contextmanager
-def call_context(dspy, lm, adapter=None):
+def call_context(dspy, lm, adapter=None, guard: Guard | None = None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``)."""
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
-                      warn_on_type_mismatch=False):
-        yield
+                      warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else []):
+        try:
+            yield
+        except Interrupted:
+            raise BridgeError("cancelled", "interrupted", "the request was answered before its run finished") \
+                from None
 
 
 @contextlib.contextmanager

@@ -84,13 +84,47 @@ IMPORT_PROGRAM = _object({
 
 EXAMPLE = _object({"inputs": {"type": "object"}, "outputs": {"type": "object"}}, ["inputs", "outputs"])
 
+JUDGE = _object({
+    "signature": {"anyOf": [{"type": "string", "minLength": 3, "maxLength": spec.MAX_STRING_CHARS},
+                            {"type": "object"}], "description": "the judge's signature (as create_program's)"},
+    "instructions": {"type": "string", "maxLength": spec.MAX_INSTRUCTIONS_CHARS},
+    "module": {"enum": ["Predict", "ChainOfThought"], "default": "Predict"},
+    "inputs": {"type": "object", "maxProperties": spec.MAX_FIELDS,
+               "additionalProperties": {"type": "string", "maxLength": 200},
+               "description": "judge input -> 'example.<field>' or 'prediction.<output>'"},
+    "score": {"type": "string", "maxLength": 64, "description": "the judge output (bool, int or float) that "
+                                                                "is the score"},
+}, ["signature", "inputs", "score"])
+
+METRIC = {
+    "anyOf": [{"enum": list(metrics.METRICS)}, _object({"judge": JUDGE}, ["judge"])],
+    "default": "exact_match",
+    "description": "a named metric (" + ", ".join(metrics.METRICS) + "), or {\"judge\": {...}}: an LM judge "
+                   "declared as data",
+}
+METRIC_FIELDS = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": spec.MAX_FIELDS,
+                 "description": "the outputs a named metric compares (default: each example's labelled ones)"}
+
+EVALUATE_PROGRAM = _object({
+    "program_id": PROGRAM_ID,
+    "devset": {"type": "array", "minItems": 1, "maxItems": MAX_TRAINSET, "items": EXAMPLE},
+    "metric": METRIC,
+    "metric_fields": METRIC_FIELDS,
+    "num_threads": {"type": "integer", "minimum": 1, "maximum": 32, "default": 1,
+                    "description": "examples run at once (DSPy's ParallelExecutor)"},
+    "max_errors": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET,
+                   "description": "stop after this many failed examples (default: never)"},
+    "return_outputs": {"type": "boolean", "default": True, "description": "each result carries its outputs"},
+}, ["program_id", "devset"])
+
 OPTIMIZE_PROGRAM = _object({
     "program_id": PROGRAM_ID,
     "optimizer": {"enum": list(OPTIMIZERS)},
     "trainset": {"type": "array", "minItems": 1, "maxItems": MAX_TRAINSET, "items": EXAMPLE},
-    "metric": {"enum": list(metrics.METRICS), "default": "exact_match"},
-    "metric_fields": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": spec.MAX_FIELDS,
-                      "description": "the outputs the metric compares (default: each example's labelled ones)"},
+    "metric": METRIC,
+    "metric_fields": METRIC_FIELDS,
+    "valset": {"type": "array", "minItems": 1, "maxItems": MAX_TRAINSET, "items": EXAMPLE,
+               "description": "held-out examples (BootstrapFewShotWithRandomSearch, MIPROv2, GEPA)"},
     "options": {**_object({
         "k": {**DEMO_COUNT, "minimum": 1},
         "max_bootstrapped_demos": DEMO_COUNT,
@@ -98,7 +132,28 @@ OPTIMIZE_PROGRAM = _object({
         "max_rounds": {"type": "integer", "minimum": 1, "maximum": 10},
         "max_errors": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET},
         "metric_threshold": {"type": "number", "minimum": 0, "maximum": 1},
-    }), "default": {}},
+        "num_candidate_programs": {"type": "integer", "minimum": 1, "maximum": 64},
+        "num_threads": {"type": "integer", "minimum": 1, "maximum": 32},
+        "stop_at_score": {"type": "number", "minimum": 0, "maximum": 100},
+        "auto": {"enum": ["light", "medium", "heavy", None]},
+        "num_candidates": {"type": "integer", "minimum": 1, "maximum": 64},
+        "num_trials": {"type": "integer", "minimum": 1, "maximum": 500},
+        "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "init_temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "minibatch": {"type": "boolean"},
+        "minibatch_size": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET},
+        "breadth": {"type": "integer", "minimum": 2, "maximum": 64},
+        "depth": {"type": "integer", "minimum": 1, "maximum": 20},
+        "bsize": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET},
+        "max_steps": {"type": "integer", "minimum": 1, "maximum": 100},
+        "max_demos": DEMO_COUNT,
+        "max_metric_calls": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "max_full_evals": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "reflection_lm": {**CONFIGURE_LM, "description": "GEPA's reflection LM, as configure_lm's args"},
+        "reflection_minibatch_size": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET},
+        "candidate_selection_strategy": {"enum": ["pareto", "current_best"]},
+        "use_merge": {"type": "boolean"},
+    }), "default": {}, "description": "per optimizer: see describe's backends.dspy.optimizers.*.options"},
     "save_as": {**PROGRAM_ID, "description": "keep the original and save the optimised program under this id"},
     "replace": {**REPLACE, "description": "with save_as: replace an existing program of that id"},
 }, ["program_id", "optimizer", "trainset"])
