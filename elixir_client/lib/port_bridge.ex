@@ -4,9 +4,11 @@ defmodule PortBridge do
   processes spawned as Erlang Ports (4-byte length-prefixed JSON or MessagePack
   frames on their stdin and stdout).
 
-    * `PortBridge.Worker` - one Port, many callers at once (the worker multiplexes).
-    * `PortBridge.Pool` - NimblePool of Ports, one request per checkout, sessions
-      pinned to a shard and rebuilt after a crash.
+    * `PortBridge.Worker` - one Port, many callers at once (the worker multiplexes):
+      the one request engine.
+    * `PortBridge.Pool` - N Workers: `:multiplexed` (many requests in flight on each,
+      for LM-bound work) or `:exclusive` (NimblePool, one caller per Worker, for
+      CPU-bound work); sessions pinned to a Worker and rebuilt after a crash.
     * `PortBridge.DSPy` - configure LMs, create, run, stream, optimize, export and
       import DSPy programs.
     * `PortBridge.Error` - every failure, categorised by `protocol/errors.json`.
@@ -36,9 +38,11 @@ defmodule PortBridge do
 
     * `:session_id` - the session to work in (its programs and LM configuration);
       a pool sends all of a session's requests to the same worker.
-    * `:timeout` - ms to wait for the final reply (default #{@default_timeout}) or
-      `:infinity`. At the deadline the result is a `timeout` error and the worker
-      is sent `cancel` for the request.
+    * `:timeout` - the whole budget of the request in ms (default
+      #{@default_timeout}, a pool's `:timeout` for a pool) or `:infinity`: waiting for
+      a worker, writing, waiting for the reply, and any retries. At the deadline the
+      result is a `timeout` error and the worker is sent `cancel` for the request;
+      nothing blocks the caller past it.
     * `:on_event` - a function called with `{name, data}` for each event of the
       request (`{"chunk", %{...}}`, `{"progress", %{...}}`) before the reply.
     * `:meta` - a map echoed back by the worker and put in its logs (`trace_id`).
@@ -47,15 +51,17 @@ defmodule PortBridge do
     * `:circuit` - `true`, a key or options: fail at once while calls with the
       same key keep failing with `circuit_break` errors, see
       `PortBridge.CircuitBreaker`. Off by default.
-    * `:pool_timeout` - pools only: ms to wait for a free worker (default 5_000).
+    * `:pool_timeout` - exclusive pools only: ms to wait for a free worker (default
+      5_000), within `:timeout`.
   """
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(target, command, args \\ %{}, opts \\ []) do
     {module, resolved} = via(target)
+    opts = with_deadline(module, resolved, opts)
     circuit = CircuitBreaker.options(opts[:circuit], {target, opts[:session_id]})
     call = fn -> module.request(resolved, command, args, opts) end
-    Retry.run(fn -> CircuitBreaker.call(call, circuit) end, opts[:retry])
+    Retry.run(fn -> CircuitBreaker.call(call, circuit) end, retry_options(opts))
   end
 
   # A name a pool was started with goes to the pool, anything else to a worker.
@@ -63,6 +69,24 @@ defmodule PortBridge do
     case Pool.lookup(target) do
       {:ok, pool} -> {Pool, pool}
       :error -> {Worker, target}
+    end
+  end
+
+  # The one budget of a request, fixed when it starts: every attempt, checkout and
+  # wait comes out of it.
+  defp with_deadline(module, resolved, opts) do
+    timeout = Keyword.get_lazy(opts, :timeout, fn -> default_timeout(module, resolved) end)
+    deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)
+    Keyword.merge(opts, timeout: timeout, deadline: deadline)
+  end
+
+  defp default_timeout(Pool, pool), do: pool.timeout
+  defp default_timeout(Worker, _worker), do: @default_timeout
+
+  defp retry_options(opts) do
+    case Retry.options(opts[:retry]) do
+      nil -> nil
+      retry -> Keyword.put(retry, :deadline, opts[:deadline])
     end
   end
 
@@ -83,8 +107,8 @@ defmodule PortBridge do
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(target, command, args \\ %{}, opts \\ []) do
-    {module, target} = via(target)
-    module.async_request(target, command, args, opts)
+    {module, resolved} = via(target)
+    module.async_request(resolved, command, args, with_deadline(module, resolved, opts))
   end
 
   @doc "Waits for a request from `async_request/4`; `on_event` gets each `{name, data}` event."

@@ -5,6 +5,10 @@ defmodule PortBridge.Application do
   @impl true
   def start(_type, _args) do
     children = [
+      # Pool (and cluster) names -> their routing data; an entry goes with its pool.
+      {Registry, keys: :unique, name: PortBridge.Registry},
+      # The heir of the pools' session records (PortBridge.Records).
+      PortBridge.Keeper,
       PortBridge.Reaper,
       PortBridge.CircuitBreaker,
       {Task.Supervisor, name: PortBridge.TaskSupervisor}

@@ -2,6 +2,13 @@ defmodule PortBridge.DSPy do
   @moduledoc """
   DSPy programs from Elixir, through a `PortBridge.Worker` or a `PortBridge.Pool`.
 
+  On a pool, what builds a scope's state (`configure_lm`, and the programs made by
+  `create_program`, `import_program` and `optimize_program`, as `export_program`
+  returns them) is recorded in the pool's `PortBridge.Records` when it succeeds, and
+  replayed on every fresh Python before any request reaches it: a session survives
+  the death of its Python process. The global scope is kept the same on every
+  Worker of the pool. Only requests made through this module are recorded.
+
   Every function takes the `target` (a worker or pool, by pid or name) first, and
   options that are either the command's arguments (listed per function) or request
   options (`:session_id`, `:timeout`, `:on_event`, `:meta`, `:retry`, `:circuit`,
@@ -230,7 +237,9 @@ defmodule PortBridge.DSPy do
       raise ArgumentError, "#{command} needs #{inspect(key)}"
     end
 
-    PortBridge.request(
+    # Through the recorder: on a pool, what builds a session's state is recorded so
+    # that a fresh Python gets it back.
+    PortBridge.DSPy.Recorder.request(
       target,
       command,
       Map.merge(args, Keyword.get(checks, :also, %{})),

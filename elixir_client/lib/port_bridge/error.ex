@@ -113,21 +113,23 @@ defmodule PortBridge.Error do
 
   A category this client's table does not know (a newer worker) is kept as a
   string, with the severity, recovery and retryability the reply carries.
+  The worker is not trusted: an error that is not a map with string `category`,
+  `code` and `message` becomes a `protocol` error (`malformed_error`) that says
+  what came, never an exception.
   """
-  @spec from_wire(map) :: t
-  def from_wire(%{} = error) do
-    wire_category = error["category"]
-
+  @spec from_wire(term) :: t
+  def from_wire(%{"category" => wire_category, "code" => code, "message" => message} = error)
+      when is_binary(wire_category) and is_binary(code) and is_binary(message) do
     {category, row} =
       case Map.fetch(@wire_names, wire_category) do
         {:ok, atom} -> {atom, Map.fetch!(@table, atom)}
-        :error -> {to_string(wire_category), wire_row(error)}
+        :error -> {wire_category, wire_row(error)}
       end
 
     %__MODULE__{
       category: category,
-      code: to_string(error["code"] || "unknown"),
-      message: to_string(error["message"] || ""),
+      code: code,
+      message: message,
       severity: row.severity,
       recovery: row.recovery,
       retryable: row.retryable,
@@ -135,20 +137,28 @@ defmodule PortBridge.Error do
     }
   end
 
+  def from_wire(other) do
+    new(:protocol, "malformed_error", "the worker sent an error reply of the wrong shape", %{
+      "error" => inspect(other, limit: 10, printable_limit: 200)
+    })
+  end
+
   defp wire_row(error) do
     %{
       @fallback
-      | severity: error["severity"] || @fallback.severity,
-        recovery: atom_or_string(error["recovery"], @recoveries) || @fallback.recovery,
+      | severity: known_or_string(error["severity"], @severities) || @fallback.severity,
+        recovery: known_or_string(error["recovery"], @recoveries) || @fallback.recovery,
         retryable: error["retryable"] == true
     }
   end
 
-  defp atom_or_string(nil, _known), do: nil
-
-  defp atom_or_string(value, known) do
+  # A value of the table's vocabulary as its atom, another string as it is; not a
+  # string: nil (the fallback applies).
+  defp known_or_string(value, known) when is_binary(value) do
     Enum.find(known, value, &(Atom.to_string(&1) == value))
   end
+
+  defp known_or_string(_value, _known), do: nil
 
   @impl true
   def message(%__MODULE__{category: category, code: code, message: message}) do

@@ -1,72 +1,87 @@
 defmodule PortBridge.Pool do
   @moduledoc """
-  A pool of `portbridge worker` Ports on NimblePool, for exclusive use: each
-  request checks a port out, talks to it directly (frames go from the Port to the
-  caller, never through a pool process) and checks it back in.
+  N `PortBridge.Worker`s under one name, and a strategy that says how requests
+  reach them.
 
       children = [
-        {PortBridge.Pool, name: MyApp.PythonPool, size: 4, python: "/srv/venv/bin/python"}
+        {PortBridge.Pool, name: MyApp.Python, size: 4, python: "/srv/venv/bin/python"}
       ]
 
-      {:ok, result} = PortBridge.request(MyApp.PythonPool, "echo", %{x: 1})
+      {:ok, result} = PortBridge.request(MyApp.Python, "echo", %{x: 1})
 
-  ## Shards and sessions
+  ## Strategies
 
-  NimblePool cannot hand out one particular worker, so the pool is `:size` shards,
-  each a NimblePool of exactly one Port (as Finch's hash strategy shards its pools).
-  A request with a `:session_id` goes to shard `:erlang.phash2(session_id, size)`:
-  all of a session's requests reach the worker that holds its programs and LM
-  configuration, and run one at a time. Requests without a session go round-robin.
+    * `:multiplexed` (default): many requests in flight on each Worker, as many as
+      its Python runs at once (`--max-concurrency`, default 32). A session's
+      requests go to one Worker (`:erlang.phash2(session_id, size)`); requests
+      without a session go to the least loaded Worker. Right for LM-bound work
+      (DSPy): the Python process waits on the network for most of a request, and
+      runs dozens at once. Back-pressure is the Python worker's own: beyond its
+      queue (`--max-queue`) it answers `overloaded` (retryable, with backoff).
+    * `:exclusive`: NimblePool checks a Worker out to one caller at a time (one
+      NimblePool of one Worker per shard, as Finch's hash strategy shards HTTP/1
+      pools). Right for CPU-bound or non-thread-safe Python code, where one request
+      per Python process is what gives real parallelism: `size` processes run `size`
+      requests at once. Needs the `:nimble_pool` dependency. Requests with a
+      session wait for its Worker; requests without one take the least loaded.
 
-  When a shard's worker dies (killed, crashed, or replaced after an error whose
-  recovery is `restart_worker`), the shard starts a fresh one and the pool rebuilds
-  the sessions it held from what it recorded, see `PortBridge.Sessions` (on by
-  default, `recover_sessions: false` turns it off).
+  `benchmarks/` measures both (see the README there): LM-bound, a multiplexed
+  pool of 2 finishes 128 sessions' calls about as fast as one Worker, where an
+  exclusive pool of 2 runs them two at a time; CPU-bound, an exclusive pool of 2 is
+  close to twice one Python.
 
-  ## Starting workers
+  ## One deadline
 
-  Workers start when the pool starts (`lazy: false`, default) or at their first
-  checkout (`lazy: true`), in a task, so a slow start never blocks the pool. A
-  failed start (the executable exits before `ready`, or no `ready` within
-  `:ready_timeout`) is retried after `start_backoff_min * 2^(n-1)` ms (capped at
-  `start_backoff_max`); after `:max_start_failures` in a row the shard stops with
-  `{:worker_start_failed, %PortBridge.Error{}}`, its waiting callers get that
-  error, and the pool's supervisor restarts it, up to `:max_restarts` in
-  `:max_seconds`, beyond which the pool itself exits and the failure reaches your
-  supervision tree.
+  `:timeout` is the whole budget of a request: waiting for a checkout (exclusive),
+  for a starting Worker, writing, waiting for the reply. No caller waits past it,
+  whatever the Python process does. `:pool_timeout` (exclusive) caps only the wait
+  for a checkout, within that budget.
+
+  ## Workers that die, and sessions
+
+  When a Worker's Python dies, its callers get a `communication` error (retryable)
+  and the Worker starts a fresh Python itself, backing off after failed starts;
+  after `:max_start_failures` failed starts in a row it stops, and the pool's
+  supervisor restarts it, up to `:max_restarts` in `:max_seconds`, beyond which the
+  pool itself exits and the failure reaches your supervision tree.
+
+  A fresh Python gets the recorded state of its sessions (and of the global scope)
+  before any request reaches it: `PortBridge.DSPy` records what builds state
+  (`configure_lm`, programs) in the pool's `PortBridge.Records`, and each Worker
+  replays it when its Python is ready (`recover_sessions: false` turns this off).
 
   ## Options
 
     * `:name` - required, an atom; the name requests use.
-    * `:size` - workers (shards), default `System.schedulers_online()`.
-    * `:lazy` - start workers at first use (default `false`).
-    * `:pool_timeout` - default ms to wait for a free worker (5_000).
-    * `:timeout` - default ms to wait for a reply (#{PortBridge.default_timeout()}).
-    * `:recover_sessions` - record sessions and rebuild them on fresh workers (true).
+    * `:size` - Workers, default `System.schedulers_online()`.
+    * `:strategy` - `:multiplexed` (default) or `:exclusive`.
+    * `:lazy` - start each Python at its Worker's first request (default `false`).
+    * `:pool_timeout` - exclusive: default ms to wait for a checkout (5_000).
+    * `:timeout` - default ms for a request (#{PortBridge.default_timeout()}).
+    * `:recover_sessions` - record sessions and rebuild them on fresh Pythons (true).
     * `:max_start_failures` (5), `:start_backoff_min` (100), `:start_backoff_max`
       (5_000), `:max_restarts` (3), `:max_seconds` (60): see above.
     * the spawn options of a worker: `:python`, `:worker_args`, `:executable`,
       `:args`, `:format`, `:env`, `:cd`, `:ready_timeout` (see `PortBridge.Worker`).
-
-  Needs the `:nimble_pool` dependency; `available?/0` tells whether this build has it.
   """
 
   use Supervisor
-  alias PortBridge.{Channel, Error, Options, Request, Sessions}
+  alias PortBridge.{Error, Options, Records, Request, Worker}
 
-  # Without NimblePool this module still compiles; start_link/1 says what is missing.
-  @compile {:no_warn_undefined, [NimblePool, PortBridge.Pool.Shard]}
+  # Without NimblePool this module still compiles; the exclusive strategy says what
+  # is missing.
+  @compile {:no_warn_undefined, [NimblePool]}
 
   @available Code.ensure_loaded?(NimblePool)
 
-  # Recompile (this file, and PortBridge.Pool.Shard with it) when NimblePool comes or
-  # goes (NIMBLE_POOL_PATH set or unset, PORTBRIDGE_DEPS switched).
+  # Recompile when NimblePool comes or goes (NIMBLE_POOL_PATH set or unset).
   @doc false
   def __mix_recompile__?, do: Code.ensure_loaded?(NimblePool) != @available
 
   @pool_keys [
     :name,
     :size,
+    :strategy,
     :lazy,
     :pool_timeout,
     :timeout,
@@ -78,20 +93,15 @@ defmodule PortBridge.Pool do
     :max_seconds
   ]
 
-  @doc "True when this build of port_bridge was compiled with NimblePool."
+  @type strategy :: :multiplexed | :exclusive
+
+  @doc "True when this build of port_bridge was compiled with NimblePool (the `:exclusive` strategy)."
   @spec available?() :: boolean
   def available?, do: @available
 
   @doc "Starts a pool; see the module doc for the options."
   @spec start_link(keyword) :: Supervisor.on_start()
   def start_link(opts) do
-    unless @available do
-      raise ArgumentError,
-            "PortBridge.Pool needs NimblePool: add {:nimble_pool, \"~> 1.1\"} to your deps " <>
-              "(offline: NIMBLE_POOL_PATH=/path/to/a/nimble_pool/checkout, see elixir_client/README.md); " <>
-              "PortBridge.Worker needs nothing more"
-    end
-
     config = config!(opts)
     Supervisor.start_link(__MODULE__, config, name: Module.concat(config.name, Supervisor))
   end
@@ -116,19 +126,40 @@ defmodule PortBridge.Pool do
       unknown -> raise ArgumentError, "unknown PortBridge.Pool options: #{inspect(unknown)}"
     end
 
-    size = Options.pos_integer!(opts, :size, System.schedulers_online())
+    strategy = Keyword.get(opts, :strategy, :multiplexed)
+
+    unless strategy in [:multiplexed, :exclusive],
+      do:
+        raise(
+          ArgumentError,
+          ":strategy must be :multiplexed or :exclusive, got: #{inspect(strategy)}"
+        )
+
+    if strategy == :exclusive and not @available do
+      raise ArgumentError,
+            "the :exclusive strategy of PortBridge.Pool needs NimblePool: add {:nimble_pool, \"~> 1.1\"} " <>
+              "to your deps (offline: NIMBLE_POOL_PATH=/path/to/a/nimble_pool/checkout, see " <>
+              "elixir_client/README.md); the :multiplexed strategy needs nothing more"
+    end
+
+    spawn_opts = Keyword.take(opts, Options.spawn_keys())
+    # Checked here, so that a mistake fails the pool's start_link, not each Worker.
+    _ = Options.spawn_opts(spawn_opts)
 
     %{
       name: name,
-      size: size,
+      size: Options.pos_integer!(opts, :size, System.schedulers_online()),
+      strategy: strategy,
       lazy: Keyword.get(opts, :lazy, false) == true,
       pool_timeout: Options.timeout!(opts, :pool_timeout, 5_000),
       timeout: Options.timeout!(opts, :timeout, PortBridge.default_timeout()),
-      sessions: if(Keyword.get(opts, :recover_sessions, true), do: Module.concat(name, Sessions)),
-      spawn: Options.spawn_opts(Keyword.take(opts, Options.spawn_keys())),
-      max_start_failures: Options.pos_integer!(opts, :max_start_failures, 5),
-      backoff_min: Options.pos_integer!(opts, :start_backoff_min, 100),
-      backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000),
+      recover_sessions: Keyword.get(opts, :recover_sessions, true) != false,
+      spawn: spawn_opts,
+      worker: [
+        max_start_failures: Options.pos_integer!(opts, :max_start_failures, 5),
+        start_backoff_min: Options.pos_integer!(opts, :start_backoff_min, 100),
+        start_backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000)
+      ],
       max_restarts: Options.non_neg_integer!(opts, :max_restarts, 3),
       max_seconds: Options.pos_integer!(opts, :max_seconds, 60)
     }
@@ -136,63 +167,65 @@ defmodule PortBridge.Pool do
 
   @impl Supervisor
   def init(config) do
-    shards = List.to_tuple(for i <- 1..config.size, do: Module.concat(config.name, "Shard#{i}"))
-    key = {__MODULE__, config.name}
+    %{name: name, size: size} = config
+    workers = List.to_tuple(for i <- 1..size, do: Module.concat(name, "Worker#{i}"))
+    shards = List.to_tuple(for i <- 1..size, do: Module.concat(name, "Shard#{i}"))
+    records = if config.recover_sessions, do: Module.concat(name, Records)
+    # Slots 1..size: requests in each Worker (kept by the Worker); size + 1: where
+    # the least-loaded scan starts, so that ties spread.
+    load = :atomics.new(size + 1, [])
 
-    # Counters survive shard restarts, so backoff and the failure limit carry over.
-    {counter, failures} =
-      case :persistent_term.get(key, nil) do
-        %{size: size, counter: counter, failures: failures} when size == config.size ->
-          {counter, failures}
-
-        _ ->
-          {:atomics.new(1, []), :counters.new(config.size, [:atomics])}
-      end
-
-    for i <- 1..config.size, do: :counters.put(failures, i, 0)
-
-    entry = %{
-      name: config.name,
+    pool = %{
+      name: name,
+      size: size,
+      strategy: config.strategy,
+      workers: workers,
       shards: shards,
-      size: config.size,
-      counter: counter,
-      failures: failures,
-      sessions: config.sessions,
+      load: load,
+      records: records,
       pool_timeout: config.pool_timeout,
-      timeout: config.timeout,
-      max_start_failures: config.max_start_failures
+      timeout: config.timeout
     }
 
-    if :persistent_term.get(key, nil) != entry, do: :persistent_term.put(key, entry)
+    # How PortBridge.request tells a pool's name from a Worker's; the entry goes
+    # with this supervisor.
+    {:ok, _} = Registry.register(PortBridge.Registry, name, {:pool, pool})
 
-    sessions =
-      if config.sessions,
-        do: [{Sessions, config.sessions}],
-        else: []
+    worker_specs =
+      for i <- 1..size do
+        on_ready =
+          if records, do: [on_ready: {Records, :replay, [records, i - 1, size]}], else: []
 
-    shard_specs =
-      for i <- 1..config.size do
-        shard_config =
-          config
-          |> Map.take([:spawn, :max_start_failures, :backoff_min, :backoff_max])
-          |> Map.merge(%{pool: config.name, index: i, failures: failures})
+        opts =
+          [name: elem(workers, i - 1), respawn: true, lazy: config.lazy, load: {load, i}] ++
+            on_ready ++ config.worker ++ config.spawn
 
-        %{
-          id: {:shard, i},
-          start:
-            {NimblePool, :start_link,
-             [
-               [
-                 worker: {PortBridge.Pool.Shard, shard_config},
-                 pool_size: 1,
-                 lazy: config.lazy,
-                 name: elem(shards, i - 1)
-               ]
-             ]}
-        }
+        Supervisor.child_spec({Worker, opts}, id: {:worker, i})
       end
 
-    Supervisor.init(sessions ++ shard_specs,
+    shard_specs =
+      if config.strategy == :exclusive do
+        for i <- 1..size do
+          %{
+            id: {:shard, i},
+            start:
+              {NimblePool, :start_link,
+               [
+                 [
+                   worker: {PortBridge.Pool.Checkout, elem(workers, i - 1)},
+                   pool_size: 1,
+                   name: elem(shards, i - 1)
+                 ]
+               ]}
+          }
+        end
+      else
+        []
+      end
+
+    records_specs = if records, do: [{Records, records}], else: []
+
+    Supervisor.init(records_specs ++ worker_specs ++ shard_specs,
       strategy: :one_for_one,
       max_restarts: config.max_restarts,
       max_seconds: config.max_seconds
@@ -200,28 +233,65 @@ defmodule PortBridge.Pool do
   end
 
   @doc false
-  # The pool registered under `name`, if any: how PortBridge tells pools from workers.
+  # The pool registered under `name`, if any.
   @spec lookup(term) :: {:ok, map} | :error
   def lookup(name) when is_atom(name) do
-    case :persistent_term.get({__MODULE__, name}, nil) do
-      nil -> :error
-      pool -> {:ok, pool}
+    case Registry.lookup(PortBridge.Registry, name) do
+      [{_pid, {:pool, pool}}] -> {:ok, pool}
+      _ -> :error
     end
   end
 
   def lookup(_), do: :error
 
   @doc """
-  Sends a request through a checkout of the pool's shard for `:session_id` (any
-  shard, round-robin, without one). Options as `PortBridge.request/4`.
+  Sends a request to the pool's Worker for `:session_id` (without one, the least
+  loaded) and waits for its reply. Options as `PortBridge.request/4`.
   """
   @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
-  def request(pool, command, args \\ %{}, opts \\ [])
+  def request(pool, command, args \\ %{}, opts \\ []) do
+    with {:ok, pool} <- resolve(pool) do
+      {opts, deadline} = budget(pool, opts)
+      index = pick(pool, opts[:session_id])
 
-  def request(name, command, args, opts) when is_atom(name) do
+      case pool.strategy do
+        :multiplexed ->
+          Worker.request(elem(pool.workers, index), command, args, opts)
+
+        :exclusive ->
+          checkout(pool, index, opts, deadline, fn worker ->
+            Worker.request(worker, command, args, opts)
+          end)
+      end
+    end
+  end
+
+  @doc """
+  Sends a request without waiting (see `PortBridge.Request`). Multiplexed: straight
+  to the Worker. Exclusive: a task under `PortBridge.TaskSupervisor` holds the
+  checkout and relays the request's events and reply; it ends at the request's
+  deadline or when the caller dies, whichever comes first.
+  """
+  @spec async_request(atom | map, String.t() | atom, map, keyword) ::
+          Request.t() | {:error, Error.t()}
+  def async_request(pool, command, args \\ %{}, opts \\ []) do
+    with {:ok, pool} <- resolve(pool) do
+      {opts, deadline} = budget(pool, opts)
+      index = pick(pool, opts[:session_id])
+
+      case pool.strategy do
+        :multiplexed -> Worker.async_request(elem(pool.workers, index), command, args, opts)
+        :exclusive -> async_checkout(pool, index, command, args, opts, deadline)
+      end
+    end
+  end
+
+  defp resolve(%{} = pool), do: {:ok, pool}
+
+  defp resolve(name) do
     case lookup(name) do
       {:ok, pool} ->
-        request(pool, command, args, opts)
+        {:ok, pool}
 
       :error ->
         {:error,
@@ -233,101 +303,131 @@ defmodule PortBridge.Pool do
     end
   end
 
-  def request(%{} = pool, command, args, opts) do
-    index = shard_index(pool, opts[:session_id])
-    shard = elem(pool.shards, index)
-    pool_timeout = Keyword.get(opts, :pool_timeout, pool.pool_timeout)
+  # The request's one deadline, fixed now unless the caller fixed it earlier.
+  defp budget(pool, opts) do
     opts = Keyword.put_new(opts, :timeout, pool.timeout)
+    deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(opts[:timeout]) end)
+    {Keyword.put(opts, :deadline, deadline), deadline}
+  end
+
+  # 0-based: a session's Worker, or the least loaded one. Multiplexed, ties go to the
+  # lowest index: one caller at a time keeps meeting the same, warm, Python (the
+  # pings of issue 10's benchmark), and concurrent load still spreads. Exclusive, a
+  # Worker's load is 0 or 1 (the callers waiting for it are NimblePool's), so ties
+  # are the rule: the scan starts one further each time, spreading the waiters.
+  defp pick(%{strategy: :multiplexed} = pool, nil), do: least_loaded(pool, 0)
+
+  defp pick(pool, nil),
+    do: least_loaded(pool, :atomics.add_get(pool.load, pool.size + 1, 1))
+
+  defp pick(pool, session_id), do: Records.index(session_id, pool.size)
+
+  defp least_loaded(pool, start) do
+    Enum.reduce(0..(pool.size - 1), {nil, nil}, fn offset, {best, best_load} ->
+      index = rem(start + offset, pool.size)
+      load = :atomics.get(pool.load, index + 1)
+      if best_load == nil or load < best_load, do: {index, load}, else: {best, best_load}
+    end)
+    |> elem(0)
+  end
+
+  ## Exclusive
+
+  defp checkout(pool, index, opts, deadline, fun) do
+    pool_timeout = Keyword.get(opts, :pool_timeout, pool.pool_timeout)
+    wait = min_timeout(pool_timeout, Request.remaining(deadline))
 
     try do
       NimblePool.checkout!(
-        shard,
+        elem(pool.shards, index),
         :checkout,
-        fn {pool_pid, _}, channel -> run(pool, pool_pid, channel, command, args, opts) end,
-        pool_timeout
+        fn _from, worker -> {fun.(worker), :ok} end,
+        wait
       )
     catch
+      :exit, {:timeout, {NimblePool, :checkout, _}} ->
+        {:error, checkout_timeout(pool, index, opts, wait, pool_timeout)}
+
       :exit, {reason, {NimblePool, :checkout, _}} ->
-        {:error, checkout_error(reason, pool, index, pool_timeout)}
+        {:error, not_running(pool, index, reason)}
     end
   end
 
-  defp shard_index(pool, nil), do: rem(:atomics.add_get(pool.counter, 1, 1), pool.size)
-  defp shard_index(pool, session_id), do: :erlang.phash2(session_id, pool.size)
+  defp min_timeout(:infinity, b), do: b
+  defp min_timeout(a, :infinity), do: a
+  defp min_timeout(a, b), do: min(a, b)
 
-  # In the caller, holding the port.
-  defp run(pool, pool_pid, channel, command, args, opts) do
-    # Port.connect linked us to the port: a port that breaks must not take us down.
-    Process.unlink(channel.port)
+  defp async_checkout(pool, index, command, args, opts, deadline) do
+    caller = self()
+    ref = :erlang.alias()
 
-    {result, checkin} =
-      Sessions.run(pool.sessions, channel, command, args, opts, &Channel.exchange/4)
+    {:ok, pid} =
+      Task.Supervisor.start_child(PortBridge.TaskSupervisor, fn ->
+        relay(pool, index, command, args, opts, deadline, caller, ref)
+      end)
 
-    checkin =
-      case result do
-        {:error, %Error{recovery: :restart_worker}} when checkin == :ok ->
-          {:remove, :restart_worker}
-
-        _ ->
-          checkin
-      end
-
-    {result, hand_back(channel, pool_pid, checkin)}
+    monitor = Process.monitor(pid)
+    Request.new(pid, ref, fn -> send(pid, {ref, :cancel}) end, opts[:timeout], deadline, monitor)
   end
 
-  # Connect the port back to the pool before checkin (or an idle worker's exit would
-  # reach us instead of the pool), and take its stray frames off our mailbox.
-  defp hand_back(channel, pool_pid, checkin) do
-    checkin =
-      try do
-        Port.connect(channel.port, pool_pid)
-        checkin
-      rescue
-        # The port closed, or the pool is gone (then nobody else would close it:
-        # we are not linked to it, so it would outlive us).
-        ArgumentError ->
-          Channel.close(channel)
-          {:remove, :closed}
-      end
+  # The task of an exclusive async request: holds the checkout, relays the inner
+  # request's events and reply to the caller's alias. Linked to the caller, so that
+  # it dies with it wherever it is (even waiting for a checkout, where NimblePool
+  # then forgets it); it ends at the deadline or on cancel otherwise.
+  defp relay(pool, index, command, args, opts, deadline, caller, ref) do
+    Process.link(caller)
 
-    flush(channel.port)
-    checkin
+    result =
+      checkout(pool, index, opts, deadline, fn worker ->
+        case Worker.async_request(worker, command, args, opts) do
+          %Request{} = inner -> relay_loop(inner, ref)
+          {:error, _} = error -> error
+        end
+      end)
+
+    if result, do: send(ref, {ref, {:reply, result}})
+    Process.unlink(caller)
   end
 
-  defp flush(port) do
+  defp relay_loop(%Request{ref: inner_ref, monitor: inner_mon} = inner, ref) do
     receive do
-      {^port, _} -> flush(port)
+      {^inner_ref, {:event, _, _} = event} ->
+        send(ref, {ref, event})
+        relay_loop(inner, ref)
+
+      {^inner_ref, {:reply, result}} ->
+        Process.demonitor(inner_mon, [:flush])
+        result
+
+      {:DOWN, ^inner_mon, _, _, _} = down ->
+        # Request.await turns it into its error, as for any caller.
+        send(self(), down)
+        Request.await(inner)
+
+      {^ref, :cancel} ->
+        Request.cancel(inner)
+        nil
     after
-      0 -> :ok
+      Request.remaining(inner.deadline) -> Request.await(inner)
     end
   end
 
-  defp checkout_error(:timeout, pool, index, pool_timeout) do
-    failures = :counters.get(pool.failures, index + 1)
-
-    hint =
-      if failures > 0,
-        do: "its worker failed to start #{failures} time(s) in a row (see the logs)",
-        else:
-          "its worker was busy: pass a larger :pool_timeout, or give the pool more workers (:size)"
-
-    Error.new(
-      :overloaded,
-      "pool_timeout",
-      "no worker of pool #{inspect(pool.name)} (shard #{index + 1} of #{pool.size}) was free within #{pool_timeout} ms: #{hint}",
-      %{
-        "pool" => inspect(pool.name),
-        "shard" => index + 1,
-        "pool_timeout_ms" => pool_timeout,
-        "start_failures" => failures
-      }
-    )
+  defp checkout_timeout(pool, index, opts, wait, pool_timeout) do
+    if wait == pool_timeout do
+      Error.new(
+        :overloaded,
+        "pool_timeout",
+        "no worker of pool #{inspect(pool.name)} (shard #{index + 1} of #{pool.size}) was free within " <>
+          "#{pool_timeout} ms: pass a larger :pool_timeout, or give the pool more workers (:size)",
+        %{"pool" => inspect(pool.name), "shard" => index + 1, "pool_timeout_ms" => pool_timeout}
+      )
+    else
+      %{Request.timeout_error(opts[:timeout]) | code: "checkout_timeout"}
+      |> Map.update!(:message, &("waiting for a free worker: " <> &1))
+    end
   end
 
-  defp checkout_error({:worker_start_failed, %Error{} = error}, _pool, _index, _pool_timeout),
-    do: error
-
-  defp checkout_error(reason, pool, index, _pool_timeout) do
+  defp not_running(pool, index, reason) do
     Error.new(
       :communication,
       "pool_not_running",
@@ -336,208 +436,76 @@ defmodule PortBridge.Pool do
     )
   end
 
-  @doc """
-  Sends a request without waiting: a task under `PortBridge.TaskSupervisor` does the
-  checkout and forwards the request's events and reply to the caller (see
-  `PortBridge.Request`).
-  """
-  @spec async_request(atom | map, String.t() | atom, map, keyword) ::
-          Request.t() | {:error, Error.t()}
-  def async_request(pool, command, args \\ %{}, opts \\ []) do
-    caller = self()
-
-    {:ok, pid} =
-      Task.Supervisor.start_child(PortBridge.TaskSupervisor, fn ->
-        receive do
-          {:"$port_bridge_ref", ref} ->
-            opts =
-              [
-                owner: caller,
-                cancel_tag: ref,
-                on_event: fn {name, data} -> send(ref, {ref, {:event, name, data}}) end
-              ] ++ opts
-
-            send(ref, {ref, {:reply, request(pool, command, args, opts)}})
-        end
-      end)
-
-    ref = :erlang.monitor(:process, pid, alias: :demonitor)
-    send(pid, {:"$port_bridge_ref", ref})
-    timeout = Keyword.get(opts, :timeout, pool_default(pool, :timeout))
-    pool_timeout = Keyword.get(opts, :pool_timeout, pool_default(pool, :pool_timeout))
-
-    Request.new(
-      pid,
-      ref,
-      fn -> send(pid, {ref, :cancel}) end,
-      add_timeouts(timeout, pool_timeout)
-    )
-  end
-
-  defp pool_default(pool, key) do
-    case if(is_atom(pool), do: lookup(pool), else: {:ok, pool}) do
-      {:ok, pool} -> Map.fetch!(pool, key)
-      :error -> 5_000
-    end
-  end
-
-  defp add_timeouts(:infinity, _), do: :infinity
-  defp add_timeouts(_, :infinity), do: :infinity
-  defp add_timeouts(a, b), do: a + b
+  ## Introspection
 
   @doc """
-  Per shard: its NimblePool process (nil while restarting) and its worker's
-  consecutive start failures.
+  Per Worker: its registered name, pid (nil while restarting), status, requests in
+  flight and consecutive start failures.
   """
   @spec info(atom) :: [map]
   def info(name) do
     {:ok, pool} = lookup(name)
 
     for i <- 1..pool.size do
-      shard = elem(pool.shards, i - 1)
+      worker = elem(pool.workers, i - 1)
+      pid = GenServer.whereis(worker)
+      info = if pid, do: safe_info(pid), else: %{}
 
       %{
         shard: i,
-        name: shard,
-        pid: GenServer.whereis(shard),
-        start_failures: :counters.get(pool.failures, i)
+        name: worker,
+        pid: pid,
+        status: info[:status],
+        os_pid: info[:os_pid],
+        in_flight: :atomics.get(pool.load, i),
+        start_failures: info[:start_failures] || 0
       }
     end
   end
 
-  @doc "The shard (1-based) a session's requests go to."
+  defp safe_info(pid) do
+    Worker.info(pid)
+  catch
+    :exit, _ -> %{}
+  end
+
+  @doc "The Worker (1-based) a session's requests go to."
   @spec shard_for(atom, String.t()) :: pos_integer
   def shard_for(name, session_id) do
     {:ok, pool} = lookup(name)
-    shard_index(pool, session_id) + 1
+    pick(pool, session_id) + 1
+  end
+
+  @doc false
+  # The registered names of the pool's Workers.
+  @spec workers(atom | map) :: [atom]
+  def workers(pool) do
+    {:ok, pool} = resolve(pool)
+    Tuple.to_list(pool.workers)
   end
 end
 
 if Code.ensure_loaded?(NimblePool) do
-  defmodule PortBridge.Pool.Shard do
+  defmodule PortBridge.Pool.Checkout do
     @moduledoc false
-    # The NimblePool worker of one shard of a PortBridge.Pool: its resource is the
-    # Port itself (a PortBridge.Channel), handed to the caller on checkout with
-    # Port.connect and connected back to the pool by the caller before checkin.
-    #
-    # Starting a worker is asynchronous (Python takes ~50 ms to be ready and would
-    # block the pool): a task spawns it, waits for `ready`, connects the port to the
-    # pool and unlinks. Consecutive failed starts are counted in a counter shared
-    # with PortBridge.Pool (for its error messages); each retry waits
-    # base * 2^(failures - 1) ms (capped), and after :max_start_failures the shard
-    # stops, which its supervisor sees (NimblePool alone would retry at once, forever).
+    # The NimblePool worker of one shard of an :exclusive PortBridge.Pool. The
+    # resource is the name of a PortBridge.Worker (supervised beside it by the pool):
+    # NimblePool only decides who may use it, one caller at a time; the Worker owns
+    # the Port, its restarts and the request itself.
 
     @behaviour NimblePool
-    require Logger
-    alias PortBridge.{Channel, Error, Reaper}
-
-    # `gave_up` belongs to this run of the shard (the failure counter outlives it).
-    @impl NimblePool
-    def init_pool(config), do: {:ok, Map.put(config, :gave_up, :atomics.new(1, []))}
 
     @impl NimblePool
-    def init_worker(config) do
-      pool = self()
-      {:async, fn -> start_worker(pool, config) end, config}
-    end
-
-    defp start_worker(pool, config) do
-      # This shard gave up and asked its pool to stop; NimblePool may have queued
-      # one more start before the stop lands. Start nothing: this task is linked
-      # to the pool and ends with it.
-      if :atomics.get(config.gave_up, 1) == 1, do: Process.sleep(:infinity)
-
-      failures = :counters.get(config.failures, config.index)
-      if failures > 0, do: Process.sleep(backoff(failures, config))
-
-      case Channel.open(config.spawn, pool) do
-        {:ok, channel} ->
-          :counters.put(config.failures, config.index, 0)
-          Port.connect(channel.port, pool)
-          Process.unlink(channel.port)
-          channel
-
-        {:error, error} ->
-          :counters.add(config.failures, config.index, 1)
-          failures = failures + 1
-
-          Logger.warning(
-            "portbridge pool #{inspect(config.pool)} shard #{config.index}: worker start failed " <>
-              "(#{failures} in a row): #{Exception.message(error)}"
-          )
-
-          if failures >= config.max_start_failures do
-            :atomics.put(config.gave_up, 1, 1)
-
-            error = %{
-              error
-              | details:
-                  Map.merge(error.details, %{
-                    "consecutive_failures" => failures,
-                    "shard" => config.index
-                  })
-            }
-
-            # Not from this task: the pool's exit would kill it mid-call.
-            spawn(fn -> GenServer.stop(pool, {:worker_start_failed, error}) end)
-          end
-
-          # NimblePool starts another attempt; init_worker makes it wait first.
-          exit({:shutdown, error})
-      end
-    end
-
-    @doc false
-    def backoff(failures, %{backoff_min: min, backoff_max: max}) do
-      min(min * Integer.pow(2, min(failures - 1, 30)), max)
-    end
+    def init_worker(worker), do: {:ok, worker, worker}
 
     @impl NimblePool
-    def handle_checkout(:checkout, {caller, _}, channel, config) do
-      Port.connect(channel.port, caller)
-      Process.unlink(channel.port)
-      {:ok, channel, channel, config}
-    rescue
-      ArgumentError -> {:remove, :closed, config}
-    end
+    def handle_checkout(:checkout, _from, worker, pool_state),
+      do: {:ok, worker, worker, pool_state}
 
     @impl NimblePool
-    def handle_checkin(:ok, _from, channel, config), do: {:ok, channel, config}
-    def handle_checkin({:remove, reason}, _from, _channel, config), do: {:remove, reason, config}
-
-    # Only idle workers get here (NimblePool's rule); the port is connected to the pool.
-    @impl NimblePool
-    def handle_info({port, {:exit_status, status}}, %Channel{port: port} = channel) do
-      Reaper.forget(channel.os_pid)
-
-      Logger.warning(
-        "portbridge worker #{channel.os_pid} exited with status #{status} while idle; replacing it"
-      )
-
-      {:remove, {:exit_status, status}}
-    end
-
-    def handle_info({:EXIT, port, reason}, %Channel{port: port}),
-      do: {:remove, {:port_closed, reason}}
-
-    def handle_info({port, {:data, payload}}, %Channel{port: port} = channel) do
-      case Channel.decode(channel, payload) do
-        {:error, %Error{}} -> {:remove, :undecodable_frame}
-        frame -> log_stray(channel, frame)
-      end
-    end
-
-    def handle_info(_message, channel), do: {:ok, channel}
-
-    defp log_stray(channel, frame) do
-      Channel.stray(channel, frame)
-      {:ok, channel}
-    end
+    def handle_checkin(:ok, _from, worker, pool_state), do: {:ok, worker, pool_state}
 
     @impl NimblePool
-    def terminate_worker(_reason, channel, config) do
-      Channel.close(channel)
-      {:ok, config}
-    end
+    def terminate_worker(_reason, _worker, pool_state), do: {:ok, pool_state}
   end
 end

@@ -25,6 +25,7 @@ defmodule PortBridge.Protocol do
   @type frame ::
           {:reply, id | nil, {:ok, term} | {:error, Error.t()}, map}
           | {:event, id | nil, String.t(), term}
+          | {:malformed, id, term}
           | {:unknown, term}
 
   @doc """
@@ -128,24 +129,59 @@ defmodule PortBridge.Protocol do
 
   @doc """
   What a decoded frame from the worker is: a final reply, an event, or unknown.
+
+  Frames from the worker are untrusted: any shape is classified, never raised on.
+  A reply whose id is valid but whose error is malformed becomes a `protocol` error
+  for that id's caller; any other map with a valid request id is `{:malformed, id,
+  frame}` (its caller gets a `protocol` error); a frame with no valid id is
+  `{:unknown, frame}`.
   """
   @spec classify(term) :: frame
-  def classify(%{"event" => name, "id" => id} = frame) when is_binary(name),
-    do: {:event, id, name, Map.get(frame, "data")}
+  def classify(%{"event" => name, "id" => id} = frame) when is_binary(name) do
+    if reply_id?(id), do: {:event, id, name, Map.get(frame, "data")}, else: {:unknown, frame}
+  end
 
-  def classify(%{"success" => true, "id" => id} = frame),
-    do: {:reply, id, {:ok, Map.get(frame, "result")}, meta(frame)}
+  def classify(%{"success" => true, "id" => id} = frame) do
+    if reply_id?(id),
+      do: {:reply, id, {:ok, Map.get(frame, "result")}, meta(frame)},
+      else: {:unknown, frame}
+  end
 
-  def classify(%{"success" => false, "id" => id, "error" => %{} = error} = frame),
-    do: {:reply, id, {:error, Error.from_wire(error)}, meta(frame)}
+  def classify(%{"success" => false, "id" => id} = frame) do
+    if reply_id?(id),
+      do: {:reply, id, {:error, Error.from_wire(Map.get(frame, "error"))}, meta(frame)},
+      else: {:unknown, frame}
+  end
+
+  def classify(%{"id" => id} = frame) when id != nil do
+    if valid_id?(id), do: {:malformed, id, frame}, else: {:unknown, frame}
+  end
 
   def classify(other), do: {:unknown, other}
+
+  # Replies carry the id of a request (a 64-bit integer or a string), or null for a
+  # frame the worker could not read.
+  defp reply_id?(nil), do: true
+  defp reply_id?(id), do: valid_id?(id)
 
   defp meta(frame) do
     case frame do
       %{"meta" => %{} = meta} -> meta
       _ -> %{}
     end
+  end
+
+  @doc "The error a caller gets for a frame of the wrong shape that carries its id."
+  @spec malformed(term) :: Error.t()
+  def malformed(frame) do
+    Error.new(
+      :protocol,
+      "malformed_frame",
+      "the worker sent a frame of the wrong shape for this request",
+      %{
+        "frame" => inspect(frame, limit: 10, printable_limit: 200)
+      }
+    )
   end
 
   @doc """

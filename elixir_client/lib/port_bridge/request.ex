@@ -6,28 +6,58 @@ defmodule PortBridge.Request do
   While it runs, the calling process receives `{ref, {:event, name, data}}` for each
   event (`"chunk"`, `"progress"`, ...) and then `{ref, {:reply, result}}` once, where
   `ref` is `request.ref` and `result` is `{:ok, result}` or
-  `{:error, %PortBridge.Error{}}`. `ref` is a monitor alias of the process serving
-  the request (the worker, or the pool caller doing the checkout): if that process
-  dies the caller gets a `communication` error, and once the request is awaited,
-  cancelled or its stream halted, late messages are dropped by the runtime, never
-  left in the mailbox.
+  `{:error, %PortBridge.Error{}}`. `ref` is an alias of the calling process: once
+  the request is awaited, cancelled or its stream halted, late messages are dropped
+  by the runtime, never left in the mailbox. The process serving the request (the
+  `PortBridge.Worker`, or the task holding an exclusive checkout) is monitored: if
+  it dies the caller gets a `communication` error.
+
+  The caller keeps the request's deadline itself: `await/2` and `stream/1` return a
+  `timeout` error at the deadline whatever the serving process is doing (stuck,
+  suspended on a full pipe, gone), and tell it to cancel the request.
   """
 
   alias PortBridge.Error
 
   @enforce_keys [:ref, :pid, :cancel]
-  defstruct [:ref, :pid, :cancel, timeout: :infinity]
+  defstruct [:ref, :pid, :cancel, :monitor, timeout: :infinity, deadline: :infinity]
 
-  @type t :: %__MODULE__{ref: reference, pid: pid, cancel: (() -> :ok), timeout: timeout}
+  @type t :: %__MODULE__{
+          ref: reference,
+          pid: pid,
+          cancel: (() -> any),
+          monitor: reference | nil,
+          timeout: timeout,
+          deadline: integer | :infinity
+        }
   @type event :: {String.t(), term}
 
-  # Beyond the request's own timeout (enforced by whoever serves it), how long the
-  # caller waits before deciding the server itself is stuck.
-  @margin_ms 5_000
+  @doc false
+  # `ref` is an alias that the serving process sends to; `monitor` monitors it (the
+  # same reference when the alias came from `monitor(..., alias: :demonitor)`).
+  def new(pid, ref, cancel, timeout, deadline, monitor \\ nil) do
+    %__MODULE__{
+      ref: ref,
+      pid: pid,
+      cancel: cancel,
+      monitor: monitor || ref,
+      timeout: timeout,
+      deadline: deadline
+    }
+  end
 
   @doc false
-  def new(pid, ref, cancel, timeout),
-    do: %__MODULE__{ref: ref, pid: pid, cancel: cancel, timeout: timeout}
+  # The absolute deadline (monotonic ms, or :infinity) of a `:timeout`. Monotonic ms
+  # are truncated: one more ms makes sure a deadline never comes early.
+  def deadline(:infinity), do: :infinity
+  def deadline(timeout) when is_integer(timeout), do: now() + timeout + 1
+
+  @doc false
+  # Milliseconds left before `deadline` (never negative), or :infinity.
+  def remaining(:infinity), do: :infinity
+  def remaining(deadline), do: max(deadline - now(), 0)
+
+  defp now, do: System.monotonic_time(:millisecond)
 
   @doc """
   Waits for the final reply, passing each event to `on_event` (a 1-arity function
@@ -46,22 +76,23 @@ defmodule PortBridge.Request do
   end
 
   # The request's next message: `{:event, name, data}`, or `{:done, result}` once it
-  # is over (its reply, the death of the process serving it, or that process stuck).
-  defp next(%__MODULE__{ref: ref} = request) do
+  # is over (its reply, the death of the process serving it, or its deadline).
+  defp next(%__MODULE__{ref: ref, monitor: monitor} = request) do
     receive do
       {^ref, {:event, name, data}} ->
         {:event, name, data}
 
       {^ref, {:reply, result}} ->
-        Process.demonitor(ref, [:flush])
+        done(request)
         {:done, result}
 
-      {:DOWN, ^ref, _, _, reason} ->
+      {:DOWN, ^monitor, _, _, reason} ->
+        done(request)
         {:done, {:error, server_down(reason)}}
     after
-      safety(request.timeout) ->
+      remaining(request.deadline) ->
         cancel(request)
-        {:done, {:error, stuck(request)}}
+        {:done, {:error, timeout_error(request.timeout)}}
     end
   end
 
@@ -71,10 +102,18 @@ defmodule PortBridge.Request do
   request reaches the caller.
   """
   @spec cancel(t) :: :ok
-  def cancel(%__MODULE__{ref: ref, cancel: cancel}) do
+  def cancel(%__MODULE__{ref: ref, cancel: cancel} = request) do
     cancel.()
-    Process.demonitor(ref, [:flush])
+    done(request)
     flush(ref)
+  end
+
+  defp done(%__MODULE__{ref: ref, monitor: monitor}) do
+    Process.demonitor(monitor, [:flush])
+    # An alias made apart from its monitor is removed here; for one made by the
+    # monitor, the demonitor above already did it.
+    if monitor != ref, do: :erlang.unalias(ref)
+    :ok
   end
 
   defp flush(ref) do
@@ -111,26 +150,25 @@ defmodule PortBridge.Request do
     )
   end
 
-  defp safety(:infinity), do: :infinity
-  defp safety(timeout), do: timeout + @margin_ms
+  @doc false
+  # The error of a request whose :timeout ran out (whoever notices first: the
+  # caller, the worker's timer, a checkout).
+  def timeout_error(timeout) do
+    Error.new(
+      :timeout,
+      "receive_timeout",
+      "no reply within #{timeout} ms; cancel was sent to the worker " <>
+        "(pass a larger :timeout if the work is expected to take longer)",
+      %{"timeout_ms" => timeout}
+    )
+  end
 
   defp server_down(reason) do
     Error.new(
       :communication,
       "server_down",
       "the process serving the request exited: #{inspect(reason)}",
-      %{
-        "reason" => inspect(reason)
-      }
-    )
-  end
-
-  defp stuck(request) do
-    Error.new(
-      :communication,
-      "no_reply",
-      "#{inspect(request.pid)} did not answer within the request's timeout (#{request.timeout} ms) plus #{@margin_ms} ms",
-      %{"timeout_ms" => request.timeout}
+      %{"reason" => inspect(reason)}
     )
   end
 end

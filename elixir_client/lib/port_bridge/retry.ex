@@ -30,7 +30,8 @@ defmodule PortBridge.Retry do
   def options(nil), do: nil
 
   def options(opts) when is_list(opts) do
-    case Keyword.keys(opts) -- Keyword.keys(@defaults) do
+    # :deadline is set by PortBridge.request: retries come out of the one budget.
+    case Keyword.keys(opts) -- [:deadline | Keyword.keys(@defaults)] do
       [] -> Keyword.merge(@defaults, opts)
       unknown -> raise ArgumentError, "unknown :retry options: #{inspect(unknown)}"
     end
@@ -57,14 +58,16 @@ defmodule PortBridge.Retry do
   defp attempt(fun, opts, on_retry, n) do
     case fun.() do
       {:error, %Error{} = error} = failure ->
-        case delay(error, n, opts) do
-          :stop ->
-            failure
+        ms = delay(error, n, opts)
 
-          ms ->
-            if on_retry, do: on_retry.(error, ms)
-            if ms > 0, do: Process.sleep(ms)
-            attempt(fun, opts, on_retry, n + 1)
+        # The next attempt must start within the request's one deadline.
+        if ms == :stop or
+             ms >= PortBridge.Request.remaining(Keyword.get(opts, :deadline, :infinity)) do
+          failure
+        else
+          if on_retry, do: on_retry.(error, ms)
+          if ms > 0, do: Process.sleep(ms)
+          attempt(fun, opts, on_retry, n + 1)
         end
 
       success ->

@@ -1,6 +1,7 @@
 defmodule PortBridge.Worker do
   @moduledoc """
-  A process that owns one `portbridge worker` and serves many callers at once.
+  A process that owns one `portbridge worker` and serves many callers at once: the
+  one request engine of the client. Nothing else writes frames to a Port.
 
   Requests from any number of processes are written to the one Port as they come;
   the Python worker runs them concurrently (up to its `--max-concurrency`), runs
@@ -19,40 +20,115 @@ defmodule PortBridge.Worker do
 
     * `start_link/1` spawns the Python process and returns at once; requests made
       before its `ready` event wait for it (`await_ready/2` waits explicitly). No
-      `ready` within `:ready_timeout` stops the worker with an `initialization` error.
-    * Each call has a `:timeout` (default 60 s). At the deadline the caller gets a
-      `timeout` error and the worker is sent `cancel`, which frees the request's
-      session lane at once. A caller that dies cancels its requests too.
+      `ready` within `:ready_timeout` is an `initialization` error.
+    * Each call has one `:timeout` (default 60 s): waiting for `ready`, writing the
+      frame, waiting for the reply all come out of it. At the deadline the caller
+      gets a `timeout` error and the Python worker is sent `cancel`, which frees the
+      request's session lane at once. A caller that dies cancels its requests too.
+      Writes never block this process or a caller: when the Python process stops
+      reading and its pipe fills up, frames wait in a queue (see
+      `PortBridge.Writer`) and the deadlines still fire.
+    * Every frame from the Python process is untrusted: a frame of any shape gets
+      its caller a categorised error (or is logged when it names no caller), and
+      this process keeps serving.
     * When the Python process dies, every pending caller gets a `communication`
-      error at once and this process stops, so its supervisor starts a fresh one.
+      error at once. Then this process stops, so its supervisor starts a fresh one;
+      or, with `respawn: true` (what `PortBridge.Pool` uses), it starts a fresh
+      Python itself, backing off after failed starts (`start_backoff_min *
+      2^(n-1)` ms, capped at `start_backoff_max`) and stopping after
+      `max_start_failures` failed starts in a row.
     * When this process stops (or is killed), the Python process goes with it: its
       stdin closes (it exits after its shutdown grace), and `PortBridge.Reaper`
       signals it if it does not.
 
   Options: the spawn options of `PortBridge.Options` (`:python`, `:worker_args`,
-  `:executable`, `:args`, `:format`, `:env`, `:cd`, `:ready_timeout`) and `:name`.
+  `:executable`, `:args`, `:format`, `:env`, `:cd`, `:ready_timeout`), `:name`,
+  and:
+
+    * `:respawn` - start a fresh Python when one dies instead of stopping (false).
+    * `:max_start_failures` (5), `:start_backoff_min` (100), `:start_backoff_max`
+      (5_000): failed starts with `respawn: true`, see above.
+    * `:lazy` - spawn the Python at the first request, not at start (false).
+    * `:on_ready` - `{module, function, args}` called on every fresh Python once it
+      is ready, before any queued request is sent; it returns the requests that
+      rebuild state on it, as `{command, args, opts}` (`opts`: `:session_id`).
+      `PortBridge.Pool` replays recorded sessions this way.
+    * `:replay_timeout` - ms the `:on_ready` requests may take (30_000).
   """
 
   use GenServer
   require Logger
 
-  alias PortBridge.{Channel, Error, Options, Protocol, Request}
+  alias PortBridge.{Channel, Error, Options, Protocol, Request, Writer}
+
+  @worker_keys [
+    :respawn,
+    :max_start_failures,
+    :start_backoff_min,
+    :start_backoff_max,
+    :lazy,
+    :on_ready,
+    :replay_timeout,
+    :load
+  ]
 
   @doc false
   def child_spec(opts) do
     %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
   end
 
-  @doc "Starts a worker; see the module doc for the options."
-  @spec start_link(keyword) :: GenServer.on_start()
-  def start_link(opts) do
-    {gen_opts, opts} = Keyword.split(opts, [:name])
-    spawn_opts = Options.spawn_opts(Keyword.take(opts, Options.spawn_keys()))
+  @doc false
+  def worker_keys, do: @worker_keys
 
-    case Keyword.keys(opts) -- Options.spawn_keys() do
-      [] -> GenServer.start_link(__MODULE__, spawn_opts, gen_opts)
+  @doc "Starts a worker linked to the caller; see the module doc for the options."
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts), do: start_with(:start_link, opts)
+
+  @doc "Starts a worker that is not linked to the caller (as `GenServer.start/3`)."
+  @spec start(keyword) :: GenServer.on_start()
+  def start(opts), do: start_with(:start, opts)
+
+  defp start_with(fun, opts) do
+    {gen_opts, opts} = Keyword.split(opts, [:name])
+
+    case Keyword.keys(opts) -- (Options.spawn_keys() ++ @worker_keys) do
+      [] -> apply(GenServer, fun, [__MODULE__, config!(opts), gen_opts])
       unknown -> raise ArgumentError, "unknown PortBridge.Worker options: #{inspect(unknown)}"
     end
+  end
+
+  defp config!(opts) do
+    on_ready =
+      case Keyword.get(opts, :on_ready) do
+        nil ->
+          nil
+
+        {m, f, a} = mfa when is_atom(m) and is_atom(f) and is_list(a) ->
+          mfa
+
+        other ->
+          raise ArgumentError,
+                ":on_ready must be {module, function, args}, got: #{inspect(other)}"
+      end
+
+    load =
+      case Keyword.get(opts, :load) do
+        nil -> nil
+        {ref, index} = load when is_reference(ref) and is_integer(index) -> load
+        other -> raise ArgumentError, "invalid :load: #{inspect(other)}"
+      end
+
+    %{
+      spawn: Options.spawn_opts(Keyword.take(opts, Options.spawn_keys())),
+      respawn: Keyword.get(opts, :respawn, false) == true,
+      lazy: Keyword.get(opts, :lazy, false) == true,
+      max_start_failures: Options.pos_integer!(opts, :max_start_failures, 5),
+      backoff_min: Options.pos_integer!(opts, :start_backoff_min, 100),
+      backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000),
+      on_ready: on_ready,
+      replay_timeout: Options.pos_integer!(opts, :replay_timeout, 30_000),
+      load: load
+    }
   end
 
   @doc """
@@ -75,14 +151,14 @@ defmodule PortBridge.Worker do
     case GenServer.whereis(worker) do
       pid when is_pid(pid) ->
         timeout = Keyword.get(opts, :timeout, PortBridge.default_timeout())
+        # A deadline set by whoever called us (a pool's checkout) already counts
+        # what happened before; else the budget starts now.
+        deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)
         ref = :erlang.monitor(:process, pid, alias: :demonitor)
+        envelope = Keyword.take(opts, [:session_id, :meta])
 
-        envelope =
-          [timeout_ms: Protocol.worker_timeout_ms(timeout)] ++
-            Keyword.take(opts, [:session_id, :meta])
-
-        GenServer.cast(pid, {:request, ref, self(), command, args, envelope, timeout})
-        Request.new(pid, ref, fn -> GenServer.cast(pid, {:cancel, ref}) end, timeout)
+        GenServer.cast(pid, {:request, ref, self(), command, args, envelope, timeout, deadline})
+        Request.new(pid, ref, fn -> GenServer.cast(pid, {:cancel, ref}) end, timeout, deadline)
 
       _ ->
         {:error,
@@ -95,40 +171,72 @@ defmodule PortBridge.Worker do
   end
 
   @doc """
-  Waits until the worker has sent its `ready` event; returns the event's data
-  (`protocol`, `pid`, `version`, `formats`, `commands`, `limits`).
+  Waits until the worker has sent its `ready` event (and replayed its `:on_ready`
+  requests); returns the event's data (`protocol`, `pid`, `version`, `formats`,
+  `commands`, `limits`).
   """
   @spec await_ready(GenServer.server(), timeout) :: {:ok, map} | {:error, Error.t()}
   def await_ready(worker, timeout \\ 15_000), do: GenServer.call(worker, :await_ready, timeout)
 
-  @doc "The OS pid, status (`:starting` or `:ready`), requests in flight and `ready` data."
+  @doc """
+  The OS pid, status (`:idle` before a lazy start, `:starting`, `:replaying`,
+  `:ready`, `:draining` before a replacement, or `:down` between a death and the
+  next start), requests in flight,
+  consecutive start failures, and the `ready` data.
+  """
   @spec info(GenServer.server()) :: map
   def info(worker), do: GenServer.call(worker, :info)
 
   ## Server
 
   @impl true
-  def init(spawn_opts) do
+  def init(config) do
     Process.flag(:trap_exit, true)
 
-    case Channel.spawn(spawn_opts, self()) do
+    state = %{
+      config: config,
+      status: :idle,
+      port: nil,
+      os_pid: nil,
+      channel: nil,
+      ready_timer: nil,
+      ready_waiters: [],
+      failures: 0,
+      writer: nil,
+      # Frames the port did not take yet, {ref | nil, frame}, oldest first; `writing`
+      # while the writer holds one.
+      pending: :queue.new(),
+      writing: false,
+      next_id: 1,
+      # ref => %{id, caller_mon, timer, timeout, deadline, send, written}
+      requests: %{},
+      ids: %{},
+      callers: %{},
+      # Requests waiting for a ready Python, oldest first.
+      queue: :queue.new(),
+      # id => {command, session_id} of the :on_ready requests still unanswered.
+      replay: %{},
+      replay_timer: nil
+    }
+
+    if config.lazy, do: {:ok, state}, else: start_python(state)
+  end
+
+  # {:ok, state} | {:stop, reason}, for init/1 and handle_info/2 alike.
+  defp start_python(state) do
+    case Channel.spawn(state.config.spawn, self()) do
       {:ok, port, os_pid} ->
-        timer = Process.send_after(self(), :ready_timeout, spawn_opts.ready_timeout)
+        timer =
+          Process.send_after(self(), {:ready_timeout, port}, state.config.spawn.ready_timeout)
 
         {:ok,
          %{
-           spawn: spawn_opts,
-           port: port,
-           os_pid: os_pid,
-           channel: nil,
-           ready_timer: timer,
-           ready_waiters: [],
-           next_id: 1,
-           # ref => %{id (nil while queued), caller_mon, timer, send (while queued)}
-           requests: %{},
-           ids: %{},
-           callers: %{},
-           queue: :queue.new()
+           state
+           | status: :starting,
+             port: port,
+             os_pid: os_pid,
+             channel: nil,
+             ready_timer: timer
          }}
 
       {:error, error} ->
@@ -137,8 +245,13 @@ defmodule PortBridge.Worker do
   end
 
   @impl true
-  def handle_cast({:request, ref, caller, command, args, envelope, timeout}, state) do
-    timer = if timeout != :infinity, do: Process.send_after(self(), {:deadline, ref}, timeout)
+  def handle_cast({:request, ref, caller, command, args, envelope, timeout, deadline}, state) do
+    timer =
+      case deadline do
+        :infinity -> nil
+        deadline -> :erlang.start_timer(deadline, self(), {:deadline, ref}, abs: true)
+      end
+
     caller_mon = Process.monitor(caller)
 
     entry = %{
@@ -146,7 +259,9 @@ defmodule PortBridge.Worker do
       caller_mon: caller_mon,
       timer: timer,
       timeout: timeout,
-      send: {command, args, envelope}
+      deadline: deadline,
+      send: {command, args, envelope},
+      written: false
     }
 
     state = %{
@@ -155,26 +270,38 @@ defmodule PortBridge.Worker do
         callers: Map.put(state.callers, caller_mon, ref)
     }
 
-    if state.channel do
-      {:noreply, send_request(state, ref)}
-    else
-      {:noreply, %{state | queue: :queue.in(ref, state.queue)}}
+    state = count_load(state)
+
+    case state.status do
+      :ready ->
+        {:noreply, send_request(state, ref)}
+
+      :idle ->
+        case start_python(%{state | queue: :queue.in(ref, state.queue)}) do
+          {:ok, state} -> {:noreply, state}
+          {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
+        end
+
+      _starting_replaying_draining_or_down ->
+        {:noreply, %{state | queue: :queue.in(ref, state.queue)}}
     end
   end
 
   def handle_cast({:cancel, ref}, state), do: {:noreply, abandon(state, ref, nil)}
 
   @impl true
-  def handle_call(:await_ready, from, %{channel: nil} = state),
-    do: {:noreply, %{state | ready_waiters: [from | state.ready_waiters]}}
+  def handle_call(:await_ready, _from, %{status: :ready} = state),
+    do: {:reply, {:ok, state.channel.ready}, state}
 
-  def handle_call(:await_ready, _from, state), do: {:reply, {:ok, state.channel.ready}, state}
+  def handle_call(:await_ready, from, state),
+    do: {:noreply, %{state | ready_waiters: [from | state.ready_waiters]}}
 
   def handle_call(:info, _from, state) do
     info = %{
       os_pid: state.os_pid,
-      status: if(state.channel, do: :ready, else: :starting),
+      status: state.status,
       in_flight: map_size(state.requests),
+      start_failures: state.failures,
       ready: state.channel && state.channel.ready
     }
 
@@ -182,30 +309,24 @@ defmodule PortBridge.Worker do
   end
 
   @impl true
-  def handle_info({port, {:data, payload}}, %{port: port, channel: nil} = state) do
-    case Channel.handshake(port, state.os_pid, state.spawn.format, payload) do
+  def handle_info({port, {:data, payload}}, %{port: port, status: :starting} = state) do
+    case Channel.handshake(port, state.os_pid, state.config.spawn.format, payload) do
       {:ok, channel} ->
         Process.cancel_timer(state.ready_timer)
-        for from <- state.ready_waiters, do: GenServer.reply(from, {:ok, channel.ready})
-        state = %{state | channel: channel, ready_waiters: []}
-
-        {:noreply,
-         Enum.reduce(
-           :queue.to_list(state.queue),
-           %{state | queue: :queue.new()},
-           &send_request(&2, &1)
-         )}
+        ready(%{state | channel: channel, ready_timer: nil, failures: 0})
 
       {:error, error} ->
-        {:stop, {:shutdown, error}, fail_all(state, error)}
+        Channel.close(channel(state), grace_ms: 0)
+        python_gone(%{state | port: nil}, {:start_failed, error}, error)
     end
   end
 
   def handle_info({port, {:data, payload}}, %{port: port} = state) do
     case Channel.decode(state.channel, payload) do
-      {:reply, id, result, _meta} -> {:noreply, reply(state, id, result)}
+      {:reply, id, result, _meta} when id != nil -> {:noreply, reply(state, id, result)}
       {:event, id, name, data} when id != nil -> {:noreply, event(state, id, name, data)}
-      {:error, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
+      {:malformed, id, frame} -> {:noreply, malformed(state, id, frame)}
+      {:error, error} -> stray(state, {:unknown, Exception.message(error)})
       other -> stray(state, other)
     end
   end
@@ -213,28 +334,28 @@ defmodule PortBridge.Worker do
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
     PortBridge.Reaper.forget(state.os_pid)
 
-    {reason, error} =
-      if state.channel do
-        Logger.error("portbridge worker #{state.os_pid} exited with status #{status}")
-        {{:worker_exited, status}, Channel.exited(status)}
-      else
-        {{:worker_start_failed, status}, Channel.start_failed(state.spawn.executable, status)}
-      end
-
-    {:stop, {:shutdown, reason}, fail_all(%{state | port: nil}, error)}
+    if state.status == :starting do
+      error = Channel.start_failed(state.config.spawn.executable, status)
+      python_gone(%{state | port: nil}, {:start_failed, {:worker_start_failed, status}}, error)
+    else
+      Logger.error("portbridge worker #{state.os_pid} exited with status #{status}")
+      python_gone(%{state | port: nil}, {:worker_exited, status}, Channel.exited(status))
+    end
   end
 
   def handle_info({:EXIT, port, reason}, %{port: port} = state) do
-    {:stop, {:shutdown, {:port_closed, reason}}, fail_all(state, Channel.port_closed(reason))}
+    # Closed under us: make sure the OS process goes too.
+    Channel.close(channel(state))
+    python_gone(%{state | port: nil}, {:port_closed, reason}, Channel.port_closed(reason))
   end
 
-  def handle_info({:deadline, ref}, state) do
-    case state.requests do
-      %{^ref => entry} ->
-        {:noreply, abandon(state, ref, Channel.receive_timeout(entry.timeout))}
+  def handle_info({:written, writer}, %{writer: writer} = state),
+    do: {:noreply, write_pending(%{state | writing: false})}
 
-      %{} ->
-        {:noreply, state}
+  def handle_info({:timeout, _timer, {:deadline, ref}}, state) do
+    case state.requests do
+      %{^ref => entry} -> {:noreply, abandon(state, ref, Request.timeout_error(entry.timeout))}
+      %{} -> {:noreply, state}
     end
   end
 
@@ -245,15 +366,33 @@ defmodule PortBridge.Worker do
     end
   end
 
-  def handle_info(:ready_timeout, state) do
-    error = Channel.ready_timeout(state.spawn.ready_timeout)
-
+  def handle_info({:ready_timeout, port}, %{port: port, status: :starting} = state) do
     # Not ready in time: stuck, no reason to give it a grace period.
     Channel.close(channel(state), grace_ms: 0)
-    {:stop, {:shutdown, error}, fail_all(%{state | port: nil}, error)}
+    error = Channel.ready_timeout(state.config.spawn.ready_timeout)
+    python_gone(%{state | port: nil}, {:start_failed, error}, error)
   end
 
-  def handle_info({:EXIT, _other, _reason}, state), do: {:noreply, state}
+  def handle_info({:replay_timeout, port}, %{port: port, status: :replaying} = state) do
+    Logger.warning(
+      "portbridge worker #{state.os_pid}: #{map_size(state.replay)} :on_ready request(s) " <>
+        "unanswered after #{state.config.replay_timeout} ms; serving without them"
+    )
+
+    {:noreply, serve(state)}
+  end
+
+  def handle_info({:drained, port}, %{port: port, status: :draining} = state), do: recycle(state)
+
+  def handle_info(:respawn, %{status: :down} = state) do
+    case start_python(state) do
+      {:ok, state} -> {:noreply, state}
+      {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
+    end
+  end
+
+  # Exits of linked processes (a replaced writer) and messages of closed ports.
+  def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
   def terminate(reason, state) do
@@ -262,13 +401,10 @@ defmodule PortBridge.Worker do
         :communication,
         "worker_stopped",
         "the PortBridge.Worker stopped: #{inspect(reason)}",
-        %{
-          "reason" => inspect(reason)
-        }
+        %{"reason" => inspect(reason)}
       )
 
     fail_all(state, stopped)
-
     if state.port, do: Channel.close(channel(state))
     :ok
   end
@@ -276,11 +412,209 @@ defmodule PortBridge.Worker do
   defp channel(state),
     do:
       state.channel ||
-        %Channel{port: state.port, os_pid: state.os_pid, format: state.spawn.format}
+        %Channel{port: state.port, os_pid: state.os_pid, format: state.config.spawn.format}
 
   defp stray(state, frame) do
-    Channel.stray(state.channel, frame)
+    Channel.stray(channel(state), frame)
     {:noreply, state}
+  end
+
+  ## Starting, replaying, serving
+
+  defp ready(%{config: %{on_ready: nil}} = state), do: {:noreply, serve(state)}
+
+  defp ready(%{config: %{on_ready: {m, f, a}}} = state) do
+    steps =
+      try do
+        apply(m, f, a)
+      catch
+        kind, reason ->
+          Logger.error(
+            "portbridge worker #{state.os_pid}: :on_ready #{inspect(m)}.#{f} failed: " <>
+              Exception.format(kind, reason, __STACKTRACE__)
+          )
+
+          []
+      end
+
+    {state, replay} =
+      Enum.reduce(steps, {state, %{}}, fn {command, args, opts}, {state, replay} ->
+        id = state.next_id
+        envelope = Keyword.take(opts, [:session_id])
+
+        case Channel.encode(state.channel, id, command, args, envelope) do
+          {:ok, frame} ->
+            state = write(%{state | next_id: id + 1}, nil, frame)
+            {state, Map.put(replay, id, {command, opts[:session_id]})}
+
+          {:error, error} ->
+            Logger.warning(
+              "portbridge worker #{state.os_pid}: cannot replay #{command}: #{Exception.message(error)}"
+            )
+
+            {state, replay}
+        end
+      end)
+
+    if replay == %{} do
+      {:noreply, serve(state)}
+    else
+      timer =
+        Process.send_after(self(), {:replay_timeout, state.port}, state.config.replay_timeout)
+
+      {:noreply, %{state | status: :replaying, replay: replay, replay_timer: timer}}
+    end
+  end
+
+  # Ready to serve: answer await_ready, send what queued up meanwhile.
+  defp serve(state) do
+    if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
+    for from <- state.ready_waiters, do: GenServer.reply(from, {:ok, state.channel.ready})
+    queued = :queue.to_list(state.queue)
+
+    state = %{
+      state
+      | status: :ready,
+        ready_waiters: [],
+        replay: %{},
+        replay_timer: nil,
+        queue: :queue.new()
+    }
+
+    Enum.reduce(queued, state, &send_request(&2, &1))
+  end
+
+  defp replayed(state, id, result) do
+    {{command, session_id}, replay} = Map.pop(state.replay, id)
+
+    case result do
+      {:ok, _} ->
+        :ok
+
+      {:error, error} ->
+        Logger.warning(
+          "portbridge worker #{state.os_pid}: rebuilding #{scope(session_id)} failed at #{command}: " <>
+            Exception.message(error)
+        )
+    end
+
+    state = %{state | replay: replay}
+    if replay == %{}, do: serve(state), else: state
+  end
+
+  defp scope(nil), do: "the global scope"
+  defp scope(session_id), do: "session #{inspect(session_id)}"
+
+  # The Python process is gone (exited, its port closed, or it never became ready):
+  # every caller learns at once; then stop with `reason` ({:start_failed, reason}
+  # for a start that failed), or start a fresh one.
+  defp python_gone(state, reason, error) do
+    {failures, reason} =
+      case reason do
+        {:start_failed, reason} -> {state.failures + 1, reason}
+        reason -> {0, reason}
+      end
+
+    state = fail_all(reset_python(state), error)
+    config = state.config
+
+    cond do
+      not config.respawn ->
+        {:stop, {:shutdown, reason}, state}
+
+      failures >= config.max_start_failures ->
+        error = %{error | details: Map.put(error.details, "consecutive_failures", failures)}
+
+        Logger.error(
+          "portbridge worker: #{failures} failed starts in a row, giving up: #{Exception.message(error)}"
+        )
+
+        {:stop, {:shutdown, {:worker_start_failed, error}}, state}
+
+      true ->
+        if failures > 0 do
+          Logger.warning(
+            "portbridge worker start failed (#{failures} in a row): #{Exception.message(error)}"
+          )
+        end
+
+        delay = if failures == 0, do: 0, else: backoff(failures, config)
+        Process.send_after(self(), :respawn, delay)
+        {:noreply, %{state | status: :down, failures: failures}}
+    end
+  end
+
+  @doc false
+  def backoff(failures, %{backoff_min: min, backoff_max: max}) do
+    min(min * Integer.pow(2, min(failures - 1, 30)), max)
+  end
+
+  defp reset_python(state) do
+    if state.ready_timer, do: Process.cancel_timer(state.ready_timer)
+    if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
+    if state.writer, do: Process.exit(state.writer, :kill)
+
+    %{
+      state
+      | port: nil,
+        channel: nil,
+        ready_timer: nil,
+        replay: %{},
+        replay_timer: nil,
+        writer: nil,
+        pending: :queue.new(),
+        writing: false
+    }
+  end
+
+  ## Recycling
+
+  # An `internal` error (a bug in the Python worker, recovery `restart_worker`)
+  # leaves the process suspect: with `respawn`, it gets no new requests (they wait,
+  # within their deadlines), finishes those in flight (up to @recycle_grace_ms),
+  # and a fresh Python takes over. Only `internal`: an `initialization` reply from a
+  # running worker (a backend that cannot load, such as DSPy missing) would fail the
+  # same way in a fresh process, so restarting it would only loop.
+  @recycle_grace_ms 10_000
+
+  defp recycle_after(
+         %{status: :ready, config: %{respawn: true}} = state,
+         {:error, %Error{category: :internal}}
+       ) do
+    Logger.warning(
+      "portbridge worker #{state.os_pid} answered with an internal error; replacing it once its " <>
+        "#{map_size(state.ids)} request(s) in flight are done"
+    )
+
+    Process.send_after(self(), {:drained, state.port}, @recycle_grace_ms)
+    drained?(%{state | status: :draining})
+  end
+
+  defp recycle_after(state, _result), do: state
+
+  defp drained?(%{status: :draining, ids: ids, port: port} = state) when ids == %{} do
+    send(self(), {:drained, port})
+    state
+  end
+
+  defp drained?(state), do: state
+
+  defp recycle(state) do
+    Channel.close(channel(state))
+
+    left =
+      Error.new(
+        :communication,
+        "worker_recycled",
+        "the worker was replaced after an internal error before this request finished"
+      )
+
+    state = Enum.reduce(Map.values(state.ids), state, &finish(&2, &1, {:error, left}))
+
+    case start_python(reset_python(state)) do
+      {:ok, state} -> {:noreply, state}
+      {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
+    end
   end
 
   ## Requests
@@ -289,66 +623,149 @@ defmodule PortBridge.Worker do
     %{send: {command, args, envelope}} = entry = Map.fetch!(state.requests, ref)
     id = state.next_id
     state = %{state | next_id: id + 1}
+    # The worker's own deadline trails ours: ours comes first and sends cancel.
+    envelope =
+      [timeout_ms: Protocol.worker_timeout_ms(Request.remaining(entry.deadline))] ++ envelope
 
-    result =
-      with {:ok, frame} <- Channel.encode(state.channel, id, command, args, envelope) do
-        Channel.send_frame(state.channel, frame)
-      end
-
-    case result do
-      :ok ->
+    case Channel.encode(state.channel, id, command, args, envelope) do
+      {:ok, frame} ->
         entry = %{entry | id: id, send: nil}
-        %{state | requests: Map.put(state.requests, ref, entry), ids: Map.put(state.ids, id, ref)}
+
+        state = %{
+          state
+          | requests: Map.put(state.requests, ref, entry),
+            ids: Map.put(state.ids, id, ref)
+        }
+
+        write(state, ref, frame)
 
       {:error, error} ->
         finish(state, ref, {:error, error})
     end
   end
 
-  defp reply(state, id, result) do
-    case Map.fetch(state.ids, id) do
-      {:ok, ref} ->
-        finish(state, ref, result)
+  # Writes never block: what the port does not take at once waits in `pending`, in
+  # order, for the writer (see PortBridge.Writer).
+  defp write(state, ref, frame) do
+    if state.writing or not :queue.is_empty(state.pending) do
+      %{state | pending: :queue.in({ref, frame}, state.pending)}
+    else
+      write_now(state, ref, frame)
+    end
+  end
 
-      :error ->
-        # Nobody waits for it any more (timed out, cancelled), or a cancel's own reply.
-        Channel.stray(state.channel, {:reply, id, result, %{}})
+  defp write_now(state, ref, frame) do
+    case Channel.write(state.port, frame) do
+      :busy ->
+        writer = state.writer || Writer.start_link(state.port)
+        send(writer, {:write, frame})
+        written(%{state | writer: writer, writing: true}, ref)
+
+      # :ok, or the port is closed: its exit reaches us next.
+      _ ->
+        written(state, ref)
+    end
+  end
+
+  defp write_pending(state) do
+    case :queue.out(state.pending) do
+      {{:value, {ref, frame}}, pending} ->
+        state = write_now(%{state | pending: pending}, ref, frame)
+        if state.writing, do: state, else: write_pending(state)
+
+      {:empty, _} ->
         state
     end
   end
 
+  defp written(state, nil), do: state
+
+  defp written(state, ref) do
+    case state.requests do
+      %{^ref => entry} ->
+        %{state | requests: Map.put(state.requests, ref, %{entry | written: true})}
+
+      %{} ->
+        state
+    end
+  end
+
+  defp reply(state, id, result) do
+    case state.ids do
+      %{^id => ref} ->
+        state |> finish(ref, result) |> recycle_after(result)
+
+      %{} ->
+        if Map.has_key?(state.replay, id) do
+          replayed(state, id, result)
+        else
+          # Nobody waits for it any more (timed out, cancelled), or a cancel's own reply.
+          state
+        end
+    end
+  end
+
+  # A frame of the wrong shape that names a request: its caller gets a `protocol`
+  # error, the worker a cancel (what it sends later for that id is ignored).
+  defp malformed(state, id, frame) do
+    Logger.warning(
+      "portbridge worker #{state.os_pid} sent a frame of the wrong shape for request #{inspect(id)}: " <>
+        inspect(frame, limit: 10, printable_limit: 200)
+    )
+
+    case state.ids do
+      %{^id => ref} -> abandon(state, ref, Protocol.malformed(frame))
+      %{} -> state
+    end
+  end
+
   defp event(state, id, name, data) do
-    case Map.fetch(state.ids, id) do
-      {:ok, ref} -> send(ref, {ref, {:event, name, data}})
-      :error -> :ok
+    case state.ids do
+      %{^id => ref} -> send(ref, {ref, {:event, name, data}})
+      %{} -> :ok
     end
 
     state
   end
 
   # The request's caller is done with it (deadline, cancel, caller died): tell the
-  # worker to cancel it, ignore its final reply, and answer the caller with `error`
-  # (nil: nobody to answer).
+  # worker to cancel it if it has it, and answer the caller with `error` (nil:
+  # nobody to answer).
   defp abandon(state, ref, error) do
+    result = error && {:error, error}
+
     case Map.fetch(state.requests, ref) do
       {:ok, %{id: nil}} ->
-        state = %{state | queue: :queue.delete(ref, state.queue)}
-        finish(state, ref, error && {:error, error})
+        finish(%{state | queue: :queue.delete(ref, state.queue)}, ref, result)
+
+      {:ok, %{written: false}} ->
+        # Still waiting behind a blocked write: it never reaches the worker.
+        pending = :queue.filter(fn {r, _} -> r != ref end, state.pending)
+        finish(%{state | pending: pending}, ref, result)
 
       {:ok, %{id: id}} ->
-        cancel_id = state.next_id
-
-        if state.channel, do: Channel.send_cancel(state.channel, cancel_id, id)
-        finish(%{state | next_id: cancel_id + 1}, ref, error && {:error, error})
+        finish(send_cancel(state, id), ref, result)
 
       :error ->
         state
     end
   end
 
+  defp send_cancel(%{channel: nil} = state, _id), do: state
+
+  defp send_cancel(state, request_id) do
+    cancel_id = state.next_id
+    state = %{state | next_id: cancel_id + 1}
+
+    case Channel.encode(state.channel, cancel_id, "cancel", %{"request_id" => request_id}, []) do
+      {:ok, frame} -> write(state, nil, frame)
+      {:error, _} -> state
+    end
+  end
+
   defp finish(state, ref, result) do
     {entry, requests} = Map.pop(state.requests, ref)
-    if entry.timer, do: Process.cancel_timer(entry.timer)
+    if entry.timer, do: :erlang.cancel_timer(entry.timer)
     Process.demonitor(entry.caller_mon, [:flush])
     if result, do: send(ref, {ref, {:reply, result}})
 
@@ -358,12 +775,21 @@ defmodule PortBridge.Worker do
         ids: Map.delete(state.ids, entry.id),
         callers: Map.delete(state.callers, entry.caller_mon)
     }
+    |> count_load()
+    |> drained?()
   end
 
   defp fail_all(state, error) do
     for from <- state.ready_waiters, do: GenServer.reply(from, {:error, error})
-
-    state = %{state | ready_waiters: []}
+    state = %{state | ready_waiters: [], queue: :queue.new()}
     Enum.reduce(Map.keys(state.requests), state, &finish(&2, &1, {:error, error}))
+  end
+
+  # Requests in flight or queued here, for a pool's least-loaded choice.
+  defp count_load(%{config: %{load: nil}} = state), do: state
+
+  defp count_load(%{config: %{load: {ref, index}}} = state) do
+    :atomics.put(ref, index, map_size(state.requests))
+    state
   end
 end

@@ -1,18 +1,23 @@
 defmodule PortBridge.ChannelTest do
-  # The layer under Worker and Pool, on a real worker: handshake, one exchange at a
-  # time, and what happens to frames nobody asked for.
+  # The Port functions under the Worker, on a real worker process: spawn, the
+  # handshake, writes that never block, and what happens to frames nobody asked for.
   use PortBridge.TestCase, async: true
 
   import ExUnit.CaptureLog
-  alias PortBridge.{Channel, Options}
+  alias PortBridge.{Channel, Options, Worker}
 
-  setup do
-    {:ok, channel} = Channel.open(Options.spawn_opts(worker_opts()))
+  defp spawn_ready(opts) do
+    spawn_opts = Options.spawn_opts(opts)
+    {:ok, port, os_pid} = Channel.spawn(spawn_opts)
+    assert_receive {^port, {:data, payload}}, 10_000
+    {:ok, channel} = Channel.handshake(port, os_pid, :json, payload)
     on_exit(fn -> Channel.close(channel) end)
-    %{channel: channel}
+    channel
   end
 
-  test "the handshake gives the worker's limits", %{channel: channel} do
+  test "the handshake gives the worker's limits" do
+    channel = spawn_ready(worker_opts())
+
     assert %{"protocol" => 1, "pid" => pid, "limits" => %{"max_frame_bytes" => max}} =
              channel.ready
 
@@ -20,53 +25,36 @@ defmodule PortBridge.ChannelTest do
     assert channel.grace_ms == round(channel.ready["limits"]["shutdown_grace_s"] * 1000) + 1_000
   end
 
-  test "an id-null error (a frame the worker could not read) is logged, and the port stays usable",
-       %{channel: channel} do
+  test "write/2 never blocks: a port whose reader stopped is :busy" do
+    channel = spawn_ready(worker_opts())
+    {_, 0} = System.cmd("kill", ["-STOP", "#{channel.os_pid}"])
+    on_exit(fn -> System.cmd("kill", ["-CONT", "#{channel.os_pid}"]) end)
+    big = :binary.copy("x", 1_000_000)
+
+    results = for _ <- 1..8, do: Channel.write(channel, big)
+    assert :busy in results
+  end
+
+  test "an id-null error (a frame the worker could not read) is logged; the worker serves on" do
+    {:ok, worker} = Worker.start_link(worker_opts())
+    {:ok, _} = Worker.await_ready(worker)
+    %{port: port} = :sys.get_state(worker)
+
     log =
       capture_log(fn ->
-        :ok = Channel.send_frame(channel, "{\"command\": \"pi")
-
-        assert {{:ok, %{"pong" => true}}, :ok} =
-                 Channel.exchange(channel, "ping", %{}, timeout: 5_000)
+        # Written as the Worker would, bypassing it: a frame that is not JSON. The
+        # worker answers frames in order, so its error comes before the ping's reply.
+        :ok = Channel.write(port, "{\"command\": \"pi")
+        assert {:ok, %{"pong" => true}} = PortBridge.request(worker, "ping", %{}, timeout: 5_000)
       end)
 
     assert log =~ "answered a frame it could not read"
     assert log =~ "protocol/undecodable"
   end
 
-  test "events go to on_event; the reply ends the exchange", %{channel: channel} do
-    me = self()
-
-    assert {{:ok, %{"emitted" => 2}}, :ok} =
-             Channel.exchange(channel, "emit", %{n: 2}, on_event: &send(me, &1))
-
-    assert_received {"chunk", %{"i" => 0}}
-    assert_received {"chunk", %{"i" => 1}}
-  end
-
-  test "a cancel_tag message cancels the exchange; the port is clean afterwards", %{
-    channel: channel
-  } do
-    tag = make_ref()
-    send(self(), {tag, :cancel})
-
-    assert {{:error, %Error{category: :cancelled}}, :ok} =
-             Channel.exchange(channel, "sleep", %{ms: 10_000}, cancel_tag: tag, timeout: 5_000)
-
-    assert {{:ok, %{"x" => 1}}, :ok} = Channel.exchange(channel, "echo", %{x: 1}, timeout: 5_000)
-    refute_received {_port, {:data, _}}
-  end
-
-  test "a worker that exits before ready is an initialization error" do
-    assert {:error,
-            %Error{
-              category: :initialization,
-              code: "worker_start_failed",
-              details: %{"exit_status" => 2}
-            }} = Channel.open(Options.spawn_opts(executable: stand_in("exit_at_once")))
-
+  test "spawning what does not exist is an initialization error" do
     assert {:error, %Error{category: :initialization, code: "spawn_failed"}} =
-             Channel.open(%{
+             Channel.spawn(%{
                Options.spawn_opts(executable: stand_in("exit_at_once"))
                | executable: "/nonexistent"
              })

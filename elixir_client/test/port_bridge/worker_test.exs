@@ -205,18 +205,14 @@ defmodule PortBridge.WorkerTest do
     assert_os_pid_exited(os_pid)
     refute Process.alive?(worker)
 
-    {:ok, worker} = GenServer.start(Worker, PortBridge.Options.spawn_opts(worker_opts()))
+    {:ok, worker} = Worker.start(worker_opts())
     {:ok, %{"pid" => os_pid}} = Worker.await_ready(worker)
     Process.exit(worker, :kill)
     assert_os_pid_exited(os_pid)
   end
 
   test "a worker that ignores EOF and SIGTERM is killed when its owner dies" do
-    {:ok, worker} =
-      GenServer.start(
-        Worker,
-        PortBridge.Options.spawn_opts(executable: python(), args: [stand_in("stubborn.py")])
-      )
+    {:ok, worker} = Worker.start(executable: python(), args: [stand_in("stubborn.py")])
 
     {:ok, %{"pid" => os_pid}} = Worker.await_ready(worker)
     Process.exit(worker, :kill)
