@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import elixir, lm, memory, payload, ping, startup
+from . import elixir, lm, memory, payload, ping, pool, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -10,5 +10,6 @@ SCENARIOS = {
     "lm_concurrency": lm.run_concurrency,
     "overhead": lm.run_overhead,
     "elixir": elixir.run,
+    "pool": pool.run,
     "memory": memory.run,
 }

@@ -5,7 +5,7 @@ scenario 1 measured around it in the same run.
 
 The BEAM side is benchmarks/elixir/roundtrip.exs, run with ``mix run`` inside
 elixir_client (compiled into benchmarks/.elixir_build, offline: no Hex). The Pool
-rows need NimblePool: Hex dependencies, or ``NIMBLE_POOL_PATH`` naming a checkout.
+rows are the default (multiplexed) strategy; scenario "pool" compares strategies.
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ def run(quick: bool) -> report.Result:
         for row in doc["throughput"]:
             t.add(row["callers"], row["requests"], f"{row['per_s']:,.0f}")
     else:
-        r.notes.append("PortBridge.Pool rows not measured: this build has no NimblePool (set NIMBLE_POOL_PATH to a "
-                       "NimblePool checkout, or use Hex dependencies).")
+        r.notes.append("PortBridge.Pool rows not measured: the client has no PortBridge.Pool.")
     r.notes.append(f"Erlang/OTP {doc['otp']}, Elixir {doc['elixir']}, {doc['schedulers']} schedulers; JSON through "
                    "jiffy on the BEAM side. The Python driver is measured before and after the BEAM run.")
     r.data = {"beam": doc, "python_driver_p50_ns": py}
