@@ -47,6 +47,8 @@ defmodule PortBridge.PoolTest do
                 {:ok, %{"caller" => ^caller, "i" => ^i}} =
                   PortBridge.request(pool, "echo", %{caller: caller, i: i})
 
+                # Work that stays in flight a while, so that the load spreads.
+                {:ok, _} = PortBridge.request(pool, "sleep", %{ms: 20})
                 ping_pid(pool)
               end
             end,
