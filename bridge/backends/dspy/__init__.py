@@ -56,7 +56,11 @@ class DSPyBackend(Backend):
             "optimizers": catalog.OPTIMIZERS,
             "metrics": metrics.describe(),
             "field_types": ["str", "int", "float", "bool", "list[T]", "dict[str, T]", "optional[T]",
-                            {"literal": ["..."]}, {"object": {"field": {"type": "T", "desc": "..."}}, "name": "..."}],
+                            {"literal": ["..."]}, {"object": {"field": {"type": "T", "desc": "..."}}, "name": "..."},
+                            {"history": "inputs only: dspy.History, {\"messages\": [{field: value}, ...]}, earlier "
+                                        "turns of the conversation"},
+                            {"image": "inputs only: dspy.Image, {\"url\": \"https://...\"} or a data:image/...;"
+                                      "base64 URL; never a local path"}],
             "lm": {
                 "models": "any DSPy model string (provider/model), or 'offline': a built-in deterministic LM that "
                           "fills each output with a type-valid value derived from the prompt, and repeats a "

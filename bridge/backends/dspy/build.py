@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+import dspy
 import pydantic
 from pydantic_core import to_jsonable_python
 
@@ -19,6 +20,8 @@ def annotation(canonical, owner: str = "Object"):
     kind, detail = fieldtypes.structure(canonical)
     if kind in fieldtypes.PRIMITIVES:
         return {"str": str, "int": int, "float": float, "bool": bool}[kind]
+    if kind in fieldtypes.MEDIA:
+        return {"history": dspy.History, "image": dspy.Image}[kind]
     if kind == "literal":
         return Literal[tuple(detail)]
     if kind == "object":

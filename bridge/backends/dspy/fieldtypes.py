@@ -8,6 +8,13 @@ the names below or a small map, parsed here by hand.
     {"list": T} | {"dict": T} | {"optional": T}
     {"literal": [v, ...]}                          (strings, integers, booleans)
     {"object": {field: {"type": T, "desc": "..."}}, "name": "Item"}
+    "history" | "image"                            (inputs only, not nested)
+
+``history`` is DSPy's ``dspy.History``: ``{"messages": [{field: value}, ...]}``,
+earlier turns of the conversation, each with the signature's fields.
+``image`` is ``dspy.Image``: ``{"url": "https://..."}`` or ``{"url":
+"data:image/png;base64,..."}``, never a local path (DSPy would read the file),
+at most ``MAX_IMAGE_CHARS`` characters.
 
 ``parse`` returns the canonical form: the string spelling wherever the type can
 be written as one (no literal or object inside), maps otherwise. ``check``
@@ -23,6 +30,7 @@ import re
 from ...errors import validation_error
 
 PRIMITIVES = ("str", "int", "float", "bool")
+MEDIA = ("history", "image")  # DSPy's own types, for inputs only
 GENERICS = {"list": "list", "List": "list", "dict": "dict", "Dict": "dict", "optional": "optional",
             "Optional": "optional"}
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -32,6 +40,9 @@ MAX_LITERAL_CHARS = 200
 MAX_OBJECT_FIELDS = 32
 MAX_DESC_CHARS = 2000
 INT_RANGE = (-(2**63), 2**63 - 1)
+MAX_HISTORY_MESSAGES = 200
+MAX_IMAGE_CHARS = 8 * 1024 * 1024  # a data: URL of about 6 MB of image
+IMAGE_URL = re.compile(r"^(https?://\S+|data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+)$")
 _TOKEN = re.compile(r"\s*([A-Za-z_]\w*|\[|\]|,)")
 
 
@@ -86,7 +97,7 @@ def parse(spec, path: str, budget: Budget, depth: int = 0):
 def _bad(path: str, spec):
     return validation_error(
         "bad_type", f"{path}: unknown type {spec!r}"[:300] + "; use str, int, float, bool, list[T], dict[str, T], "
-        "optional[T], {\"literal\": [...]} or {\"object\": {...}}", path=path)
+        "optional[T], {\"literal\": [...]}, {\"object\": {...}}, or for an input history or image", path=path)
 
 
 def _compose(kind: str, inner):
@@ -119,6 +130,11 @@ def _parse_tokens(tokens: list, text: str, path: str, budget: Budget, depth: int
         raise _bad(path, text)
     head, rest = tokens[0], tokens[1:]
     if head in PRIMITIVES:
+        return head, rest
+    if head in MEDIA:
+        if depth > 0:
+            raise validation_error("bad_type", f"{path}: {head} is a field's own type, not nested in another",
+                                   path=path)
         return head, rest
     kind = GENERICS.get(head)
     if kind is None or not rest or rest[0] != "[":
@@ -196,7 +212,7 @@ def structure(canonical):
     """The canonical type as ``(kind, detail)``: string spellings parsed back into tuples."""
     if isinstance(canonical, str):
         text = canonical
-        if text in PRIMITIVES:
+        if text in PRIMITIVES or text in MEDIA:
             return text, None
         kind, _, inner = text.partition("[")
         inner = inner[:-1]
@@ -231,9 +247,11 @@ def check(canonical, value, path: str) -> None:
         "dict": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
         "object": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
         "literal": lambda v: any(v == o and type(v) is type(o) for o in detail),
+        "history": _is_history,
+        "image": _is_image,
     }[kind](value)
     if not ok:
-        expected = f"one of {detail}" if kind == "literal" else describe(canonical)
+        expected = f"one of {detail}" if kind == "literal" else MEDIA_SHAPES.get(kind, describe(canonical))
         raise validation_error("wrong_type", f"{path}: expected {expected}, got {_kind_of(value)}"[:400],
                                path=path, expected=describe(canonical))
     if kind == "list":
@@ -244,6 +262,23 @@ def check(canonical, value, path: str) -> None:
             check(detail, item, f"{path}.{key}")
     elif kind == "object":
         check_fields(detail, value, path, "field")
+
+
+MEDIA_SHAPES = {"history": "history {\"messages\": [{field: value}, ...]} (at most "
+                            f"{MAX_HISTORY_MESSAGES} messages)",
+                "image": "image {\"url\": \"https://...\" or \"data:image/png;base64,...\"} (at most "
+                         f"{MAX_IMAGE_CHARS} characters)"}
+
+
+def _is_history(value) -> bool:
+    return (isinstance(value, dict) and set(value) == {"messages"} and isinstance(value["messages"], list)
+            and len(value["messages"]) <= MAX_HISTORY_MESSAGES
+            and all(isinstance(m, dict) and all(isinstance(k, str) for k in m) for m in value["messages"]))
+
+
+def _is_image(value) -> bool:
+    return (isinstance(value, dict) and set(value) == {"url"} and isinstance(value["url"], str)
+            and len(value["url"]) <= MAX_IMAGE_CHARS and IMAGE_URL.match(value["url"]) is not None)
 
 
 def check_fields(fields: dict, values: dict, path: str, noun: str) -> None:
@@ -263,7 +298,7 @@ def check_fields(fields: dict, values: dict, path: str, noun: str) -> None:
 def describe(canonical) -> str:
     """A readable spelling of any canonical type."""
     kind, detail = structure(canonical)
-    if kind in PRIMITIVES:
+    if kind in PRIMITIVES or kind in MEDIA:
         return kind
     if kind == "literal":
         return f"literal{detail}"

@@ -50,7 +50,8 @@ CONFIGURE_LM = _object({
 
 TYPE_HELP = ("signature: 'question, context -> answer' (every field a str), or {\"name\", \"instructions\", "
              "\"inputs\": {field: {\"type\", \"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, "
-             "list[T], dict[str, T], optional[T], {\"literal\": [...]}, {\"object\": {field: {...}}, \"name\"}")
+             "list[T], dict[str, T], optional[T], {\"literal\": [...]}, {\"object\": {field: {...}}, \"name\"}, "
+             "and for inputs history (dspy.History) and image (dspy.Image)")
 
 CREATE_PROGRAM = _object({
     "signature": {"anyOf": [{"type": "string", "minLength": 3, "maxLength": spec.MAX_STRING_CHARS},

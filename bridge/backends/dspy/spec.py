@@ -41,6 +41,8 @@ LIMITS = {
     "max_field_desc_chars": fieldtypes.MAX_DESC_CHARS,
     "max_literal_values": fieldtypes.MAX_LITERALS,
     "max_object_fields": fieldtypes.MAX_OBJECT_FIELDS,
+    "max_history_messages": fieldtypes.MAX_HISTORY_MESSAGES,
+    "max_image_chars": fieldtypes.MAX_IMAGE_CHARS,
 }
 
 
@@ -98,6 +100,9 @@ def _from_map(doc: dict) -> dict:
             if err:
                 raise err
             spec[side][field_name] = fieldtypes.parse_field(field, f"{where}.{field_name}", budget)
+            if side == "outputs" and spec[side][field_name]["type"] in fieldtypes.MEDIA:
+                raise validation_error("bad_type", f"{where}.{field_name}: history and image are input types",
+                                       path=f"{where}.{field_name}")
     _check_names(spec, names)
     return spec
 

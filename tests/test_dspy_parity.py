@@ -1,0 +1,220 @@
+"""Parity: the same program in plain DSPy (in this process) and through a real worker, against one LM server.
+
+For every case the loopback server records the exact request bodies it
+received from each side; they must be equal (messages, sampling settings,
+streaming options: everything), and so must the outputs. The plain side is
+written as a DSPy user would write it (a pydantic model for an object field,
+``dspy.History``, ``dspy.JSONAdapter``, ``dspy.streamify``, the optimisers'
+own classes); the worker side is the same program sent as data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal, Optional
+
+import dspy
+import pydantic
+import pytest
+
+from tests.support.dspy_workers import dspy_worker
+from tests.support.openai_server import OpenAIServer
+
+KEY = "sk-parity"
+OWNER_ANSWER = '[[ ## owner ## ]]\n{"team": "core", "backup": null}\n\n[[ ## level ## ]]\nhigh\n\n' \
+               '[[ ## minutes ## ]]\n15\n\n[[ ## completed ## ]]'
+
+
+class Owner(pydantic.BaseModel):
+    team: str
+    backup: Optional[str] = None  # noqa: UP007 - as a user of Python 3.9+ DSPy writes it
+
+
+@pytest.fixture(scope="module")
+def server():
+    with OpenAIServer(api_key=KEY, chunk_chars=3) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    with dspy_worker(tmp_path_factory.mktemp("dspy-parity")) as w:
+        yield w
+
+
+def plain_lm(server, model: str):
+    return dspy.LM(f"openai/{model}", api_base=server.base_url, api_key=KEY, num_retries=0, cache=False)
+
+
+def bodies(server, start: int) -> list[str]:
+    """The request bodies received since ``start``, canonical JSON, in order."""
+    return [json.dumps(seen.body, sort_keys=True) for seen in server.seen[start:]]
+
+
+def run_plain(server, model: str, program, inputs: dict, adapter=None, script=()):
+    server.script(model, *script)
+    start = len(server.seen)
+    with dspy.context(lm=plain_lm(server, model), adapter=adapter or dspy.ChatAdapter()):
+        prediction = program(**inputs)
+    outputs = {k: pydantic_core_json(v) for k, v in prediction.items()}
+    return bodies(server, start), outputs
+
+
+def pydantic_core_json(value):
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
+def run_worker(worker, server, model: str, create: dict, inputs: dict, script=(), stream=False):
+    session = f"parity-{model}"
+    worker.call("configure_lm", {"model": f"openai/{model}", "api_base": server.base_url, "api_key": KEY,
+                                 "num_retries": 0}, session_id=session)
+    worker.call("create_program", {**create, "program_id": "p"}, session_id=session)
+    server.script(model, *script)
+    start = len(server.seen)
+    result = worker.call("execute_program", {"program_id": "p", "inputs": inputs, "stream": stream},
+                         session_id=session)
+    return bodies(server, start), result["outputs"]
+
+
+CASES = {
+    "predict": (lambda: dspy.Predict("question -> answer"), {"signature": "question -> answer"},
+                {"question": "What is DSPy?"}, None, ()),
+    "chain-of-thought": (lambda: dspy.ChainOfThought("question -> answer"),
+                         {"signature": "question -> answer", "module": "ChainOfThought"},
+                         {"question": "Why is the sky blue?"}, None, ()),
+    "typed": (
+        lambda: dspy.Predict(dspy.make_signature(
+            {"ticket": (str, dspy.InputField(desc="the customer's words")),
+             "owner": (Owner, dspy.OutputField()),
+             "level": (Literal["low", "high"], dspy.OutputField()),
+             "minutes": (int, dspy.OutputField(desc="minutes to fix"))},
+            "Triage the ticket.", signature_name="Triage")),
+        {"signature": {"name": "Triage", "instructions": "Triage the ticket.",
+                       "inputs": {"ticket": {"type": "str", "desc": "the customer's words"}},
+                       "outputs": {"owner": {"type": {"object": {"team": "str", "backup": "optional[str]"},
+                                                      "name": "Owner"}},
+                                   "level": {"type": {"literal": ["low", "high"]}},
+                                   "minutes": {"type": "int", "desc": "minutes to fix"}}}},
+        {"ticket": "The app crashes"}, None, (OWNER_ANSWER,)),
+    "history": (
+        lambda: dspy.Predict(dspy.make_signature({"history": (dspy.History, dspy.InputField()),
+                                                  "question": (str, dspy.InputField()),
+                                                  "answer": (str, dspy.OutputField())})),
+        {"signature": {"inputs": {"history": "history", "question": "str"}, "outputs": {"answer": "str"}}},
+        {"question": "And in French?",
+         "history": {"messages": [{"question": "Say hello", "answer": "Hello"}]}}, None, ()),
+    "json-adapter": (lambda: dspy.Predict("question -> answer"),
+                     {"signature": "question -> answer", "adapter": "json"},
+                     {"question": "What is JSON?"}, dspy.JSONAdapter(), ()),
+    "xml-adapter": (lambda: dspy.ChainOfThought("question -> answer"),
+                    {"signature": "question -> answer", "module": "ChainOfThought", "adapter": "xml"},
+                    {"question": "What is XML?"}, dspy.XMLAdapter(), ()),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_program_sends_and_returns_what_plain_dspy_does(worker, server, case):
+    make, create, inputs, adapter, script = CASES[case]
+    model = f"parity-{case}"
+    plain_inputs = dict(inputs)
+    if "history" in plain_inputs:
+        plain_inputs["history"] = dspy.History(**plain_inputs["history"])
+    plain_requests, plain_outputs = run_plain(server, model, make(), plain_inputs, adapter, script)
+    requests, outputs = run_worker(worker, server, model, create, inputs, script)
+    assert requests == plain_requests
+    assert outputs == plain_outputs
+    assert len(requests) >= 1
+
+
+def test_streaming_sends_what_plain_dspy_streamify_sends(worker, server):
+    model = "parity-stream"
+    program = dspy.ChainOfThought("question -> answer")
+    start = len(server.seen)
+
+    async def consume():
+        streaming = dspy.streamify(program, stream_listeners=[
+            dspy.streaming.StreamListener(signature_field_name="answer")])
+        final = None
+        async for item in streaming(question="Why stream?"):
+            if isinstance(item, dspy.Prediction):
+                final = item
+        return final
+
+    with dspy.context(lm=plain_lm(server, model), adapter=dspy.ChatAdapter()):
+        prediction = asyncio.run(consume())
+    plain_requests = bodies(server, start)
+    requests, outputs = run_worker(worker, server, model, {"signature": "question -> answer",
+                                                           "module": "ChainOfThought"},
+                                   {"question": "Why stream?"}, stream=True)
+    assert requests == plain_requests and json.loads(requests[0])["stream"] is True
+    assert outputs == dict(prediction.items())
+
+
+TRAIN = [{"question": f"Question {i}?", "answer": f"parity-opt says answer for Question {i}?" if i % 2 else "no"}
+         for i in range(6)]
+
+
+def exact(example, prediction, trace=None, pred_name=None, pred_trace=None):
+    return dspy.evaluate.answer_exact_match(example, prediction)
+
+
+def with_feedback(example, prediction, trace=None, pred_name=None, pred_trace=None):
+    """As the worker's exact_match with feedback (GEPA reads the text)."""
+    ok = float(dspy.evaluate.answer_exact_match(example, prediction))
+    verdict = "matches" if ok >= 1 else "does not match"
+    return dspy.Prediction(score=ok, feedback=f"answer: {prediction.answer!r} {verdict} the expected "
+                                              f"{example.answer!r} (exact_match)")
+
+
+OPTIMIZERS = {
+    "BootstrapFewShot": (lambda lm: dspy.teleprompt.BootstrapFewShot(metric=exact, max_bootstrapped_demos=2,
+                                                                     max_labeled_demos=2, metric_threshold=1.0),
+                         {"max_bootstrapped_demos": 2, "max_labeled_demos": 2}, {}),
+    "BootstrapFewShotWithRandomSearch": (
+        lambda lm: dspy.teleprompt.BootstrapFewShotWithRandomSearch(
+            metric=exact, num_candidate_programs=2, max_bootstrapped_demos=1, num_threads=1),
+        {"num_candidate_programs": 2, "max_bootstrapped_demos": 1, "num_threads": 1}, {}),
+    "COPRO": (lambda lm: dspy.teleprompt.COPRO(prompt_model=lm, metric=exact, breadth=2, depth=1),
+              {"breadth": 2, "depth": 1, "num_threads": 1}, {"eval_kwargs": {"num_threads": 1}}),
+    "SIMBA": (lambda lm: dspy.teleprompt.SIMBA(metric=exact, prompt_model=lm, bsize=4, max_steps=1,
+                                               num_candidates=2, num_threads=1),
+              {"bsize": 4, "max_steps": 1, "num_candidates": 2, "num_threads": 1}, {}),
+    "MIPROv2": (lambda lm: dspy.teleprompt.MIPROv2(metric=exact, prompt_model=lm, task_model=lm, auto=None,
+                                                   num_candidates=2, num_threads=1, max_bootstrapped_demos=1,
+                                                   max_labeled_demos=1, verbose=False, track_stats=False),
+                {"auto": None, "num_candidates": 2, "num_trials": 2, "num_threads": 1, "minibatch": False,
+                 "max_bootstrapped_demos": 1, "max_labeled_demos": 1}, {"num_trials": 2, "minibatch": False}),
+    "GEPA": (lambda lm: dspy.teleprompt.GEPA(metric=with_feedback, reflection_lm=lm, max_metric_calls=16,
+                                             reflection_minibatch_size=2, num_threads=1),
+             {"max_metric_calls": 16, "reflection_minibatch_size": 2, "num_threads": 1}, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_an_optimiser_sends_and_learns_what_plain_dspy_does(worker, server, name):
+    make, options, compile_kwargs = OPTIMIZERS[name]
+    model = "parity-opt"
+    lm = plain_lm(server, model)
+    start = len(server.seen)
+    trainset = [dspy.Example(**e).with_inputs("question") for e in TRAIN]
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        compiled = make(lm).compile(dspy.Predict("question -> answer"), trainset=trainset, **compile_kwargs)
+    plain_requests = sorted(bodies(server, start))
+
+    session = f"parity-opt-{name}"
+    worker.call("configure_lm", {"model": f"openai/{model}", "api_base": server.base_url, "api_key": KEY,
+                                 "num_retries": 0}, session_id=session)
+    worker.call("create_program", {"signature": "question -> answer", "program_id": "p"}, session_id=session)
+    start = len(server.seen)
+    worker.call("optimize_program", {
+        "program_id": "p", "optimizer": name, "metric": "exact_match", "options": options,
+        "trainset": [{"inputs": {"question": e["question"]}, "outputs": {"answer": e["answer"]}} for e in TRAIN]},
+        session_id=session, timeout_ms=120_000)
+    assert plain_requests and sorted(bodies(server, start)) == plain_requests
+    learned = worker.call("export_program", {"program_id": "p"}, session_id=session)["program"]["state"]
+    plain_state = {"instructions": compiled.signature.instructions,
+                   "demos": [{k: v for k, v in dict(d).items()} for d in compiled.demos]}
+    assert learned["predictors"]["self"] == json.loads(json.dumps(plain_state))
