@@ -5,6 +5,8 @@ JSON line on stdout:
 
     offline N            -> [ns, ...]  N calls with the built-in offline LM
     loopback URL N       -> [ns, ...]  N calls with the loopback server at URL
+    threads URL MODEL T N -> ns        N calls on T threads (plain DSPy: a model name
+                                       DSPy does not list is looked up in full every call)
 
 The program is what the worker builds for ``create_program {"signature":
 "question -> answer"}``: ``dspy.Predict``, called under the settings the
@@ -46,10 +48,31 @@ def calls(lm, n: int) -> list[int]:
     return out
 
 
+def threaded(url: str, model: str, threads: int, n: int) -> int:
+    """``n`` calls shared by ``threads`` threads, each under the worker's settings; wall nanoseconds."""
+    import concurrent.futures
+
+    lm = dspy.LM(model, api_base=url, api_key="bench-key", cache=False, num_retries=0)
+    program = dspy.Predict("question -> answer")
+
+    def one(i: int) -> None:
+        with dspy.context(lm=lm, adapter=dspy.ChatAdapter(), disable_history=True, trace=None,
+                          warn_on_type_mismatch=False), dspy.track_usage():
+            program(question=f"question number {i}?").answer
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        t0 = time.perf_counter_ns()
+        list(pool.map(one, range(n)))
+        return time.perf_counter_ns() - t0
+
+
 def main() -> int:
     lms = {}
     for line in sys.stdin:
         parts = line.split()
+        if parts[0] == "threads":
+            print(json.dumps(threaded(parts[1], parts[2], int(parts[3]), int(parts[4]))), flush=True)
+            continue
         kind, n = parts[0], int(parts[-1])
         url = parts[1] if kind == "loopback" else None
         lm = lms.setdefault((kind, url), lm_for(kind, url))

@@ -9,6 +9,7 @@ SCENARIOS = {
     "payload": payload.run,
     "lm_concurrency": lm.run_concurrency,
     "overhead": lm.run_overhead,
+    "dspy_throughput": lm.run_throughput,
     "elixir": elixir.run,
     "pool": pool.run,
     "memory": memory.run,

@@ -12,6 +12,9 @@ built-in ``offline`` LM.
 6. ``execute_program`` through frames against the same program called in a
    plain Python process (benchmarks/inprocess_dspy.py), same LM, measured in
    interleaved rounds; the overhead is the difference of the medians.
+7. Throughput at 32 concurrent calls, the server answering after 50 ms, with a
+   model name DSPy's metadata table does not list (self-hosted, fine-tunes):
+   one worker against plain DSPy in 32 threads of one process.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ class LMServer:
             raise RuntimeError(f"the loopback LM server did not start: {line!r}")
         self.url = line.split()[-1]
 
-    def lm(self) -> dict:
-        return {"model": "openai/bench", "api_base": self.url, "api_key": "bench-key", "num_retries": 0}
+    def lm(self, model: str = "openai/bench") -> dict:
+        return {"model": model, "api_base": self.url, "api_key": "bench-key", "num_retries": 0}
 
     def close(self) -> None:
         self.process.stdin.close()  # the server stops when its stdin closes
@@ -237,4 +240,80 @@ def run_overhead(quick: bool) -> report.Result:
         inproc.wait(10)
     r.notes.append("In-process: dspy.Predict('question -> answer') under the settings the worker uses "
                    "(ChatAdapter, no history, usage tracked), in its own process (benchmarks/inprocess_dspy.py).")
+    return r
+
+
+UNLISTED_MODEL = "openai/acme-support-ft-7b"  # not in DSPy's model-metadata table
+
+
+def sustained(peer: Peer, concurrency: int, total: int, first_id: int) -> int:
+    """``total`` execute_program calls, ``concurrency`` in flight at all times; nanoseconds for all of them."""
+    sent = received = 0
+    t0 = time.perf_counter_ns()
+    peer.send(b"".join(execute_frame(first_id + i) for i in range(concurrency)))
+    sent = concurrency
+    while received < total:
+        check_replies([peer.recv()])
+        received += 1
+        if sent < total:
+            peer.send(execute_frame(first_id + sent))
+            sent += 1
+    return time.perf_counter_ns() - t0
+
+
+def run_throughput(quick: bool) -> report.Result:
+    concurrency, latency_ms = 32, 50
+    total, rounds = (160, 2) if quick else (640, 3)
+    r = report.Result("dspy_throughput", f"execute_program throughput, {concurrency} concurrent, {latency_ms} ms "
+                                         "LM, model name not in DSPy's table: worker vs plain in-process DSPy "
+                                         "in threads (scenario 7)")
+    table = r.table(f"{rounds} interleaved rounds of {total} calls; calls per second",
+                    ["side", "req/s: median [min-max]"])
+    inproc = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
+
+    def in_process(instruction: str) -> int:
+        inproc.stdin.write(instruction + "\n")
+        inproc.stdin.flush()
+        line = inproc.stdout.readline()
+        if not line:
+            raise RuntimeError("the in-process DSPy child exited")
+        return json.loads(line)
+
+    worker_rates, inproc_rates = [], []
+    try:
+        with LMServer(latency_ms) as server:
+            peer = dspy_worker(server.lm(UNLISTED_MODEL))
+            try:
+                rid = 1
+                sustained(peer, concurrency, concurrency, rid)  # warm
+                rid += concurrency
+                in_process(f"threads {server.url} {UNLISTED_MODEL} {concurrency} {concurrency}")
+                for k in range(rounds):
+                    def worker_round() -> None:
+                        nonlocal rid
+                        worker_rates.append(total / (sustained(peer, concurrency, total, rid) / 1e9))
+                        rid += total
+
+                    def inproc_round() -> None:
+                        ns = in_process(f"threads {server.url} {UNLISTED_MODEL} {concurrency} {total}")
+                        inproc_rates.append(total / (ns / 1e9))
+
+                    for step in ((worker_round, inproc_round) if k % 2 == 0 else (inproc_round, worker_round)):
+                        step()
+            finally:
+                peer.close()
+    finally:
+        inproc.stdin.close()
+        inproc.wait(10)
+    w, i = spread(worker_rates), spread(inproc_rates)
+    table.add("one worker (frames)", report.span(w, lambda v: f"{v:.0f}"))
+    table.add("plain DSPy, 32 threads in one process", report.span(i, lambda v: f"{v:.0f}"))
+    ratios = spread([a / b for a, b in zip(worker_rates, inproc_rates)])
+    r.target("worker / in-process throughput", ">= 1.0x", report.span(ratios, report.ratio),
+             ratios["median"] >= 1.0)
+    r.data.update({"worker_rps": worker_rates, "inprocess_rps": inproc_rates, "model": UNLISTED_MODEL,
+                   "concurrency": concurrency, "latency_ms": latency_ms, "calls_per_round": total})
+    r.notes.append("The worker caches DSPy's model-metadata lookup (bridge/backends/dspy/patches.py); plain DSPy "
+                   "scans its whole table on every call for a model name it does not list.")
     return r
