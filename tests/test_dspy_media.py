@@ -95,3 +95,8 @@ def test_each_adapter_runs_on_the_offline_lm_and_exports(worker, adapter):
     doc = worker.call("export_program", {"program_id": "p"}, session_id=s)["program"]
     assert doc["options"] == {"adapter": adapter}
     assert worker.call("import_program", {"program": doc, "program_id": "q"}, session_id=s)["adapter"] == adapter
+    outputs = worker.call("execute_program", {"program_id": "q", "inputs": {"question": "Why?"}}, session_id=s)
+    answer = outputs["outputs"]["answer"]
+    # two_step: the LM's free answer, then an extraction call whose input is that answer.
+    assert answer.endswith(": Why?") if adapter != "two_step" else isinstance(answer, str) and answer
+    assert outputs["usage"]["offline"]["lm_calls"] == (2 if adapter == "two_step" else 1)

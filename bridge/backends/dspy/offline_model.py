@@ -65,19 +65,24 @@ def answer(messages: list[dict]) -> str:
     rng = random.Random(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest())
     tag = f"{rng.getrandbits(16):04x}"
     subject = _subject(current, input_names)
-    parts = []
-    for name, note in notes.items():
-        if name in remembered:
-            text = remembered[name]
-        else:
-            text = render(value_for_note(note, name, subject, tag, rng))
-        parts.append(f"[[ ## {name} ## ]]\n{text}")
+    values = {name: remembered[name] if name in remembered else value_for_note(note, name, subject, tag, rng)
+              for name, note in notes.items()}
+    last = turns[-1]["content"] if turns else ""
+    if "Outputs will be a JSON object" in system:  # JSONAdapter
+        return json.dumps(values, ensure_ascii=False)
+    if "wrapped in XML tags" in last:  # XMLAdapter
+        return "\n".join(f"<{name}>\n{render(value)}\n</{name}>" for name, value in values.items())
+    parts = [f"[[ ## {name} ## ]]\n{render(value)}" for name, value in values.items()]
     parts.append("[[ ## completed ## ]]")
     return "\n\n".join(parts)
 
 
+XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
+
+
 def _inputs_of(content: str, input_names: list[str]) -> dict[str, str]:
-    found = blocks(content.split("Respond with the corresponding output fields")[0])
+    head = content.split("Respond with ")[0]
+    found = blocks(head) or {name: text.strip() for name, text in XML_BLOCK.findall(head)}
     return {name: found[name] for name in input_names if name in found}
 
 

@@ -1,6 +1,6 @@
 """The few places the worker changes DSPy 3.4 itself, each with its reason (applied once, after the import).
 
-Both are applied by the import gate on its own thread, right after ``import
+They are applied by the import gate on its own thread, right after ``import
 dspy`` and before any command can run, so no other thread sees DSPy half
 patched. Neither changes what is sent to an LM or what a program returns.
 
@@ -31,6 +31,24 @@ MAX_BODY_CHARS = 500
 def apply(dspy) -> None:
     cache_model_info()
     keep_provider_messages()
+    silence_progress_bars()
+
+
+def silence_progress_bars() -> None:
+    """Evaluate and the optimisers draw tqdm bars with ``disable=False`` set explicitly, which beats
+    ``TQDM_DISABLE``; in a worker they are only noise on stderr: progress goes out as events."""
+    import tqdm
+
+    original = tqdm.tqdm.__init__
+    if getattr(original, "portbridge_patched", False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    __init__.portbridge_patched = True
+    tqdm.tqdm.__init__ = __init__
 
 
 def cache_model_info() -> None:

@@ -110,7 +110,7 @@ defmodule PortBridge.DSPy do
       target,
       "create_program",
       opts,
-      [:signature, :module, :program_id, :instructions, :replace],
+      [:signature, :module, :adapter, :program_id, :instructions, :replace],
       required: [:signature]
     )
   end
@@ -162,6 +162,7 @@ defmodule PortBridge.DSPy do
       :program_id,
       :optimizer,
       :trainset,
+      :valset,
       :metric,
       :metric_fields,
       :options,
@@ -224,6 +225,32 @@ defmodule PortBridge.DSPy do
     call(target, "end_session", [session_id: session_id] ++ opts, [],
       also: %{"session_id" => session_id}
     )
+  end
+
+  @doc """
+  Scores a program over a labelled devset, as `dspy.Evaluate`; `progress` events
+  (`%{"done", "total", "errors", "score"}`) go to `:on_event`.
+
+  Arguments: `:devset` (required: a list of `%{inputs: %{...}, outputs: %{...}}`),
+  `:metric` (a named metric, `"exact_match"` by default, or an LM judge declared as
+  data: `%{judge: %{signature: ..., inputs: %{judge_input => "example.<field>" |
+  "prediction.<output>"}, score: output}}`), `:metric_fields`, `:num_threads`,
+  `:max_errors`, `:return_outputs`. Returns `%{"score" => percent, "results" =>
+  [%{"index", "score", "outputs" | "error"}], "count", "errors", "usage", ...}`.
+  """
+  @spec evaluate_program(target, String.t(), keyword) :: result
+  def evaluate_program(target, program_id, opts) do
+    keys = [
+      :program_id,
+      :devset,
+      :metric,
+      :metric_fields,
+      :num_threads,
+      :max_errors,
+      :return_outputs
+    ]
+
+    call(target, "evaluate_program", [program_id: program_id] ++ opts, keys, required: [:devset])
   end
 
   defp by_id(target, command, program_id, opts) do
