@@ -180,22 +180,29 @@ def run_concurrency(quick: bool) -> report.Result:
     return r
 
 
+def in_process_child():
+    """benchmarks/inprocess_dspy.py as a child, and ``ask(instruction) -> its JSON answer``."""
+    child = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
+
+    def ask(instruction: str):
+        child.stdin.write(instruction + "\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        if not line:
+            raise RuntimeError("the in-process DSPy child exited")
+        return json.loads(line)
+
+    return child, ask
+
+
 def run_overhead(quick: bool) -> report.Result:
     rounds, per_round = (3, 20) if quick else (5, 60)
     r = report.Result("overhead", "execute_program through frames vs the same program in-process (scenario 6)")
     table = r.table(f"{rounds} interleaved rounds x {per_round} sequential calls; milliseconds per call",
                     ["LM", "in-process: median [min-max] of round medians", "worker: median [min-max]",
                      "overhead us: median [min-max]"])
-    inproc = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
-
-    def in_process(instruction: str) -> list[int]:
-        inproc.stdin.write(instruction + "\n")
-        inproc.stdin.flush()
-        line = inproc.stdout.readline()
-        if not line:
-            raise RuntimeError("the in-process DSPy child exited")
-        return json.loads(line)
+    inproc, in_process = in_process_child()
 
     try:
         with LMServer(0) as server:
@@ -269,16 +276,7 @@ def run_throughput(quick: bool) -> report.Result:
                                          "in threads (scenario 7)")
     table = r.table(f"{rounds} interleaved rounds of {total} calls; calls per second",
                     ["side", "req/s: median [min-max]"])
-    inproc = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
-
-    def in_process(instruction: str) -> int:
-        inproc.stdin.write(instruction + "\n")
-        inproc.stdin.flush()
-        line = inproc.stdout.readline()
-        if not line:
-            raise RuntimeError("the in-process DSPy child exited")
-        return json.loads(line)
+    inproc, in_process = in_process_child()
 
     worker_rates, inproc_rates = [], []
     try:
