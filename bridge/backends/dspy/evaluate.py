@@ -54,10 +54,10 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
         return prediction, score
 
     def report() -> None:
-        with lock:
+        with lock:  # sent under the lock, so that events arrive in order of done
             done, score, errors = tally["done"], tally["score"], tally["errors"]
-        ctx.emit("progress", {"done": done, "total": total, "errors": errors,
-                              "score": round(100 * score / done, 2)})
+            ctx.emit("progress", {"done": done, "total": total, "errors": errors,
+                                  "score": round(100 * score / done, 2)})
 
     ctx.emit("progress", {"done": 0, "total": total, "errors": 0, "score": 0.0})
     executor = ParallelExecutor(num_threads=args["num_threads"], max_errors=args.get("max_errors", total + 1),
