@@ -9,6 +9,8 @@ defmodule PortBridge.Application do
       {Registry, keys: :unique, name: PortBridge.Registry},
       # The heir of the pools' session records (PortBridge.Records).
       PortBridge.Keeper,
+      # Callbacks registered per session (PortBridge.Callbacks.register/2).
+      PortBridge.Callbacks,
       PortBridge.Reaper,
       PortBridge.CircuitBreaker,
       {Task.Supervisor, name: PortBridge.TaskSupervisor}

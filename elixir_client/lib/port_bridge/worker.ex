@@ -59,7 +59,7 @@ defmodule PortBridge.Worker do
   use GenServer
   require Logger
 
-  alias PortBridge.{Channel, Error, Options, Protocol, Request, Writer}
+  alias PortBridge.{Callbacks, Channel, Error, Options, Protocol, Request, Writer}
 
   @worker_keys [
     :respawn,
@@ -154,10 +154,15 @@ defmodule PortBridge.Worker do
         # A deadline set by whoever called us (a pool's checkout) already counts
         # what happened before; else the budget starts now.
         deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)
+        callbacks = Callbacks.check!(Keyword.get(opts, :callbacks, %{}))
         ref = :erlang.monitor(:process, pid, alias: :demonitor)
         envelope = Keyword.take(opts, [:session_id, :meta])
 
-        GenServer.cast(pid, {:request, ref, self(), command, args, envelope, timeout, deadline})
+        GenServer.cast(
+          pid,
+          {:request, ref, self(), command, args, envelope, timeout, deadline, callbacks}
+        )
+
         Request.new(pid, ref, fn -> GenServer.cast(pid, {:cancel, ref}) end, timeout, deadline)
 
       _ ->
@@ -216,7 +221,9 @@ defmodule PortBridge.Worker do
       queue: :queue.new(),
       # id => {command, session_id} of the :on_ready requests still unanswered.
       replay: %{},
-      replay_timer: nil
+      replay_timer: nil,
+      # Callbacks running: task ref => %{id: callback_id, request: ref, pid, timer}.
+      running: %{}
     }
 
     if config.lazy, do: {:ok, state}, else: start_python(state)
@@ -245,7 +252,10 @@ defmodule PortBridge.Worker do
   end
 
   @impl true
-  def handle_cast({:request, ref, caller, command, args, envelope, timeout, deadline}, state) do
+  def handle_cast(
+        {:request, ref, caller, command, args, envelope, timeout, deadline, callbacks},
+        state
+      ) do
     timer =
       case deadline do
         :infinity -> nil
@@ -261,7 +271,9 @@ defmodule PortBridge.Worker do
       timeout: timeout,
       deadline: deadline,
       send: {command, args, envelope},
-      written: false
+      written: false,
+      callbacks: callbacks,
+      session_id: envelope[:session_id]
     }
 
     state = %{
@@ -357,6 +369,26 @@ defmodule PortBridge.Worker do
       %{^ref => entry} -> {:noreply, abandon(state, ref, Request.timeout_error(entry.timeout))}
       %{} -> {:noreply, state}
     end
+  end
+
+  def handle_info({task_ref, outcome}, state) when is_map_key(state.running, task_ref) do
+    Process.demonitor(task_ref, [:flush])
+    {:noreply, callback_done(state, task_ref, outcome)}
+  end
+
+  def handle_info({:DOWN, task_ref, :process, _, reason}, state)
+      when is_map_key(state.running, task_ref) do
+    message = "the callback exited: #{inspect(reason, limit: 10, printable_limit: 200)}"
+    {:noreply, callback_done(state, task_ref, {:error, "execution", message})}
+  end
+
+  def handle_info({:callback_timeout, task_ref}, state)
+      when is_map_key(state.running, task_ref) do
+    %{pid: pid, ms: ms} = state.running[task_ref]
+    Process.demonitor(task_ref, [:flush])
+    Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, pid)
+    message = "the callback did not return within #{ms} ms"
+    {:noreply, callback_done(state, task_ref, {:error, "timeout", message})}
   end
 
   def handle_info({:DOWN, mon, :process, _caller, _reason}, state) do
@@ -721,11 +753,125 @@ defmodule PortBridge.Worker do
 
   defp event(state, id, name, data) do
     case state.ids do
-      %{^id => ref} -> send(ref, {ref, {:event, name, data}})
-      %{} -> :ok
+      %{^id => ref} ->
+        send(ref, {ref, {:event, name, data}})
+        if name == "callback", do: callback(state, ref, data), else: state
+
+      %{} ->
+        state
+    end
+  end
+
+  ## Callbacks: the worker calls the client (PortBridge.Callbacks)
+
+  defp callback(state, ref, %{"callback_id" => callback_id, "name" => name} = data)
+       when is_binary(callback_id) and is_binary(name) do
+    entry = Map.fetch!(state.requests, ref)
+
+    case Callbacks.find(entry.callbacks, entry.session_id, name) do
+      {:ok, fun} ->
+        args = Map.get(data, "args", %{})
+        format = state.config.spawn.format
+
+        task =
+          Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, Callbacks, :run, [
+            fun,
+            args,
+            format
+          ])
+
+        ms = callback_ms(data["timeout_ms"], entry.deadline)
+        timer = ms && Process.send_after(self(), {:callback_timeout, task.ref}, ms)
+        running = %{id: callback_id, request: ref, pid: task.pid, timer: timer, ms: ms}
+        %{state | running: Map.put(state.running, task.ref, running)}
+
+      :error ->
+        message =
+          "no callback named #{inspect(name)} was registered for this request or its session"
+
+        callback_result(state, callback_id, {:error, "not_found", message})
+    end
+  end
+
+  defp callback(state, _ref, data) do
+    Logger.warning(
+      "portbridge worker #{state.os_pid} sent a callback event of the wrong shape: " <>
+        inspect(data, limit: 10, printable_limit: 200)
+    )
+
+    case data do
+      %{"callback_id" => id} when is_binary(id) ->
+        callback_result(state, id, {:error, "validation", "the callback event has no name"})
+
+      _ ->
+        state
+    end
+  end
+
+  # The time a callback may take: what the worker gave it, within the request's deadline.
+  defp callback_ms(timeout_ms, deadline) do
+    left = Request.remaining(deadline)
+
+    case timeout_ms do
+      ms when is_integer(ms) and ms > 0 and (left == :infinity or ms < left) -> ms
+      _ when left == :infinity -> nil
+      _ -> left
+    end
+  end
+
+  defp callback_done(state, task_ref, outcome) do
+    case Map.pop(state.running, task_ref) do
+      {nil, _} ->
+        state
+
+      {running, rest} ->
+        if running.timer, do: Process.cancel_timer(running.timer)
+        callback_result(%{state | running: rest}, running.id, outcome)
+    end
+  end
+
+  defp callback_result(%{channel: nil} = state, _callback_id, _outcome), do: state
+
+  defp callback_result(state, callback_id, outcome) do
+    id = state.next_id
+    state = %{state | next_id: id + 1}
+    args = Callbacks.result_args(callback_id, outcome)
+
+    case Channel.encode(state.channel, id, "callback_result", args, []) do
+      {:ok, frame} ->
+        write(state, nil, frame)
+
+      {:error, error} ->
+        # Too large for the worker, most likely: say so instead.
+        fallback =
+          {:error, "serialization",
+           "the callback's result cannot be sent: #{Exception.message(error)}"}
+
+        {:ok, frame} =
+          Channel.encode(
+            state.channel,
+            id,
+            "callback_result",
+            Callbacks.result_args(callback_id, fallback),
+            []
+          )
+
+        write(state, nil, frame)
+    end
+  end
+
+  # Callbacks of a request that is over, or of a Python that is gone, are stopped.
+  defp stop_callbacks(state, fun) do
+    {stopped, running} =
+      Enum.split_with(state.running, fn {_task_ref, running} -> fun.(running) end)
+
+    for {task_ref, running} <- stopped do
+      Process.demonitor(task_ref, [:flush])
+      if running.timer, do: Process.cancel_timer(running.timer)
+      Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, running.pid)
     end
 
-    state
+    %{state | running: Map.new(running)}
   end
 
   # The request's caller is done with it (deadline, cancel, caller died): tell the
@@ -764,6 +910,8 @@ defmodule PortBridge.Worker do
   end
 
   defp finish(state, ref, result) do
+    state = if state.running == %{}, do: state, else: stop_callbacks(state, &(&1.request == ref))
+
     {entry, requests} = Map.pop(state.requests, ref)
     if entry.timer, do: :erlang.cancel_timer(entry.timer)
     Process.demonitor(entry.caller_mon, [:flush])

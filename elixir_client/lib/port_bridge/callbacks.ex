@@ -1,0 +1,141 @@
+defmodule PortBridge.Callbacks do
+  @moduledoc """
+  Elixir functions the Python worker may call back while a request runs: an agent's
+  tools, a metric, a reward function (protocol/PROTOCOL.md, "Callbacks").
+
+  The client never sends code. A request names what it allows as data (a ReAct
+  program's tools, `metric: {"callback": "metric"}`), and the caller registers the
+  functions under those names:
+
+    * per request: `PortBridge.request(target, command, args, callbacks: %{"search" => fun})`
+      (`PortBridge.DSPy` turns `tools:`, `metric:` and `reward:` into this);
+    * per session, on this node: `register(session_id, %{"search" => fun})`, used
+      by every request of the session that does not register the name itself.
+
+  When the worker asks (a `callback` event on the request), the `PortBridge.Worker`
+  runs the function in a task under `PortBridge.TaskSupervisor`, never in its own
+  loop or the caller's: a slow or crashing callback blocks no other reply, and it
+  may itself make requests, on the same worker too. The function gets the
+  arguments as a map with string keys and returns a JSON-encodable value (or
+  `{:ok, value}`), or `{:error, message}`; a raise or an exit is an `execution`
+  error, a value that cannot be encoded a `serialization` error, and running past
+  the time the worker gave it (`timeout_ms`, the request's remaining budget) a
+  `timeout` error. The worker's name is looked up among the registered strings: it
+  never becomes an atom and never selects a module or function by itself.
+  """
+
+  use GenServer
+
+  alias PortBridge.Codec
+
+  @type fun_map :: %{optional(String.t()) => function}
+  @type outcome :: {:ok, term} | {:error, String.t(), String.t()}
+
+  @doc false
+  def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+  @impl true
+  def init(:ok) do
+    :ets.new(__MODULE__, [:named_table, :public, :set, read_concurrency: true])
+    {:ok, nil}
+  end
+
+  @doc """
+  Registers callbacks for every request of `session_id` made from this node
+  (merged with those already registered; a request's own take precedence).
+  """
+  @spec register(String.t(), fun_map) :: :ok
+  def register(session_id, callbacks) when is_binary(session_id) do
+    callbacks = check!(callbacks)
+    :ets.insert(__MODULE__, {session_id, Map.merge(registered(session_id), callbacks)})
+    :ok
+  end
+
+  @doc "Forgets the callbacks of a session (`PortBridge.DSPy.end_session/3` does it too)."
+  @spec unregister(String.t()) :: :ok
+  def unregister(session_id) do
+    :ets.delete(__MODULE__, session_id)
+    :ok
+  end
+
+  @doc "The callbacks registered for a session."
+  @spec registered(String.t() | nil) :: fun_map
+  def registered(nil), do: %{}
+
+  def registered(session_id) do
+    case :ets.lookup(__MODULE__, session_id) do
+      [{_, callbacks}] -> callbacks
+      [] -> %{}
+    end
+  end
+
+  @doc false
+  # Checks a map of callbacks given as an option; raises ArgumentError.
+  @spec check!(term) :: fun_map
+  def check!(callbacks) when is_map(callbacks) do
+    for {name, fun} <- callbacks do
+      unless is_binary(name) and name != "" and is_function(fun, 1) do
+        raise ArgumentError,
+              "callbacks must map names (strings) to 1-arity functions, got: #{inspect({name, fun})}"
+      end
+    end
+
+    callbacks
+  end
+
+  def check!(other),
+    do:
+      raise(ArgumentError, ":callbacks must be a map of name => function, got: #{inspect(other)}")
+
+  @doc false
+  # The function for `name`: the request's own, else its session's.
+  @spec find(fun_map, String.t() | nil, String.t()) :: {:ok, function} | :error
+  def find(own, session_id, name) do
+    case own do
+      %{^name => fun} -> {:ok, fun}
+      %{} -> Map.fetch(registered(session_id), name)
+    end
+  end
+
+  @doc false
+  # Runs a callback (in its task): the outcome to send back, never a raise.
+  @spec run(function, term, Codec.format()) :: outcome
+  def run(fun, args, format) do
+    case fun.(args) do
+      {:error, message} -> {:error, "execution", text(message)}
+      {:ok, value} -> encodable(value, format)
+      value -> encodable(value, format)
+    end
+  rescue
+    exception -> {:error, "execution", Exception.message(exception)}
+  catch
+    kind, reason -> {:error, "execution", Exception.format_banner(kind, reason)}
+  end
+
+  defp encodable(value, format) do
+    case Codec.encode(%{"result" => value}, format) do
+      {:ok, _} ->
+        {:ok, value}
+
+      {:error, reason} ->
+        {:error, "serialization",
+         "the callback returned a value that cannot be sent as #{format}: " <>
+           inspect(reason, limit: 5, printable_limit: 200)}
+    end
+  end
+
+  defp text(message) when is_binary(message), do: message
+  defp text(other), do: inspect(other, limit: 10, printable_limit: 500)
+
+  @doc false
+  # The arguments of the `callback_result` command for an outcome.
+  @spec result_args(String.t(), outcome) :: map
+  def result_args(callback_id, {:ok, value}),
+    do: %{"callback_id" => callback_id, "result" => value}
+
+  def result_args(callback_id, {:error, category, message}),
+    do: %{
+      "callback_id" => callback_id,
+      "error" => %{"category" => category, "message" => message}
+    }
+end
