@@ -46,6 +46,8 @@ defmodule PortBridge do
     * `:on_event` - a function called with `{name, data}` for each event of the
       request (`{"chunk", %{...}}`, `{"progress", %{...}}`) before the reply.
     * `:meta` - a map echoed back by the worker and put in its logs (`trace_id`).
+    * `:callbacks` - `%{"name" => fun}`: Elixir functions the worker may call back
+      while this request runs (an agent's tools, a metric), see `PortBridge.Callbacks`.
     * `:retry` - `true` or options: retry following the error table, see
       `PortBridge.Retry`. Off by default.
     * `:circuit` - `true`, a key or options: fail at once while calls with the

@@ -12,8 +12,15 @@ defmodule PortBridge.DSPy do
   Every function takes the `target` (a worker or pool, by pid or name) first, and
   options that are either the command's arguments (listed per function) or request
   options (`:session_id`, `:timeout`, `:on_event`, `:meta`, `:retry`, `:circuit`,
-  `:pool_timeout`; see `PortBridge.request/4`). Results are `{:ok, map}` with the
-  worker's string keys, or `{:error, %PortBridge.Error{}}`.
+  `:pool_timeout`, `:callbacks`; see `PortBridge.request/4`). Results are
+  `{:ok, map}` with the worker's string keys, or `{:error, %PortBridge.Error{}}`.
+
+  Elixir functions the worker calls back (`PortBridge.Callbacks`): `tools: %{"search"
+  => fun}` (an agent's tools, each `fun.(args)` with the tool's arguments),
+  `metric: fun` for `optimize_program/3` and `evaluate_program/3` (`fun.(example,
+  prediction)`, or `fun.(args)`; returns a number or boolean, or `%{"score" => x,
+  "feedback" => "..."}`), `reward: fun` when running a `BestOfN` or `Refine` program
+  (`fun.(inputs, prediction)`; returns a number).
 
   A program lives in a scope: the session named by `:session_id`, or the global
   scope without one. An LM configured in a session is that session's; a session
@@ -68,7 +75,16 @@ defmodule PortBridge.DSPy do
 
   alias PortBridge.Error
 
-  @request_keys [:session_id, :timeout, :on_event, :meta, :retry, :circuit, :pool_timeout]
+  @request_keys [
+    :session_id,
+    :timeout,
+    :on_event,
+    :meta,
+    :retry,
+    :circuit,
+    :pool_timeout,
+    :callbacks
+  ]
   @lm_keys [
     :model,
     :api_key,
@@ -135,7 +151,7 @@ defmodule PortBridge.DSPy do
   """
   @spec stream(target, String.t(), map, keyword) :: Enumerable.t()
   def stream(target, program_id, inputs, opts \\ []) do
-    {args, request_opts} = split!(opts, [], "execute_program")
+    {args, request_opts} = split!(elixir_callbacks(opts), [], "execute_program")
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
@@ -258,7 +274,7 @@ defmodule PortBridge.DSPy do
   end
 
   defp call(target, command, opts, arg_keys, checks \\ []) do
-    {args, request_opts} = split!(opts, arg_keys, command)
+    {args, request_opts} = split!(elixir_callbacks(opts), arg_keys, command)
 
     for key <- Keyword.get(checks, :required, []), not Map.has_key?(args, Atom.to_string(key)) do
       raise ArgumentError, "#{command} needs #{inspect(key)}"
@@ -273,6 +289,65 @@ defmodule PortBridge.DSPy do
       request_opts
     )
   end
+
+  # Elixir functions given as `tools:`, `metric:` or `reward:` become callbacks the
+  # worker calls back (PortBridge.Callbacks), under the names the request declares:
+  # a tool's own name, "metric" (the argument becomes {"callback": "metric"}),
+  # "reward" (a BestOfN or Refine program created with reward_fn: {"callback": "reward"}).
+  defp elixir_callbacks(opts) do
+    {tools, opts} = Keyword.pop(opts, :tools, %{})
+    {reward, opts} = Keyword.pop(opts, :reward)
+
+    {metric, opts} =
+      case Keyword.fetch(opts, :metric) do
+        {:ok, fun} when is_function(fun) ->
+          {fun, Keyword.put(opts, :metric, %{"callback" => "metric"})}
+
+        _ ->
+          {nil, opts}
+      end
+
+    added =
+      Map.merge(
+        tools!(tools),
+        Map.reject(
+          %{"metric" => adapt(metric, "example"), "reward" => adapt(reward, "inputs")},
+          &is_nil(elem(&1, 1))
+        )
+      )
+
+    if added == %{},
+      do: opts,
+      else: Keyword.update(opts, :callbacks, added, &Map.merge(added, &1))
+  end
+
+  defp tools!(tools) when is_map(tools) do
+    Map.new(tools, fn
+      {name, fun} when is_function(fun, 1) ->
+        {to_string(name), fun}
+
+      other ->
+        raise ArgumentError,
+              ":tools must map tool names to 1-arity functions, got: #{inspect(other)}"
+    end)
+  end
+
+  defp tools!(other), do: raise(ArgumentError, ":tools must be a map, got: #{inspect(other)}")
+
+  # A metric (example, prediction) or a reward (inputs, prediction) of arity 2 gets
+  # the two parts of the worker's arguments; arity 1 gets them whole.
+  defp adapt(nil, _first), do: nil
+  defp adapt(fun, _first) when is_function(fun, 1), do: fun
+
+  defp adapt(fun, first) when is_function(fun, 2),
+    do: fn args -> fun.(args[first], args["prediction"]) end
+
+  defp adapt(other, _first),
+    do:
+      raise(
+        ArgumentError,
+        "a metric or reward must be a function of 1 or 2 arguments, got: #{inspect(other)}"
+      )
 
   # Options are the command's arguments or request options; anything else is a typo.
   defp split!(opts, arg_keys, command) do

@@ -19,7 +19,11 @@ defmodule PortBridge.DSPyEvaluateTest do
     {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: session)
 
     {:ok, _} =
-      DSPy.create_program(worker, signature: "question -> answer", program_id: "qa", session_id: session)
+      DSPy.create_program(worker,
+        signature: "question -> answer",
+        program_id: "qa",
+        session_id: session
+      )
 
     %{session: session}
   end
@@ -95,7 +99,9 @@ defmodule PortBridge.DSPyEvaluateTest do
     history = %{messages: [%{question: "Your name?", answer: "Port"}]}
 
     assert {:ok, %{"outputs" => %{"answer" => answer}}} =
-             DSPy.execute_program(worker, "chat", %{history: history, question: "Hi"}, session_id: s)
+             DSPy.execute_program(worker, "chat", %{history: history, question: "Hi"},
+               session_id: s
+             )
 
     assert is_binary(answer)
   end
