@@ -16,22 +16,13 @@ Every `callback_result` gets its own reply; one for an unknown callback id gets 
 """
 
 import itertools
-import json
 import os
-import struct
-import sys
+
+from peer_frames import requests, write
 
 ids = itertools.count(1)
 waiting = {}  # callback_id -> (ask id, index)
 asks = {}     # ask id -> [results or None]
-
-
-def write(frame) -> None:
-    payload = json.dumps(frame).encode()
-    try:
-        os.write(1, struct.pack(">I", len(payload)) + payload)
-    except BrokenPipeError:  # the client closed the port: nobody to answer
-        sys.exit(0)
 
 
 def reply(rid, result) -> None:
@@ -40,13 +31,7 @@ def reply(rid, result) -> None:
 
 write({"id": None, "event": "ready", "data": {"protocol": 1, "protocol_minor": 1, "features": ["callbacks"],
                                               "pid": os.getpid(), "limits": {}}})
-stdin = sys.stdin.buffer
-while True:
-    header = stdin.read(4)
-    if len(header) < 4:
-        break
-    (n,) = struct.unpack(">I", header)
-    request = json.loads(stdin.read(n))
+for request in requests():
     rid, command, args = request["id"], request["command"], request.get("args") or {}
     if command == "ask":
         calls = args["calls"]

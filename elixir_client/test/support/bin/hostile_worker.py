@@ -8,15 +8,9 @@ command:
   <kind>+echo     the malformed frame, then a valid reply to the same id
 """
 
-import json
 import os
-import struct
-import sys
 
-
-def write(frame) -> None:
-    payload = frame if isinstance(frame, bytes) else json.dumps(frame).encode()
-    os.write(1, struct.pack(">I", len(payload)) + payload)
+from peer_frames import requests, write
 
 
 FRAMES = {
@@ -43,13 +37,7 @@ FRAMES = {
 
 write({"id": None, "event": "ready", "data": {"protocol": 1, "pid": os.getpid(), "limits": {"max_frame_bytes": "lots", "shutdown_grace_s": "never"}}})
 
-stdin = sys.stdin.buffer
-while True:
-    header = stdin.read(4)
-    if len(header) < 4:
-        break
-    (n,) = struct.unpack(">I", header)
-    request = json.loads(stdin.read(n))
+for request in requests():
     command, rid = request.get("command"), request.get("id")
     if command == "cancel":
         continue
