@@ -197,7 +197,13 @@ defmodule PortBridge.Pool do
           if records, do: [on_ready: {Records, :replay, [records, i - 1, size]}], else: []
 
         opts =
-          [name: elem(workers, i - 1), respawn: true, lazy: config.lazy, load: {load, i}] ++
+          [
+            name: elem(workers, i - 1),
+            pool: name,
+            respawn: true,
+            lazy: config.lazy,
+            load: {load, i}
+          ] ++
             on_ready ++ config.worker ++ config.spawn
 
         Supervisor.child_spec({Worker, opts}, id: {:worker, i})
@@ -304,10 +310,11 @@ defmodule PortBridge.Pool do
   end
 
   # The request's one deadline, fixed now unless the caller fixed it earlier.
+  # (`pool`: the pool's name, for telemetry.)
   defp budget(pool, opts) do
     opts = Keyword.put_new(opts, :timeout, pool.timeout)
     deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(opts[:timeout]) end)
-    {Keyword.put(opts, :deadline, deadline), deadline}
+    {Keyword.merge(opts, deadline: deadline, pool: pool.name), deadline}
   end
 
   # 0-based: a session's Worker, or the least loaded one. Multiplexed, ties go to the

@@ -123,12 +123,28 @@ defmodule PortBridge.Reaper do
   ## Server
 
   @impl true
-  def init(:ok), do: {:ok, %{pids: %{}, monitors: %{}}}
+  def init(:ok) do
+    # owner => os_pid, for whoever asks which OS process serves an owner (telemetry).
+    :ets.new(__MODULE__, [:named_table, :protected, :set, read_concurrency: true])
+    {:ok, %{pids: %{}, monitors: %{}}}
+  end
+
+  @doc "The OS pid watched on behalf of `owner` (a `PortBridge.Worker`), or nil."
+  @spec os_pid_of(pid) :: pos_integer | nil
+  def os_pid_of(owner) do
+    case :ets.lookup(__MODULE__, owner) do
+      [{_, os_pid}] -> os_pid
+      [] -> nil
+    end
+  rescue
+    ArgumentError -> nil
+  end
 
   @impl true
   def handle_call({:watch, os_pid, owner, grace_ms}, _from, state) do
     state = drop(state, os_pid)
     mref = Process.monitor(owner)
+    :ets.insert(__MODULE__, {owner, os_pid})
 
     state = %{
       state
@@ -185,8 +201,9 @@ defmodule PortBridge.Reaper do
       {nil, _} ->
         state
 
-      {{_owner, mref, _grace}, pids} ->
+      {{owner, mref, _grace}, pids} ->
         Process.demonitor(mref, [:flush])
+        :ets.delete_object(__MODULE__, {owner, os_pid})
         %{state | pids: pids, monitors: Map.delete(state.monitors, mref)}
     end
   end

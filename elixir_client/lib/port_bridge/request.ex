@@ -17,16 +17,17 @@ defmodule PortBridge.Request do
   suspended on a full pipe, gone), and tell it to cancel the request.
   """
 
-  alias PortBridge.Error
+  alias PortBridge.{Error, Telemetry}
 
   @enforce_keys [:ref, :pid, :cancel]
-  defstruct [:ref, :pid, :cancel, :monitor, timeout: :infinity, deadline: :infinity]
+  defstruct [:ref, :pid, :cancel, :monitor, :span, timeout: :infinity, deadline: :infinity]
 
   @type t :: %__MODULE__{
           ref: reference,
           pid: pid,
           cancel: (() -> any),
           monitor: reference | nil,
+          span: map | nil,
           timeout: timeout,
           deadline: integer | :infinity
         }
@@ -35,12 +36,14 @@ defmodule PortBridge.Request do
   @doc false
   # `ref` is an alias that the serving process sends to; `monitor` monitors it (the
   # same reference when the alias came from `monitor(..., alias: :demonitor)`).
-  def new(pid, ref, cancel, timeout, deadline, monitor \\ nil) do
+  # `span`: the telemetry span it belongs to (PortBridge.Telemetry.start/1), or nil.
+  def new(pid, ref, cancel, timeout, deadline, monitor \\ nil, span \\ nil) do
     %__MODULE__{
       ref: ref,
       pid: pid,
       cancel: cancel,
       monitor: monitor || ref,
+      span: span,
       timeout: timeout,
       deadline: deadline
     }
@@ -65,10 +68,19 @@ defmodule PortBridge.Request do
   """
   @spec await(t, (event -> any) | nil) :: {:ok, term} | {:error, Error.t()}
   def await(%__MODULE__{} = request, on_event \\ nil) do
+    wait(request, on_event)
+  catch
+    kind, reason ->
+      Telemetry.exception(request.span, kind, reason, __STACKTRACE__)
+      cancel(request, nil)
+      :erlang.raise(kind, reason, __STACKTRACE__)
+  end
+
+  defp wait(request, on_event) do
     case next(request) do
       {:event, name, data} ->
         if on_event, do: on_event.({name, data})
-        await(request, on_event)
+        wait(request, on_event)
 
       {:done, result} ->
         result
@@ -83,16 +95,15 @@ defmodule PortBridge.Request do
         {:event, name, data}
 
       {^ref, {:reply, result}} ->
-        done(request)
-        {:done, result}
+        done(request, result)
 
       {:DOWN, ^monitor, _, _, reason} ->
-        done(request)
-        {:done, {:error, server_down(reason)}}
+        done(request, {:error, server_down(reason)})
     after
       remaining(request.deadline) ->
-        cancel(request)
-        {:done, {:error, timeout_error(request.timeout)}}
+        result = {:error, timeout_error(request.timeout)}
+        cancel(request, result)
+        {:done, result}
     end
   end
 
@@ -102,18 +113,22 @@ defmodule PortBridge.Request do
   request reaches the caller.
   """
   @spec cancel(t) :: :ok
-  def cancel(%__MODULE__{ref: ref, cancel: cancel} = request) do
+  def cancel(%__MODULE__{} = request), do: cancel(request, :cancelled)
+
+  # `outcome`: what its telemetry span ends with (nil: it already ended).
+  defp cancel(%__MODULE__{ref: ref, cancel: cancel} = request, outcome) do
     cancel.()
-    done(request)
+    done(request, outcome)
     flush(ref)
   end
 
-  defp done(%__MODULE__{ref: ref, monitor: monitor}) do
+  defp done(%__MODULE__{ref: ref, monitor: monitor, span: span}, outcome) do
     Process.demonitor(monitor, [:flush])
     # An alias made apart from its monitor is removed here; for one made by the
     # monitor, the demonitor above already did it.
     if monitor != ref, do: :erlang.unalias(ref)
-    :ok
+    if outcome, do: Telemetry.stop(span, outcome)
+    {:done, outcome}
   end
 
   defp flush(ref) do

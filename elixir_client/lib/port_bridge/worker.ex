@@ -54,12 +54,28 @@ defmodule PortBridge.Worker do
       rebuild state on it, as `{command, args, opts}` (`opts`: `:session_id`).
       `PortBridge.Pool` replays recorded sessions this way.
     * `:replay_timeout` - ms the `:on_ready` requests may take (30_000).
+    * `:pool` - the name of the pool the Worker belongs to (set by
+      `PortBridge.Pool`; in telemetry metadata and Logger metadata).
+
+  Every log line of the client carries Logger metadata: `portbridge_worker` (the
+  name, else the pid), `portbridge_pool` and `portbridge_os_pid`. Events are in
+  `PortBridge.Telemetry`.
   """
 
   use GenServer
   require Logger
 
-  alias PortBridge.{Callbacks, Channel, Error, Options, Protocol, Request, Writer}
+  alias PortBridge.{
+    Callbacks,
+    Channel,
+    Error,
+    Options,
+    Protocol,
+    Reaper,
+    Request,
+    Telemetry,
+    Writer
+  }
 
   @worker_keys [
     :respawn,
@@ -69,7 +85,8 @@ defmodule PortBridge.Worker do
     :lazy,
     :on_ready,
     :replay_timeout,
-    :load
+    :load,
+    :pool
   ]
 
   @doc false
@@ -92,12 +109,12 @@ defmodule PortBridge.Worker do
     {gen_opts, opts} = Keyword.split(opts, [:name])
 
     case Keyword.keys(opts) -- (Options.spawn_keys() ++ @worker_keys) do
-      [] -> apply(GenServer, fun, [__MODULE__, config!(opts), gen_opts])
+      [] -> apply(GenServer, fun, [__MODULE__, config!(opts, gen_opts[:name]), gen_opts])
       unknown -> raise ArgumentError, "unknown PortBridge.Worker options: #{inspect(unknown)}"
     end
   end
 
-  defp config!(opts) do
+  defp config!(opts, name) do
     on_ready =
       case Keyword.get(opts, :on_ready) do
         nil ->
@@ -127,7 +144,9 @@ defmodule PortBridge.Worker do
       backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000),
       on_ready: on_ready,
       replay_timeout: Options.pos_integer!(opts, :replay_timeout, 30_000),
-      load: load
+      load: load,
+      name: name,
+      pool: Keyword.get(opts, :pool)
     }
   end
 
@@ -158,12 +177,22 @@ defmodule PortBridge.Worker do
         ref = :erlang.monitor(:process, pid, alias: :demonitor)
         envelope = Keyword.take(opts, [:session_id, :meta])
 
+        span =
+          Telemetry.start(%{
+            command: to_string(command),
+            session_id: opts[:session_id],
+            worker: pid,
+            os_pid: Reaper.os_pid_of(pid),
+            pool: opts[:pool]
+          })
+
         GenServer.cast(
           pid,
           {:request, ref, self(), command, args, envelope, timeout, deadline, callbacks}
         )
 
-        Request.new(pid, ref, fn -> GenServer.cast(pid, {:cancel, ref}) end, timeout, deadline)
+        cancel = fn -> GenServer.cast(pid, {:cancel, ref}) end
+        Request.new(pid, ref, cancel, timeout, deadline, nil, span)
 
       _ ->
         {:error,
@@ -197,6 +226,7 @@ defmodule PortBridge.Worker do
   @impl true
   def init(config) do
     Process.flag(:trap_exit, true)
+    Logger.metadata(portbridge_worker: config.name || self(), portbridge_pool: config.pool)
 
     state = %{
       config: config,
@@ -223,7 +253,11 @@ defmodule PortBridge.Worker do
       replay: %{},
       replay_timer: nil,
       # Callbacks running: task ref => %{id: callback_id, request: ref, pid, timer}.
-      running: %{}
+      running: %{},
+      # When the Python process was spawned, and its :on_ready replay started
+      # (monotonic, native units: telemetry).
+      spawned_at: nil,
+      replay_started: nil
     }
 
     if config.lazy, do: {:ok, state}, else: start_python(state)
@@ -233,6 +267,8 @@ defmodule PortBridge.Worker do
   defp start_python(state) do
     case Channel.spawn(state.config.spawn, self()) do
       {:ok, port, os_pid} ->
+        Logger.metadata(portbridge_os_pid: os_pid)
+
         timer =
           Process.send_after(self(), {:ready_timeout, port}, state.config.spawn.ready_timeout)
 
@@ -243,7 +279,8 @@ defmodule PortBridge.Worker do
              port: port,
              os_pid: os_pid,
              channel: nil,
-             ready_timer: timer
+             ready_timer: timer,
+             spawned_at: System.monotonic_time()
          }}
 
       {:error, error} ->
@@ -325,6 +362,7 @@ defmodule PortBridge.Worker do
     case Channel.handshake(port, state.os_pid, state.config.spawn.format, payload) do
       {:ok, channel} ->
         Process.cancel_timer(state.ready_timer)
+        telemetry(state, :start, %{duration: System.monotonic_time() - state.spawned_at}, %{})
         ready(%{state | channel: channel, ready_timer: nil, failures: 0})
 
       {:error, error} ->
@@ -437,8 +475,24 @@ defmodule PortBridge.Worker do
       )
 
     fail_all(state, stopped)
-    if state.port, do: Channel.close(channel(state))
+
+    if state.port do
+      Channel.close(channel(state))
+      telemetry(state, :exit, %{}, %{reason: :stopped})
+    end
+
     :ok
+  end
+
+  # A telemetry event of this Worker's Python process (PortBridge.Telemetry).
+  defp telemetry(state, name, measurements, metadata) do
+    group = if name == :rebuild, do: :session, else: :worker
+
+    Telemetry.execute(
+      [:port_bridge, group, name],
+      measurements,
+      Map.merge(%{worker: self(), os_pid: state.os_pid, pool: state.config.pool}, metadata)
+    )
   end
 
   defp channel(state),
@@ -494,13 +548,30 @@ defmodule PortBridge.Worker do
       timer =
         Process.send_after(self(), {:replay_timeout, state.port}, state.config.replay_timeout)
 
-      {:noreply, %{state | status: :replaying, replay: replay, replay_timer: timer}}
+      # {started, steps, failed so far}, for the rebuild's telemetry event.
+      started = {System.monotonic_time(), map_size(replay), 0}
+
+      {:noreply,
+       %{
+         state
+         | status: :replaying,
+           replay: replay,
+           replay_timer: timer,
+           replay_started: started
+       }}
     end
   end
 
   # Ready to serve: answer await_ready, send what queued up meanwhile.
   defp serve(state) do
     if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
+
+    with {started, steps, failed} <- state.replay_started do
+      failed = failed + map_size(state.replay)
+      duration = System.monotonic_time() - started
+      telemetry(state, :rebuild, %{duration: duration, steps: steps, failed: failed}, %{})
+    end
+
     for from <- state.ready_waiters, do: GenServer.reply(from, {:ok, state.channel.ready})
     queued = :queue.to_list(state.queue)
 
@@ -510,6 +581,7 @@ defmodule PortBridge.Worker do
         ready_waiters: [],
         replay: %{},
         replay_timer: nil,
+        replay_started: nil,
         queue: :queue.new()
     }
 
@@ -519,18 +591,21 @@ defmodule PortBridge.Worker do
   defp replayed(state, id, result) do
     {{command, session_id}, replay} = Map.pop(state.replay, id)
 
-    case result do
-      {:ok, _} ->
-        :ok
+    state =
+      case result do
+        {:ok, _} ->
+          %{state | replay: replay}
 
-      {:error, error} ->
-        Logger.warning(
-          "portbridge worker #{state.os_pid}: rebuilding #{scope(session_id)} failed at #{command}: " <>
-            Exception.message(error)
-        )
-    end
+        {:error, error} ->
+          Logger.warning(
+            "portbridge worker #{state.os_pid}: rebuilding #{scope(session_id)} failed at #{command}: " <>
+              Exception.message(error)
+          )
 
-    state = %{state | replay: replay}
+          {started, steps, failed} = state.replay_started
+          %{state | replay: replay, replay_started: {started, steps, failed + 1}}
+      end
+
     if replay == %{}, do: serve(state), else: state
   end
 
@@ -546,6 +621,8 @@ defmodule PortBridge.Worker do
         {:start_failed, reason} -> {state.failures + 1, reason}
         reason -> {0, reason}
       end
+
+    telemetry(state, :exit, %{}, %{reason: if(failures > 0, do: :start_failed, else: reason)})
 
     state = fail_all(reset_python(state), error)
     config = state.config
@@ -633,6 +710,7 @@ defmodule PortBridge.Worker do
 
   defp recycle(state) do
     Channel.close(channel(state))
+    telemetry(state, :exit, %{}, %{reason: :recycled})
 
     left =
       Error.new(
