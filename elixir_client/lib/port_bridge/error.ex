@@ -18,15 +18,13 @@ defmodule PortBridge.Error do
   `initialization` when a worker never became ready).
 
   The category table is `protocol/errors.json`, the very file the Python worker
-  loads: it is read here at compile time (and tracked with `@external_resource`, so
-  editing it recompiles this module). `table/0` returns it.
+  loads. The package ships a byte-for-byte copy of it in `priv/errors.json` (the
+  test suite checks they are equal; `scripts/sync_protocol.sh` refreshes it), read
+  here at compile time and tracked with `@external_resource`, so editing it
+  recompiles this module. `table/0` returns it.
   """
 
-  @table_path Application.compile_env(
-                :port_bridge,
-                :errors_table,
-                Path.expand("../../../protocol/errors.json", __DIR__)
-              )
+  @table_path Path.expand("../../priv/errors.json", __DIR__)
   @external_resource @table_path
 
   @raw_table (case File.read(@table_path) do
@@ -68,7 +66,7 @@ defmodule PortBridge.Error do
         }
 
   @doc """
-  The category table from `protocol/errors.json`: category -> severity, recovery,
+  The category table of `protocol/errors.json`: category -> severity, recovery,
   retryable, description.
   """
   @spec table() :: %{atom => map}
