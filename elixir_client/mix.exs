@@ -1,8 +1,13 @@
 defmodule PortBridge.MixProject do
   use Mix.Project
 
+  # The Python package (pyproject.toml) carries the same version: `mix port_bridge.setup`
+  # installs portbridge of exactly this version from the package index.
   @version "0.1.0"
 
+  # What an application that depends on :port_bridge gets. Our own machines, which
+  # cannot reach hex.pm, build with mix.offline.exs instead (MIX_EXS=mix.offline.exs,
+  # as scripts/test.sh does); that file is not part of the package.
   def project do
     [
       app: :port_bridge,
@@ -10,106 +15,56 @@ defmodule PortBridge.MixProject do
       elixir: "~> 1.14",
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
-      deps: deps(deps_source()),
-      docs: [main: "readme", extras: ["README.md"]]
+      deps: deps(),
+      description: description(),
+      package: package(),
+      docs: docs()
     ]
   end
 
   def application do
-    [
-      mod: {PortBridge.Application, []},
-      extra_applications: [:logger | system_apps([:jiffy])]
-    ]
+    [mod: {PortBridge.Application, []}, extra_applications: [:logger]]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]
 
-  # Where dependencies come from is chosen explicitly, by PORTBRIDGE_DEPS:
-  #
-  #   hex      NimblePool from Hex, and Jason / Msgpax if you want them (optional):
-  #            what an application that depends on :port_bridge gets.
-  #   offline  no Hex dependency at all: Mix refuses to run (even `mix test`) as soon
-  #            as a Hex dependency is declared and Hex is missing. JSON then goes
-  #            through the system's jiffy (Debian: erlang-jiffy), and PortBridge.Pool
-  #            exists only when NIMBLE_POOL_PATH names a NimblePool checkout.
-  #
-  # Unset, it is `hex` when the Hex archive is installed and `offline` when it is not
-  # (without Hex, Mix could not fetch anything anyway).
-  defp deps_source do
-    case System.get_env("PORTBRIDGE_DEPS") do
-      "hex" -> :hex
-      "offline" -> :offline
-      unset when unset in [nil, ""] -> if Code.ensure_loaded?(Hex), do: :hex, else: :offline
-      other -> Mix.raise("PORTBRIDGE_DEPS must be \"hex\" or \"offline\", got #{inspect(other)}")
-    end
+  defp deps do
+    [
+      # JSON frames (the default format). Elixir >= 1.18 and OTP >= 27 have JSON built
+      # in, but a Hex requirement cannot depend on the Elixir version: required, so that
+      # every supported Elixir works without a step of its own.
+      {:jason, "~> 1.4"},
+      {:telemetry, "~> 1.0"},
+      # PortBridge.Pool's :exclusive strategy (one caller per Python at a time).
+      {:nimble_pool, "~> 1.1", optional: true},
+      # format: :msgpack
+      {:msgpax, "~> 2.4", optional: true},
+      {:ex_doc, "~> 0.34", only: :dev, runtime: false}
+    ]
   end
 
-  defp deps(:hex) do
-    nimble_pool = local_nimble_pool() || [{:nimble_pool, "~> 1.1"}]
-    nimble_pool ++ [{:jason, "~> 1.4", optional: true}, {:msgpax, "~> 2.4", optional: true}]
+  defp description do
+    "Run Python ML frameworks (DSPy first) from Elixir: a Python worker spawned as an " <>
+      "Erlang Port, framed JSON or MessagePack, pools, sessions, one error table."
   end
 
-  defp deps(:offline), do: local_nimble_pool() || []
-
-  # NIMBLE_POOL_PATH=/path/to/nimble_pool: a NimblePool checkout used as a path
-  # dependency. Its own mix.exs declares ex_doc and excoveralls from Hex, which stops
-  # Mix offline, so we compile the checkout's lib/ through a generated project under
-  # _build/ that declares no dependency (and links to the checkout's README, which
-  # NimblePool's moduledoc reads). Nothing of NimblePool is copied.
-  defp local_nimble_pool do
-    case System.get_env("NIMBLE_POOL_PATH") do
-      unset when unset in [nil, ""] -> nil
-      path -> [{:nimble_pool, path: nimble_pool_shadow(Path.expand(path))}]
-    end
+  defp package do
+    [
+      licenses: ["Apache-2.0"],
+      links: %{
+        "Changelog" => "https://hexdocs.pm/port_bridge/changelog.html",
+        "Python package" => "https://pypi.org/project/portbridge/"
+      },
+      files: ~w(lib priv mix.exs README.md CHANGELOG.md LICENSE)
+    ]
   end
 
-  defp nimble_pool_shadow(checkout) do
-    lib = Path.join(checkout, "lib")
-    original = Path.join(checkout, "mix.exs")
-
-    unless File.regular?(Path.join(lib, "nimble_pool.ex")) and File.regular?(original) do
-      Mix.raise(
-        "NIMBLE_POOL_PATH=#{checkout} is not a NimblePool checkout (no lib/nimble_pool.ex)"
-      )
-    end
-
-    version =
-      case Regex.run(~r/@version "([^"]+)"/, File.read!(original)) do
-        [_, version] -> version
-        nil -> Mix.raise("cannot read NimblePool's @version from #{original}")
-      end
-
-    mod =
-      if File.regular?(Path.join(lib, "nimble_pool/application.ex")),
-        do: "mod: {NimblePool.Application, []}, ",
-        else: ""
-
-    shadow = Path.join(__DIR__, "_build/nimble_pool_shadow")
-    File.mkdir_p!(shadow)
-
-    project = """
-    # Generated by port_bridge's mix.exs from NIMBLE_POOL_PATH; do not edit.
-    defmodule PortBridge.NimblePoolShadow.MixProject do
-      use Mix.Project
-      def project, do: [app: :nimble_pool, version: #{inspect(version)}, elixirc_paths: [#{inspect(lib)}], deps: []]
-      def application, do: [#{mod}extra_applications: [:logger]]
-    end
-    """
-
-    # NimblePool's moduledoc is its README, read relative to the project directory.
-    readme = Path.join(shadow, "README.md")
-
-    if File.regular?(Path.join(checkout, "README.md")) and not File.exists?(readme),
-      do: File.ln_s!(Path.join(checkout, "README.md"), readme)
-
-    target = Path.join(shadow, "mix.exs")
-    unless File.read(target) == {:ok, project}, do: File.write!(target, project)
-    shadow
+  defp docs do
+    [
+      main: "readme",
+      extras: ["README.md", "CHANGELOG.md", "LICENSE"],
+      source_ref: "v#{@version}"
+    ]
   end
-
-  # OTP applications installed system-wide (jiffy from Debian's erlang-jiffy) that we
-  # use when present; Elixir >= 1.15 prunes the code path to declared applications.
-  defp system_apps(apps),
-    do: Enum.filter(apps, &match?(path when is_list(path), :code.lib_dir(&1)))
 end
