@@ -43,7 +43,7 @@ def run(quick: bool) -> report.Result:
     env = dict(os.environ, BENCH_PYTHON=PYTHON, BENCH_ROOT=str(ROOT), BENCH_FLOOR=str(HERE / "floor.py"),
                BENCH_N=str(n), BENCH_ROUNDS=str(rounds), BENCH_CALLS=str(calls), MIX_BUILD_PATH=str(BUILD),
                MIX_ENV="prod")
-    env.setdefault("PORTBRIDGE_DEPS", "offline")
+    env.setdefault("MIX_EXS", "mix.offline.exs")  # no Hex here: the offline project file
     before = python_driver_p50(n, max(1, rounds // 2))
     proc = subprocess.run([mix, "run", str(SCRIPT)], cwd=str(CLIENT), env=env, capture_output=True, text=True,
                           timeout=600)

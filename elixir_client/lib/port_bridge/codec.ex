@@ -56,7 +56,7 @@ defmodule PortBridge.Codec do
   @msgpack? Libraries.msgpack?()
 
   # Mix asks this before reusing the compiled module: recompile when the libraries
-  # available changed (deps added or removed, PORTBRIDGE_DEPS switched).
+  # available changed (deps added or removed, mix.exs and mix.offline.exs switched).
   @doc false
   def __mix_recompile__? do
     (Application.get_env(:port_bridge, :json_library) || Libraries.json()) != @json_library or
