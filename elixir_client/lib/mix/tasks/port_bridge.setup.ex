@@ -9,9 +9,10 @@ defmodule Mix.Tasks.PortBridge.Setup do
       mix port_bridge.setup --path /srv/myapp/python --python python3.12
 
   What is installed: when `:port_bridge` comes from a checkout of its repository (a
-  `path:` or `git:` dependency, or this project itself), the Python package of that
-  same checkout, editable, so both sides stay one version; otherwise (from Hex)
-  `portbridge[dspy]` of this client's version from the package index.
+  `path:` dependency, a `git:` one that is not `sparse:`, or this project itself),
+  the Python package of that same checkout, editable, so both sides stay one
+  version; otherwise (from Hex) `portbridge[dspy]` of this client's version from
+  the package index.
 
   How: with `uv` when it is on `PATH` (seconds from its cache), else with
   `python -m venv` and pip. Running it again does nothing slow: it checks the
@@ -55,8 +56,9 @@ defmodule Mix.Tasks.PortBridge.Setup do
   ]
 
   # This file lies in <repository>/elixir_client/lib/mix/tasks when it is compiled
-  # from a checkout (a path or git dependency); in deps/port_bridge/lib/mix/tasks
-  # when it comes from Hex, where no pyproject.toml lies four levels up.
+  # from a checkout (a path dependency, a git one that is not `sparse:`, this project);
+  # in deps/port_bridge/lib/mix/tasks when it comes from Hex, where no pyproject.toml
+  # of portbridge lies four levels up.
   @checkout Path.expand("../../../..", __DIR__)
   @stamp "portbridge-setup.json"
 
@@ -188,15 +190,18 @@ defmodule Mix.Tasks.PortBridge.Setup do
   defp stamp(plan, base_python) do
     %{
       "requirement" => requirement(plan),
-      "fingerprint" => with({:checkout, _, sha} <- plan.source, do: sha, else: (_ -> nil)),
+      "fingerprint" => fingerprint(plan.source),
       "base_python" => base_python
     }
   end
 
+  defp fingerprint({:checkout, _root, pyproject_md5}), do: pyproject_md5
+  defp fingerprint({:index, _version}), do: nil
+
   defp probe(python, plan) do
     if File.regular?(python) do
       case System.cmd(python, ["-c", @probe | plan.extras], stderr_to_stdout: true) do
-        {out, 0} -> Codec.decode(out |> String.split("\n", trim: true) |> List.last(), :json)
+        {out, 0} -> Codec.decode(List.last(String.split(out, "\n", trim: true)) || "", :json)
         {out, status} -> {:error, {status, out}}
       end
     else
