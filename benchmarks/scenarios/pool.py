@@ -35,7 +35,7 @@ def beam(part: str, pinned: bool, **settings) -> dict:
     env = dict(os.environ, BENCH_PYTHON=PYTHON, BENCH_ROOT=str(ROOT), BENCH_PART=part,
                BENCH_POOL_SIZE=str(POOL_SIZE), MIX_BUILD_PATH=str(BUILD), MIX_ENV="prod",
                **{f"BENCH_{k.upper()}": str(v) for k, v in settings.items()})
-    env.setdefault("PORTBRIDGE_DEPS", "offline")
+    env.setdefault("MIX_EXS", "mix.offline.exs")  # no Hex here: the offline project file
     argv = [mix, "run", str(SCRIPT)]
     if pinned and shutil.which("taskset"):
         argv = ["taskset", "-c", "0"] + argv
