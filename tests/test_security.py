@@ -204,6 +204,10 @@ def _bases(commands: dict, export: dict | None) -> dict:
         "get_program": {"program_id": "warm"},
         "export_program": {"program_id": "warm"},
         "delete_program": {"program_id": "warm"},
+        "configure_embedder": {"model": "offline"},
+        "create_index": {"corpus": ["a passage"], "index_id": "i1", "replace": True},
+        "retrieve": {"index_id": "warm-index", "query": "q"},
+        "delete_index": {"index_id": "warm-index"},
     }
     for name, base in overrides.items():
         if name in bases and base is not None:
@@ -234,6 +238,12 @@ def test_no_input_is_imported_evaluated_unpickled_run_or_used_as_a_path(tmp_path
             s.ok("optimize_program", _bases(commands, export)["optimize_program"], session_id=sessions["echo"])
             s.ok("evaluate_program", _bases(commands, export)["evaluate_program"], session_id=sessions["echo"])
             s.ok("lm_usage", session_id=sessions["echo"])
+            s.ok("configure_embedder", {"model": "offline"})
+            # A provider embedder imports litellm; no embedding call is made.
+            s.ok("configure_embedder", {"model": "openai/warm", "api_base": "http://127.0.0.1:9/v1"},
+                 session_id=sessions["configure_embedder"])
+            s.ok("create_index", {"corpus": ["warm"], "index_id": "warm-index"})
+            s.ok("retrieve", {"index_id": "warm-index", "query": "q"}, session_id=sessions["echo"])
         for name in ("stats", "health", "list_sessions", "ping"):
             s.ok(name)
         s.send("no_such_command")

@@ -18,6 +18,7 @@ Modules of this package, in the order a request meets them:
 * ``running``, ``streaming``  one program call, plain or as chunk events
 * ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
 * ``programs``   export and import documents
+* ``retrieval``, ``offline_embed``  embedders, indexes, retrieve -> generate programs
 * ``offline``, ``offline_model``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories
 * ``patches``    the two changes made to DSPy itself (a metadata cache, providers' messages)
@@ -28,7 +29,7 @@ from __future__ import annotations
 from .. import Backend
 from . import catalog, classify, commands, metrics, spec
 from .loader import GATE
-from .state import MAX_PROGRAMS, STORE
+from .state import MAX_INDEXES, MAX_PROGRAMS, MEMORY, STORE
 
 
 class DSPyBackend(Backend):
@@ -75,21 +76,27 @@ class DSPyBackend(Backend):
             "streaming": "execute_program with stream: true sends chunk events {field, text, predictor, last} "
                          "before the final outputs: field text only, each field's last chunk with last: true "
                          "(a cached answer arrives without chunks)",
+            "retrieval": {**catalog.RETRIEVAL, "index_bytes_in_use": MEMORY.used},
             "differences": catalog.DIFFERENCES,
             "limits": {
                 **spec.LIMITS,
                 "max_programs_per_scope": MAX_PROGRAMS,
                 "max_trainset": catalog.MAX_TRAINSET,
                 "max_demos_per_predictor": catalog.MAX_DEMOS,
+                "max_corpus_passages": catalog.MAX_CORPUS,
+                "max_passage_chars": catalog.MAX_PASSAGE_CHARS,
+                "max_embedding_dimensions": catalog.MAX_DIMS,
+                "max_index_bytes": catalog.MAX_INDEX_BYTES,
+                "max_indexes_per_scope": MAX_INDEXES,
+                "max_index_bytes_per_worker": MEMORY.limit,
+                "max_k": catalog.MAX_K,
             },
         }
 
     def close_session(self, session, reason: str) -> None:
         scope = session.store.get(STORE)
         if scope is not None:
-            with scope.lock:
-                scope.programs.clear()
-                scope.lm = None
+            scope.clear()
 
 
 backend = DSPyBackend()

@@ -121,7 +121,7 @@ def examples(dspy, program, items: list, path: str) -> list:
     found = []
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
-        spec.check_inputs(program.spec, item["inputs"], f"{where}.inputs")
+        spec.check_inputs(program.input_spec(), item["inputs"], f"{where}.inputs")
         if not item["outputs"]:
             raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
                                    path=f"{where}.outputs")

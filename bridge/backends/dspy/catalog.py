@@ -58,6 +58,29 @@ ADAPTERS = {
 MAX_TRAINSET = 1000
 MAX_DEMOS = 128  # per predictor, in optimiser options and imported documents
 
+# Retrieval: what one index, one scope and the worker may hold (state.MEMORY keeps the worker's bound).
+MAX_CORPUS = 10_000
+MAX_PASSAGE_CHARS = 10_000
+MAX_DIMS = 4096
+MAX_INDEX_BYTES = 32 * 1024 * 1024
+MAX_K = 100
+RETRIEVAL = {
+    "embedders": "configure_embedder: any embedding model dspy.Embedder reaches through litellm "
+                 "(provider/model, api_key, api_base, dimensions), or 'offline': a built-in deterministic "
+                 "embedder (each word and word pair hashed into 'dimensions' signed buckets, unit length; no "
+                 "network). A session without its own embedder uses the global one",
+    "indexes": "create_index embeds a corpus (a list of passages) in batches of the embedder's batch_size and "
+               "holds it in the scope as one float32 matrix; search is exact cosine similarity (dspy.retrievers."
+               "Embeddings' arithmetic). An index keeps the embedder it was built with for its queries",
+    "pipeline": "create_program with retrieve: {index_id, query, context, k}: the query input is searched, the "
+                "passages fill the context input (str: DSPy's numbered list; list[str]: JSON), then the module "
+                "runs; execute_program returns them as retrieved, and optimisers and evaluate_program run the "
+                "whole pipeline. The index is looked up by id at each run",
+    "rebuild": "an index is scope state built from data: on a fresh worker send configure_embedder and "
+               "create_index again (the corpus is embedded again). PortBridge.DSPy on a pool records both and "
+               "replays them on every fresh Python, before the programs that use them",
+}
+
 # Where a program run through the worker deliberately behaves otherwise than the same program in
 # plain DSPy 3.4 (what the LM is sent and what comes back are otherwise the same).
 DIFFERENCES = {
@@ -72,6 +95,9 @@ DIFFERENCES = {
                  "[[ ## field ## ]] markers into chunks when a server streams a few characters per event",
     "usage": "lm_calls counts every LM call, also those whose response carries no usage; DSPy's tracker "
              "records only calls that reported tokens",
+    "retrieval": "DSPy's embedding cache is off (process-wide, keyed without api_base); an index searches "
+                 "exactly (dspy.retrievers.Embeddings switches to FAISS above 20,000 passages, beyond this "
+                 "worker's corpus limit) and without Embeddings' per-instance batching thread",
     "errors": "when a provider's error body has no OpenAI-style error.message (e.g. {\"detail\": \"Not Found\"}), "
               "its detail or text is the message; DSPy says only [provider/model]",
 }

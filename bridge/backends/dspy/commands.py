@@ -12,10 +12,11 @@ of its own.
 from __future__ import annotations
 
 import re
+import uuid
 
 from . import schemas, spec
 from .loader import GATE
-from .state import Scope, scope_of
+from .state import Scope, index_exists, scope_of
 
 BACKEND = "dspy"
 
@@ -47,7 +48,7 @@ def create_program(ctx, args):
 
     scope, _ = scopes(ctx)
     program = programs.create(dspy, args.get("program_id") or scope.new_id(), args["module"], signature_spec,
-                              programs.options_of(args))
+                              programs.options_of(args, signature_spec))
     scope.put(program, args["replace"])
     return program.describe()
 
@@ -121,6 +122,52 @@ def lm_usage(ctx, args):
     return {"scope": scope_name(ctx), "models": report, "lm": config.describe() if config else None}
 
 
+def configure_embedder(ctx, args):
+    GATE.require()
+    from . import retrieval
+
+    scope, _ = scopes(ctx)
+    config = retrieval.build_embedder(args)
+    with scope.lock:
+        scope.embedder = config
+    return {**config.describe(), "scope": scope_name(ctx)}
+
+
+def create_index(ctx, args):
+    GATE.require()
+    from . import retrieval
+
+    scope, global_scope = scopes(ctx)
+    index_id = args.get("index_id") or f"index_{uuid.uuid4().hex[:12]}"
+    if index_id in scope.indexes and not args["replace"]:
+        raise index_exists(index_id)  # before any embedding call
+    config = retrieval.resolve_embedder(scope, global_scope)
+    index = retrieval.build_index(ctx, config, index_id, args["corpus"], args["k"])
+    scope.put_index(index, args["replace"])
+    return {**index.describe(), "scope": scope_name(ctx)}
+
+
+def retrieve(ctx, args):
+    GATE.require()
+    from .running import scope_indexes
+
+    index = scope_indexes(*scopes(ctx))(args["index_id"])
+    hits = index.search(args["query"], args.get("k"), ctx.remaining())
+    return {"index_id": index.index_id, **hits.to_json()}
+
+
+def list_indexes(ctx, args):
+    scope = scopes(ctx)[0]
+    with scope.lock:
+        indexes = [index.describe() for index in scope.indexes.values()]
+    return {"indexes": indexes, "count": len(indexes)}
+
+
+def delete_index(ctx, args):
+    scopes(ctx)[0].delete_index(args["index_id"])
+    return {"index_id": args["index_id"], "deleted": True}
+
+
 # name -> (handler, argument schema, one-line description for describe)
 COMMANDS = {
     "configure_lm": (configure_lm, schemas.CONFIGURE_LM, "set the LM of this session (or the global one)"),
@@ -137,6 +184,13 @@ COMMANDS = {
     "evaluate_program": (evaluate_program, schemas.EVALUATE_PROGRAM, "score a program over a labelled devset "
                          "(per-example results; progress events)"),
     "lm_usage": (lm_usage, schemas.LM_USAGE, "token usage per model of this scope's calls"),
+    "configure_embedder": (configure_embedder, schemas.CONFIGURE_EMBEDDER,
+                           "set the embedding model of this session (or the global one)"),
+    "create_index": (create_index, schemas.CREATE_INDEX, "embed a corpus into a retrieval index held in the "
+                     "scope (progress events)"),
+    "retrieve": (retrieve, schemas.RETRIEVE, "the top k passages of an index for a query, with scores"),
+    "list_indexes": (list_indexes, schemas.NO_ARGS, "the retrieval indexes of this scope"),
+    "delete_index": (delete_index, schemas.BY_INDEX, "forget a retrieval index (frees its memory)"),
 }
 
 

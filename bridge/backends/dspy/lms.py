@@ -93,11 +93,18 @@ def resolve(scope: Scope, global_scope: Scope) -> LMConfig:
     return config
 
 
+def deadline_step(remaining: float | None) -> float | None:
+    """A client timeout that ends no earlier than ``remaining`` seconds from now, or None (no deadline to keep)."""
+    if remaining is None or remaining > DEADLINE_STEPS[-1]:
+        return None
+    return DEADLINE_STEPS[min(bisect.bisect_left(DEADLINE_STEPS, remaining), len(DEADLINE_STEPS) - 1)]
+
+
 def for_deadline(config: LMConfig, remaining: float | None):
     """The LM to call with ``remaining`` seconds left: its timeout no later than the deadline (rounded up)."""
-    if config.local or remaining is None or remaining > DEADLINE_STEPS[-1]:
+    step = None if config.local else deadline_step(remaining)
+    if step is None:
         return config.lm
-    step = DEADLINE_STEPS[min(bisect.bisect_left(DEADLINE_STEPS, remaining), len(DEADLINE_STEPS) - 1)]
     if config.timeout_s is not None and config.timeout_s <= step:
         return config.lm
     with config.lock:

@@ -32,25 +32,42 @@ DOC_KEYS = {"format", "version", "program_id", "module", "options", "signature",
 AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
 
-def options_of(args: dict) -> dict:
-    """What a program declares beside module and signature, from checked create_program args."""
-    return {"adapter": args.get("adapter", "chat")}
+OPTION_KEYS = {"adapter", "retrieve"}
 
 
-def check_options(options, path: str) -> dict:
+def options_of(args: dict, signature_spec: dict, path: str = "args") -> dict:
+    """What a program declares beside module and signature (adapter, a retrieve step), checked."""
+    options = {"adapter": args.get("adapter", "chat")}
+    if args.get("retrieve") is not None:
+        from .retrieval import check_pipeline  # numpy: after the gate, as every caller here
+
+        options["retrieve"] = check_pipeline(args["retrieve"], signature_spec, f"{path}.retrieve")
+    return options
+
+
+def check_options(options, path: str, signature_spec: dict) -> dict:
     """Options from an export document (older documents have none: the defaults)."""
     if options is None:
-        return options_of({})
-    if not isinstance(options, dict) or set(options) - {"adapter"}:
-        raise _refuse("bad_program_document", "options is a map with adapter", path)
+        return options_of({}, signature_spec, path)
+    if not isinstance(options, dict) or set(options) - OPTION_KEYS:
+        raise _refuse("bad_program_document", f"options is a map with {sorted(OPTION_KEYS)}", path)
     if options.get("adapter", "chat") not in ADAPTERS:
         raise _refuse("bad_program_document", f"options.adapter must be one of {sorted(ADAPTERS)}", path)
-    return options_of(options)
+    retrieve = options.get("retrieve")
+    if retrieve is not None and (not isinstance(retrieve, dict) or not isinstance(retrieve.get("index_id"), str)
+                                 or set(retrieve) - {"index_id", "query", "context", "k"}):
+        raise _refuse("bad_program_document", "options.retrieve is {index_id, query, context, k}", path)
+    return options_of(options, signature_spec, path)
 
 
 def create(dspy, program_id: str, module_name: str, signature_spec: dict, options: dict | None = None) -> Program:
-    return Program(program_id, module_name, signature_spec, build.module(dspy, module_name, signature_spec),
-                   options=options or options_of({}))
+    options = options or options_of({}, signature_spec)
+    module = build.module(dspy, module_name, signature_spec)
+    if options.get("retrieve"):
+        from .retrieval import RetrieveThenGenerate
+
+        module = RetrieveThenGenerate(module, options["retrieve"])
+    return Program(program_id, module_name, signature_spec, module, options=options)
 
 
 def demo_to_json(demo) -> dict:
@@ -96,7 +113,7 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if module_name not in MODULES:
         raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
     signature_spec = spec.parse_signature(doc.get("signature"))
-    options = check_options(doc.get("options"), f"{path}.options")
+    options = check_options(doc.get("options"), f"{path}.options", signature_spec)
     program = create(dspy, program_id, module_name, signature_spec, options)
     state = doc.get("state")
     if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):

@@ -73,10 +73,14 @@ class Guard(BaseCallback):
 
 
 @contextlib.contextmanager
-def call_context(dspy, lm, adapter=None, guard: Guard | None = None):
-    """The settings one request runs under, in this thread only (never ``dspy.configure``)."""
+def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None):
+    """The settings one request runs under, in this thread only (never ``dspy.configure``).
+
+    ``indexes`` (``index_id -> Index``) serves the retrieve step of retrieving programs.
+    """
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
-                      warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else []):
+                      warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else [],
+                      portbridge_indexes=indexes):
         try:
             yield
         except Interrupted:
@@ -113,14 +117,15 @@ def program_errors(dspy):
 
 
 def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inputs: dict, stream: bool) -> dict:
-    spec.check_inputs(program.spec, inputs)
+    spec.check_inputs(program.input_spec(), inputs)
     config = lms.resolve(scope, global_scope)
     values = build.python_inputs(program, inputs)
     lm = lms.for_deadline(config, ctx.remaining())
     adapter = build.adapter(dspy, program.adapter, lm)
     ctx.check()
     usage: dict = {}
-    with call_context(dspy, lm, adapter), tracked(dspy, scope, usage), program_errors(dspy):
+    with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope)), \
+            tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
             from . import streaming
 
@@ -129,4 +134,18 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
         else:
             prediction = program.module(**values)
     outputs = {name: build.json_value(value) for name, value in prediction.items()}
-    return {"program_id": program.program_id, "outputs": outputs, "usage": usage, "model": config.model}
+    result = {"program_id": program.program_id, "outputs": outputs, "usage": usage, "model": config.model}
+    retrieved = getattr(prediction, "_portbridge_retrieved", None)
+    if retrieved is not None:
+        result["retrieved"] = retrieved
+    return result
+
+
+def scope_indexes(scope: Scope, global_scope: Scope):
+    """``index_id -> Index`` for a request of ``scope``: its own index, else the global scope's."""
+
+    def find(index_id: str):
+        index = scope.indexes.get(index_id)
+        return index if index is not None else global_scope.get_index(index_id)
+
+    return find

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ... import registry
 from . import metrics, spec
-from .catalog import ADAPTERS, MAX_DEMOS, MAX_TRAINSET, MODULES, OPTIMIZERS
+from .catalog import ADAPTERS, MAX_CORPUS, MAX_DEMOS, MAX_DIMS, MAX_K, MAX_PASSAGE_CHARS, MAX_TRAINSET, MODULES, OPTIMIZERS
 
 
 def _object(properties: dict, required=(), description: str = "") -> dict:
@@ -48,6 +48,52 @@ CONFIGURE_LM = _object({
                   "description": "the LM client's read timeout; a request's timeout_ms shortens it"},
 }, ["model"], "with session_id: that session's LM; without: the global LM (used by sessions that have none)")
 
+INDEX_ID = {
+    "type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+    "description": "an index's id in this scope (letters, digits, _ . : -; at most 128)",
+}
+K = {"type": "integer", "minimum": 1, "maximum": MAX_K, "description": "passages to retrieve"}
+
+CONFIGURE_EMBEDDER = _object({
+    "model": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^\S+$",
+              "description": "a provider's embedding model through dspy.Embedder (litellm), such as "
+                             "'openai/text-embedding-3-small', or 'offline' (built-in, deterministic, no network)"},
+    "api_key": CONFIGURE_LM["properties"]["api_key"],
+    "api_base": CONFIGURE_LM["properties"]["api_base"],
+    "dimensions": {"type": "integer", "minimum": 1, "maximum": MAX_DIMS,
+                   "description": "the vector size: sent to the provider (models that support it), or the "
+                                  "offline embedder's (default 256)"},
+    "batch_size": {"type": "integer", "minimum": 1, "maximum": 2048, "default": 200,
+                   "description": "texts per embedding call"},
+    "num_retries": CONFIGURE_LM["properties"]["num_retries"],
+    "timeout_s": CONFIGURE_LM["properties"]["timeout_s"],
+}, ["model"], "with session_id: that session's embedder; without: the global one (used by sessions that have none)")
+
+CREATE_INDEX = _object({
+    "index_id": INDEX_ID,
+    "corpus": {"type": "array", "minItems": 1, "maxItems": MAX_CORPUS, "items": {"type": "string", "maxLength": MAX_PASSAGE_CHARS},
+               "description": "the passages, embedded with the scope's embedder and held in the scope"},
+    "k": {**K, "default": 5, "description": "passages a search returns unless it asks otherwise"},
+    "replace": {"type": "boolean", "default": False, "description": "replace an index of the same id"},
+}, ["corpus"])
+
+RETRIEVE = _object({
+    "index_id": INDEX_ID,
+    "query": {"type": "string", "maxLength": 10_000},
+    "k": K,
+}, ["index_id", "query"])
+
+BY_INDEX = _object({"index_id": INDEX_ID}, ["index_id"])
+
+PIPELINE = _object({
+    "index_id": {**INDEX_ID, "description": "the index searched at each run (this scope's, else the global one)"},
+    "query": {"type": "string", "default": "question", "description": "the str input that is the search query"},
+    "context": {"type": "string", "default": "context",
+                "description": "the input (str or list[str]) the passages fill; callers do not send it"},
+    "k": {**K, "description": "passages to retrieve (default: the index's k)"},
+}, ["index_id"], "retrieve -> generate: the query input is searched and the top k passages fill the context input "
+   "before the module runs (execute_program also returns them as retrieved)")
+
 TYPE_HELP = ("signature: 'question, context -> answer' (every field a str), or {\"name\", \"instructions\", "
              "\"inputs\": {field: {\"type\", \"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, "
              "list[T], dict[str, T], optional[T], {\"literal\": [...]}, {\"object\": {field: {...}}, \"name\"}, "
@@ -63,6 +109,7 @@ CREATE_PROGRAM = _object({
     "program_id": PROGRAM_ID,
     "instructions": {"type": "string", "maxLength": spec.MAX_INSTRUCTIONS_CHARS,
                      "description": "the task description (overrides the signature's)"},
+    "retrieve": PIPELINE,
     "replace": REPLACE,
 }, ["signature"])
 

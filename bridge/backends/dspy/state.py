@@ -1,7 +1,9 @@
 """What the DSPy backend keeps per scope (a session, or the global scope).
 
 Each scope holds its programs (bounded), its own LM configuration (a session
-without one uses the global LM) and the token usage of the calls it ran.
+without one uses the global LM), its embedder and retrieval indexes (bounded
+in count per scope and in bytes per worker) and the token usage of the calls
+it ran.
 The global scope is shared by concurrent requests, and a session may still
 run a timed-out call while its next one starts, so every change is made
 under the scope's lock. Nothing here imports DSPy.
@@ -18,6 +20,7 @@ from ...errors import not_found, overloaded, validation_error
 from .spec import summary
 
 MAX_PROGRAMS = 256  # per scope
+MAX_INDEXES = 8  # per scope
 STORE = "dspy"  # this backend's key in a scope's store (ctx.store, ctx.global_store)
 
 
@@ -48,6 +51,13 @@ class Program:
     @property
     def adapter(self) -> str:
         return self.options.get("adapter", "chat")
+
+    def input_spec(self) -> dict:
+        """The spec whose inputs a caller supplies: a retrieving program fills its context input itself."""
+        pipeline = self.options.get("retrieve")
+        if not pipeline:
+            return self.spec
+        return {**self.spec, "inputs": {k: v for k, v in self.spec["inputs"].items() if k != pipeline["context"]}}
 
     def demo_count(self) -> int:
         return sum(len(p.demos) for _, p in self.predictors())
@@ -81,10 +91,36 @@ class LMConfig:
         return {"model": self.model, **self.settings}
 
 
+class ByteBudget:
+    """Bytes held by every index of the worker, across scopes: reserved before an index is kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                raise overloaded("index_memory_full", f"the worker's indexes already hold {self.used} bytes; "
+                                 f"{nbytes} more would pass the limit of {self.limit}: delete indexes or end "
+                                 "sessions", used=self.used, requested=nbytes, limit=self.limit)
+            self.used += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - nbytes)
+
+
+MEMORY = ByteBudget(256 * 1024 * 1024)
+
+
 class Scope:
     def __init__(self) -> None:
         self.programs: dict[str, Program] = {}
         self.lm: LMConfig | None = None
+        self.embedder = None  # retrieval.EmbedderConfig
+        self.indexes: dict = {}  # index_id -> retrieval.Index
         self.usage: dict[str, dict] = {}  # model -> summed counters (tokens, lm_calls)
         self.lock = threading.Lock()
 
@@ -125,6 +161,45 @@ class Scope:
             programs = list(self.programs.values())
         return [p.describe() for p in programs]
 
+    # -- indexes ----------------------------------------------------------------------
+
+    def get_index(self, index_id: str):
+        index = self.indexes.get(index_id)
+        if index is None:
+            raise not_found("unknown_index", f"no index {index_id!r} in this scope (or the global one); "
+                            "create_index builds one, list_indexes shows them", index_id=index_id)
+        return index
+
+    def put_index(self, index, replace: bool = False) -> None:
+        """Keep ``index`` (its ``nbytes`` reserved in the worker's budget), or refuse it."""
+        with self.lock:
+            old = self.indexes.get(index.index_id)
+            if old is not None and not replace:
+                raise index_exists(index.index_id)
+            if old is None and len(self.indexes) >= MAX_INDEXES:
+                raise overloaded("too_many_indexes", f"this scope already holds {MAX_INDEXES} indexes; delete "
+                                 "some with delete_index", max_indexes=MAX_INDEXES)
+            MEMORY.reserve(index.nbytes)
+            self.indexes[index.index_id] = index
+            if old is not None:
+                MEMORY.release(old.nbytes)
+
+    def delete_index(self, index_id: str):
+        with self.lock:
+            index = self.get_index(index_id)
+            del self.indexes[index_id]
+        MEMORY.release(index.nbytes)
+        return index
+
+    def clear(self) -> None:
+        """Forget everything (the session ended): programs, LM, embedder, indexes."""
+        with self.lock:
+            self.programs.clear()
+            self.lm = self.embedder = None
+            indexes, self.indexes = self.indexes, {}
+        for index in indexes.values():
+            MEMORY.release(index.nbytes)
+
     # -- usage ------------------------------------------------------------------------
 
     def add_usage(self, usage: dict) -> None:
@@ -142,6 +217,11 @@ class Scope:
             if reset:
                 self.usage.clear()
             return report
+
+
+def index_exists(index_id: str):
+    return validation_error("index_exists", f"an index {index_id!r} already exists in this scope; delete it first "
+                            "or pass replace: true", index_id=index_id)
 
 
 def scope_of(store: dict) -> Scope:

@@ -117,8 +117,9 @@ defmodule PortBridge.DSPy do
 
   Arguments: `:signature` (required: `"question, context -> answer"` or a typed map,
   see the module doc), `:module` (`"Predict"`, default, or `"ChainOfThought"`),
-  `:program_id` (generated if absent), `:instructions`, `:replace` (replace a
-  program of the same id). Returns its description, `"program_id"` included.
+  `:program_id` (generated if absent), `:instructions`, `:adapter`, `:retrieve`
+  (retrieve -> generate, see `create_index/3`), `:replace` (replace a program of the
+  same id). Returns its description, `"program_id"` included.
   """
   @spec create_program(target, keyword) :: result
   def create_program(target, opts) do
@@ -126,7 +127,7 @@ defmodule PortBridge.DSPy do
       target,
       "create_program",
       opts,
-      [:signature, :module, :adapter, :program_id, :instructions, :replace],
+      [:signature, :module, :adapter, :program_id, :instructions, :retrieve, :replace],
       required: [:signature]
     )
   end
@@ -267,6 +268,67 @@ defmodule PortBridge.DSPy do
     ]
 
     call(target, "evaluate_program", [program_id: program_id] ++ opts, keys, required: [:devset])
+  end
+
+  @embedder_keys [:model, :api_key, :api_base, :dimensions, :batch_size, :num_retries, :timeout_s]
+
+  @doc """
+  Sets the embedding model of a session (with `:session_id`) or the global one,
+  used by `create_index/3`.
+
+  Arguments: `:model` (required: a provider's embedding model through
+  `dspy.Embedder`, such as `"openai/text-embedding-3-small"`, or `"offline"`: a
+  built-in deterministic embedder, no network), `:api_key`, `:api_base`,
+  `:dimensions`, `:batch_size` (texts per embedding call, default 200),
+  `:num_retries`, `:timeout_s`.
+  """
+  @spec configure_embedder(target, keyword) :: result
+  def configure_embedder(target, opts) do
+    call(target, "configure_embedder", opts, @embedder_keys, required: [:model])
+  end
+
+  @doc """
+  Embeds a corpus (a list of passages) with the scope's embedder into an index held
+  in the scope; `progress` events (`%{"embedded", "total"}`) go to `:on_event`.
+
+  Arguments: `:index_id` (generated if absent), `:k` (passages a search returns,
+  default 5), `:replace`. Returns `%{"index_id", "count", "dimensions", "bytes", ...}`.
+  Bounds (passages, characters, bytes per index and per worker) are in `describe`.
+
+  A program declared with `retrieve: %{index_id: id, query: "question", context:
+  "context", k: 3}` in `create_program/2` searches the index with its `query` input
+  and fills its `context` input (not sent by the caller) before the module runs;
+  `execute_program/4` then also returns `"retrieved" => %{"passages", "indices",
+  "scores"}`.
+
+  On a pool, the embedder and the index (its corpus included) are recorded and
+  rebuilt on a fresh Python by embedding the corpus again.
+  """
+  @spec create_index(target, [String.t()], keyword) :: result
+  def create_index(target, corpus, opts \\ []) when is_list(corpus) do
+    call(target, "create_index", [corpus: corpus] ++ opts, [:corpus, :index_id, :k, :replace])
+  end
+
+  @doc """
+  The top passages of an index for a query: `{:ok, %{"passages" => [...], "indices"
+  => [...], "scores" => [...]}}`. Argument: `:k` (default: the index's).
+  """
+  @spec retrieve(target, String.t(), String.t(), keyword) :: result
+  def retrieve(target, index_id, query, opts \\ []) do
+    call(target, "retrieve", [index_id: index_id, query: query] ++ opts, [:index_id, :query, :k])
+  end
+
+  @doc "The retrieval indexes of the scope, as a list of descriptions."
+  @spec list_indexes(target, keyword) :: {:ok, [map]} | {:error, Error.t()}
+  def list_indexes(target, opts \\ []) do
+    with {:ok, %{"indexes" => indexes}} <- call(target, "list_indexes", opts, []),
+         do: {:ok, indexes}
+  end
+
+  @doc "Forgets a retrieval index (its memory is freed)."
+  @spec delete_index(target, String.t(), keyword) :: result
+  def delete_index(target, index_id, opts \\ []) do
+    call(target, "delete_index", [index_id: index_id] ++ opts, [:index_id])
   end
 
   defp by_id(target, command, program_id, opts) do

@@ -16,9 +16,11 @@ defmodule PortBridge.Records do
   restart of the pool itself (taken back within the Keeper's hold time).
 
   Rows: `{{scope, order, item}, {command, args}}`, where `scope` is `:global` or
-  `{:session, id}` (`:global` sorts first), `order` 0 for the LM configuration and 1
-  for programs, `item` nil or the program id. API keys given to `configure_lm` are
-  kept here, in memory, so they can be replayed.
+  `{:session, id}` (`:global` sorts first), `order` 0 for the LM configuration, 1
+  for the embedder, 2 for retrieval indexes and 3 for programs, `item` nil, the
+  index id or the program id. API keys given to `configure_lm` and
+  `configure_embedder` are kept here, in memory, so they can be replayed; so is each
+  index's corpus (replaying `create_index` embeds it again).
   """
 
   use GenServer
@@ -27,6 +29,7 @@ defmodule PortBridge.Records do
   alias PortBridge.Keeper
 
   @type table :: atom
+  @type kind :: :lm | :embedder | :index | :program
   @type step :: {String.t(), map, keyword}
 
   @doc false
@@ -38,15 +41,15 @@ defmodule PortBridge.Records do
 
   ## Writing and reading (any process)
 
-  @doc "Records the request that rebuilds `item` of `kind` (`:lm` or `:program`) in a scope."
-  @spec put(table, String.t() | nil, :lm | :program, term, String.t(), map) :: :ok
+  @doc "Records the request that rebuilds `item` of `kind` in a scope."
+  @spec put(table, String.t() | nil, kind, term, String.t(), map) :: :ok
   def put(table, session_id, kind, item, command, args) do
     :ets.insert(table, {{scope(session_id), order(kind), item}, {command, args}})
     :ok
   end
 
   @doc "Forgets one piece of a scope's state."
-  @spec delete(table, String.t() | nil, :lm | :program, term) :: :ok
+  @spec delete(table, String.t() | nil, kind, term) :: :ok
   def delete(table, session_id, kind, item) do
     :ets.delete(table, {scope(session_id), order(kind), item})
     :ok
@@ -59,7 +62,7 @@ defmodule PortBridge.Records do
     :ok
   end
 
-  @doc "The requests that rebuild one scope, in order (the LM first)."
+  @doc "The requests that rebuild one scope, in order (the LM first, programs last)."
   @spec steps(table, String.t() | nil) :: [step]
   def steps(table, session_id) do
     table
@@ -105,7 +108,9 @@ defmodule PortBridge.Records do
   defp scope(session_id), do: {:session, session_id}
 
   defp order(:lm), do: 0
-  defp order(:program), do: 1
+  defp order(:embedder), do: 1
+  defp order(:index), do: 2
+  defp order(:program), do: 3
 
   ## The owner
 

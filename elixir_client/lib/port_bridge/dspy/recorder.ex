@@ -2,10 +2,12 @@ defmodule PortBridge.DSPy.Recorder do
   @moduledoc false
   # What the DSPy layer does so that a pool's sessions outlive its Python processes.
   #
-  # Only this layer knows which commands build state: `configure_lm` (a scope's LM)
-  # and the program commands (`create_program`, `import_program`,
-  # `optimize_program`: the program as `export_program` returns it afterwards,
-  # definition and learned state); `delete_program` and `end_session` forget. It
+  # Only this layer knows which commands build state: `configure_lm` (a scope's LM),
+  # `configure_embedder` and `create_index` (retrieval: the corpus is recorded and
+  # embedded again on replay), and the program commands (`create_program`,
+  # `import_program`, `optimize_program`: the program as `export_program` returns it
+  # afterwards, definition and learned state); `delete_program`, `delete_index` and
+  # `end_session` forget. It
   # writes them to the pool's PortBridge.Records; each Worker replays them on every
   # fresh Python (its :on_ready), so recovery costs nothing on the request path.
   #
@@ -25,7 +27,8 @@ defmodule PortBridge.DSPy.Recorder do
   alias PortBridge.{Error, Pool, Records, Request, Worker}
 
   @program_commands ~w(create_program import_program optimize_program)
-  @state_commands ["configure_lm", "delete_program" | @program_commands]
+  @state_commands ~w(configure_lm configure_embedder create_index delete_index delete_program) ++
+                    @program_commands
 
   @spec request(GenServer.server(), String.t(), map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(target, command, args, opts) do
@@ -73,9 +76,10 @@ defmodule PortBridge.DSPy.Recorder do
 
   # What a worker answers when it no longer has a scope the records have.
   defp lost_scope?(%Error{category: :not_found, code: code}),
-    do: code in ["unknown_program", "unknown_session"]
+    do: code in ["unknown_program", "unknown_session", "unknown_index"]
 
-  defp lost_scope?(%Error{code: "no_lm_configured"}), do: true
+  defp lost_scope?(%Error{code: code}) when code in ["no_lm_configured", "no_embedder_configured"],
+    do: true
   defp lost_scope?(_), do: false
 
   # A session's steps go to its Worker (through the pool); the global scope's to
@@ -122,6 +126,25 @@ defmodule PortBridge.DSPy.Recorder do
     scope = opts[:session_id]
     Records.put(pool.records, scope, :lm, nil, "configure_lm", args)
     if scope == nil, do: replicate(other_workers(pool), [{"configure_lm", args, []}], opts)
+  end
+
+  defp record(pool, "configure_embedder", args, _value, opts) do
+    scope = opts[:session_id]
+    Records.put(pool.records, scope, :embedder, nil, "configure_embedder", args)
+    if scope == nil, do: replicate(other_workers(pool), [{"configure_embedder", args, []}], opts)
+  end
+
+  defp record(pool, "create_index", args, %{"index_id" => index_id}, opts) do
+    scope = opts[:session_id]
+    args = Map.merge(args, %{"index_id" => index_id, "replace" => true})
+    Records.put(pool.records, scope, :index, index_id, "create_index", args)
+    if scope == nil, do: replicate(other_workers(pool), [{"create_index", args, []}], opts)
+  end
+
+  defp record(pool, "delete_index", %{"index_id" => index_id} = args, _value, opts) do
+    scope = opts[:session_id]
+    Records.delete(pool.records, scope, :index, index_id)
+    if scope == nil, do: replicate(other_workers(pool), [{"delete_index", args, []}], opts)
   end
 
   defp record(pool, command, _args, %{"program_id" => program_id}, opts)
