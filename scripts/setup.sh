@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what portbridge needs on a fresh Debian machine; safe to run again.
 #   scripts/setup.sh           the Python venv (.venv) with DSPy and the test tools
-#   scripts/setup.sh --elixir  also Debian's elixir and erlang-jiffy (for the Elixir client)
+#   scripts/setup.sh --elixir  also Debian's elixir, erlang-jiffy and erlang-dialyzer (the Elixir client)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,11 +24,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "$want_elixir" = 1 ] && ! { command -v mix >/dev/null && erl -noshell -eval 'halt(case code:lib_dir(jiffy) of {error,_} -> 1; _ -> 0 end)' 2>/dev/null; }; then
-  echo "setup: installing Debian's elixir and erlang-jiffy"
+if [ "$want_elixir" = 1 ] && ! { command -v mix >/dev/null && command -v dialyzer >/dev/null && erl -noshell -eval 'halt(case code:lib_dir(jiffy) of {error,_} -> 1; _ -> 0 end)' 2>/dev/null; }; then
+  echo "setup: installing Debian's elixir, erlang-jiffy and erlang-dialyzer"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq elixir erlang-jiffy >/dev/null
+  $sudo apt-get install -y -qq elixir erlang-jiffy erlang-dialyzer >/dev/null
 fi

@@ -14,3 +14,6 @@ echo "== Elixir suite"
 # dependency, so the client builds with mix.offline.exs (no Hex dependency; JSON
 # through Debian's jiffy) instead of the package's mix.exs.
 (cd elixir_client && MIX_EXS=mix.offline.exs PORTBRIDGE_PYTHON="$PWD/../.venv/bin/python" mix test)
+
+echo "== Dialyzer (Elixir client)"
+bash scripts/dialyzer.sh

@@ -29,9 +29,12 @@ defmodule PortBridge.CircuitBreaker do
   @table __MODULE__
   @defaults [threshold: 5, cooldown_ms: 1_000, max_cooldown_ms: 30_000]
 
+  @doc false
+  @spec start_link(keyword) :: GenServer.on_start()
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
   @doc false
+  @spec options(term, term) :: keyword | nil
   def options(nil, _default_key), do: nil
   def options(false, _default_key), do: nil
   def options(true, default_key), do: [key: default_key] ++ @defaults
@@ -64,6 +67,7 @@ defmodule PortBridge.CircuitBreaker do
   end
 
   @doc "The state of a breaker: `:closed`, `{:open, until_ms}` or `:probing`."
+  @spec state(term) :: :closed | {:open, integer} | :probing
   def state(key) do
     case :ets.lookup(@table, key) do
       [] -> :closed

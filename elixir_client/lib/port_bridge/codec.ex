@@ -2,6 +2,7 @@ defmodule PortBridge.Codec.Libraries do
   @moduledoc false
   # Which codec libraries this build can use (asked at compile time).
 
+  @spec json() :: module | nil
   def json do
     cond do
       Code.ensure_loaded?(Jason) -> Jason
@@ -12,6 +13,7 @@ defmodule PortBridge.Codec.Libraries do
     end
   end
 
+  @spec msgpack?() :: boolean
   def msgpack?, do: Code.ensure_loaded?(Msgpax)
 end
 
@@ -58,6 +60,7 @@ defmodule PortBridge.Codec do
   # Mix asks this before reusing the compiled module: recompile when the libraries
   # available changed (deps added or removed, mix.exs and mix.offline.exs switched).
   @doc false
+  @spec __mix_recompile__?() :: boolean
   def __mix_recompile__? do
     (Application.get_env(:port_bridge, :json_library) || Libraries.json()) != @json_library or
       Libraries.msgpack?() != @msgpack?

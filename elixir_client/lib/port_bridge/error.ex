@@ -77,12 +77,15 @@ defmodule PortBridge.Error do
   def categories, do: Map.keys(@table)
 
   @doc "The severities the table defines, lowest first."
+  @spec severities() :: [atom]
   def severities, do: @severities
 
   @doc "The recovery strategies the table defines."
+  @spec recoveries() :: [atom]
   def recoveries, do: @recoveries
 
   @doc "Where the table was read from at compile time."
+  @spec table_path() :: String.t()
   def table_path, do: @table_path
 
   @doc """
@@ -159,6 +162,7 @@ defmodule PortBridge.Error do
   defp known_or_string(_value, _known), do: nil
 
   @impl true
+  @spec message(t) :: String.t()
   def message(%__MODULE__{category: category, code: code, message: message}) do
     "#{category}/#{code}: #{message}"
   end

@@ -6,7 +6,17 @@ defmodule PortBridge.Options do
   alias PortBridge.Codec
 
   @spawn_keys [:python, :executable, :args, :worker_args, :format, :env, :cd, :ready_timeout]
+  @type spawn :: %{
+          executable: String.t(),
+          args: [String.t()],
+          format: :json | :msgpack,
+          env: [{charlist, charlist | false}],
+          cd: String.t() | nil,
+          ready_timeout: pos_integer
+        }
+
   @doc false
+  @spec spawn_keys() :: [atom]
   def spawn_keys, do: @spawn_keys
 
   @doc """
@@ -23,6 +33,7 @@ defmodule PortBridge.Options do
     * `:cd` - the worker's working directory.
     * `:ready_timeout` - ms to wait for the worker's `ready` event (default 15_000).
   """
+  @spec spawn_opts(keyword) :: spawn
   def spawn_opts(opts) do
     format = Keyword.get(opts, :format, :json)
 
@@ -73,6 +84,7 @@ defmodule PortBridge.Options do
 
   @doc false
   # The file `mix port_bridge.setup` writes; nil when compiled without Mix.
+  @spec setup_record() :: String.t() | nil
   def setup_record, do: @setup_record
 
   @doc """
@@ -98,6 +110,7 @@ defmodule PortBridge.Options do
   @doc false
   # python/0 with its sources as arguments, for tests that cannot change the
   # environment of a suite that runs concurrently.
+  @spec resolve_python(String.t() | nil, term, String.t() | nil) :: term
   def resolve_python(env_var, app_env, record) do
     cond do
       env_var not in [nil, ""] -> env_var
@@ -191,6 +204,7 @@ defmodule PortBridge.Options do
     do: raise(ArgumentError, ":cd must be a directory path, got: #{inspect(other)}")
 
   @doc false
+  @spec pos_integer!(keyword, atom, term) :: pos_integer
   def pos_integer!(opts, key, default) do
     case Keyword.get(opts, key, default) do
       value when is_integer(value) and value > 0 ->
@@ -202,6 +216,7 @@ defmodule PortBridge.Options do
   end
 
   @doc false
+  @spec non_neg_integer!(keyword, atom, term) :: non_neg_integer
   def non_neg_integer!(opts, key, default) do
     case Keyword.get(opts, key, default) do
       value when is_integer(value) and value >= 0 ->
@@ -214,6 +229,7 @@ defmodule PortBridge.Options do
   end
 
   @doc false
+  @spec timeout!(keyword, atom, term) :: timeout
   def timeout!(opts, key, default) do
     case Keyword.get(opts, key, default) do
       :infinity ->

@@ -25,6 +25,8 @@ defmodule PortBridge.Reaper do
   @poll_ms 20
   @term_wait_ms 500
 
+  @doc false
+  @spec start_link(keyword) :: GenServer.on_start()
   def start_link(opts \\ []),
     do: GenServer.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
 
@@ -49,6 +51,7 @@ defmodule PortBridge.Reaper do
   def forget(os_pid), do: GenServer.cast(__MODULE__, {:forget, os_pid})
 
   @doc "The OS processes being watched, with their owners."
+  @spec watched() :: %{pos_integer => pid}
   def watched, do: GenServer.call(__MODULE__, :watched)
 
   @doc "True while the OS process exists and is not a zombie."
@@ -85,7 +88,7 @@ defmodule PortBridge.Reaper do
       wait_exit(os_pid, grace_ms) ->
         :exited
 
-      signal(os_pid, "TERM") && wait_exit(os_pid, @term_wait_ms) ->
+      terminated?(os_pid) ->
         Logger.warning("portbridge: worker OS process #{os_pid} outlived its port; sent SIGTERM")
         :terminated
 
@@ -115,9 +118,14 @@ defmodule PortBridge.Reaper do
     end
   end
 
+  defp terminated?(os_pid) do
+    signal(os_pid, "TERM")
+    wait_exit(os_pid, @term_wait_ms)
+  end
+
   defp signal(os_pid, name) do
     System.cmd("kill", ["-#{name}", Integer.to_string(os_pid)], stderr_to_stdout: true)
-    true
+    :ok
   end
 
   ## Server

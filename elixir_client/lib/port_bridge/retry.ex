@@ -25,6 +25,7 @@ defmodule PortBridge.Retry do
   @defaults [max_attempts: 3, base_ms: 100, max_ms: 5_000]
 
   @doc false
+  @spec options(boolean | keyword | nil) :: keyword | nil
   def options(true), do: @defaults
   def options(false), do: nil
   def options(nil), do: nil

@@ -84,6 +84,7 @@ defmodule Mix.Tasks.PortBridge.Setup do
   """
 
   @impl true
+  @spec run([String.t()]) :: :ok
   def run(argv) do
     {opts, rest} = OptionParser.parse!(argv, strict: @switches)
 
