@@ -9,19 +9,22 @@ defmodule PortBridge do
     * `PortBridge.Pool` - N Workers: `:multiplexed` (many requests in flight on each,
       for LM-bound work) or `:exclusive` (NimblePool, one caller per Worker, for
       CPU-bound work); sessions pinned to a Worker and rebuilt after a crash.
+    * `PortBridge.Cluster` - a pool on every node of a distributed Erlang cluster:
+      sessions routed to one node by rendezvous hashing, and rebuilt on another when
+      their node leaves.
     * `PortBridge.DSPy` - configure LMs, create, run, stream, optimize, export and
       import DSPy programs.
     * `PortBridge.Error` - every failure, categorised by `protocol/errors.json`.
 
-  The functions here take either a worker or a pool as `target` (a pid or a
-  registered name): a name that a `PortBridge.Pool` was started with goes to the
-  pool, anything else to a `PortBridge.Worker`.
+  The functions here take a worker, a pool or a cluster as `target` (a pid or a
+  registered name): a name that a `PortBridge.Pool` or a `PortBridge.Cluster` was
+  started with goes to it, anything else to a `PortBridge.Worker`.
 
   See the README (`elixir_client/README.md`) for the supervision tree line, the
   options and a complete example.
   """
 
-  alias PortBridge.{CircuitBreaker, Error, Pool, Request, Retry, Worker}
+  alias PortBridge.{CircuitBreaker, Cluster, Error, Pool, Request, Retry, Worker}
 
   @default_timeout 60_000
 
@@ -66,11 +69,14 @@ defmodule PortBridge do
     Retry.run(fn -> CircuitBreaker.call(call, circuit) end, retry_options(opts))
   end
 
-  # A name a pool was started with goes to the pool, anything else to a worker.
+  # A name a pool or a cluster was started with goes to it, anything else to a worker.
   defp via(target) do
-    case Pool.lookup(target) do
+    with :error <- Pool.lookup(target),
+         :error <- Cluster.lookup(target) do
+      {Worker, target}
+    else
+      {:ok, %{member: _} = cluster} -> {Cluster, cluster}
       {:ok, pool} -> {Pool, pool}
-      :error -> {Worker, target}
     end
   end
 
@@ -83,6 +89,7 @@ defmodule PortBridge do
   end
 
   defp default_timeout(Pool, pool), do: pool.timeout
+  defp default_timeout(Cluster, cluster), do: cluster.timeout
   defp default_timeout(Worker, _worker), do: @default_timeout
 
   defp retry_options(opts) do

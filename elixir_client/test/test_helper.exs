@@ -4,6 +4,9 @@
 #   NimblePool suites (PortBridge.Pool)  need NIMBLE_POOL_PATH=/path/to/a/nimble_pool/checkout
 #   DSPy suites                          need the worker's DSPy backend (bridge/backends/dspy);
 #                                        PORTBRIDGE_DSPY=0 skips them, =1 insists on them.
+#   cluster suites (PortBridge.Cluster)  need distributed Erlang on 127.0.0.1: this node
+#                                        starts epmd and distribution itself, and peer
+#                                        nodes with :peer; PORTBRIDGE_CLUSTER=0 skips them.
 
 alias PortBridge.TestCase
 
@@ -47,9 +50,20 @@ dspy_skip =
     _ -> probe_dspy.()
   end
 
-Application.put_env(:port_bridge, :test_skips, nimble_pool: pool_skip, dspy: dspy_skip)
+cluster_skip =
+  case System.get_env("PORTBRIDGE_CLUSTER") do
+    "0" -> "PORTBRIDGE_CLUSTER=0"
+    _ -> PortBridge.ClusterCase.start_distribution()
+  end
 
-for {group, reason} <- [{"NimblePool", pool_skip}, {"DSPy", dspy_skip}], reason do
+Application.put_env(:port_bridge, :test_skips,
+  nimble_pool: pool_skip,
+  dspy: dspy_skip,
+  cluster: cluster_skip
+)
+
+for {group, reason} <- [{"NimblePool", pool_skip}, {"DSPy", dspy_skip}, {"cluster", cluster_skip}],
+    reason do
   IO.puts(:stderr, "\n** #{group} suites are skipped: #{reason}\n")
 end
 

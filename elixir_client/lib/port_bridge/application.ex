@@ -7,6 +7,8 @@ defmodule PortBridge.Application do
     children = [
       # Pool (and cluster) names -> their routing data; an entry goes with its pool.
       {Registry, keys: :unique, name: PortBridge.Registry},
+      # The :pg scope in which every PortBridge.Cluster's members find each other.
+      %{id: :pg, start: {:pg, :start_link, [PortBridge.Cluster.scope()]}},
       # The heir of the pools' session records (PortBridge.Records).
       PortBridge.Keeper,
       # Callbacks registered per session (PortBridge.Callbacks.register/2).

@@ -26,7 +26,7 @@ defmodule PortBridge.Records do
   use GenServer
   require Logger
 
-  alias PortBridge.Keeper
+  alias PortBridge.{Keeper, Worker}
 
   @type table :: atom
   @type kind :: :lm | :embedder | :index | :program
@@ -64,12 +64,7 @@ defmodule PortBridge.Records do
 
   @doc "The requests that rebuild one scope, in order (the LM first, programs last)."
   @spec steps(table, String.t() | nil) :: [step]
-  def steps(table, session_id) do
-    table
-    |> :ets.match_object({{scope(session_id), :_, :_}, :_})
-    |> Enum.sort()
-    |> Enum.map(&to_step/1)
-  end
+  def steps(table, session_id), do: steps_of(rows(table, session_id))
 
   @doc """
   The requests that rebuild, on worker `index` (0-based) of a pool of `size`, the
@@ -86,6 +81,142 @@ defmodule PortBridge.Records do
             mine?(scope, index, size),
             do: to_step(row)
     end
+  end
+
+  @typedoc "A change to a scope's records, as the DSPy layer derives it from a request."
+  @type op ::
+          {:put, kind, term, String.t(), map}
+          | {:delete, kind, term}
+          | :delete_scope
+
+  @doc "Applies an `t:op/0` to a scope."
+  @spec change(table, String.t() | nil, op) :: :ok
+  def change(table, session_id, {:put, kind, item, command, args}),
+    do: put(table, session_id, kind, item, command, args)
+
+  def change(table, session_id, {:delete, kind, item}), do: delete(table, session_id, kind, item)
+  def change(table, session_id, :delete_scope), do: delete_scope(table, session_id)
+
+  @doc """
+  The request that brings a worker that already has a scope's earlier state up to
+  date with `op` (what a change of the global scope sends to the other workers).
+  """
+  @spec step(op) :: step | nil
+  def step({:put, _kind, _item, command, args}), do: {command, args, []}
+  def step({:delete, :program, id}), do: {"delete_program", %{"program_id" => id}, []}
+  def step({:delete, :index, id}), do: {"delete_index", %{"index_id" => id}, []}
+  def step(_op), do: nil
+
+  ## Snapshots: a session's rows with a version, as PortBridge.Cluster copies them
+  ## between nodes. A version row, `{{:version, id}, n}`, matches none of the
+  ## patterns above: steps and replays never see it.
+
+  @typedoc "A session's rows (`rows/2`) and their version (0: never versioned)."
+  @type snapshot :: {non_neg_integer, [tuple]}
+
+  @doc "A scope's rows, as `install/4` takes them."
+  @spec rows(table, String.t() | nil) :: [tuple]
+  def rows(table, session_id), do: :ets.match_object(table, {{scope(session_id), :_, :_}, :_})
+
+  @doc "A session's rows and version, or nil when the table knows nothing of it."
+  @spec snapshot(table, String.t()) :: snapshot | nil
+  def snapshot(table, session_id) do
+    case {version(table, session_id), rows(table, session_id)} do
+      {0, []} -> nil
+      {version, rows} -> {version, rows}
+    end
+  end
+
+  @doc "Replaces a scope's rows (and, for a session, sets its version)."
+  @spec install(table, String.t() | nil, non_neg_integer, [tuple]) :: :ok
+  def install(table, session_id, version, rows) do
+    delete_scope(table, session_id)
+    :ets.insert(table, rows)
+    if session_id != nil, do: :ets.insert(table, {{:version, session_id}, version})
+    :ok
+  end
+
+  @doc "Forgets a session, version included."
+  @spec forget(table, String.t()) :: :ok
+  def forget(table, session_id) do
+    delete_scope(table, session_id)
+    :ets.delete(table, {:version, session_id})
+    :ok
+  end
+
+  @doc "A session's version: 0 when it has none."
+  @spec version(table, String.t()) :: non_neg_integer
+  def version(table, session_id) do
+    case :ets.lookup(table, {:version, session_id}) do
+      [{_, version}] -> version
+      [] -> 0
+    end
+  end
+
+  @doc "Sets a session's version."
+  @spec set_version(table, String.t(), non_neg_integer) :: :ok
+  def set_version(table, session_id, version) do
+    :ets.insert(table, {{:version, session_id}, version})
+    :ok
+  end
+
+  @doc "The sessions the table has rows or a version of."
+  @spec sessions(table) :: [String.t()]
+  def sessions(table) do
+    rows = :ets.select(table, [{{{{:session, :"$1"}, :_, :_}, :_}, [], [:"$1"]}])
+    versions = :ets.select(table, [{{{:version, :"$1"}, :_}, [], [:"$1"]}])
+    Enum.uniq(rows ++ versions)
+  end
+
+  @doc "The requests that rebuild a scope from its rows, in order (the LM first)."
+  @spec steps_of([tuple]) :: [step]
+  def steps_of(rows), do: rows |> Enum.sort() |> Enum.map(&to_step/1)
+
+  ## Sending steps
+
+  @doc """
+  Sends `steps` to each of `workers` at once, within the deadline of `opts`; a
+  step that fails is logged, and the others still go.
+  """
+  @spec replicate([GenServer.server()], [step], keyword) :: :ok
+  def replicate(workers, steps, opts) do
+    step_opts = Keyword.take(opts, [:timeout, :deadline])
+
+    workers
+    |> Enum.map(fn worker ->
+      Task.async(fn ->
+        for {command, args, extra} <- steps do
+          case Worker.request(worker, command, args, step_opts ++ extra) do
+            {:ok, _} ->
+              :ok
+
+            {:error, error} ->
+              Logger.warning(
+                "portbridge: #{command} did not reach #{inspect(worker)}: #{Exception.message(error)}"
+              )
+          end
+        end
+      end)
+    end)
+    |> Task.await_many(:infinity)
+
+    :ok
+  end
+
+  @doc """
+  Sends a session's `steps` to its Worker in `pool`, in order, within the deadline
+  of `opts`: `:ok`, or the first error (the steps after it are not sent).
+  """
+  @spec rebuild(atom | map, String.t(), [step], keyword) :: :ok | {:error, PortBridge.Error.t()}
+  def rebuild(pool, session_id, steps, opts) do
+    opts = opts |> Keyword.take([:timeout, :deadline]) |> Keyword.put(:session_id, session_id)
+
+    Enum.reduce_while(steps, :ok, fn {command, args, _}, :ok ->
+      case PortBridge.Pool.request(pool, command, args, opts) do
+        {:ok, _} -> {:cont, :ok}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
   end
 
   @doc "Whether a session (nil: the global scope) has recorded state."

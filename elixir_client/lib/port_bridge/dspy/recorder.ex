@@ -1,204 +1,199 @@
 defmodule PortBridge.DSPy.Recorder do
   @moduledoc false
-  # What the DSPy layer does so that a pool's sessions outlive its Python processes.
+  # What the DSPy layer does so that sessions outlive their Python processes, and,
+  # on a cluster, their nodes.
   #
   # Only this layer knows which commands build state: `configure_lm` (a scope's LM),
   # `configure_embedder` and `create_index` (retrieval: the corpus is recorded and
   # embedded again on replay), and the program commands (`create_program`,
   # `import_program`, `optimize_program`: the program as `export_program` returns it
   # afterwards, definition and learned state); `delete_program`, `delete_index` and
-  # `end_session` forget. It
-  # writes them to the pool's PortBridge.Records; each Worker replays them on every
-  # fresh Python (its :on_ready), so recovery costs nothing on the request path.
+  # `end_session` forget. Each success becomes a change (a PortBridge.Records op) written where the target
+  # keeps its records:
+  #
+  #   * a pool: its PortBridge.Records table; each Worker replays it on every fresh
+  #     Python (its :on_ready), so recovery costs nothing on the request path;
+  #   * a cluster: the session's owner node and the nodes it would move to (see
+  #     PortBridge.Cluster), which rebuild it wherever it moves.
   #
   # The global scope must be the same on every Worker (requests without a session go
-  # to any of them): a change to it runs on the pool's first Worker, then reaches
-  # the others the same way a replay does.
+  # to any of them): a change to it runs on the (local) pool's first Worker, then
+  # reaches the others (on a cluster: the Workers of every node) the same way a
+  # replay does.
   #
   # A session the Python worker dropped on its own (idle TTL) is rebuilt on demand:
   # a request that fails because its scope is gone, while the records have it, is
   # replayed and retried once. Everything, follow-ups included, comes out of the
   # request's one :timeout.
   #
-  # Targets other than a pool with recover_sessions (a bare Worker) are passed
-  # through untouched.
+  # Targets other than a pool or cluster with recover_sessions (a bare Worker) are
+  # passed through untouched.
 
   require Logger
-  alias PortBridge.{Error, Pool, Records, Request, Worker}
+  alias PortBridge.{Cluster, Error, Pool, Records, Request, Worker}
 
   @program_commands ~w(create_program import_program optimize_program)
   @state_commands ~w(configure_lm configure_embedder create_index delete_index delete_program) ++
                     @program_commands
+  # Without a session these run on the (local) pool's first Worker: the one where a
+  # change of the global scope happens first (and is exported from).
+  @first_worker_commands ["export_program" | @state_commands]
 
   @spec request(GenServer.server(), String.t(), map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(target, command, args, opts) do
-    case Pool.lookup(target) do
-      {:ok, %{records: table} = pool} when table != nil ->
-        timeout = Keyword.get(opts, :timeout, pool.timeout)
-        opts = Keyword.merge(opts, timeout: timeout, deadline: Request.deadline(timeout))
-        scope = opts[:session_id]
-
-        result =
-          if scope == nil and command in @state_commands,
-            do: Worker.request(first_worker(pool), command, args, opts),
-            else: PortBridge.request(target, command, args, opts)
-
-        result = rebuild_if_lost(pool, target, command, args, opts, result)
-        with {:ok, value} <- result, do: record(pool, command, args, value, opts)
-        result
-
-      _ ->
+    case store(target) do
+      nil ->
         PortBridge.request(target, command, args, opts)
+
+      {_kind, config} = store ->
+        timeout = Keyword.get(opts, :timeout, config.timeout)
+        opts = Keyword.merge(opts, timeout: timeout, deadline: Request.deadline(timeout))
+        result = run(store, target, command, args, opts)
+        result = rebuild_if_lost(store, target, command, args, opts, result)
+        with {:ok, value} <- result, do: record(store, target, command, args, value, opts)
+        result
     end
   end
 
-  defp first_worker(pool), do: hd(Pool.workers(pool))
-  defp other_workers(pool), do: tl(Pool.workers(pool))
+  # Where a target keeps its records: {:pool, pool}, {:cluster, cluster} or nil.
+  defp store(target) do
+    case Pool.lookup(target) do
+      {:ok, %{records: table} = pool} when table != nil ->
+        {:pool, pool}
+
+      _ ->
+        case Cluster.lookup(target) do
+          {:ok, %{records: table} = cluster} when table != nil -> {:cluster, cluster}
+          _ -> nil
+        end
+    end
+  end
+
+  # A change of the global scope runs on one Worker, then reaches the others.
+  defp run(store, target, command, args, opts) do
+    if opts[:session_id] == nil and command in @first_worker_commands,
+      do: Worker.request(first_worker(store), command, args, opts),
+      else: PortBridge.request(target, command, args, opts)
+  end
+
+  defp local_pool({:pool, pool}), do: pool
+  defp local_pool({:cluster, cluster}), do: cluster.pool
+
+  defp first_worker(store), do: hd(Pool.workers(local_pool(store)))
 
   ## Rebuilding a scope the Python worker dropped
 
-  defp rebuild_if_lost(pool, target, command, args, opts, {:error, %Error{} = error} = result) do
+  defp rebuild_if_lost(store, target, command, args, opts, {:error, %Error{} = error} = result) do
     scope = opts[:session_id]
 
-    if lost_scope?(error) and Records.any?(pool.records, scope) do
+    if lost_scope?(error) and rebuild(store, scope, opts) == :ok do
       Logger.info(
-        "portbridge: #{describe(scope)} is gone from its worker; rebuilding it from the records"
+        "portbridge: #{describe(scope)} was gone from its worker; rebuilt it from the records"
       )
 
-      replay(pool, scope, opts)
       PortBridge.request(target, command, args, Keyword.delete(opts, :retry))
     else
       result
     end
   end
 
-  defp rebuild_if_lost(_pool, _target, _command, _args, _opts, result), do: result
+  defp rebuild_if_lost(_store, _target, _command, _args, _opts, result), do: result
 
   # What a worker answers when it no longer has a scope the records have.
   defp lost_scope?(%Error{category: :not_found, code: code}),
     do: code in ["unknown_program", "unknown_session", "unknown_index"]
 
-  defp lost_scope?(%Error{code: code}) when code in ["no_lm_configured", "no_embedder_configured"],
-    do: true
+  defp lost_scope?(%Error{code: code})
+       when code in ["no_lm_configured", "no_embedder_configured"],
+       do: true
+
   defp lost_scope?(_), do: false
 
-  # A session's steps go to its Worker (through the pool); the global scope's to
-  # every Worker.
-  defp replay(pool, nil, opts),
-    do: replicate(Pool.workers(pool), Records.steps(pool.records, nil), opts)
-
-  defp replay(pool, scope, opts) do
-    for {command, args, step_opts} <- Records.steps(pool.records, scope) do
-      Pool.request(pool, command, args, Keyword.merge(opts, step_opts) |> Keyword.delete(:retry))
+  # :ok when the scope had records and they were sent again. The global scope's go
+  # to every Worker of the (local) pool; a session's to its Worker, wherever it is.
+  defp rebuild({_kind, %{records: table}} = store, nil, opts) do
+    if Records.any?(table, nil) do
+      workers = Pool.workers(local_pool(store))
+      Records.replicate(workers, Records.steps(table, nil), opts)
+    else
+      :none
     end
-
-    :ok
   end
 
-  # Sends `steps` to each of `workers` at once, within the request's deadline.
-  defp replicate(workers, steps, opts) do
-    step_opts = Keyword.take(opts, [:timeout, :deadline])
-
-    workers
-    |> Enum.map(fn worker ->
-      Task.async(fn ->
-        for {command, args, extra} <- steps do
-          case Worker.request(worker, command, args, step_opts ++ extra) do
-            {:ok, _} ->
-              :ok
-
-            {:error, error} ->
-              Logger.warning(
-                "portbridge: #{command} did not reach #{inspect(worker)}: #{Exception.message(error)}"
-              )
-          end
-        end
-      end)
-    end)
-    |> Task.await_many(:infinity)
-
-    :ok
+  defp rebuild({:pool, pool}, scope, opts) do
+    if Records.any?(pool.records, scope),
+      do: Records.rebuild(pool, scope, Records.steps(pool.records, scope), opts),
+      else: :none
   end
+
+  defp rebuild({:cluster, cluster}, scope, opts), do: Cluster.rebuild(cluster, scope, opts)
 
   ## Recording
 
-  defp record(pool, "configure_lm", args, _value, opts) do
-    scope = opts[:session_id]
-    Records.put(pool.records, scope, :lm, nil, "configure_lm", args)
-    if scope == nil, do: replicate(other_workers(pool), [{"configure_lm", args, []}], opts)
+  defp record(store, _target, "end_session", args, _value, opts) do
+    case args["session_id"] || opts[:session_id] do
+      nil -> :ok
+      session_id -> write(store, session_id, :delete_scope, opts)
+    end
   end
 
-  defp record(pool, "configure_embedder", args, _value, opts) do
-    scope = opts[:session_id]
-    Records.put(pool.records, scope, :embedder, nil, "configure_embedder", args)
-    if scope == nil, do: replicate(other_workers(pool), [{"configure_embedder", args, []}], opts)
+  defp record(store, target, command, args, value, opts) do
+    case change(store, target, command, args, value, opts) do
+      nil -> :ok
+      op -> write(store, opts[:session_id], op, opts)
+    end
   end
 
-  defp record(pool, "create_index", args, %{"index_id" => index_id}, opts) do
-    scope = opts[:session_id]
-    args = Map.merge(args, %{"index_id" => index_id, "replace" => true})
-    Records.put(pool.records, scope, :index, index_id, "create_index", args)
-    if scope == nil, do: replicate(other_workers(pool), [{"create_index", args, []}], opts)
-  end
+  defp change(_store, _target, "configure_lm", args, _value, _opts),
+    do: {:put, :lm, nil, "configure_lm", args}
 
-  defp record(pool, "delete_index", %{"index_id" => index_id} = args, _value, opts) do
-    scope = opts[:session_id]
-    Records.delete(pool.records, scope, :index, index_id)
-    if scope == nil, do: replicate(other_workers(pool), [{"delete_index", args, []}], opts)
-  end
-
-  defp record(pool, command, _args, %{"program_id" => program_id}, opts)
+  defp change(store, target, command, _args, %{"program_id" => program_id}, opts)
        when command in @program_commands and is_binary(program_id) do
-    scope = opts[:session_id]
     export_opts = Keyword.take(opts, [:session_id, :timeout, :deadline])
 
-    exported =
-      if scope == nil,
-        do:
-          Worker.request(
-            first_worker(pool),
-            "export_program",
-            %{"program_id" => program_id},
-            export_opts
-          ),
-        else: Pool.request(pool, "export_program", %{"program_id" => program_id}, export_opts)
-
-    case exported do
+    case run(store, target, "export_program", %{"program_id" => program_id}, export_opts) do
       {:ok, %{"program" => program}} ->
         args = %{"program" => program, "program_id" => program_id, "replace" => true}
-        Records.put(pool.records, scope, :program, program_id, "import_program", args)
-        if scope == nil, do: replicate(other_workers(pool), [{"import_program", args, []}], opts)
+        {:put, :program, program_id, "import_program", args}
 
       other ->
         Logger.warning(
-          "portbridge: cannot record program #{inspect(program_id)} of #{describe(scope)} " <>
+          "portbridge: cannot record program #{inspect(program_id)} of #{describe(opts[:session_id])} " <>
             "for recovery: #{inspect(other, limit: 5)}"
         )
+
+        nil
     end
   end
 
-  defp record(pool, "delete_program", args, _value, opts) do
-    scope = opts[:session_id]
-    program_id = args["program_id"]
-    Records.delete(pool.records, scope, :program, program_id)
+  defp change(_store, _target, "delete_program", args, _value, _opts),
+    do: {:delete, :program, args["program_id"]}
 
-    if scope == nil,
-      do:
-        replicate(
-          other_workers(pool),
-          [{"delete_program", %{"program_id" => program_id}, []}],
-          opts
-        )
+  defp change(_store, _target, "configure_embedder", args, _value, _opts),
+    do: {:put, :embedder, nil, "configure_embedder", args}
+
+  defp change(_store, _target, "create_index", args, %{"index_id" => index_id}, _opts) do
+    args = Map.merge(args, %{"index_id" => index_id, "replace" => true})
+    {:put, :index, index_id, "create_index", args}
   end
 
-  defp record(pool, "end_session", args, _value, opts) do
-    case args["session_id"] || opts[:session_id] do
-      nil -> :ok
-      session_id -> Records.delete_scope(pool.records, session_id)
-    end
+  defp change(_store, _target, "delete_index", %{"index_id" => index_id}, _value, _opts),
+    do: {:delete, :index, index_id}
+
+  defp change(_store, _target, _command, _args, _value, _opts), do: nil
+
+  # A change is written where the target keeps its records; one of the global scope
+  # also reaches the Workers that did not run it.
+  defp write({:pool, pool}, scope, op, opts) do
+    Records.change(pool.records, scope, op)
+
+    step = Records.step(op)
+    if scope == nil and step, do: Records.replicate(tl(Pool.workers(pool)), [step], opts)
+
+    :ok
   end
 
-  defp record(_pool, _command, _args, _value, _opts), do: :ok
+  defp write({:cluster, cluster}, scope, op, opts), do: Cluster.record(cluster, scope, op, opts)
 
   defp describe(nil), do: "the global scope"
   defp describe(session_id), do: "session #{inspect(session_id)}"

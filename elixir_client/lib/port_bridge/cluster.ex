@@ -1,0 +1,470 @@
+defmodule PortBridge.Cluster do
+  @moduledoc """
+  One pool per node, under one name, across the nodes of a distributed Erlang
+  cluster: a session's requests reach the same Python from whichever node they
+  start, and a session outlives the node it lived on.
+
+      # the same child on every node
+      children = [
+        {PortBridge.Cluster, name: MyApp.Python, pool: [size: 2, python: "/srv/venv/bin/python"]}
+      ]
+
+      {:ok, _} = PortBridge.DSPy.configure_lm(MyApp.Python, model: "offline", session_id: "u-42")
+      PortBridge.Cluster.members(MyApp.Python)
+      #=> [:"a@host", :"b@host"]
+
+  `PortBridge.request/4`, `async_request/4`, `stream/4` and `PortBridge.DSPy` take the
+  cluster's name as they take a pool's.
+
+  ## Routing
+
+  Every node runs a `PortBridge.Pool` (`pool:` takes its options; the strategy is
+  `:multiplexed`) and a member process that joins the `:pg` group of the cluster's
+  name once its pool is up: `members/1` lists the nodes whose pool is live.
+
+    * A request with a `:session_id` goes to the session's owner: the member that
+      ranks highest for it by rendezvous (highest random weight) hashing,
+      `:erlang.phash2({session_id, node})`. Every node computes the same owner from
+      the same members, with no coordination; when a node joins, only the sessions
+      it now ranks highest for move to it, and when one leaves, only its own move,
+      each to the member that ranked second. On the owner, the pool's Worker is
+      chosen as in a pool. A remote request goes straight to that Worker: the caller
+      sends to its pid, the reply comes straight back (no process in between).
+    * A request without a session stays on the caller's node, unless every local
+      Worker already has `:overflow_at` requests in flight (by default the Python's
+      `--max-concurrency`, from its `ready` event): then it goes to the Worker with
+      the most free slots on the node with the most, as members last reported
+      (every `:gossip_interval` ms, only when it changed). When every node is
+      saturated, it stays local and queues in the local Python.
+
+  ## What moves, and when
+
+  A session's state (its LM and programs, as `PortBridge.DSPy` records them) is kept
+  on `:replicas` nodes (2 by default): its owner, which replays it on every fresh
+  Python of its pool, and the next ones in the session's ranking, which only hold
+  the records. Each change is applied by the owner and pushed to the others with a
+  version.
+
+    * Node leaves (stopped, crashed, cut off): requests in flight there fail with
+      `communication` (retryable: `retry: true` sends them again, to the new owner).
+      Its sessions' new owner is the member that ranked second, which holds their
+      records: the session's next request rebuilds it there first (in that
+      request's `:timeout`). Members re-replicate the records of the sessions that
+      lost a copy.
+    * Node joins: the sessions that now rank it first move to it: their holders push
+      the records to it, and each one's next request rebuilds it there. The old
+      owner keeps the session's state on its Python for `:drop_after` ms (requests
+      still in flight there finish), then ends it.
+    * The first request of a session from a node, after each membership change,
+      asks the owner whether it has the session (one round trip); the answer is
+      cached until the members change again.
+
+  With `replicas: 1` a session's records live only on its owner and die with it.
+  The global scope (an LM configured without a session, programs created without
+  one) is recorded on every member and sent to every Worker; a joining node takes
+  it from a member before it joins.
+
+  ## Deadlines, partitions
+
+  `:timeout` is one budget across nodes: checking the owner, rebuilding a moved
+  session, sending, waiting. The remote Worker gets the deadline translated to its
+  own monotonic clock (the offset is measured when members meet). A node that is
+  slow, suspended or cut off cannot hold a caller past its timeout: every wait on
+  another node is bounded by the caller's deadline. Until the connection to such a
+  node is declared down (`net_ticktime`, 60 s by default), it is still a member, and
+  the requests of the sessions it owns get `timeout` errors.
+
+  ## Options
+
+    * `:name` - required, an atom: the name requests use (and the `:pg` group).
+    * `:pool` - the options of the local `PortBridge.Pool` (except `:name`).
+    * `:replicas` - nodes that hold a session's records, owner included (2).
+    * `:overflow_at` - requests in flight per local Worker at which a request
+      without a session may go to another node (the Python's `--max-concurrency`).
+    * `:gossip_interval` - ms between reports of free slots to the other members (100).
+    * `:drop_after` - ms a node keeps a session that moved away before ending it on
+      its Python (60_000).
+    * `:settle` - ms after a membership change during which an owner that has no
+      record of a session asks the other members for one (5_000).
+  """
+
+  use Supervisor
+
+  alias PortBridge.{Error, Options, Pool, Records, Request, Worker}
+  alias PortBridge.Cluster.Member
+
+  # The :pg scope of every cluster; started by the :port_bridge application.
+  @scope __MODULE__
+  @cluster_keys [:name, :pool, :replicas, :overflow_at, :gossip_interval, :drop_after, :settle]
+
+  @doc false
+  def scope, do: @scope
+
+  @doc "Starts the cluster's local pool and member; see the module doc for the options."
+  @spec start_link(keyword) :: Supervisor.on_start()
+  def start_link(opts) do
+    config = config!(opts)
+    Supervisor.start_link(__MODULE__, config, name: Module.concat(config.name, Supervisor))
+  end
+
+  @doc false
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, __MODULE__),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :supervisor
+    }
+  end
+
+  defp config!(opts) do
+    name = Keyword.get(opts, :name)
+
+    unless is_atom(name) and name not in [nil, true, false],
+      do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
+
+    case Keyword.keys(opts) -- @cluster_keys do
+      [] -> :ok
+      unknown -> raise ArgumentError, "unknown PortBridge.Cluster options: #{inspect(unknown)}"
+    end
+
+    pool_opts = Keyword.get(opts, :pool, [])
+
+    unless Keyword.keyword?(pool_opts) and not Keyword.has_key?(pool_opts, :name),
+      do:
+        raise(
+          ArgumentError,
+          ":pool must be a keyword list of PortBridge.Pool options without :name, got: #{inspect(pool_opts)}"
+        )
+
+    if Keyword.get(pool_opts, :strategy, :multiplexed) != :multiplexed do
+      raise ArgumentError,
+            "a PortBridge.Cluster's pools are :multiplexed (requests from other nodes go " <>
+              "straight to a Worker); got strategy: #{inspect(pool_opts[:strategy])}"
+    end
+
+    overflow_at =
+      if Keyword.has_key?(opts, :overflow_at), do: Options.pos_integer!(opts, :overflow_at, 1)
+
+    pool = Module.concat(name, Pool)
+
+    %{
+      name: name,
+      pool: pool,
+      pool_opts: [name: pool] ++ pool_opts,
+      member: Module.concat(name, Member),
+      routes: Module.concat(name, Routes),
+      ensured: Module.concat(name, Ensured),
+      records:
+        if(Keyword.get(pool_opts, :recover_sessions, true) != false,
+          do: Module.concat(pool, Records)
+        ),
+      replica_table: Module.concat(name, Replicas),
+      replicas: Options.pos_integer!(opts, :replicas, 2),
+      overflow_at: overflow_at,
+      gossip_interval: Options.pos_integer!(opts, :gossip_interval, 100),
+      drop_after: Options.pos_integer!(opts, :drop_after, 60_000),
+      settle: Options.pos_integer!(opts, :settle, 5_000),
+      timeout: Options.timeout!(pool_opts, :timeout, PortBridge.default_timeout())
+    }
+  end
+
+  @impl Supervisor
+  def init(config) do
+    # Owned by this supervisor: they live as long as the cluster on this node, and
+    # callers read them without asking any process. routes: {:epoch, n} (bumped at
+    # each membership change), {:capacity, n}, {{:node, node}, info} and
+    # {{:free, node}, total, slots} of the other members. ensured: {session, owner,
+    # epoch}, the sessions this node has checked with their owner.
+    :ets.new(config.routes, [:named_table, :public, :set, read_concurrency: true])
+    :ets.insert(config.routes, {:epoch, 0})
+
+    :ets.new(config.ensured, [
+      :named_table,
+      :public,
+      :set,
+      read_concurrency: true,
+      write_concurrency: true
+    ])
+
+    cluster = Map.drop(config, [:pool_opts])
+    {:ok, _} = Registry.register(PortBridge.Registry, config.name, {:cluster, cluster})
+
+    replica_specs =
+      if config.records,
+        do: [Supervisor.child_spec({Records, config.replica_table}, id: :replicas)],
+        else: []
+
+    # rest_for_one: a pool that restarts takes the member (and its :pg entry) with it.
+    Supervisor.init(
+      [{Pool, config.pool_opts}] ++ replica_specs ++ [{Member, cluster}],
+      strategy: :rest_for_one
+    )
+  end
+
+  @doc false
+  # The cluster registered under `name`, if any.
+  @spec lookup(term) :: {:ok, map} | :error
+  def lookup(name) when is_atom(name) do
+    case Registry.lookup(PortBridge.Registry, name) do
+      [{_pid, {:cluster, cluster}}] -> {:ok, cluster}
+      _ -> :error
+    end
+  end
+
+  def lookup(_), do: :error
+
+  ## Members and ranking
+
+  @doc "The nodes whose pool of cluster `name` is live, sorted."
+  @spec members(atom) :: [node]
+  def members(name) do
+    case lookup(name) do
+      {:ok, cluster} -> nodes(cluster)
+      :error -> []
+    end
+  end
+
+  @doc false
+  def nodes(%{name: name}) do
+    :pg.get_members(@scope, name) |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
+  end
+
+  @doc "The node that owns `session_id` among the live members of cluster `name` (nil: none)."
+  @spec owner(atom, String.t()) :: node | nil
+  def owner(name, session_id), do: owner_of(session_id, members(name))
+
+  @doc false
+  def owner_of(_session_id, []), do: nil
+  def owner_of(session_id, nodes), do: Enum.max_by(nodes, &weight(session_id, &1))
+
+  @doc false
+  # The first `n` of `nodes` in the session's ranking: where its records live.
+  def top(session_id, nodes, n),
+    do: nodes |> Enum.sort_by(&weight(session_id, &1), :desc) |> Enum.take(n)
+
+  # Rendezvous hashing: phash2 is the same on every node and OTP release; the node
+  # name breaks (improbable) ties.
+  defp weight(session_id, node), do: {:erlang.phash2({session_id, node}, 4_294_967_296), node}
+
+  ## Requests
+
+  @doc """
+  Sends a request through the cluster and waits for its reply. Options as
+  `PortBridge.request/4`.
+  """
+  @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
+  def request(cluster, command, args \\ %{}, opts \\ []) do
+    with {:ok, cluster} <- resolve(cluster),
+         opts = budget(cluster, opts),
+         {:ok, route} <- route(cluster, opts) do
+      case route do
+        {:local, pool} ->
+          Pool.request(pool, command, args, opts)
+
+        {:remote, _pid, _offset} = remote ->
+          case remote_request(remote, command, args, opts) do
+            %Request{} = request -> Request.await(request, opts[:on_event])
+            {:error, _} = error -> error
+          end
+      end
+    end
+  end
+
+  @doc "Sends a request through the cluster without waiting (see `PortBridge.Request`)."
+  @spec async_request(atom | map, String.t() | atom, map, keyword) ::
+          Request.t() | {:error, Error.t()}
+  def async_request(cluster, command, args \\ %{}, opts \\ []) do
+    with {:ok, cluster} <- resolve(cluster),
+         opts = budget(cluster, opts),
+         {:ok, route} <- route(cluster, opts) do
+      case route do
+        {:local, pool} -> Pool.async_request(pool, command, args, opts)
+        {:remote, _pid, _offset} = remote -> remote_request(remote, command, args, opts)
+      end
+    end
+  end
+
+  defp resolve(%{member: _} = cluster), do: {:ok, cluster}
+
+  defp resolve(name) do
+    case lookup(name) do
+      {:ok, cluster} ->
+        {:ok, cluster}
+
+      :error ->
+        {:error,
+         Error.new(
+           :communication,
+           "cluster_not_running",
+           "no PortBridge.Cluster named #{inspect(name)}"
+         )}
+    end
+  end
+
+  defp budget(cluster, opts) do
+    opts = Keyword.put_new(opts, :timeout, cluster.timeout)
+    Keyword.put_new_lazy(opts, :deadline, fn -> Request.deadline(opts[:timeout]) end)
+  end
+
+  # {:ok, {:local, pool}} or {:ok, {:remote, worker_pid, clock_offset}}.
+  defp route(cluster, opts) do
+    case opts[:session_id] do
+      nil -> sessionless(cluster)
+      session_id -> session_route(cluster, session_id, opts)
+    end
+  end
+
+  defp session_route(cluster, session_id, opts) do
+    # The epoch first: a membership change after this read makes the check stale.
+    epoch = :ets.lookup_element(cluster.routes, :epoch, 2)
+
+    case nodes(cluster) do
+      [] ->
+        local(cluster)
+
+      nodes ->
+        owner = owner_of(session_id, nodes)
+
+        with :ok <- ensure(cluster, session_id, owner, epoch, opts) do
+          if owner == node(), do: local(cluster), else: remote(cluster, owner, session_id, opts)
+        end
+    end
+  end
+
+  # The owner has the session (rebuilt if it moved) before the first request from
+  # this node in this epoch reaches it.
+  defp ensure(%{records: nil}, _session_id, _owner, _epoch, _opts), do: :ok
+
+  defp ensure(cluster, session_id, owner, epoch, opts) do
+    case :ets.lookup(cluster.ensured, session_id) do
+      [{_, ^owner, ^epoch}] ->
+        :ok
+
+      _ ->
+        with {:ok, _} <- Member.call(cluster, owner, {:ensure, session_id, false}, opts) do
+          :ets.insert(cluster.ensured, {session_id, owner, epoch})
+          :ok
+        end
+    end
+  end
+
+  defp remote(cluster, node, session_id, opts) do
+    with {:ok, info} <- Member.node_info(cluster, node, opts) do
+      case elem(info.workers, Records.index(session_id, info.size)) do
+        pid when is_pid(pid) -> {:ok, {:remote, pid, info.offset}}
+        nil -> {:error, not_running(cluster, node)}
+      end
+    end
+  end
+
+  defp local(cluster) do
+    case Pool.lookup(cluster.pool) do
+      {:ok, pool} -> {:ok, {:local, pool}}
+      :error -> {:error, not_running(cluster, node())}
+    end
+  end
+
+  defp sessionless(cluster) do
+    with {:ok, {:local, pool}} = local <- local(cluster) do
+      if saturated?(cluster, pool), do: {:ok, overflow(cluster) || {:local, pool}}, else: local
+    end
+  end
+
+  defp saturated?(cluster, pool) do
+    case :ets.lookup(cluster.routes, :capacity) do
+      [{_, capacity}] -> Enum.all?(1..pool.size, &(:atomics.get(pool.load, &1) >= capacity))
+      [] -> false
+    end
+  end
+
+  # The Worker with the most free slots on the member with the most, by the last
+  # reports; nil when no other member has one.
+  defp overflow(cluster) do
+    candidates =
+      for node <- nodes(cluster),
+          node != node(),
+          [{_, total, slots}] <- [:ets.lookup(cluster.routes, {:free, node})],
+          total > 0,
+          [{_, info}] <- [:ets.lookup(cluster.routes, {:node, node})],
+          do: {total, node, slots, info}
+
+    with [_ | _] <- candidates,
+         {_, _, slots, info} = Enum.max(candidates),
+         {_, index} = slots |> Tuple.to_list() |> Enum.with_index() |> Enum.max(),
+         pid when is_pid(pid) <- elem(info.workers, index) do
+      {:remote, pid, info.offset}
+    else
+      _ -> nil
+    end
+  end
+
+  # The Worker on the other node keeps the request's deadline on its own monotonic
+  # clock; the caller keeps it on ours.
+  defp remote_request({:remote, pid, offset}, command, args, opts) do
+    deadline = opts[:deadline]
+    remote_deadline = if deadline == :infinity, do: :infinity, else: deadline + offset
+
+    case Worker.async_request(pid, command, args, Keyword.put(opts, :deadline, remote_deadline)) do
+      %Request{} = request -> %{request | deadline: deadline}
+      {:error, _} = error -> error
+    end
+  end
+
+  defp not_running(cluster, node) do
+    Error.new(
+      :communication,
+      "not_running",
+      "the pool of cluster #{inspect(cluster.name)} on #{node} is not running (starting, or restarting)",
+      %{"cluster" => inspect(cluster.name), "node" => Atom.to_string(node)}
+    )
+  end
+
+  ## Records (PortBridge.DSPy.Recorder)
+
+  @doc false
+  # Writes a change of a scope's records: a session's at its owner (which pushes it
+  # to the session's other holders); the global scope's on every member, each of
+  # which also sends it to its Workers (except the local first one, which ran it).
+  @spec record(map, String.t() | nil, Records.op(), keyword) :: :ok
+  def record(cluster, nil, op, opts) do
+    [node() | nodes(cluster)]
+    |> Enum.uniq()
+    |> Enum.map(fn node ->
+      Task.async(fn ->
+        {node, Member.call(cluster, node, {:global, op, node == node()}, opts)}
+      end)
+    end)
+    |> Task.await_many(:infinity)
+    |> Enum.each(fn {node, result} -> warn_unrecorded(result, "the global scope", node) end)
+  end
+
+  def record(cluster, session_id, op, opts) do
+    node = owner_of(session_id, nodes(cluster)) || node()
+    result = Member.call(cluster, node, {:record, session_id, op}, opts)
+    warn_unrecorded(result, "session #{inspect(session_id)}", node)
+  end
+
+  defp warn_unrecorded({:ok, _}, _scope, _node), do: :ok
+
+  defp warn_unrecorded({:error, error}, scope, node) do
+    require Logger
+
+    Logger.warning(
+      "portbridge: a change of #{scope} was not recorded on #{node}: #{Exception.message(error)}"
+    )
+  end
+
+  @doc false
+  # Sends a session's recorded state again to its owner's Python (which dropped it):
+  # :ok when there was something to send, :none when nothing is recorded.
+  @spec rebuild(map, String.t(), keyword) :: :ok | :none | {:error, Error.t()}
+  def rebuild(cluster, session_id, opts) do
+    node = owner_of(session_id, nodes(cluster)) || node()
+
+    case Member.call(cluster, node, {:ensure, session_id, true}, opts) do
+      {:ok, :rebuilt} -> :ok
+      {:ok, _} -> :none
+      {:error, _} = error -> error
+    end
+  end
+end
