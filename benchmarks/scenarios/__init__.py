@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import elixir, lm, memory, payload, ping, pool, startup
+from . import cluster, elixir, lm, memory, payload, ping, pool, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -12,5 +12,6 @@ SCENARIOS = {
     "dspy_throughput": lm.run_throughput,
     "elixir": elixir.run,
     "pool": pool.run,
+    "cluster": cluster.run,
     "memory": memory.run,
 }
