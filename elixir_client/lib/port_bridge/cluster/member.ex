@@ -11,8 +11,8 @@ defmodule PortBridge.Cluster.Member do
   #
   # Records of the node, two PortBridge.Records tables:
   #   primary   the local pool's: the global scope and the sessions this node owns
-  #             and has on its Python (`present`); the pool replays it on every
-  #             fresh Python.
+  #             and has rebuilt or built on its Python (it is "present" here); the
+  #             pool replays it on every fresh Python.
   #   replicas  the sessions this node holds for others (it is next in their
   #             ranking), or held before they moved away; never replayed.
   # A session's version grows with each change its owner applies; a copy only ever
@@ -103,7 +103,6 @@ defmodule PortBridge.Cluster.Member do
       monitors: %{},
       capacity: cluster.overflow_at,
       free: nil,
-      present: MapSet.new(),
       # session => %{waiters: [from], ops: [{from, op}]} while a task ensures it
       ensuring: %{},
       # task ref => what it does
@@ -120,12 +119,9 @@ defmodule PortBridge.Cluster.Member do
     %{cluster: cluster} = state
     state = watch_workers(state)
 
-    present =
-      if cluster.records, do: MapSet.new(Records.sessions(cluster.records)), else: MapSet.new()
-
     {ref, pids} = watch_group(state.scope, cluster.name)
     nodes = nodes_of(pids)
-    state = %{state | pg: ref, present: present}
+    state = %{state | pg: ref}
 
     state =
       if cluster.overflow_at do
@@ -192,7 +188,7 @@ defmodule PortBridge.Cluster.Member do
       Map.has_key?(state.ensuring, session_id) ->
         {:noreply, wait_ensure(state, session_id, from, nil)}
 
-      not force and MapSet.member?(state.present, session_id) ->
+      not force and present?(state, session_id) ->
         {:reply, {:ok, :present}, state}
 
       true ->
@@ -205,7 +201,7 @@ defmodule PortBridge.Cluster.Member do
       Map.has_key?(state.ensuring, session_id) ->
         {:noreply, wait_ensure(state, session_id, from, op)}
 
-      MapSet.member?(state.present, session_id) ->
+      present?(state, session_id) ->
         {:reply, {:ok, apply_op(state, session_id, op)}, state}
 
       true ->
@@ -305,7 +301,7 @@ defmodule PortBridge.Cluster.Member do
   def handle_info({:replica, session_id, version, rows}, state) do
     %{cluster: cluster} = state
 
-    if MapSet.member?(state.present, session_id) do
+    if present?(state, session_id) do
       if version > Records.version(cluster.records, session_id) do
         Logger.warning(
           "portbridge: cluster #{inspect(cluster.name)}: a newer copy of session #{inspect(session_id)} " <>
@@ -323,7 +319,7 @@ defmodule PortBridge.Cluster.Member do
   def handle_info({:forget, session_id}, state) do
     Records.forget(state.cluster.replica_table, session_id)
 
-    unless MapSet.member?(state.present, session_id),
+    unless present?(state, session_id),
       do: Records.forget(state.cluster.records, session_id)
 
     {:noreply, state}
@@ -333,7 +329,7 @@ defmodule PortBridge.Cluster.Member do
     {_, drops} = Map.pop(state.drops, session_id)
     state = %{state | drops: drops}
 
-    if MapSet.member?(state.present, session_id) or Map.has_key?(state.ensuring, session_id) do
+    if present?(state, session_id) or Map.has_key?(state.ensuring, session_id) do
       {:noreply, state}
     else
       pool = state.cluster.pool
@@ -439,7 +435,7 @@ defmodule PortBridge.Cluster.Member do
     %{cluster: cluster} = state
     held = Records.sessions(cluster.records) ++ Records.sessions(cluster.replica_table)
 
-    (held ++ MapSet.to_list(state.present))
+    held
     |> Enum.uniq()
     |> Enum.reject(&Map.has_key?(state.ensuring, &1))
     |> Enum.reduce(state, fn session_id, state ->
@@ -451,7 +447,7 @@ defmodule PortBridge.Cluster.Member do
       if snapshot, do: push(state, to, replica(session_id, snapshot))
 
       state =
-        if hd(now_top) != node() and MapSet.member?(state.present, session_id),
+        if hd(now_top) != node() and present?(state, session_id),
           do: move_out(state, session_id),
           else: state
 
@@ -480,11 +476,7 @@ defmodule PortBridge.Cluster.Member do
 
     timer = Process.send_after(self(), {:drop, session_id}, cluster.drop_after)
 
-    %{
-      state
-      | present: MapSet.delete(state.present, session_id),
-        drops: Map.put(state.drops, session_id, timer)
-    }
+    %{state | drops: Map.put(state.drops, session_id, timer)}
   end
 
   ## Ensuring a session is here
@@ -569,7 +561,7 @@ defmodule PortBridge.Cluster.Member do
         answer =
           case outcome do
             {:rebuilt, version, rows} ->
-              Records.install(cluster.records, session_id, version, rows)
+              Records.install(cluster.records, session_id, max(version, 1), rows)
               Records.forget(cluster.replica_table, session_id)
               :rebuilt
 
@@ -579,7 +571,7 @@ defmodule PortBridge.Cluster.Member do
 
         {timer, drops} = Map.pop(state.drops, session_id)
         if timer, do: Process.cancel_timer(timer)
-        state = %{state | present: MapSet.put(state.present, session_id), drops: drops}
+        state = %{state | drops: drops}
         # The copies this node's ranking asks for (a move may have left one short).
         if answer == :rebuilt, do: push_session(state, session_id)
         for from <- waiters, do: GenServer.reply(from, {:ok, answer})
@@ -620,6 +612,11 @@ defmodule PortBridge.Cluster.Member do
         push(state, to, replica(session_id, snapshot))
     end
   end
+
+  # A session is present on this node when its primary records have it: this node
+  # rebuilt it (or built it) on its Python, and replays it on every fresh one.
+  # Sessions without records are never present: asking for one costs a lookup.
+  defp present?(state, session_id), do: Records.version(state.cluster.records, session_id) > 0
 
   defp replica(session_id, {version, rows}), do: {:replica, session_id, version, rows}
 
