@@ -14,6 +14,8 @@ defmodule PortBridge.Application do
       # Callbacks registered per session (PortBridge.Callbacks.register/2).
       PortBridge.Callbacks,
       PortBridge.Reaper,
+      # Sends to other nodes that never block the sender (PortBridge.Courier).
+      PortBridge.Courier,
       PortBridge.CircuitBreaker,
       {Task.Supervisor, name: PortBridge.TaskSupervisor}
     ]

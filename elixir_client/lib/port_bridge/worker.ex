@@ -68,6 +68,7 @@ defmodule PortBridge.Worker do
   alias PortBridge.{
     Callbacks,
     Channel,
+    Courier,
     Error,
     Options,
     Protocol,
@@ -186,12 +187,15 @@ defmodule PortBridge.Worker do
             pool: opts[:pool]
           })
 
-        GenServer.cast(
+        # Courier.deliver: to a Worker on another node, never blocking this caller
+        # (see PortBridge.Courier); to a local one, a plain send.
+        Courier.deliver(
           pid,
-          {:request, ref, self(), command, args, envelope, timeout, deadline, callbacks}
+          {:"$gen_cast",
+           {:request, ref, self(), command, args, envelope, timeout, deadline, callbacks}}
         )
 
-        cancel = fn -> GenServer.cast(pid, {:cancel, ref}) end
+        cancel = fn -> Courier.deliver(pid, {:"$gen_cast", {:cancel, ref}}) end
         Request.new(pid, ref, cancel, timeout, deadline, nil, span)
 
       _ ->
@@ -832,7 +836,7 @@ defmodule PortBridge.Worker do
   defp event(state, id, name, data) do
     case state.ids do
       %{^id => ref} ->
-        send(ref, {ref, {:event, name, data}})
+        Courier.deliver(ref, {ref, {:event, name, data}})
         if name == "callback", do: callback(state, ref, data), else: state
 
       %{} ->
@@ -993,7 +997,7 @@ defmodule PortBridge.Worker do
     {entry, requests} = Map.pop(state.requests, ref)
     if entry.timer, do: :erlang.cancel_timer(entry.timer)
     Process.demonitor(entry.caller_mon, [:flush])
-    if result, do: send(ref, {ref, {:reply, result}})
+    if result, do: Courier.deliver(ref, {ref, {:reply, result}})
 
     %{
       state

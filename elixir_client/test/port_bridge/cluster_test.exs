@@ -233,6 +233,60 @@ defmodule PortBridge.ClusterTest do
       # Requests without a session never leave this node.
       assert {:ok, _} =
                within(1_000, fn -> PortBridge.request(name, "ping", %{}, timeout: 400) end)
+
+      # Large requests fill the connection to the stalled node: sending them, and
+      # the cancel and demonitor at each deadline, must not block the caller.
+      big = String.duplicate("x", 400_000)
+
+      for _ <- 1..12 do
+        assert {:error, %Error{category: :timeout}} =
+                 within(1_000, fn ->
+                   PortBridge.request(name, "echo", %{data: big},
+                     session_id: checked,
+                     timeout: 300
+                   )
+                 end)
+      end
+    after
+      System.cmd("kill", ["-CONT", Integer.to_string(os_pid)])
+    end
+  end
+
+  test "a Worker whose replies to a stalled node fill the connection keeps serving the others" do
+    {peer, stalled} = start_peer("stall")
+    on_exit(fn -> stop_peer(peer) end)
+    name = start_cluster_on([stalled], cluster_name(), pool_opts())
+
+    [ours, other] =
+      sessions(80) |> Enum.filter(&(Cluster.owner(name, &1) == node())) |> Enum.take(2)
+
+    # From the other node, to our Worker: a slow request, then large echoes queued
+    # behind it in the same session; their replies come once that node is stalled.
+    big = String.duplicate("x", 400_000)
+    echoes = for _ <- 1..12, do: {"echo", %{data: big}, [session_id: other, timeout: 60_000]}
+
+    send_from(stalled, name, [
+      {"sleep", %{ms: 500}, [session_id: other, timeout: 60_000]} | echoes
+    ])
+
+    {:ok, cluster} = Cluster.lookup(name)
+    wait_until(fn -> match?([%{in_flight: 13}], PortBridge.Pool.info(cluster.pool)) end)
+
+    os_pid = os_pid(stalled)
+    {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(os_pid)])
+
+    try do
+      stop_at = System.monotonic_time(:millisecond) + 2_000
+
+      Stream.repeatedly(fn ->
+        assert {:ok, _} =
+                 within(500, fn -> PortBridge.request(name, "ping", %{}, session_id: ours) end)
+      end)
+      |> Stream.take_while(fn _ -> System.monotonic_time(:millisecond) < stop_at end)
+      |> Stream.run()
+
+      # The echoes were answered (their replies wait in the courier for that node).
+      assert [%{in_flight: 0}] = PortBridge.Pool.info(cluster.pool)
     after
       System.cmd("kill", ["-CONT", Integer.to_string(os_pid)])
     end

@@ -50,6 +50,14 @@ defmodule PortBridge.ClusterCase do
 
   defp start_node do
     Application.put_env(:kernel, :inet_dist_use_interface, {127, 0, 0, 1})
+    # As on the peers: no full mesh kept by :global, which would otherwise disconnect
+    # a node that one test suspends when another test kills a node ("overlapping
+    # partitions"). :global reads these when it starts: restart it, before this
+    # node is distributed (nothing is registered in it yet).
+    Application.put_env(:kernel, :connect_all, false)
+    Application.put_env(:kernel, :prevent_overlapping_partitions, false)
+    :ok = :supervisor.terminate_child(:kernel_sup, :global_name_server)
+    {:ok, _} = :supervisor.restart_child(:kernel_sup, :global_name_server)
     name = :"pb_test_#{System.pid()}"
 
     case Node.start(name, :shortnames) do
@@ -69,10 +77,13 @@ defmodule PortBridge.ClusterCase do
       :peer.start(%{
         name: name,
         # No full mesh kept by :global: a peer connects to the nodes a test connects
-        # it to (connect_all/1), and :global on a peer never disconnects a node that
-        # another test suspends or kills ("overlapping partitions").
+        # it to (connect_all/1), and :global never disconnects a node that one test
+        # suspends because another test killed one ("overlapping partitions").
         args: [
           ~c"-connect_all",
+          ~c"false",
+          ~c"-kernel",
+          ~c"prevent_overlapping_partitions",
           ~c"false",
           ~c"-setcookie",
           Atom.to_charlist(Node.get_cookie()),
@@ -152,6 +163,24 @@ defmodule PortBridge.ClusterCase do
   @doc "Calls `PortBridge.request/4` on `node`."
   def request_on(node, name, command, args \\ %{}, opts \\ []) do
     :erpc.call(node, PortBridge, :request, [name, command, args, opts], :infinity)
+  end
+
+  @doc """
+  Starts a process on `node` that sends `requests` (`{command, args, opts}`) through
+  `name` one after another without waiting, then stays (so that they keep their
+  caller); returns its pid.
+  """
+  def send_from(node, name, requests),
+    do: :erpc.call(node, __MODULE__, :send_here, [name, requests])
+
+  @doc false
+  def send_here(name, requests) do
+    spawn(fn ->
+      for {command, args, opts} <- requests,
+          do: PortBridge.async_request(name, command, args, opts)
+
+      Process.sleep(:infinity)
+    end)
   end
 
   @doc "Asserts `fun` finished within `limit_ms`, returns its result."

@@ -21,7 +21,7 @@ defmodule PortBridge.Cluster.Member do
   use GenServer
   require Logger
 
-  alias PortBridge.{Cluster, Error, Pool, Records, Request, Worker}
+  alias PortBridge.{Cluster, Courier, Error, Pool, Records, Request, Worker}
 
   # How long an owner waits for other members' copies of a session it has no record
   # of (within the caller's deadline); a member that does not answer counts as
@@ -39,26 +39,40 @@ defmodule PortBridge.Cluster.Member do
 
   @doc false
   # Asks the member on `node`, within the deadline of `opts`: {:ok, value} or
-  # {:error, %Error{}} (timeout, or communication when it is not there).
+  # {:error, %Error{}} (timeout, or communication when it is not there). Neither
+  # side ever blocks on the other (questions and answers go by PortBridge.Courier),
+  # and the asker keeps its deadline.
   def call(cluster, node, request, opts) do
     budget = Request.remaining(opts[:deadline])
+    dest = {cluster.member, node}
+    ref = :erlang.monitor(:process, dest, alias: :demonitor)
 
-    try do
-      GenServer.call({cluster.member, node}, Tuple.append(request, budget), budget)
-    catch
-      :exit, {:timeout, _} ->
+    Courier.deliver(dest, {:ask, ref, Tuple.append(request, budget)})
+
+    receive do
+      {^ref, answer} ->
+        Process.demonitor(ref, [:flush])
+        answer
+
+      {:DOWN, ^ref, _, _, reason} ->
+        {:error, unreachable(cluster, node, reason)}
+    after
+      budget ->
+        Process.demonitor(ref, [:flush])
         {:error, Request.timeout_error(opts[:timeout])}
-
-      :exit, {reason, _} ->
-        {:error,
-         Error.new(
-           :communication,
-           "member_unreachable",
-           "the member of cluster #{inspect(cluster.name)} on #{node} did not answer: #{inspect(reason)}",
-           %{"node" => Atom.to_string(node), "reason" => inspect(reason)}
-         )}
     end
   end
+
+  defp unreachable(cluster, node, reason) do
+    Error.new(
+      :communication,
+      "member_unreachable",
+      "the member of cluster #{inspect(cluster.name)} on #{node} did not answer: #{inspect(reason)}",
+      %{"node" => Atom.to_string(node), "reason" => inspect(reason)}
+    )
+  end
+
+  defp answer(ref, answer), do: Courier.deliver(ref, {ref, answer})
 
   @doc false
   # What a caller needs to send to `node`'s Workers: known from the member's reports,
@@ -97,6 +111,8 @@ defmodule PortBridge.Cluster.Member do
       scope: Cluster.scope(),
       pg: nil,
       nodes: [],
+      # the members before the last change
+      was: [],
       joined: false,
       changed_at: now(),
       workers: {},
@@ -177,13 +193,13 @@ defmodule PortBridge.Cluster.Member do
 
   defp nodes_of(pids), do: pids |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
 
-  @impl true
-  def handle_call({:info, _budget}, _from, state) do
+  # Questions from call/4: answered at once ({:reply, ...}) or when a task is done.
+  defp ask({:info, _budget}, _from, state) do
     {:reply, {:ok, %{size: tuple_size(state.workers), workers: state.workers, mono: now()}},
      state}
   end
 
-  def handle_call({:ensure, session_id, force, budget}, from, state) do
+  defp ask({:ensure, session_id, force, budget}, from, state) do
     cond do
       Map.has_key?(state.ensuring, session_id) ->
         {:noreply, wait_ensure(state, session_id, from, nil)}
@@ -196,7 +212,7 @@ defmodule PortBridge.Cluster.Member do
     end
   end
 
-  def handle_call({:record, session_id, op, budget}, from, state) do
+  defp ask({:record, session_id, op, budget}, from, state) do
     cond do
       Map.has_key?(state.ensuring, session_id) ->
         {:noreply, wait_ensure(state, session_id, from, op)}
@@ -209,13 +225,13 @@ defmodule PortBridge.Cluster.Member do
     end
   end
 
-  def handle_call({:snapshot, session_id, _budget}, _from, state),
+  defp ask({:snapshot, session_id, _budget}, _from, state),
     do: {:reply, {:ok, local_snapshot(state, session_id)}, state}
 
-  def handle_call({:global_rows, _budget}, _from, state),
+  defp ask({:global_rows, _budget}, _from, state),
     do: {:reply, {:ok, Records.rows(state.cluster.records, nil)}, state}
 
-  def handle_call({:global, op, ran_locally, budget}, from, state) do
+  defp ask({:global, op, ran_locally, budget}, from, state) do
     %{cluster: cluster} = state
     if cluster.records, do: Records.change(cluster.records, nil, op)
     workers = Pool.workers(cluster.pool)
@@ -229,7 +245,7 @@ defmodule PortBridge.Cluster.Member do
         # Answered by the task, once every Worker has it.
         Task.Supervisor.start_child(PortBridge.TaskSupervisor, fn ->
           Records.replicate(workers, [step], timeout: budget, deadline: Request.deadline(budget))
-          GenServer.reply(from, {:ok, :recorded})
+          answer(from, {:ok, :recorded})
         end)
 
         {:noreply, state}
@@ -237,6 +253,17 @@ defmodule PortBridge.Cluster.Member do
   end
 
   @impl true
+  def handle_info({:ask, from, request}, state) do
+    case ask(request, from, state) do
+      {:reply, answer, state} ->
+        answer(from, answer)
+        {:noreply, state}
+
+      {:noreply, state} ->
+        {:noreply, state}
+    end
+  end
+
   def handle_info({ref, kind, _group, _pids}, %{pg: ref} = state) when kind in [:join, :leave] do
     nodes = Cluster.nodes(state.cluster)
 
@@ -416,7 +443,7 @@ defmodule PortBridge.Cluster.Member do
       :ets.delete(cluster.routes, {:free, node})
     end
 
-    state = %{state | nodes: new, changed_at: now(), free: nil}
+    state = %{state | nodes: new, was: old, changed_at: now(), free: nil}
     state = Enum.reduce(new -- [node() | old], state, &learn(&2, &1))
 
     if cluster.records && node() in new, do: reconcile(state, old, new), else: state
@@ -492,12 +519,14 @@ defmodule PortBridge.Cluster.Member do
   defp start_ensure(state, session_id, force, budget, from, op) do
     %{cluster: cluster} = state
     local = local_snapshot(state, session_id)
-    # Right after a change of members, a copy may still be on its way here (or
-    # only elsewhere): ask the others. Later, what this node has is all there is.
+    # Right after a change of members that moved the session here, a copy may
+    # still be on its way (or only elsewhere): ask the others. Otherwise what this
+    # node has is all there is.
     others =
-      if now() - state.changed_at < cluster.settle,
-        do: List.delete(state.nodes, node()),
-        else: []
+      if now() - state.changed_at < cluster.settle and
+           Cluster.owner_of(session_id, state.was) != node(),
+         do: List.delete(state.nodes, node()),
+         else: []
 
     state =
       task(state, {:ensure, session_id}, fn ->
@@ -574,13 +603,13 @@ defmodule PortBridge.Cluster.Member do
         state = %{state | drops: drops}
         # The copies this node's ranking asks for (a move may have left one short).
         if answer == :rebuilt, do: push_session(state, session_id)
-        for from <- waiters, do: GenServer.reply(from, {:ok, answer})
-        for {from, op} <- ops, do: GenServer.reply(from, {:ok, apply_op(state, session_id, op)})
+        for from <- waiters, do: answer(from, {:ok, answer})
+        for {from, op} <- ops, do: answer(from, {:ok, apply_op(state, session_id, op)})
         state
 
       {:error, _} = error ->
-        for from <- waiters, do: GenServer.reply(from, error)
-        for {from, _op} <- ops, do: GenServer.reply(from, error)
+        for from <- waiters, do: answer(from, error)
+        for {from, _op} <- ops, do: answer(from, error)
         state
     end
   end
@@ -634,10 +663,9 @@ defmodule PortBridge.Cluster.Member do
 
   defp broadcast(state, message), do: push(state, state.nodes, message)
 
-  # Never blocks this process: a member whose connection is congested misses the
-  # message (a copy, a report) rather than holding up this node.
+  # Never blocks this process, whatever the connection to the other member does.
   defp send_member(state, node, message),
-    do: :erlang.send({state.cluster.member, node}, message, [:noconnect, :nosuspend])
+    do: Courier.deliver({state.cluster.member, node}, message)
 
   # Free slots per local Worker, to the other members, when they changed.
   defp gossip(%{capacity: nil} = state), do: state
