@@ -1,4 +1,4 @@
-# The suites run against the real Python worker (no mock of it). Two groups run
+# The suites run against the real Python worker (no mock of it). Three groups run
 # only when what they need is there, and are reported as skipped otherwise:
 #
 #   NimblePool suites (PortBridge.Pool)  need NIMBLE_POOL_PATH=/path/to/a/nimble_pool/checkout

@@ -90,7 +90,7 @@ defmodule PortBridge.Cluster do
 
   use Supervisor
 
-  alias PortBridge.{Error, Options, Pool, Records, Request, Worker}
+  alias PortBridge.{Callbacks, Error, Options, Pool, Records, Request, Worker}
   alias PortBridge.Cluster.Member
 
   # The :pg scope of every cluster; started by the :port_bridge application.
@@ -399,12 +399,20 @@ defmodule PortBridge.Cluster do
   end
 
   # The Worker on the other node keeps the request's deadline on its own monotonic
-  # clock; the caller keeps it on ours.
+  # clock; the caller keeps it on ours. The callbacks registered for the session on
+  # this node go with the request (the other node's registry does not have them).
   defp remote_request({:remote, pid, offset}, command, args, opts) do
     deadline = opts[:deadline]
     remote_deadline = if deadline == :infinity, do: :infinity, else: deadline + offset
 
-    case Worker.async_request(pid, command, args, Keyword.put(opts, :deadline, remote_deadline)) do
+    remote_opts =
+      case Callbacks.registered(opts[:session_id]) do
+        registered when registered == %{} -> opts
+        registered -> Keyword.update(opts, :callbacks, registered, &Map.merge(registered, &1))
+      end
+      |> Keyword.put(:deadline, remote_deadline)
+
+    case Worker.async_request(pid, command, args, remote_opts) do
       %Request{} = request -> %{request | deadline: deadline}
       {:error, _} = error -> error
     end

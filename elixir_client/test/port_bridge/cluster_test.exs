@@ -53,6 +53,8 @@ defmodule PortBridge.ClusterTest do
     name = start_cluster_on(peers, cluster_name(), pool_opts(size: 2))
     nodes = [node() | peers]
     pythons = Map.new(nodes, &{&1, python_pids(&1, name)})
+    atoms = fn -> Enum.map(peers, &:erpc.call(&1, :erlang, :system_info, [:atom_count])) end
+    atoms_before = atoms.()
 
     for session <- sessions(60) do
       owner = Cluster.owner(name, session)
@@ -67,6 +69,9 @@ defmodule PortBridge.ClusterTest do
       assert [pid] = Enum.uniq(served_by)
       assert pid in pythons[owner], "#{session} was served by #{pid}, not by #{owner}'s Pythons"
     end
+
+    # Routing makes no atom of a session id (nor of anything else from other nodes).
+    for {before, now} <- Enum.zip(atoms_before, atoms.()), do: assert(now - before < 20)
 
     # Rendezvous hashing spreads the sessions over every member.
     assert sessions(60) |> Enum.map(&Cluster.owner(name, &1)) |> Enum.uniq() |> Enum.sort() ==
@@ -95,6 +100,27 @@ defmodule PortBridge.ClusterTest do
 
     assert {:ok, _} = PortBridge.await(request, &send(self(), {:event, &1}))
     assert_received {:event, {_, _}}
+  end
+
+  test "callbacks run on the node that serves the request, the caller's session callbacks too",
+       %{peers: [peer | _]} do
+    stand_in = [executable: python(), args: [stand_in("callback_peer.py")]]
+    name = start_cluster_on([peer], cluster_name(), pool: [size: 1] ++ stand_in)
+    session = Enum.find(sessions(50), &(Cluster.owner(name, &1) == peer))
+    # Functions of a module every node has: the test module's own exist only here.
+    PortBridge.Callbacks.register(session, %{"registered" => &node_name/1})
+    on_exit(fn -> PortBridge.Callbacks.unregister(session) end)
+
+    assert {:ok, [%{"result" => registered}, %{"result" => own}]} =
+             PortBridge.request(
+               name,
+               "ask",
+               %{calls: [%{name: "registered"}, %{name: "own"}]},
+               session_id: session,
+               callbacks: %{"own" => &node_name/1}
+             )
+
+    assert {registered, own} == {Atom.to_string(peer), Atom.to_string(peer)}
   end
 
   test "requests without a session stay on the caller's node until its pool is saturated",

@@ -183,6 +183,9 @@ defmodule PortBridge.ClusterCase do
     end)
   end
 
+  @doc "A callback that says where it runs: the name of its node."
+  def node_name(_args), do: Atom.to_string(node())
+
   @doc "Asserts `fun` finished within `limit_ms`, returns its result."
   def within(limit_ms, fun) do
     t0 = System.monotonic_time(:millisecond)
