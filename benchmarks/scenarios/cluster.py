@@ -17,36 +17,17 @@ the nodes started there with OTP's ``:peer``, each with its own Python worker:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 
 from .. import report
-from ..harness import HERE, PYTHON, ROOT, spread
+from ..harness import HERE, spread
 from .lm import LATENCY_MS, LMServer
+from .pool import beam
 
-CLIENT = ROOT / "elixir_client"
 SCRIPT = HERE / "elixir" / "cluster.exs"
-BUILD = HERE / ".elixir_build"
 SESSIONS = 64
 CONCURRENCY = 4
-
-
-def beam(part: str, pinned: bool, **settings) -> dict:
-    mix = shutil.which("mix")
-    env = dict(os.environ, BENCH_PYTHON=PYTHON, BENCH_ROOT=str(ROOT), BENCH_PART=part,
-               MIX_BUILD_PATH=str(BUILD), MIX_ENV="prod",
-               **{f"BENCH_{k.upper()}": str(v) for k, v in settings.items()})
-    env.setdefault("PORTBRIDGE_DEPS", "offline")
-    argv = [mix, "run", str(SCRIPT)]
-    if pinned and shutil.which("taskset"):
-        argv = ["taskset", "-c", "0"] + argv
-    proc = subprocess.run(argv, cwd=str(CLIENT), env=env, capture_output=True, text=True, timeout=1800)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"mix run ({part}) exited {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}")
-    return json.loads(lines[-1])
 
 
 def run(quick: bool) -> report.Result:
@@ -58,7 +39,7 @@ def run(quick: bool) -> report.Result:
     n, rounds = (1000, 2) if quick else (3000, 5)
 
     with LMServer(LATENCY_MS) as server:
-        lm = beam("lm", pinned=False, lm_url=server.url, sessions=SESSIONS, seconds=seconds,
+        lm = beam("lm", pinned=False, script=SCRIPT, lm_url=server.url, sessions=SESSIONS, seconds=seconds,
                   concurrency=CONCURRENCY, nodes="1,2,3")
     rows = lm["result"]
     one = rows["1"]["per_second"]
@@ -76,7 +57,7 @@ def run(quick: bool) -> report.Result:
         per_node = rows[k]["per_second"] / (int(k) * one)
         r.target(f"throughput with {k} nodes per node vs 1 node", ">= 0.9x", f"{per_node:.2f}x", per_node >= 0.9)
 
-    ping = beam("ping", pinned=True, n=n, rounds=rounds)
+    ping = beam("ping", pinned=True, script=SCRIPT, n=n, rounds=rounds)
     lat = ping["result"]
     local_label = "Cluster, session owned by the caller's node"
     remote_label = "Cluster, session owned by the other node"

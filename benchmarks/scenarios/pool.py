@@ -30,13 +30,14 @@ BUILD = HERE / ".elixir_build"
 POOL_SIZE = 2
 
 
-def beam(part: str, pinned: bool, **settings) -> dict:
+def beam(part: str, pinned: bool, script=SCRIPT, **settings) -> dict:
+    """``mix run`` of a BEAM-side benchmark script (pool.exs by default); its last JSON line."""
     mix = shutil.which("mix")
     env = dict(os.environ, BENCH_PYTHON=PYTHON, BENCH_ROOT=str(ROOT), BENCH_PART=part,
                BENCH_POOL_SIZE=str(POOL_SIZE), MIX_BUILD_PATH=str(BUILD), MIX_ENV="prod",
                **{f"BENCH_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("MIX_EXS", "mix.offline.exs")  # no Hex here: the offline project file
-    argv = [mix, "run", str(SCRIPT)]
+    argv = [mix, "run", str(script)]
     if pinned and shutil.which("taskset"):
         argv = ["taskset", "-c", "0"] + argv
     proc = subprocess.run(argv, cwd=str(CLIENT), env=env, capture_output=True, text=True, timeout=1200)
