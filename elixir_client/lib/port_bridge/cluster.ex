@@ -117,15 +117,8 @@ defmodule PortBridge.Cluster do
   end
 
   defp config!(opts) do
-    name = Keyword.get(opts, :name)
-
-    unless is_atom(name) and name not in [nil, true, false],
-      do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
-
-    case Keyword.keys(opts) -- @cluster_keys do
-      [] -> :ok
-      unknown -> raise ArgumentError, "unknown PortBridge.Cluster options: #{inspect(unknown)}"
-    end
+    name = Options.name!(opts)
+    Options.known!(opts, @cluster_keys, "PortBridge.Cluster")
 
     pool_opts = Keyword.get(opts, :pool, [])
 

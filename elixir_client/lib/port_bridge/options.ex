@@ -204,6 +204,28 @@ defmodule PortBridge.Options do
     do: raise(ArgumentError, ":cd must be a directory path, got: #{inspect(other)}")
 
   @doc false
+  # The `:name` of a pool or cluster: an atom, the name requests use.
+  @spec name!(keyword) :: atom
+  def name!(opts) do
+    name = Keyword.get(opts, :name)
+
+    unless is_atom(name) and name not in [nil, true, false],
+      do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
+
+    name
+  end
+
+  @doc false
+  # Raises for any option not in `keys` (`what` took them: "PortBridge.Pool").
+  @spec known!(keyword, [atom], String.t()) :: :ok
+  def known!(opts, keys, what) do
+    case Keyword.keys(opts) -- keys do
+      [] -> :ok
+      unknown -> raise ArgumentError, "unknown #{what} options: #{inspect(unknown)}"
+    end
+  end
+
+  @doc false
   @spec pos_integer!(keyword, atom, term) :: pos_integer
   def pos_integer!(opts, key, default) do
     case Keyword.get(opts, key, default) do

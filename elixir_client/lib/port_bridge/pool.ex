@@ -116,15 +116,8 @@ defmodule PortBridge.Pool do
   end
 
   defp config!(opts) do
-    name = Keyword.get(opts, :name)
-
-    unless is_atom(name) and name not in [nil, true, false],
-      do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
-
-    case Keyword.keys(opts) -- (@pool_keys ++ Options.spawn_keys()) do
-      [] -> :ok
-      unknown -> raise ArgumentError, "unknown PortBridge.Pool options: #{inspect(unknown)}"
-    end
+    name = Options.name!(opts)
+    Options.known!(opts, @pool_keys ++ Options.spawn_keys(), "PortBridge.Pool")
 
     strategy = Keyword.get(opts, :strategy, :multiplexed)
 

@@ -243,10 +243,7 @@ defmodule PortBridge.ClusterTest do
 
     assert {:ok, _} = PortBridge.request(name, "ping", %{}, session_id: checked)
 
-    os_pid = os_pid(stopped)
-    {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(os_pid)])
-
-    try do
+    while_stopped(stopped, fn ->
       # A session already checked with its owner (the request itself waits), and one
       # not checked yet (asking the owner waits): both end at the caller's deadline.
       for session <- [checked, fresh] do
@@ -273,9 +270,7 @@ defmodule PortBridge.ClusterTest do
                    )
                  end)
       end
-    after
-      System.cmd("kill", ["-CONT", Integer.to_string(os_pid)])
-    end
+    end)
   end
 
   test "a Worker whose replies to a stalled node fill the connection keeps serving the others" do
@@ -298,10 +293,7 @@ defmodule PortBridge.ClusterTest do
     {:ok, cluster} = Cluster.lookup(name)
     wait_until(fn -> match?([%{in_flight: 13}], PortBridge.Pool.info(cluster.pool)) end)
 
-    os_pid = os_pid(stalled)
-    {_, 0} = System.cmd("kill", ["-STOP", Integer.to_string(os_pid)])
-
-    try do
+    while_stopped(stalled, fn ->
       stop_at = System.monotonic_time(:millisecond) + 2_000
 
       Stream.repeatedly(fn ->
@@ -313,8 +305,6 @@ defmodule PortBridge.ClusterTest do
 
       # The echoes were answered (their replies wait in the courier for that node).
       assert [%{in_flight: 0}] = PortBridge.Pool.info(cluster.pool)
-    after
-      System.cmd("kill", ["-CONT", Integer.to_string(os_pid)])
-    end
+    end)
   end
 end

@@ -116,6 +116,18 @@ defmodule PortBridge.ClusterCase do
     :exit, _ -> :ok
   end
 
+  @doc "Runs `fun` while `node`'s BEAM is stopped (SIGSTOP): it still looks connected."
+  def while_stopped(node, fun) do
+    os_pid = Integer.to_string(os_pid(node))
+    {_, 0} = System.cmd("kill", ["-STOP", os_pid])
+
+    try do
+      fun.()
+    after
+      System.cmd("kill", ["-CONT", os_pid])
+    end
+  end
+
   @doc "The OS pid of a node's BEAM."
   def os_pid(node), do: :erpc.call(node, System, :pid, []) |> String.to_integer()
 
