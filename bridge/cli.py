@@ -58,9 +58,13 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
     p.add_argument("--backends", default=None,
-                   help="comma-separated installed backends to load (default: every installed one; '' for none)")
+                   help="comma-separated installed plug-ins to load: backends, and modules of @command functions "
+                        "by namespace (default: every installed one; '' for none)")
     p.add_argument("--backend-module", action="append", default=[], metavar="MODULE:ATTR",
                    help="also load the backend object at this import path (repeatable; for developing backends)")
+    p.add_argument("--expose", action="append", default=[], metavar="MODULE[=NAMESPACE]",
+                   help="serve the @command functions of this Python module (bridge.sdk) as NAMESPACE.function; "
+                        "NAMESPACE defaults to the module's last name (repeatable, or comma-separated)")
     p.add_argument("--debug", action="store_true", help="put tracebacks into error.details")
 
 
@@ -111,6 +115,10 @@ def _worker_config(ns: argparse.Namespace):
         shutdown_grace_s=ns.shutdown_grace,
     )
     backends = None if ns.backends is None else [b.strip() for b in ns.backends.split(",") if b.strip()]
+    if ns.expose:
+        from .sdk.expose import parse
+
+        parse(ns.expose)  # a malformed --expose stops the worker before it says ready
     return WorkerConfig(
         fmt=ns.format,
         limits=limits,
@@ -119,6 +127,7 @@ def _worker_config(ns: argparse.Namespace):
         log_frames=ns.log_frames,
         backends=backends,
         backend_modules=ns.backend_module,
+        expose=ns.expose,
         debug=ns.debug,
     )
 

@@ -243,8 +243,11 @@ class Dispatcher:
             log.error("%s failed: %s", command, error.message, exc_info=exc)
         elif error.category not in ("validation", "not_found", "cancelled"):
             log.warning("%s failed: %s/%s: %s", command, error.category, error.code, error.message)
-        if self.debug and not isinstance(exc, BridgeError):
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # A BridgeError raised ``from`` another exception (bridge.sdk's categories of user code)
+        # shows where that one came from.
+        origin = exc.__cause__ if isinstance(exc, BridgeError) and exc.__cause__ is not None else exc
+        if self.debug and not isinstance(origin, BridgeError):
+            tb = "".join(traceback.format_exception(type(origin), origin, origin.__traceback__))
             error.details = {**error.details, "traceback": tb[-20000:]}
         return error
 

@@ -20,7 +20,9 @@ from typing import Callable
 from .errors import BridgeError, RegistrationError
 from .schema import check_schema, compile_validator
 
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Core and backend commands: ``execute_program``. Commands of exposed Python modules (bridge.sdk)
+# carry their namespace: ``mathcmds.add`` (Python identifiers on both sides of the dot).
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$|^[A-Za-z_][A-Za-z0-9_]{0,63}\.[A-Za-z_][A-Za-z0-9_]{0,63}$")
 ANY_ARGS = {"type": "object"}
 NO_ARGS = {"type": "object", "properties": {}, "additionalProperties": False}
 
@@ -33,6 +35,8 @@ class Command:
     control: bool = False
     backend: str = "core"
     description: str = ""
+    # Holds the GIL while it computes: best served by a pool that gives each Python one request at a time.
+    cpu_bound: bool = False
     # check(args) -> args with defaults; compiled from ``schema`` by Registry.add
     check: Callable[[dict], dict] | None = field(default=None, repr=False, compare=False)
 
@@ -42,6 +46,7 @@ class Command:
             "backend": self.backend,
             "control": self.control,
             "description": self.description,
+            "cpu_bound": self.cpu_bound,
             "args": self.schema,
         }
 

@@ -51,6 +51,7 @@ class WorkerConfig:
     log_frames: bool = False
     backends: list[str] | None = None
     backend_modules: list[str] = field(default_factory=list)
+    expose: list[str] = field(default_factory=list)  # modules of @command functions (bridge.sdk)
     debug: bool = False
 
 
@@ -92,8 +93,14 @@ class Worker:
         ``ready``; a backend command that arrives meanwhile waits for it
         (``Registry.lookup``) instead of failing as unknown.
         """
+        config = self.config
         try:
-            self.backends.update(load_backends(self.registry, self.config.backends, self.config.backend_modules))
+            exposed, names = [], config.backends
+            if config.expose or names != []:  # --backends '' and no --expose: nothing to look for
+                from .sdk.expose import backends as exposed_modules
+
+                exposed, names = exposed_modules(config.expose, names)
+            self.backends.update(load_backends(self.registry, names, config.backend_modules, exposed))
         except RegistrationError as exc:
             log.critical("cannot load backends: %s", exc)
             self.begin_shutdown(f"backend registration failed: {exc}", EXIT_USAGE)

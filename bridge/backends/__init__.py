@@ -103,13 +103,14 @@ def _import_object(spec: str):
     return obj
 
 
-def load(registry, names: list[str] | None = None, modules: list[str] = ()) -> dict[str, Backend]:
+def load(registry, names: list[str] | None = None, modules: list[str] = (), extra=()) -> dict[str, Backend]:
     """Load backends and let them register; returns them by name.
 
     ``names`` picks installed entry points (all of them if None). ``modules``
     adds backends by import path (``package.module:attribute``), as given by
     the worker's owner with ``--backend-module``: for developing and testing a
-    backend before it is packaged. An unknown name raises RegistrationError; a
+    backend before it is packaged. ``extra``: more ``(label, make_backend)``
+    sources (the modules ``bridge.sdk`` exposes). An unknown name raises RegistrationError; a
     backend whose code fails to import, or whose ``register`` raises anything
     but RegistrationError, is kept as a FailedBackend (reported by ``health``
     and ``describe``, its half-registered commands removed) so that the core
@@ -124,6 +125,7 @@ def load(registry, names: list[str] | None = None, modules: list[str] = ()) -> d
         )
     sources = [(name, found[name].load) for name in wanted]
     sources += [(spec, lambda spec=spec: _import_object(spec)) for spec in modules]
+    sources += list(extra)
     backends: dict[str, Backend] = {}
     for label, load_object in sources:
         try:
