@@ -281,12 +281,12 @@ def test_installed_modules_are_exposed_through_the_entry_point_group(tmp_path, s
     ("def f(x: 'Undefined') -> None: ...", "bad_hints.f: its type hints cannot be resolved"),
     ("def f(x: int, /) -> None: ...", "parameter 'x' is positional-only"),
     ("@dataclass\nclass Node:\n    children: list['Node']\n\ndef f(x: Node) -> None: ...", "Node refers to itself"),
-    ("def f(x: Annotated[int, {'minimun': 1}]) -> None: ...", "unsupported keywords ['minimun']"),
+    ("def f(x: Annotated[int, Schema(minimun=1)]) -> None: ...", "unsupported keywords ['minimun']"),
 ])
 def test_a_hint_without_a_json_form_stops_the_worker_at_start_up_naming_it(tmp_path, source, message):
     decorated = source.replace("def f", "@command\ndef f")
     write_module(tmp_path, "bad_hints", "from dataclasses import dataclass\nfrom typing import Annotated\n"
-                 "from bridge.sdk import command\n\n" + decorated + "\n")
+                 "from bridge.sdk import Schema, command\n\n" + decorated + "\n")
     code, stderr = run_worker(tmp_path, "--expose", "bad_hints")
     assert code == 2 and message in stderr, stderr
 

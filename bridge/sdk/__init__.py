@@ -18,7 +18,8 @@ call what was exposed and nothing else.
 - Arguments are checked against the schema derived from the type hints before
   the function runs (``bridge.sdk.hints``): str, int, float, bool, list[...],
   dict[str, ...], Optional/unions, Literal, Enum, TypedDict, dataclasses (built
-  from their maps), ``Annotated[T, "description"]``. ``describe`` shows the
+  from their maps); ``Annotated[int, "what it is", Schema(minimum=1)]`` adds
+  a description and schema keywords. ``describe`` shows the
   schema and the docstring; a Google-style ``Args:`` section describes each
   argument.
 - The return value is the result (dataclasses, Enum members, tuples and numpy
@@ -47,9 +48,9 @@ from typing import Annotated, Any, Callable, get_args, get_origin, get_type_hint
 
 from ..errors import BridgeError, RegistrationError
 from ..registry import Command
-from .hints import converter_of, schema_of, to_wire, with_default
+from .hints import Schema, converter_of, schema_of, to_wire, with_default
 
-__all__ = ["command", "Context", "BridgeError"]
+__all__ = ["command", "Context", "Schema", "BridgeError"]
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _DECLARED: dict[str, list[Callable]] = {}  # module name -> its decorated functions, in order

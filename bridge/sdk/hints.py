@@ -42,11 +42,11 @@ def schema_of(hint: Any, where: str, _seen: tuple = ()) -> dict:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
         schema = schema_of(args[0], where, _seen)
-        for note in args[1:]:  # a string describes; a map adds schema keywords ({"minimum": 1})
+        for note in args[1:]:  # a string describes; Schema(minimum=1) adds schema keywords
             if isinstance(note, str):
                 schema = {**schema, "description": note}
-            elif isinstance(note, dict):
-                schema = {**schema, **note}
+            elif isinstance(note, Schema):
+                schema = {**schema, **note.keywords}
         return schema
     if hint in _LISTS or origin in _LISTS:
         return {"type": "array", **({"items": schema_of(args[0], where, _seen)} if args else {})}
@@ -74,6 +74,46 @@ def schema_of(hint: Any, where: str, _seen: tuple = ()) -> dict:
     raise RegistrationError(
         f"{where}: {_name(hint)} has no JSON form; use str, int, float, bool, list[...], dict[str, ...], "
         "Optional, Literal, an Enum, a TypedDict or a dataclass")
+
+
+class Schema:
+    """Schema keywords for an ``Annotated`` hint: ``Annotated[int, Schema(minimum=1, maximum=10)]``
+    (any keyword of the subset ``bridge.schema`` enforces; checked at start-up). Hashable, as
+    ``Optional[Annotated[...]]`` needs its parts to be."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, **keywords: Any) -> None:
+        self._items = tuple(sorted((k, _frozen(v)) for k, v in keywords.items()))
+
+    @property
+    def keywords(self) -> dict:
+        return {k: _thawed(v) for k, v in self._items}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schema) and other._items == self._items
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __repr__(self) -> str:
+        return f"Schema({', '.join(f'{k}={v!r}' for k, v in self.keywords.items())})"
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return ("__map__", tuple(sorted((k, _frozen(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("__list__", tuple(_frozen(v) for v in value))
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__map__":
+        return {k: _thawed(v) for k, v in value[1]}
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "__list__":
+        return [_thawed(v) for v in value[1]]
+    return value
 
 
 def _union(schemas: list[dict]) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Iterator, Literal, Optional, TypedDict
 
-from bridge.sdk import BridgeError, Context, command
+from bridge.sdk import BridgeError, Context, Schema, command
 
 
 @command
@@ -69,9 +69,9 @@ def describe_polygon(polygon: Polygon, color: Color = Color.RED, scale: Optional
 
 
 @command(name="renamed", cpu_bound=True)
-def burn(ms: Annotated[int, "milliseconds of CPU", {"minimum": 0, "maximum": 10_000}] = 10) -> dict:
+def burn(ms: Annotated[int, "milliseconds of CPU", Schema(minimum=0, maximum=10_000)] | None = 10) -> dict:
     """Compute for ms milliseconds of this thread's CPU time, holding the GIL."""
-    until = time.thread_time() + ms / 1000
+    until = time.thread_time() + (ms or 0) / 1000
     n = 0
     while time.thread_time() < until:
         n += 1
