@@ -13,6 +13,47 @@ defmodule PortBridge.ReadmeTest do
     assert length(@blocks) == 2
   end
 
+  # The top README's "Call your own Python from Elixir": its Python block is written as
+  # the file its marker names, and its Elixir block runs as written in a fresh BEAM
+  # started in that directory (the worker's working directory, where Python finds it).
+  @top_readme Path.expand("../../../README.md", __DIR__)
+  @external_resource @top_readme
+  @top File.read!(@top_readme)
+  @python_files Regex.scan(~r/<!-- tested: [^\n]*? as (\w+\.py) -->\n```python\n(.*?)```/s, @top,
+                  capture: :all_but_first
+                )
+  @top_blocks Regex.scan(~r/<!-- tested: elixir_client[^\n]*? -->\n```elixir\n(.*?)```/s, @top,
+                capture: :all_but_first
+              )
+
+  test "the top README has its example, under 15 lines of Python and 5 of Elixir" do
+    assert [["mathcmds.py", python]] = @python_files
+    assert [[elixir]] = @top_blocks
+    assert length(String.split(String.trim(python), "\n")) < 15
+    assert length(String.split(String.trim(elixir), "\n")) < 5 + 1
+  end
+
+  test "the top README's Elixir example runs as written, next to its Python module" do
+    dir = Path.join(System.tmp_dir!(), "portbridge-readme-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    for [name, code] <- @python_files, do: File.write!(Path.join(dir, name), code)
+    [[code]] = @top_blocks
+
+    paths = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
+    # The one line of harness: a fresh `elixir -e` does not start applications by itself.
+    script = "{:ok, _} = Application.ensure_all_started(:port_bridge)\n" <> code
+
+    {output, status} =
+      System.cmd("elixir", Enum.flat_map(paths, &["-pa", &1]) ++ ["-e", script],
+        cd: dir,
+        env: [{"PORTBRIDGE_PYTHON", python()}],
+        stderr_to_stdout: true
+      )
+
+    assert status == 0, output
+  end
+
   for {[marker, code], i} <- Enum.with_index(@blocks, 1) do
     @code code
     needs = if marker =~ "NimblePool", do: [:dspy, :nimble_pool], else: [:dspy]
