@@ -22,7 +22,7 @@ import enum
 import math
 import types
 import typing
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import BridgeError, RegistrationError
 from ..schema import _error as schema_error
@@ -116,6 +116,12 @@ def _thawed(value: Any) -> Any:
     return value
 
 
+def is_typeddict(hint: Any) -> bool:
+    """typing's TypedDict and typing_extensions' (which ``typing.is_typeddict`` does not know before 3.12)."""
+    return isinstance(hint, type) and issubclass(hint, dict) and hasattr(hint, "__required_keys__") \
+        and hasattr(hint, "__annotations__")
+
+
 def _union(schemas: list[dict]) -> dict:
     """``{"type": [...]}`` when every member is a bare type, else ``anyOf``."""
     if all(set(s) == {"type"} and isinstance(s["type"], str) for s in schemas):
@@ -204,6 +210,7 @@ def _convert_union(branches, value):
 # -- Python values -> JSON values --------------------------------------------------------
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_FIELDS: dict[type, tuple[str, ...]] = {}  # dataclass -> its field names (fields() costs microseconds a call)
 
 
 def to_wire(value: Any, binary: bool = True, _depth: int = 0) -> Any:
@@ -224,10 +231,17 @@ def to_wire(value: Any, binary: bool = True, _depth: int = 0) -> Any:
         if not all(type(k) is str for k in value):
             raise _unencodable(value, "has keys that are not strings")
         return {k: x if type(x) in _PLAIN else to_wire(x, binary, _depth + 1) for k, x in value.items()}
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(kind):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    if names is not None:
+        out = {}
+        for name in names:
+            x = getattr(value, name)
+            out[name] = x if type(x) in _PLAIN else to_wire(x, binary, _depth + 1)
+        return out
     if isinstance(value, enum.Enum):
         return to_wire(value.value, binary, _depth + 1)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_wire(getattr(value, f.name), binary, _depth + 1) for f in dataclasses.fields(value)}
     if kind.__module__ == "numpy" and hasattr(value, "tolist"):  # ndarray and numpy scalars
         return to_wire(value.tolist(), binary, _depth + 1)
     if isinstance(value, (str, int, float)):  # subclasses (IntEnum handled above)
