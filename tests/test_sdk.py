@@ -181,6 +181,17 @@ def test_a_stream_stops_when_cancelled_or_past_its_deadline(w, how):
     until(lambda: w.call(NS + "stopped", {"marker": marker}), lambda r: r["stopped"])  # the generator was closed
 
 
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_an_async_command_is_cancelled_with_its_request(w, how):
+    marker = f"async-{how}"
+    pending = w.submit(NS + "slow_async", {"marker": marker}, timeout_ms=300 if how == "deadline" else None)
+    if how == "cancel":
+        until(lambda: w.call("stats"), lambda s: s["running"] >= 1)
+        w.call("cancel", {"request_id": pending.id})
+    assert pending.wait(10)["error"]["category"] == ("cancelled" if how == "cancel" else "timeout")
+    until(lambda: w.call(NS + "stopped", {"marker": marker}), lambda r: r["stopped"])
+
+
 def test_a_chunk_no_frame_can_carry_fails_the_request(w):
     reply = (pending := w.submit(NS + "bad_chunk")).wait(10)
     assert (reply["error"]["category"], reply["error"]["code"]) == ("serialization", "unencodable_result")

@@ -25,7 +25,8 @@ call what was exposed and nothing else.
 - The return value is the result (dataclasses, Enum members, tuples and numpy
   arrays are converted). A generator streams: each yielded value is a ``chunk``
   event ``{"value": item}``, and what the generator returns is the result.
-  ``async def`` functions run on an event loop of their own.
+  ``async def`` functions run on an event loop of their own, cancelled at
+  once when their request is.
 - A parameter annotated ``Context`` receives the request's context instead of
   an argument: ``progress``, this module's ``state`` in the session, the
   ``deadline``, cancellation (``cancelled``, ``check``, ``wait``) and callbacks.
@@ -262,9 +263,7 @@ def _handler(fn: Callable, params: Parameters, namespace: str) -> Callable:
                 kwargs[context] = Context(ctx, namespace)
             result = fn(**kwargs)
             if awaits:
-                import asyncio
-
-                result = asyncio.run(result)
+                result = _await(result, ctx)
             elif streams:
                 result = _stream(result, ctx, binary)
             return to_wire(result, binary)
@@ -282,6 +281,22 @@ def _handler(fn: Callable, params: Parameters, namespace: str) -> Callable:
     handler.__name__ = handler.__qualname__ = f"{namespace}.{fn.__name__}"
     handler.__doc__ = fn.__doc__
     return handler
+
+
+def _await(coroutine, ctx) -> Any:
+    """Run an ``async def`` command on an event loop of its own; cancel it (its ``await``
+    raises CancelledError) as soon as the request is answered from outside."""
+    import asyncio
+
+    async def watched():
+        task = asyncio.ensure_future(coroutine)
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.05)
+            if ctx.cancelled:
+                task.cancel()
+        return task.result()
+
+    return asyncio.run(watched())
 
 
 def _stream(gen, ctx, binary: bool) -> Any:

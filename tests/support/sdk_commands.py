@@ -164,7 +164,8 @@ def endless(marker: str, ctx: Context) -> Iterator[dict]:
 @command
 def stopped(marker: str) -> dict:
     """Whether the stream started with ``marker`` has stopped (its generator was closed)."""
-    return {"stopped": not RUNNING[marker].is_set()}
+    running = RUNNING.get(marker)  # None: cancelled before it started
+    return {"stopped": running is None or not running.is_set()}
 
 
 @command
@@ -201,6 +202,17 @@ async def double(x: int) -> int:
     """An async function."""
     await asyncio.sleep(0)
     return 2 * x
+
+
+@command
+async def slow_async(marker: str) -> None:
+    """Await forever (until cancelled); ``stopped`` tells whether the coroutine ended."""
+    running = RUNNING.setdefault(marker, threading.Event())
+    running.set()
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        running.clear()
 
 
 @command
