@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import cluster, elixir, lm, memory, payload, ping, pool, startup
+from . import cluster, elixir, lm, memory, payload, ping, pool, sdk, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -13,5 +13,6 @@ SCENARIOS = {
     "elixir": elixir.run,
     "pool": pool.run,
     "cluster": cluster.run,
+    "sdk": sdk.run,
     "memory": memory.run,
 }
