@@ -71,8 +71,9 @@ def run(quick: bool) -> report.Result:
     local = spread(x["p50"] for x in lat[local_label])["median"]
     remote = spread(x["p50"] for x in lat[remote_label])["median"]
     r.notes.append(f"A remote call costs {(remote - local) / 1000:,.0f} us more than a local one at p50 "
-                   f"({remote / 1000:,.0f} us vs {local / 1000:,.0f} us): one more hop each way between two "
-                   "BEAMs over loopback TCP, the caller sending straight to the other node's Worker.")
+                   f"({remote / 1000:,.0f} us vs {local / 1000:,.0f} us): the request and its reply each cross "
+                   "the loopback TCP connection between the two BEAMs, handed over by the sending node's "
+                   "courier process; no other process is in the way.")
     r.notes.append(f"Erlang/OTP {ping['otp']}, Elixir {ping['elixir']}. The LM part runs unpinned on "
                    f"{os.cpu_count()} CPUs; the callers are spread round-robin over the nodes, this node only "
                    "drives; the loopback LM server is one process for all nodes.")
