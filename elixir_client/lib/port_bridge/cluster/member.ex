@@ -170,7 +170,7 @@ defmodule PortBridge.Cluster.Member do
     spawn_link(fn ->
       {ref, pids} = :pg.monitor(scope, group)
       send(member, {reply, ref, pids})
-      forward_group(ref, member)
+      forward_group(ref, member, Process.monitor(member))
     end)
 
     receive do
@@ -178,12 +178,16 @@ defmodule PortBridge.Cluster.Member do
     end
   end
 
-  defp forward_group(ref, member) do
+  defp forward_group(ref, member, down) do
     receive do
-      {^ref, _kind, _group, _pids} = change -> send(member, change)
-    end
+      {^ref, _kind, _group, _pids} = change ->
+        send(member, change)
+        forward_group(ref, member, down)
 
-    forward_group(ref, member)
+      # Gone with the member, however it ended.
+      {:DOWN, ^down, _, _, _} ->
+        :ok
+    end
   end
 
   defp join(state) do
