@@ -24,44 +24,30 @@ defmodule PortBridge do
   options and a complete example.
   """
 
-  alias PortBridge.{CircuitBreaker, Cluster, Error, Pool, Request, Retry, Worker}
+  alias PortBridge.{CircuitBreaker, Cluster, Error, Options, Pool, Request, Retry, Schema, Worker}
 
-  @default_timeout 60_000
+  @request_schema Options.request_schema()
+  @async_schema Options.async_schema()
 
   @doc "The default `:timeout` of a request, in ms."
-  def default_timeout, do: @default_timeout
+  @spec default_timeout() :: pos_integer
+  def default_timeout, do: Options.default_timeout()
 
   @doc """
   Sends `command` with `args` and waits for the final reply.
 
   Returns `{:ok, result}` or `{:error, %PortBridge.Error{}}`; it raises only for
-  programming errors (bad options).
+  programming errors: an unknown option or one of the wrong type is an
+  `ArgumentError` that names it and the valid ones.
 
   Options:
 
-    * `:session_id` - the session to work in (its programs and LM configuration);
-      a pool sends all of a session's requests to the same worker.
-    * `:timeout` - the whole budget of the request in ms (default
-      #{@default_timeout}, a pool's `:timeout` for a pool) or `:infinity`: waiting for
-      a worker, writing, waiting for the reply, and any retries. At the deadline the
-      result is a `timeout` error and the worker is sent `cancel` for the request;
-      nothing blocks the caller past it.
-    * `:on_event` - a function called with `{name, data}` for each event of the
-      request (`{"chunk", %{...}}`, `{"progress", %{...}}`) before the reply.
-    * `:meta` - a map echoed back by the worker and put in its logs (`trace_id`).
-    * `:callbacks` - `%{"name" => fun}`: Elixir functions the worker may call back
-      while this request runs (an agent's tools, a metric), see `PortBridge.Callbacks`.
-    * `:retry` - `true` or options: retry following the error table, see
-      `PortBridge.Retry`. Off by default.
-    * `:circuit` - `true`, a key or options: fail at once while calls with the
-      same key keep failing with `circuit_break` errors, see
-      `PortBridge.CircuitBreaker`. Off by default.
-    * `:pool_timeout` - exclusive pools only: ms to wait for a free worker (default
-      5_000), within `:timeout`.
+  #{Schema.docs(@request_schema)}
   """
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(target, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @request_schema, "PortBridge.request/4")
     {module, resolved} = via(target)
     opts = with_deadline(module, resolved, opts)
     circuit = CircuitBreaker.options(opts[:circuit], {target, opts[:session_id]})
@@ -90,7 +76,7 @@ defmodule PortBridge do
 
   defp default_timeout(Pool, pool), do: pool.timeout
   defp default_timeout(Cluster, cluster), do: cluster.timeout
-  defp default_timeout(Worker, _worker), do: @default_timeout
+  defp default_timeout(Worker, _worker), do: Options.default_timeout()
 
   defp retry_options(opts) do
     case Retry.options(opts[:retry]) do
@@ -111,28 +97,34 @@ defmodule PortBridge do
   @doc """
   Sends a request without waiting for it: returns a `PortBridge.Request` to
   `await/2`, `cancel/1` or consume with `stream/1` (its events arrive as messages,
-  see `PortBridge.Request`). Takes the options of `request/4` except `:retry`.
+  see `PortBridge.Request`). Takes the options of `request/4` except `:retry` and
+  `:circuit`.
   """
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(target, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @async_schema, "PortBridge.async_request/4")
     {module, resolved} = via(target)
     module.async_request(resolved, command, args, with_deadline(module, resolved, opts))
   end
 
   @doc "Waits for a request from `async_request/4`; `on_event` gets each `{name, data}` event."
+  @spec await(Request.t(), (Request.event() -> any) | nil) :: {:ok, term} | {:error, Error.t()}
   defdelegate await(request, on_event \\ nil), to: Request
 
   @doc "Cancels a request from `async_request/4`."
+  @spec cancel(Request.t()) :: :ok
   defdelegate cancel(request), to: Request
 
   @doc """
   Sends a request and returns its events and final reply as a lazy stream:
   `{:event, name, data}` items, then `{:ok, result}` or `{:error, error}`. Halting
-  the stream early cancels the request.
+  the stream early cancels the request. Options as `async_request/4` (checked
+  here, before the stream is enumerated).
   """
   @spec stream(GenServer.server(), String.t() | atom, map, keyword) :: Enumerable.t()
   def stream(target, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @async_schema, "PortBridge.stream/4")
     # Lazy: the request is sent when the stream is first enumerated.
     Stream.flat_map([:send], fn :send ->
       case async_request(target, command, args, opts) do

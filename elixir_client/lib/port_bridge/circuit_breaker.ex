@@ -1,4 +1,23 @@
 defmodule PortBridge.CircuitBreaker do
+  @schema [
+    key: [
+      type: :any,
+      doc: "the breaker (calls with the same key share it)",
+      default_doc: "`{target, session_id}`"
+    ],
+    threshold: [
+      type: :pos_integer,
+      default: 5,
+      doc: "`circuit_break` errors in a row that open it"
+    ],
+    cooldown_ms: [type: :pos_integer, default: 1_000, doc: "ms it stays open the first time"],
+    max_cooldown_ms: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "the longest time it stays open, in ms"
+    ]
+  ]
+
   @moduledoc """
   Stops calling a dependency that keeps failing, for a while, then probes it: what
   the error table's `circuit_break` recovery asks for (`lm_unavailable`: the LM
@@ -19,15 +38,18 @@ defmodule PortBridge.CircuitBreaker do
       `circuit_break` error reopens it.
 
   `circuit: [key: ..., threshold: 5, cooldown_ms: 1_000, max_cooldown_ms: 30_000]`
-  sets them. The breakers live in an ETS table of the `:port_bridge` application:
+  sets them:
+
+  #{PortBridge.Schema.docs(@schema)}
+  The breakers live in an ETS table of the `:port_bridge` application:
   the check on the way in is one table read.
   """
 
   use GenServer
-  alias PortBridge.Error
+  alias PortBridge.{Error, Schema}
 
   @table __MODULE__
-  @defaults [threshold: 5, cooldown_ms: 1_000, max_cooldown_ms: 30_000]
+  @defaults Schema.defaults(@schema)
 
   @doc false
   @spec start_link(keyword) :: GenServer.on_start()
@@ -40,10 +62,8 @@ defmodule PortBridge.CircuitBreaker do
   def options(true, default_key), do: [key: default_key] ++ @defaults
 
   def options(opts, default_key) when is_list(opts) do
-    case Keyword.keys(opts) -- [:key | Keyword.keys(@defaults)] do
-      [] -> Keyword.merge([key: default_key] ++ @defaults, opts)
-      unknown -> raise ArgumentError, "unknown :circuit options: #{inspect(unknown)}"
-    end
+    Schema.validate!(opts, @schema, "the :circuit option")
+    Keyword.merge([key: default_key] ++ @defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
   end
 
   def options(key, _default_key), do: [key: key] ++ @defaults

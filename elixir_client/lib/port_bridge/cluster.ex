@@ -1,4 +1,41 @@
 defmodule PortBridge.Cluster do
+  @schema [
+    name: [type: :atom, required: true, doc: "the name requests use (and the `:pg` group)"],
+    pool: [
+      type: :keyword_list,
+      default: [],
+      doc: "the options of the local `PortBridge.Pool` (except `:name`; `:multiplexed` only)"
+    ],
+    replicas: [
+      type: :pos_integer,
+      default: 2,
+      doc: "nodes that hold a session's records, owner included"
+    ],
+    overflow_at: [
+      type: :pos_integer,
+      default_doc: "the Python's `--max-concurrency`",
+      doc:
+        "requests in flight per local Worker at which a request without a session may go to another node"
+    ],
+    gossip_interval: [
+      type: :pos_integer,
+      default: 100,
+      doc: "ms between reports of free slots to the other members"
+    ],
+    drop_after: [
+      type: :pos_integer,
+      default: 60_000,
+      doc: "ms a node keeps a session that moved away before ending it on its Python"
+    ],
+    settle: [
+      type: :pos_integer,
+      default: 5_000,
+      doc:
+        "ms after a membership change during which an owner that has no record of a session asks the other members for one"
+    ]
+  ]
+  @defaults PortBridge.Schema.defaults(@schema)
+
   @moduledoc """
   One pool per node, under one name, across the nodes of a distributed Erlang
   cluster: a session's requests reach the same Python from whichever node they
@@ -76,26 +113,21 @@ defmodule PortBridge.Cluster do
 
   ## Options
 
-    * `:name` - required, an atom: the name requests use (and the `:pg` group).
-    * `:pool` - the options of the local `PortBridge.Pool` (except `:name`).
-    * `:replicas` - nodes that hold a session's records, owner included (2).
-    * `:overflow_at` - requests in flight per local Worker at which a request
-      without a session may go to another node (the Python's `--max-concurrency`).
-    * `:gossip_interval` - ms between reports of free slots to the other members (100).
-    * `:drop_after` - ms a node keeps a session that moved away before ending it on
-      its Python (60_000).
-    * `:settle` - ms after a membership change during which an owner that has no
-      record of a session asks the other members for one (5_000).
+  Checked at `start_link/1`: an unknown option or one of the wrong type is an
+  `ArgumentError` that names it.
+
+  #{PortBridge.Schema.docs(@schema)}
   """
 
   use Supervisor
 
-  alias PortBridge.{Callbacks, Error, Options, Pool, Records, Request, Worker}
+  alias PortBridge.{Callbacks, Error, Options, Pool, Records, Request, Schema, Worker}
   alias PortBridge.Cluster.Member
 
   # The :pg scope of every cluster; started by the :port_bridge application.
   @scope __MODULE__
-  @cluster_keys [:name, :pool, :replicas, :overflow_at, :gossip_interval, :drop_after, :settle]
+  @request_schema Options.request_schema()
+  @async_schema Options.async_schema()
 
   @doc false
   def scope, do: @scope
@@ -117,16 +149,16 @@ defmodule PortBridge.Cluster do
   end
 
   defp config!(opts) do
-    name = Options.name!(opts)
-    Options.known!(opts, @cluster_keys, "PortBridge.Cluster")
+    Schema.validate!(opts, @schema, "PortBridge.Cluster.start_link/1")
+    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
+    name = opts[:name]
+    pool_opts = opts[:pool]
 
-    pool_opts = Keyword.get(opts, :pool, [])
-
-    unless Keyword.keyword?(pool_opts) and not Keyword.has_key?(pool_opts, :name),
+    if Keyword.has_key?(pool_opts, :name),
       do:
         raise(
           ArgumentError,
-          ":pool must be a keyword list of PortBridge.Pool options without :name, got: #{inspect(pool_opts)}"
+          "the :pool option of PortBridge.Cluster.start_link/1 takes no :name (the cluster names its pool)"
         )
 
     if Keyword.get(pool_opts, :strategy, :multiplexed) != :multiplexed do
@@ -135,8 +167,7 @@ defmodule PortBridge.Cluster do
               "straight to a Worker); got strategy: #{inspect(pool_opts[:strategy])}"
     end
 
-    overflow_at =
-      if Keyword.has_key?(opts, :overflow_at), do: Options.pos_integer!(opts, :overflow_at, 1)
+    overflow_at = opts[:overflow_at]
 
     pool = Module.concat(name, Pool)
 
@@ -152,12 +183,12 @@ defmodule PortBridge.Cluster do
           do: Module.concat(pool, Records)
         ),
       replica_table: Module.concat(name, Replicas),
-      replicas: Options.pos_integer!(opts, :replicas, 2),
+      replicas: opts[:replicas],
       overflow_at: overflow_at,
-      gossip_interval: Options.pos_integer!(opts, :gossip_interval, 100),
-      drop_after: Options.pos_integer!(opts, :drop_after, 60_000),
-      settle: Options.pos_integer!(opts, :settle, 5_000),
-      timeout: Options.timeout!(pool_opts, :timeout, PortBridge.default_timeout())
+      gossip_interval: opts[:gossip_interval],
+      drop_after: opts[:drop_after],
+      settle: opts[:settle],
+      timeout: Keyword.get(pool_opts, :timeout) || Options.default_timeout()
     }
   end
 
@@ -247,6 +278,8 @@ defmodule PortBridge.Cluster do
   """
   @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(cluster, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @request_schema, "PortBridge.Cluster.request/4")
+
     with {:ok, cluster} <- resolve(cluster),
          opts = budget(cluster, opts),
          {:ok, route} <- route(cluster, opts) do
@@ -267,6 +300,8 @@ defmodule PortBridge.Cluster do
   @spec async_request(atom | map, String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(cluster, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @async_schema, "PortBridge.Cluster.async_request/4")
+
     with {:ok, cluster} <- resolve(cluster),
          opts = budget(cluster, opts),
          {:ok, route} <- route(cluster, opts) do
@@ -404,6 +439,8 @@ defmodule PortBridge.Cluster do
         registered -> Keyword.update(opts, :callbacks, registered, &Map.merge(registered, &1))
       end
       |> Keyword.put(:deadline, remote_deadline)
+      # Retries and breakers run on the caller's side (PortBridge.request/4).
+      |> Keyword.drop([:retry, :circuit])
 
     case Worker.async_request(pid, command, args, remote_opts) do
       %Request{} = request -> %{request | deadline: deadline}

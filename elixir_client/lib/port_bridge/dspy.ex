@@ -73,28 +73,103 @@ defmodule PortBridge.DSPy do
   `%{literal: [...]}` and nested `%{object: %{...}}` (see `describe` on a worker).
   """
 
-  alias PortBridge.Error
+  alias PortBridge.{Error, Options, Schema}
 
-  @request_keys [
-    :session_id,
-    :timeout,
-    :on_event,
-    :meta,
-    :retry,
-    :circuit,
-    :pool_timeout,
-    :callbacks
+  # The arguments of each command (sent to the worker, which checks their values
+  # and answers a `validation` error), by function. Request options are added to
+  # each (Options.request_schema/0).
+  @lm_args [
+    model: [
+      required: true,
+      doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"
+    ],
+    api_key: [doc: "the provider's key; never echoed, logged or exported by the worker"],
+    api_base: [doc: "the provider's base URL (an OpenAI-compatible server)"],
+    temperature: [doc: "0 to 2"],
+    max_tokens: [doc: "the longest answer, in tokens"],
+    cache: [default: false, doc: "DSPy's response cache"],
+    num_retries: [doc: "the LM client's own retries of a failed call (0 to 10)"],
+    timeout_s: [doc: "the LM client's timeout per call, in seconds"]
   ]
-  @lm_keys [
-    :model,
-    :api_key,
-    :api_base,
-    :temperature,
-    :max_tokens,
-    :cache,
-    :num_retries,
-    :timeout_s
+  @create_program_args [
+    signature: [
+      required: true,
+      doc: "`\"question, context -> answer\"` or a typed map, see the module doc"
+    ],
+    module: [default: "Predict", doc: "`\"Predict\"`, `\"ChainOfThought\"`, ... (see `describe`)"],
+    program_id: [default_doc: "generated", doc: "the program's id in its scope"],
+    instructions: [doc: "the signature's instructions"],
+    adapter: [doc: "`\"chat\"`, `\"json\"` or `\"xml\"`"],
+    retrieve: [
+      doc: "retrieve -> generate: `%{index_id:, query:, context:, k:}`, see `create_index/3`"
+    ],
+    replace: [default: false, doc: "replace a program of the same id"]
   ]
+  # Elixir functions the worker calls back while a program runs.
+  @run_callbacks [
+    tools: [doc: "`%{\"name\" => fun}`: an agent's tools, each `fun.(args)`"],
+    reward: [
+      doc:
+        "a `BestOfN` or `Refine` program's reward: `fun.(inputs, prediction)` returning a number"
+    ]
+  ]
+  @metric_doc """
+  `"exact_match"` (the default), a named metric, an LM judge declared as data
+  (`%{judge: %{signature: ..., inputs: %{judge_input => "example.<field>" |
+  "prediction.<output>"}, score: output}}`), or an Elixir function
+  `fun.(example, prediction)` returning a number, a boolean or `%{"score" => x,
+  "feedback" => "..."}`
+  """
+  @optimize_args [
+    optimizer: [
+      required: true,
+      doc: "`\"LabeledFewShot\"`, `\"BootstrapFewShot\"`, `\"MIPROv2\"`, ... (see `describe`)"
+    ],
+    trainset: [required: true, doc: "a list of `%{inputs: %{...}, outputs: %{...}}`"],
+    valset: [doc: "as `:trainset`, for the optimizers that take one"],
+    metric: [doc: @metric_doc],
+    metric_fields: [doc: "the output fields the metric compares"],
+    options: [
+      doc: "the optimizer's options (`k`, `max_bootstrapped_demos`, `max_labeled_demos`, ...)"
+    ],
+    save_as: [doc: "keep the original and save the result under this id"],
+    replace: [default: false, doc: "replace a program of the `:save_as` id"]
+  ]
+  @evaluate_args [
+    devset: [required: true, doc: "a list of `%{inputs: %{...}, outputs: %{...}}`"],
+    metric: [doc: @metric_doc],
+    metric_fields: [doc: "the output fields the metric compares"],
+    num_threads: [default: 1, doc: "examples run at once (1 to 32)"],
+    max_errors: [doc: "failed examples after which the evaluation stops"],
+    return_outputs: [default: true, doc: "each result carries its outputs"]
+  ]
+  @import_args [
+    program_id: [default_doc: "the document's", doc: "the id to import it under"],
+    replace: [default: false, doc: "replace a program of the same id"]
+  ]
+  @embedder_args [
+    model: [
+      required: true,
+      doc: """
+      a provider's embedding model through `dspy.Embedder`, such as
+      `"openai/text-embedding-3-small"`, or `"offline"`: a built-in deterministic
+      embedder, no network
+      """
+    ],
+    api_key: [doc: "the provider's key; never echoed, logged or exported by the worker"],
+    api_base: [doc: "the provider's base URL"],
+    dimensions: [doc: "the vectors' dimensions, for the models that take it"],
+    batch_size: [default: 200, doc: "texts per embedding call"],
+    num_retries: [doc: "the client's own retries of a failed call"],
+    timeout_s: [doc: "the client's timeout per call, in seconds"]
+  ]
+  @create_index_args [
+    index_id: [default_doc: "generated", doc: "the index's id in its scope"],
+    k: [default: 5, doc: "passages a search returns"],
+    replace: [default: false, doc: "replace an index of the same id"]
+  ]
+
+  @request_schema Options.request_schema()
 
   @type target :: GenServer.server()
   @type result :: {:ok, map} | {:error, Error.t()}
@@ -102,57 +177,54 @@ defmodule PortBridge.DSPy do
   @doc """
   Sets the LM of a session (with `:session_id`) or the global one.
 
-  Arguments: `:model` (required: a DSPy model string such as `"openai/gpt-4o-mini"`,
-  or `"offline"`), `:api_key`, `:api_base`, `:temperature`, `:max_tokens`, `:cache`
-  (default false), `:num_retries`, `:timeout_s`. The API key is never echoed, logged
-  or exported by the worker.
+  Arguments:
+
+  #{Schema.docs(@lm_args)}
   """
   @spec configure_lm(target, keyword) :: result
   def configure_lm(target, opts) do
-    call(target, "configure_lm", opts, @lm_keys, required: [:model])
+    call(target, "configure_lm", opts, @lm_args, "configure_lm/2")
   end
 
   @doc """
-  Builds a program from a signature.
+  Builds a program from a signature. Returns its description, `"program_id"`
+  included.
 
-  Arguments: `:signature` (required: `"question, context -> answer"` or a typed map,
-  see the module doc), `:module` (`"Predict"`, default, or `"ChainOfThought"`),
-  `:program_id` (generated if absent), `:instructions`, `:adapter`, `:retrieve`
-  (retrieve -> generate, see `create_index/3`), `:replace` (replace a program of the
-  same id). Returns its description, `"program_id"` included.
+  Arguments:
+
+  #{Schema.docs(@create_program_args)}
   """
   @spec create_program(target, keyword) :: result
   def create_program(target, opts) do
-    call(
-      target,
-      "create_program",
-      opts,
-      [:signature, :module, :adapter, :program_id, :instructions, :retrieve, :replace],
-      required: [:signature]
-    )
+    call(target, "create_program", opts, @create_program_args, "create_program/2")
   end
 
   @doc """
   Runs a program on one set of inputs (a map with one value per input field).
   Returns `%{"outputs" => %{...}, "usage" => %{...}, "model" => ..., "program_id" => ...}`.
+
+  Options, besides the request options:
+
+  #{Schema.docs(@run_callbacks)}
   """
   @spec execute_program(target, String.t(), map, keyword) :: result
   def execute_program(target, program_id, inputs, opts \\ []) do
-    call(target, "execute_program", [program_id: program_id, inputs: inputs] ++ opts, [
-      :program_id,
-      :inputs
-    ])
+    call(target, "execute_program", opts, @run_callbacks, "execute_program/4",
+      program_id: program_id,
+      inputs: inputs
+    )
   end
 
   @doc """
   Runs a program and streams its output: a lazy stream of `{:chunk, %{"field",
   "text", "predictor", "last"}}` as the LM writes, then `{:ok, result}` (as
   `execute_program/4` returns) or `{:error, error}`. Other events come as
-  `{:event, name, data}`. Halting the stream early cancels the run.
+  `{:event, name, data}`. Halting the stream early cancels the run. Options as
+  `execute_program/4` (`:retry` and `:circuit` do not apply to a stream).
   """
   @spec stream(target, String.t(), map, keyword) :: Enumerable.t()
   def stream(target, program_id, inputs, opts \\ []) do
-    {args, request_opts} = split!(elixir_callbacks(opts), [], "execute_program")
+    {args, request_opts} = split!(opts, @run_callbacks, "stream/4")
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
@@ -165,30 +237,21 @@ defmodule PortBridge.DSPy do
 
   @doc """
   Optimises a program from labelled examples; `progress` events go to `:on_event`.
+  Returns `%{"program_id", "demos", "bootstrapped", ...}`.
 
-  Arguments: `:optimizer` (required: `"LabeledFewShot"` or `"BootstrapFewShot"`),
-  `:trainset` (required: a list of `%{inputs: %{...}, outputs: %{...}}`), `:metric`
-  (`"exact_match"` by default), `:metric_fields`, `:options` (`k`,
-  `max_bootstrapped_demos`, `max_labeled_demos`, `max_rounds`, `max_errors`,
-  `metric_threshold`), `:save_as` (keep the original and save the result under
-  this id), `:replace`. Returns `%{"program_id", "demos", "bootstrapped", ...}`.
+  Arguments:
+
+  #{Schema.docs(@optimize_args ++ @run_callbacks)}
   """
   @spec optimize_program(target, String.t(), keyword) :: result
   def optimize_program(target, program_id, opts) do
-    keys = [
-      :program_id,
-      :optimizer,
-      :trainset,
-      :valset,
-      :metric,
-      :metric_fields,
-      :options,
-      :save_as,
-      :replace
-    ]
-
-    call(target, "optimize_program", [program_id: program_id] ++ opts, keys,
-      required: [:optimizer, :trainset]
+    call(
+      target,
+      "optimize_program",
+      opts,
+      @optimize_args ++ @run_callbacks,
+      "optimize_program/3",
+      program_id: program_id
     )
   end
 
@@ -204,18 +267,23 @@ defmodule PortBridge.DSPy do
   end
 
   @doc """
-  Rebuilds a program from an `export_program/3` document. Arguments: `:program_id`
-  (default: the document's), `:replace`. Returns the program's description.
+  Rebuilds a program from an `export_program/3` document. Returns the program's
+  description.
+
+  Arguments:
+
+  #{Schema.docs(@import_args)}
   """
   @spec import_program(target, map, keyword) :: result
   def import_program(target, program, opts \\ []) when is_map(program) do
-    call(target, "import_program", [program: program] ++ opts, [:program, :program_id, :replace])
+    call(target, "import_program", opts, @import_args, "import_program/3", program: program)
   end
 
   @doc "The programs of the scope, as a list of descriptions."
   @spec list_programs(target, keyword) :: {:ok, [map]} | {:error, Error.t()}
   def list_programs(target, opts \\ []) do
-    with {:ok, %{"programs" => programs}} <- call(target, "list_programs", opts, []),
+    with {:ok, %{"programs" => programs}} <-
+           call(target, "list_programs", opts, [], "list_programs/2"),
          do: {:ok, programs}
   end
 
@@ -229,9 +297,18 @@ defmodule PortBridge.DSPy do
   def delete_program(target, program_id, opts \\ []),
     do: by_id(target, "delete_program", program_id, opts)
 
-  @doc "Token usage per model of the scope's calls. Argument: `:reset` (zero the counters)."
+  @lm_usage_args [reset: [default: false, doc: "zero the counters"]]
+
+  @doc """
+  Token usage per model of the scope's calls.
+
+  Arguments:
+
+  #{Schema.docs(@lm_usage_args)}
+  """
   @spec lm_usage(target, keyword) :: result
-  def lm_usage(target, opts \\ []), do: call(target, "lm_usage", opts, [:reset])
+  def lm_usage(target, opts \\ []),
+    do: call(target, "lm_usage", opts, @lm_usage_args, "lm_usage/2")
 
   @doc """
   Ends a session at once: its queued and running requests are cancelled, its
@@ -239,61 +316,55 @@ defmodule PortBridge.DSPy do
   """
   @spec end_session(target, String.t(), keyword) :: result
   def end_session(target, session_id, opts \\ []) do
-    call(target, "end_session", [session_id: session_id] ++ opts, [],
-      also: %{"session_id" => session_id}
+    call(target, "end_session", [session_id: session_id] ++ opts, [], "end_session/3",
+      session_id: session_id
     )
   end
 
   @doc """
   Scores a program over a labelled devset, as `dspy.Evaluate`; `progress` events
-  (`%{"done", "total", "errors", "score"}`) go to `:on_event`.
+  (`%{"done", "total", "errors", "score"}`) go to `:on_event`. Returns `%{"score"
+  => percent, "results" => [%{"index", "score", "outputs" | "error"}], "count",
+  "errors", "usage", ...}`.
 
-  Arguments: `:devset` (required: a list of `%{inputs: %{...}, outputs: %{...}}`),
-  `:metric` (a named metric, `"exact_match"` by default, or an LM judge declared as
-  data: `%{judge: %{signature: ..., inputs: %{judge_input => "example.<field>" |
-  "prediction.<output>"}, score: output}}`), `:metric_fields`, `:num_threads`,
-  `:max_errors`, `:return_outputs`. Returns `%{"score" => percent, "results" =>
-  [%{"index", "score", "outputs" | "error"}], "count", "errors", "usage", ...}`.
+  Arguments:
+
+  #{Schema.docs(@evaluate_args ++ @run_callbacks)}
   """
   @spec evaluate_program(target, String.t(), keyword) :: result
   def evaluate_program(target, program_id, opts) do
-    keys = [
-      :program_id,
-      :devset,
-      :metric,
-      :metric_fields,
-      :num_threads,
-      :max_errors,
-      :return_outputs
-    ]
-
-    call(target, "evaluate_program", [program_id: program_id] ++ opts, keys, required: [:devset])
+    call(
+      target,
+      "evaluate_program",
+      opts,
+      @evaluate_args ++ @run_callbacks,
+      "evaluate_program/3",
+      program_id: program_id
+    )
   end
-
-  @embedder_keys [:model, :api_key, :api_base, :dimensions, :batch_size, :num_retries, :timeout_s]
 
   @doc """
   Sets the embedding model of a session (with `:session_id`) or the global one,
   used by `create_index/3`.
 
-  Arguments: `:model` (required: a provider's embedding model through
-  `dspy.Embedder`, such as `"openai/text-embedding-3-small"`, or `"offline"`: a
-  built-in deterministic embedder, no network), `:api_key`, `:api_base`,
-  `:dimensions`, `:batch_size` (texts per embedding call, default 200),
-  `:num_retries`, `:timeout_s`.
+  Arguments:
+
+  #{Schema.docs(@embedder_args)}
   """
   @spec configure_embedder(target, keyword) :: result
   def configure_embedder(target, opts) do
-    call(target, "configure_embedder", opts, @embedder_keys, required: [:model])
+    call(target, "configure_embedder", opts, @embedder_args, "configure_embedder/2")
   end
 
   @doc """
   Embeds a corpus (a list of passages) with the scope's embedder into an index held
   in the scope; `progress` events (`%{"embedded", "total"}`) go to `:on_event`.
+  Returns `%{"index_id", "count", "dimensions", "bytes", ...}`. Bounds (passages,
+  characters, bytes per index and per worker) are in `describe`.
 
-  Arguments: `:index_id` (generated if absent), `:k` (passages a search returns,
-  default 5), `:replace`. Returns `%{"index_id", "count", "dimensions", "bytes", ...}`.
-  Bounds (passages, characters, bytes per index and per worker) are in `describe`.
+  Arguments:
+
+  #{Schema.docs(@create_index_args)}
 
   A program declared with `retrieve: %{index_id: id, query: "question", context:
   "context", k: 3}` in `create_program/2` searches the index with its `query` input
@@ -306,50 +377,146 @@ defmodule PortBridge.DSPy do
   """
   @spec create_index(target, [String.t()], keyword) :: result
   def create_index(target, corpus, opts \\ []) when is_list(corpus) do
-    call(target, "create_index", [corpus: corpus] ++ opts, [:corpus, :index_id, :k, :replace])
+    call(target, "create_index", opts, @create_index_args, "create_index/3", corpus: corpus)
   end
+
+  @retrieve_args [k: [default_doc: "the index's", doc: "passages to return"]]
 
   @doc """
   The top passages of an index for a query: `{:ok, %{"passages" => [...], "indices"
-  => [...], "scores" => [...]}}`. Argument: `:k` (default: the index's).
+  => [...], "scores" => [...]}}`.
+
+  Arguments:
+
+  #{Schema.docs(@retrieve_args)}
   """
   @spec retrieve(target, String.t(), String.t(), keyword) :: result
   def retrieve(target, index_id, query, opts \\ []) do
-    call(target, "retrieve", [index_id: index_id, query: query] ++ opts, [:index_id, :query, :k])
+    call(target, "retrieve", opts, @retrieve_args, "retrieve/4", index_id: index_id, query: query)
   end
 
   @doc "The retrieval indexes of the scope, as a list of descriptions."
   @spec list_indexes(target, keyword) :: {:ok, [map]} | {:error, Error.t()}
   def list_indexes(target, opts \\ []) do
-    with {:ok, %{"indexes" => indexes}} <- call(target, "list_indexes", opts, []),
+    with {:ok, %{"indexes" => indexes}} <-
+           call(target, "list_indexes", opts, [], "list_indexes/2"),
          do: {:ok, indexes}
   end
 
   @doc "Forgets a retrieval index (its memory is freed)."
   @spec delete_index(target, String.t(), keyword) :: result
   def delete_index(target, index_id, opts \\ []) do
-    call(target, "delete_index", [index_id: index_id] ++ opts, [:index_id])
+    call(target, "delete_index", opts, [], "delete_index/3", index_id: index_id)
   end
+
+  ## The ! variants: the result, or the PortBridge.Error raised
+
+  @doc "Like `configure_lm/2`, but returns the result or raises the `PortBridge.Error`."
+  @spec configure_lm!(target, keyword) :: map
+  def configure_lm!(target, opts), do: unwrap!(configure_lm(target, opts))
+
+  @doc "Like `create_program/2`, but returns the result or raises the `PortBridge.Error`."
+  @spec create_program!(target, keyword) :: map
+  def create_program!(target, opts), do: unwrap!(create_program(target, opts))
+
+  @doc "Like `execute_program/4`, but returns the result or raises the `PortBridge.Error`."
+  @spec execute_program!(target, String.t(), map, keyword) :: map
+  def execute_program!(target, program_id, inputs, opts \\ []),
+    do: unwrap!(execute_program(target, program_id, inputs, opts))
+
+  @doc "Like `optimize_program/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec optimize_program!(target, String.t(), keyword) :: map
+  def optimize_program!(target, program_id, opts),
+    do: unwrap!(optimize_program(target, program_id, opts))
+
+  @doc "Like `export_program/3`, but returns the document or raises the `PortBridge.Error`."
+  @spec export_program!(target, String.t(), keyword) :: map
+  def export_program!(target, program_id, opts \\ []),
+    do: unwrap!(export_program(target, program_id, opts))
+
+  @doc "Like `import_program/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec import_program!(target, map, keyword) :: map
+  def import_program!(target, program, opts \\ []),
+    do: unwrap!(import_program(target, program, opts))
+
+  @doc "Like `list_programs/2`, but returns the list or raises the `PortBridge.Error`."
+  @spec list_programs!(target, keyword) :: [map]
+  def list_programs!(target, opts \\ []), do: unwrap!(list_programs(target, opts))
+
+  @doc "Like `get_program/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec get_program!(target, String.t(), keyword) :: map
+  def get_program!(target, program_id, opts \\ []),
+    do: unwrap!(get_program(target, program_id, opts))
+
+  @doc "Like `delete_program/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec delete_program!(target, String.t(), keyword) :: map
+  def delete_program!(target, program_id, opts \\ []),
+    do: unwrap!(delete_program(target, program_id, opts))
+
+  @doc "Like `lm_usage/2`, but returns the result or raises the `PortBridge.Error`."
+  @spec lm_usage!(target, keyword) :: map
+  def lm_usage!(target, opts \\ []), do: unwrap!(lm_usage(target, opts))
+
+  @doc "Like `end_session/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec end_session!(target, String.t(), keyword) :: map
+  def end_session!(target, session_id, opts \\ []),
+    do: unwrap!(end_session(target, session_id, opts))
+
+  @doc "Like `evaluate_program/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec evaluate_program!(target, String.t(), keyword) :: map
+  def evaluate_program!(target, program_id, opts),
+    do: unwrap!(evaluate_program(target, program_id, opts))
+
+  @doc "Like `configure_embedder/2`, but returns the result or raises the `PortBridge.Error`."
+  @spec configure_embedder!(target, keyword) :: map
+  def configure_embedder!(target, opts), do: unwrap!(configure_embedder(target, opts))
+
+  @doc "Like `create_index/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec create_index!(target, [String.t()], keyword) :: map
+  def create_index!(target, corpus, opts \\ []), do: unwrap!(create_index(target, corpus, opts))
+
+  @doc "Like `retrieve/4`, but returns the result or raises the `PortBridge.Error`."
+  @spec retrieve!(target, String.t(), String.t(), keyword) :: map
+  def retrieve!(target, index_id, query, opts \\ []),
+    do: unwrap!(retrieve(target, index_id, query, opts))
+
+  @doc "Like `list_indexes/2`, but returns the list or raises the `PortBridge.Error`."
+  @spec list_indexes!(target, keyword) :: [map]
+  def list_indexes!(target, opts \\ []), do: unwrap!(list_indexes(target, opts))
+
+  @doc "Like `delete_index/3`, but returns the result or raises the `PortBridge.Error`."
+  @spec delete_index!(target, String.t(), keyword) :: map
+  def delete_index!(target, index_id, opts \\ []),
+    do: unwrap!(delete_index(target, index_id, opts))
+
+  defp unwrap!({:ok, value}), do: value
+  defp unwrap!({:error, %Error{} = error}), do: raise(error)
 
   defp by_id(target, command, program_id, opts) do
-    call(target, command, [program_id: program_id] ++ opts, [:program_id])
+    call(target, command, opts, [], "#{command}/3", program_id: program_id)
   end
 
-  defp call(target, command, opts, arg_keys, checks \\ []) do
-    {args, request_opts} = split!(elixir_callbacks(opts), arg_keys, command)
+  # `opts`: the caller's options, checked against the command's arguments (`args`)
+  # and the request options; `positional`: the arguments given as parameters.
+  defp call(target, command, opts, args, function, positional \\ []) do
+    {args, request_opts} = split!(opts, args, function)
 
-    for key <- Keyword.get(checks, :required, []), not Map.has_key?(args, Atom.to_string(key)) do
-      raise ArgumentError, "#{command} needs #{inspect(key)}"
-    end
+    args =
+      Map.merge(args, Map.new(positional, fn {key, value} -> {Atom.to_string(key), value} end))
 
     # Through the recorder: on a pool, what builds a session's state is recorded so
     # that a fresh Python gets it back.
-    PortBridge.DSPy.Recorder.request(
-      target,
-      command,
-      Map.merge(args, Keyword.get(checks, :also, %{})),
-      request_opts
-    )
+    PortBridge.DSPy.Recorder.request(target, command, args, request_opts)
+  end
+
+  # Options are the command's arguments or request options; anything else is a
+  # mistake, reported with the valid ones. Elixir functions given as `tools:`,
+  # `metric:` or `reward:` become callbacks the worker calls back.
+  defp split!(opts, arg_schema, function) do
+    Schema.validate!(opts, arg_schema ++ @request_schema, "PortBridge.DSPy." <> function)
+    opts = elixir_callbacks(opts)
+    {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
+    {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
   end
 
   # Elixir functions given as `tools:`, `metric:` or `reward:` become callbacks the
@@ -357,7 +524,7 @@ defmodule PortBridge.DSPy do
   # a tool's own name, "metric" (the argument becomes {"callback": "metric"}),
   # "reward" (a BestOfN or Refine program created with reward_fn: {"callback": "reward"}).
   defp elixir_callbacks(opts) do
-    {tools, opts} = Keyword.pop(opts, :tools, %{})
+    {tools, opts} = Keyword.pop(opts, :tools)
     {reward, opts} = Keyword.pop(opts, :reward)
 
     {metric, opts} =
@@ -371,7 +538,7 @@ defmodule PortBridge.DSPy do
 
     added =
       Map.merge(
-        tools!(tools),
+        tools!(tools || %{}),
         Map.reject(
           %{"metric" => adapt(metric, "example"), "reward" => adapt(reward, "inputs")},
           &is_nil(elem(&1, 1))
@@ -410,18 +577,4 @@ defmodule PortBridge.DSPy do
         ArgumentError,
         "a metric or reward must be a function of 1 or 2 arguments, got: #{inspect(other)}"
       )
-
-  # Options are the command's arguments or request options; anything else is a typo.
-  defp split!(opts, arg_keys, command) do
-    {args, rest} = Keyword.split(opts, arg_keys)
-    {request_opts, unknown} = Keyword.split(rest, @request_keys)
-
-    if unknown != [] do
-      raise ArgumentError,
-            "unknown options for #{command}: #{inspect(Keyword.keys(unknown))} " <>
-              "(arguments: #{inspect(arg_keys)}; request options: #{inspect(@request_keys)})"
-    end
-
-    {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
-  end
 end

@@ -5,7 +5,142 @@ defmodule PortBridge.Options do
 
   alias PortBridge.Codec
 
-  @spawn_keys [:python, :executable, :args, :worker_args, :format, :env, :cd, :ready_timeout]
+  alias PortBridge.Schema
+
+  @default_timeout 60_000
+
+  @spawn_schema [
+    python: [
+      type: :string,
+      default_doc: "see `PortBridge.Options.python/0`",
+      doc: """
+      the Python interpreter that has portbridge installed. The worker runs as
+      `python -m bridge worker --format FORMAT [--log-frames] WORKER_ARGS...`
+      """
+    ],
+    worker_args: [
+      type: {:list, :string},
+      default: [],
+      doc: "extra `portbridge worker` options (`[\"--max-concurrency\", \"8\"]`)"
+    ],
+    executable: [
+      type: :string,
+      doc: """
+      spawn this instead of `:python`, with exactly the arguments `:args` (for
+      example the `portbridge` console script: `args: ["worker"]`)
+      """
+    ],
+    args: [type: {:list, :string}, default: [], doc: "the arguments of `:executable`"],
+    format: [
+      type: {:in, [:json, :msgpack]},
+      default: :json,
+      doc: "the frame format: `:json` or `:msgpack` (needs Msgpax)"
+    ],
+    env: [
+      type: {:or, [:map, :list]},
+      default: [],
+      doc:
+        "extra environment variables, a map or list of `{name, value}` strings (`{name, false}` unsets)"
+    ],
+    cd: [type: :string, doc: "the worker's working directory"],
+    ready_timeout: [
+      type: :pos_integer,
+      default: 15_000,
+      doc: "ms to wait for the worker's `ready` event"
+    ],
+    forward_logs: [
+      type: :boolean,
+      default: true,
+      doc: """
+      the worker's log records (at its `--log-level`, `warning` by default) reach
+      Logger as well as its stderr, with Logger metadata (`--log-frames`; not added
+      with `:executable`)
+      """
+    ]
+  ]
+
+  @request_schema [
+    session_id: [
+      type: :string,
+      doc: """
+      the session to work in (its programs and LM configuration); a pool sends all
+      of a session's requests to the same worker
+      """
+    ],
+    timeout: [
+      type: :timeout,
+      default_doc: "`#{@default_timeout}`, a pool's `:timeout` for a pool",
+      doc: """
+      the whole budget of the request in ms, or `:infinity`: waiting for a worker,
+      writing, waiting for the reply, and any retries. At the deadline the result is
+      a `timeout` error and the worker is sent `cancel` for the request; nothing
+      blocks the caller past it
+      """
+    ],
+    on_event: [
+      type: {:fun, 1},
+      doc: """
+      a function called with `{name, data}` for each event of the request
+      (`{"chunk", %{...}}`, `{"progress", %{...}}`) before the reply
+      """
+    ],
+    meta: [type: :map, doc: "a map echoed back by the worker and put in its logs (`trace_id`)"],
+    callbacks: [
+      type: :map,
+      doc: """
+      `%{"name" => fun}`: Elixir functions the worker may call back while this
+      request runs (an agent's tools, a metric), see `PortBridge.Callbacks`
+      """
+    ],
+    retry: [
+      type: {:or, [:boolean, :keyword_list]},
+      default: false,
+      doc: "`true` or options: retry following the error table, see `PortBridge.Retry`"
+    ],
+    circuit: [
+      type: :any,
+      default: false,
+      doc: """
+      `true`, a key or options: fail at once while calls with the same key keep
+      failing with `circuit_break` errors, see `PortBridge.CircuitBreaker`
+      """
+    ],
+    pool_timeout: [
+      type: :timeout,
+      default: 5_000,
+      doc: "exclusive pools only: ms to wait for a free worker, within `:timeout`"
+    ],
+    # Set by the engine's own layers: the request's absolute deadline (fixed by the
+    # first layer, so that retries and checkouts come out of one budget) and the
+    # pool a Worker serves it for (telemetry).
+    deadline: [doc: false],
+    pool: [doc: false]
+  ]
+
+  @doc false
+  @spec default_timeout() :: pos_integer
+  def default_timeout, do: @default_timeout
+
+  @doc false
+  # The options of a worker's spawn (PortBridge.Worker, PortBridge.Pool).
+  @spec spawn_schema() :: Schema.t()
+  def spawn_schema, do: @spawn_schema
+
+  @doc false
+  @spec spawn_keys() :: [atom]
+  def spawn_keys, do: Keyword.keys(@spawn_schema)
+
+  @doc false
+  # The options of a request (PortBridge.request/4 and every layer under it).
+  @spec request_schema() :: Schema.t()
+  def request_schema, do: @request_schema
+
+  @doc false
+  # The options of a request that is not awaited (async_request, stream): no retry,
+  # no circuit breaker.
+  @spec async_schema() :: Schema.t()
+  def async_schema, do: Schema.drop(@request_schema, [:retry, :circuit])
+
   @type spawn :: %{
           executable: String.t(),
           args: [String.t()],
@@ -15,31 +150,16 @@ defmodule PortBridge.Options do
           ready_timeout: pos_integer
         }
 
-  @doc false
-  @spec spawn_keys() :: [atom]
-  def spawn_keys, do: @spawn_keys
-
   @doc """
-  How to spawn a worker: `%{executable, args, format, env, cd, ready_timeout}`.
+  How to spawn a worker: `%{executable, args, format, env, cd, ready_timeout}`,
+  from these options (checked; see `PortBridge.Worker`):
 
-    * `:python` - the Python interpreter that has portbridge installed (see
-      `python/0` for the default). The worker runs as
-      `python -m bridge worker --format FORMAT WORKER_ARGS...`.
-    * `:worker_args` - extra `portbridge worker` options (`["--max-concurrency", "8"]`).
-    * `:executable` and `:args` - spawn this instead, with exactly these arguments
-      (for example the `portbridge` console script: `args: ["worker"]`).
-    * `:format` - `:json` (default) or `:msgpack` (needs Msgpax).
-    * `:env` - extra environment variables, a map or list of `{name, value}` strings.
-    * `:cd` - the worker's working directory.
-    * `:ready_timeout` - ms to wait for the worker's `ready` event (default 15_000).
+  #{Schema.docs(@spawn_schema)}
   """
   @spec spawn_opts(keyword) :: spawn
   def spawn_opts(opts) do
-    format = Keyword.get(opts, :format, :json)
-
-    unless format in [:json, :msgpack] do
-      raise ArgumentError, ":format must be :json or :msgpack, got: #{inspect(format)}"
-    end
+    Schema.validate!(opts, @spawn_schema, "PortBridge.Options.spawn_opts/1")
+    format = Keyword.get(opts, :format) || :json
 
     unless format in Codec.formats() do
       raise ArgumentError,
@@ -47,25 +167,27 @@ defmodule PortBridge.Options do
     end
 
     {executable, args} =
-      case Keyword.fetch(opts, :executable) do
-        {:ok, executable} ->
-          {resolve!(executable, :executable), string_list!(opts, :args, [])}
+      case Keyword.get(opts, :executable) do
+        executable when executable != nil ->
+          {resolve!(executable, :executable), Keyword.get(opts, :args) || []}
 
-        :error ->
-          python = Keyword.get_lazy(opts, :python, &python/0)
-          worker_args = string_list!(opts, :worker_args, [])
+        nil ->
+          python = Keyword.get(opts, :python) || python()
+          worker_args = Keyword.get(opts, :worker_args) || []
+          log_frames = if opts[:forward_logs] == false, do: [], else: ["--log-frames"]
 
           {resolve!(python, :python),
-           ["-m", "bridge", "worker", "--format", Atom.to_string(format) | worker_args]}
+           ["-m", "bridge", "worker", "--format", Atom.to_string(format)] ++
+             log_frames ++ worker_args}
       end
 
     %{
       executable: executable,
       args: args,
       format: format,
-      env: env!(Keyword.get(opts, :env, [])),
+      env: env!(Keyword.get(opts, :env) || []),
       cd: cd!(Keyword.get(opts, :cd)),
-      ready_timeout: pos_integer!(opts, :ready_timeout, 15_000)
+      ready_timeout: Keyword.get(opts, :ready_timeout) || 15_000
     }
   end
 
@@ -166,16 +288,6 @@ defmodule PortBridge.Options do
   defp resolve!(other, key),
     do: raise(ArgumentError, "#{inspect(key)} must be a path, got: #{inspect(other)}")
 
-  defp string_list!(opts, key, default) do
-    value = Keyword.get(opts, key, default)
-
-    if is_list(value) and Enum.all?(value, &is_binary/1) do
-      value
-    else
-      raise ArgumentError, "#{inspect(key)} must be a list of strings, got: #{inspect(value)}"
-    end
-  end
-
   defp env!(env) when is_map(env) or is_list(env) do
     Enum.map(env, fn
       {name, value} when is_binary(name) and (is_binary(value) or value == false) ->
@@ -202,67 +314,4 @@ defmodule PortBridge.Options do
 
   defp cd!(other),
     do: raise(ArgumentError, ":cd must be a directory path, got: #{inspect(other)}")
-
-  @doc false
-  # The `:name` of a pool or cluster: an atom, the name requests use.
-  @spec name!(keyword) :: atom
-  def name!(opts) do
-    name = Keyword.get(opts, :name)
-
-    unless is_atom(name) and name not in [nil, true, false],
-      do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
-
-    name
-  end
-
-  @doc false
-  # Raises for any option not in `keys` (`what` took them: "PortBridge.Pool").
-  @spec known!(keyword, [atom], String.t()) :: :ok
-  def known!(opts, keys, what) do
-    case Keyword.keys(opts) -- keys do
-      [] -> :ok
-      unknown -> raise ArgumentError, "unknown #{what} options: #{inspect(unknown)}"
-    end
-  end
-
-  @doc false
-  @spec pos_integer!(keyword, atom, term) :: pos_integer
-  def pos_integer!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(other)}"
-    end
-  end
-
-  @doc false
-  @spec non_neg_integer!(keyword, atom, term) :: non_neg_integer
-  def non_neg_integer!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value >= 0 ->
-        value
-
-      other ->
-        raise ArgumentError,
-              "#{inspect(key)} must be a non-negative integer, got: #{inspect(other)}"
-    end
-  end
-
-  @doc false
-  @spec timeout!(keyword, atom, term) :: timeout
-  def timeout!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      :infinity ->
-        :infinity
-
-      value when is_integer(value) and value > 0 ->
-        value
-
-      other ->
-        raise ArgumentError,
-              "#{inspect(key)} must be a positive integer (ms) or :infinity, got: #{inspect(other)}"
-    end
-  end
 end

@@ -1,4 +1,49 @@
 defmodule PortBridge.Pool do
+  @pool_schema [
+    name: [type: :atom, required: true, doc: "the name requests use"],
+    size: [type: :pos_integer, default_doc: "`System.schedulers_online()`", doc: "Workers"],
+    strategy: [
+      type: {:in, [:multiplexed, :exclusive]},
+      default: :multiplexed,
+      doc: "`:multiplexed` or `:exclusive`, see above"
+    ],
+    lazy: [type: :boolean, default: false, doc: "start each Python at its Worker's first request"],
+    pool_timeout: [
+      type: :timeout,
+      default: 5_000,
+      doc: "exclusive: the default ms to wait for a checkout"
+    ],
+    timeout: [
+      type: :timeout,
+      default: PortBridge.Options.default_timeout(),
+      doc: "the default ms of a request"
+    ],
+    recover_sessions: [
+      type: :boolean,
+      default: true,
+      doc: "record sessions and rebuild them on fresh Pythons"
+    ],
+    max_start_failures: [
+      type: :pos_integer,
+      default: 5,
+      doc: "failed starts in a row before a Worker stops (and its supervisor restarts it)"
+    ],
+    start_backoff_min: [
+      type: :pos_integer,
+      default: 100,
+      doc: "ms after a Worker's failed start, doubling"
+    ],
+    start_backoff_max: [type: :pos_integer, default: 5_000, doc: "the longest such wait, in ms"],
+    max_restarts: [
+      type: :non_neg_integer,
+      default: 3,
+      doc: "Worker restarts in `:max_seconds` beyond which the pool itself exits"
+    ],
+    max_seconds: [type: :pos_integer, default: 60, doc: "see `:max_restarts`"]
+  ]
+  @schema @pool_schema ++ PortBridge.Options.spawn_schema()
+  @defaults PortBridge.Schema.defaults(@pool_schema)
+
   @moduledoc """
   N `PortBridge.Worker`s under one name, and a strategy that says how requests
   reach them.
@@ -52,21 +97,14 @@ defmodule PortBridge.Pool do
 
   ## Options
 
-    * `:name` - required, an atom; the name requests use.
-    * `:size` - Workers, default `System.schedulers_online()`.
-    * `:strategy` - `:multiplexed` (default) or `:exclusive`.
-    * `:lazy` - start each Python at its Worker's first request (default `false`).
-    * `:pool_timeout` - exclusive: default ms to wait for a checkout (5_000).
-    * `:timeout` - default ms for a request (#{PortBridge.default_timeout()}).
-    * `:recover_sessions` - record sessions and rebuild them on fresh Pythons (true).
-    * `:max_start_failures` (5), `:start_backoff_min` (100), `:start_backoff_max`
-      (5_000), `:max_restarts` (3), `:max_seconds` (60): see above.
-    * the spawn options of a worker: `:python`, `:worker_args`, `:executable`,
-      `:args`, `:format`, `:env`, `:cd`, `:ready_timeout` (see `PortBridge.Worker`).
+  Checked at `start_link/1`: an unknown option or one of the wrong type is an
+  `ArgumentError` that names it.
+
+  #{PortBridge.Schema.docs(@schema)}
   """
 
   use Supervisor
-  alias PortBridge.{Error, Options, Records, Request, Worker}
+  alias PortBridge.{Error, Options, Records, Request, Schema, Worker}
 
   # Without NimblePool this module still compiles; the exclusive strategy says what
   # is missing.
@@ -78,20 +116,8 @@ defmodule PortBridge.Pool do
   @doc false
   def __mix_recompile__?, do: Code.ensure_loaded?(NimblePool) != @available
 
-  @pool_keys [
-    :name,
-    :size,
-    :strategy,
-    :lazy,
-    :pool_timeout,
-    :timeout,
-    :recover_sessions,
-    :max_start_failures,
-    :start_backoff_min,
-    :start_backoff_max,
-    :max_restarts,
-    :max_seconds
-  ]
+  @request_schema Options.request_schema()
+  @async_schema Options.async_schema()
 
   @type strategy :: :multiplexed | :exclusive
 
@@ -116,17 +142,9 @@ defmodule PortBridge.Pool do
   end
 
   defp config!(opts) do
-    name = Options.name!(opts)
-    Options.known!(opts, @pool_keys ++ Options.spawn_keys(), "PortBridge.Pool")
-
-    strategy = Keyword.get(opts, :strategy, :multiplexed)
-
-    unless strategy in [:multiplexed, :exclusive],
-      do:
-        raise(
-          ArgumentError,
-          ":strategy must be :multiplexed or :exclusive, got: #{inspect(strategy)}"
-        )
+    Schema.validate!(opts, @schema, "PortBridge.Pool.start_link/1")
+    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
+    strategy = opts[:strategy]
 
     if strategy == :exclusive and not @available do
       raise ArgumentError,
@@ -140,21 +158,17 @@ defmodule PortBridge.Pool do
     _ = Options.spawn_opts(spawn_opts)
 
     %{
-      name: name,
-      size: Options.pos_integer!(opts, :size, System.schedulers_online()),
+      name: opts[:name],
+      size: opts[:size] || System.schedulers_online(),
       strategy: strategy,
-      lazy: Keyword.get(opts, :lazy, false) == true,
-      pool_timeout: Options.timeout!(opts, :pool_timeout, 5_000),
-      timeout: Options.timeout!(opts, :timeout, PortBridge.default_timeout()),
-      recover_sessions: Keyword.get(opts, :recover_sessions, true) != false,
+      lazy: opts[:lazy],
+      pool_timeout: opts[:pool_timeout],
+      timeout: opts[:timeout],
+      recover_sessions: opts[:recover_sessions],
       spawn: spawn_opts,
-      worker: [
-        max_start_failures: Options.pos_integer!(opts, :max_start_failures, 5),
-        start_backoff_min: Options.pos_integer!(opts, :start_backoff_min, 100),
-        start_backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000)
-      ],
-      max_restarts: Options.non_neg_integer!(opts, :max_restarts, 3),
-      max_seconds: Options.pos_integer!(opts, :max_seconds, 60)
+      worker: Keyword.take(opts, [:max_start_failures, :start_backoff_min, :start_backoff_max]),
+      max_restarts: opts[:max_restarts],
+      max_seconds: opts[:max_seconds]
     }
   end
 
@@ -249,6 +263,8 @@ defmodule PortBridge.Pool do
   """
   @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(pool, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @request_schema, "PortBridge.Pool.request/4")
+
     with {:ok, pool} <- resolve(pool) do
       {opts, deadline} = budget(pool, opts)
       index = pick(pool, opts[:session_id])
@@ -274,6 +290,8 @@ defmodule PortBridge.Pool do
   @spec async_request(atom | map, String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(pool, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @async_schema, "PortBridge.Pool.async_request/4")
+
     with {:ok, pool} <- resolve(pool) do
       {opts, deadline} = budget(pool, opts)
       index = pick(pool, opts[:session_id])

@@ -1,4 +1,12 @@
 defmodule PortBridge.Retry do
+  @schema [
+    max_attempts: [type: :pos_integer, default: 3, doc: "attempts in all, the first included"],
+    base_ms: [type: :pos_integer, default: 100, doc: "the first backoff, in ms"],
+    max_ms: [type: :pos_integer, default: 5_000, doc: "the longest backoff, in ms"],
+    # Set by PortBridge.request: retries come out of the one budget.
+    deadline: [doc: false]
+  ]
+
   @moduledoc """
   Opt-in retries that follow the error table's `recovery` field.
 
@@ -16,13 +24,17 @@ defmodule PortBridge.Retry do
   | `abandon`         | no retry: the request itself is wrong                               |
 
   A pool sends each attempt through a new checkout, so a `communication` error (the
-  worker died) is retried on its replacement. The defaults are 3 attempts in all,
-  `base_ms: 100`, `max_ms: 5_000`.
+  worker died) is retried on its replacement. Every attempt and every wait comes
+  out of the request's one `:timeout`.
+
+  Options:
+
+  #{PortBridge.Schema.docs(@schema)}
   """
 
-  alias PortBridge.Error
+  alias PortBridge.{Error, Schema}
 
-  @defaults [max_attempts: 3, base_ms: 100, max_ms: 5_000]
+  @defaults Schema.defaults(@schema)
 
   @doc false
   @spec options(boolean | keyword | nil) :: keyword | nil
@@ -30,12 +42,9 @@ defmodule PortBridge.Retry do
   def options(false), do: nil
   def options(nil), do: nil
 
-  def options(opts) when is_list(opts) do
-    # :deadline is set by PortBridge.request: retries come out of the one budget.
-    case Keyword.keys(opts) -- [:deadline | Keyword.keys(@defaults)] do
-      [] -> Keyword.merge(@defaults, opts)
-      unknown -> raise ArgumentError, "unknown :retry options: #{inspect(unknown)}"
-    end
+  def options(opts) do
+    Schema.validate!(opts, @schema, "the :retry option")
+    Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
   end
 
   @doc """

@@ -1,4 +1,49 @@
 defmodule PortBridge.Worker do
+  @worker_schema [
+    name: [type: :any, doc: "a name to register the process under (as `GenServer.start_link/3`)"],
+    respawn: [
+      type: :boolean,
+      default: false,
+      doc: "start a fresh Python when one dies instead of stopping (what `PortBridge.Pool` uses)"
+    ],
+    max_start_failures: [
+      type: :pos_integer,
+      default: 5,
+      doc: "with `respawn: true`, failed starts in a row before this process stops"
+    ],
+    start_backoff_min: [
+      type: :pos_integer,
+      default: 100,
+      doc: "ms to wait after a failed start, doubling after each, see above"
+    ],
+    start_backoff_max: [type: :pos_integer, default: 5_000, doc: "the longest such wait, in ms"],
+    lazy: [
+      type: :boolean,
+      default: false,
+      doc: "spawn the Python at the first request, not at start"
+    ],
+    on_ready: [
+      type: :mfa,
+      doc: """
+      `{module, function, args}` called on every fresh Python once it is ready,
+      before any queued request is sent; it returns the requests that rebuild state
+      on it, as `{command, args, opts}` (`opts`: `:session_id`). `PortBridge.Pool`
+      replays recorded sessions this way
+      """
+    ],
+    replay_timeout: [
+      type: :pos_integer,
+      default: 30_000,
+      doc: "ms the `:on_ready` requests may take"
+    ],
+    # Set by PortBridge.Pool: the pool the Worker belongs to (telemetry and Logger
+    # metadata), and its slot in the pool's load counters.
+    pool: [doc: false],
+    load: [doc: false]
+  ]
+  @schema @worker_schema ++ PortBridge.Options.spawn_schema()
+  @defaults PortBridge.Schema.defaults(@worker_schema)
+
   @moduledoc """
   A process that owns one `portbridge worker` and serves many callers at once: the
   one request engine of the client. Nothing else writes frames to a Port.
@@ -41,22 +86,9 @@ defmodule PortBridge.Worker do
       stdin closes (it exits after its shutdown grace), and `PortBridge.Reaper`
       signals it if it does not.
 
-  Options: the spawn options of `PortBridge.Options` (`:python`, `:worker_args`,
-  `:executable`, `:args`, `:format`, `:env`, `:cd`, `:ready_timeout`), `:name`,
-  and:
+  Options (checked: an unknown one or one of the wrong type is an `ArgumentError`):
 
-    * `:respawn` - start a fresh Python when one dies instead of stopping (false).
-    * `:max_start_failures` (5), `:start_backoff_min` (100), `:start_backoff_max`
-      (5_000): failed starts with `respawn: true`, see above.
-    * `:lazy` - spawn the Python at the first request, not at start (false).
-    * `:on_ready` - `{module, function, args}` called on every fresh Python once it
-      is ready, before any queued request is sent; it returns the requests that
-      rebuild state on it, as `{command, args, opts}` (`opts`: `:session_id`).
-      `PortBridge.Pool` replays recorded sessions this way.
-    * `:replay_timeout` - ms the `:on_ready` requests may take (30_000).
-    * `:pool` - the name of the pool the Worker belongs to (set by
-      `PortBridge.Pool`; in telemetry metadata and Logger metadata).
-
+  #{PortBridge.Schema.docs(@schema)}
   Every log line of the client carries Logger metadata: `portbridge_worker` (the
   name, else the pid), `portbridge_pool` and `portbridge_os_pid`. Events are in
   `PortBridge.Telemetry`.
@@ -74,29 +106,18 @@ defmodule PortBridge.Worker do
     Protocol,
     Reaper,
     Request,
+    Schema,
     Telemetry,
     Writer
   }
 
-  @worker_keys [
-    :respawn,
-    :max_start_failures,
-    :start_backoff_min,
-    :start_backoff_max,
-    :lazy,
-    :on_ready,
-    :replay_timeout,
-    :load,
-    :pool
-  ]
+  @request_schema Options.request_schema()
+  @async_schema Options.async_schema()
 
   @doc false
   def child_spec(opts) do
     %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
   end
-
-  @doc false
-  def worker_keys, do: @worker_keys
 
   @doc "Starts a worker linked to the caller; see the module doc for the options."
   @spec start_link(keyword) :: GenServer.on_start()
@@ -107,28 +128,12 @@ defmodule PortBridge.Worker do
   def start(opts), do: start_with(:start, opts)
 
   defp start_with(fun, opts) do
+    Schema.validate!(opts, @schema, "PortBridge.Worker.#{fun}/1")
     {gen_opts, opts} = Keyword.split(opts, [:name])
-
-    case Keyword.keys(opts) -- (Options.spawn_keys() ++ @worker_keys) do
-      [] -> apply(GenServer, fun, [__MODULE__, config!(opts, gen_opts[:name]), gen_opts])
-      unknown -> raise ArgumentError, "unknown PortBridge.Worker options: #{inspect(unknown)}"
-    end
+    apply(GenServer, fun, [__MODULE__, config!(opts, gen_opts[:name]), gen_opts])
   end
 
   defp config!(opts, name) do
-    on_ready =
-      case Keyword.get(opts, :on_ready) do
-        nil ->
-          nil
-
-        {m, f, a} = mfa when is_atom(m) and is_atom(f) and is_list(a) ->
-          mfa
-
-        other ->
-          raise ArgumentError,
-                ":on_ready must be {module, function, args}, got: #{inspect(other)}"
-      end
-
     load =
       case Keyword.get(opts, :load) do
         nil -> nil
@@ -136,15 +141,17 @@ defmodule PortBridge.Worker do
         other -> raise ArgumentError, "invalid :load: #{inspect(other)}"
       end
 
+    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
+
     %{
       spawn: Options.spawn_opts(Keyword.take(opts, Options.spawn_keys())),
-      respawn: Keyword.get(opts, :respawn, false) == true,
-      lazy: Keyword.get(opts, :lazy, false) == true,
-      max_start_failures: Options.pos_integer!(opts, :max_start_failures, 5),
-      backoff_min: Options.pos_integer!(opts, :start_backoff_min, 100),
-      backoff_max: Options.pos_integer!(opts, :start_backoff_max, 5_000),
-      on_ready: on_ready,
-      replay_timeout: Options.pos_integer!(opts, :replay_timeout, 30_000),
+      respawn: opts[:respawn],
+      lazy: opts[:lazy],
+      max_start_failures: opts[:max_start_failures],
+      backoff_min: opts[:start_backoff_min],
+      backoff_max: opts[:start_backoff_max],
+      on_ready: opts[:on_ready],
+      replay_timeout: opts[:replay_timeout],
       load: load,
       name: name,
       pool: Keyword.get(opts, :pool)
@@ -153,12 +160,14 @@ defmodule PortBridge.Worker do
 
   @doc """
   Sends a request and waits for its final reply. See `PortBridge.request/4` for the
-  options (`:session_id`, `:meta`, `:timeout`, `:on_event`).
+  options (`:session_id`, `:meta`, `:timeout`, `:on_event`, `:callbacks`).
   """
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(worker, command, args \\ %{}, opts \\ []) do
-    case async_request(worker, command, args, opts) do
+    Schema.validate!(opts, @request_schema, "PortBridge.Worker.request/4")
+
+    case cast_request(worker, command, args, opts) do
       %Request{} = request -> Request.await(request, opts[:on_event])
       {:error, _} = error -> error
     end
@@ -168,9 +177,14 @@ defmodule PortBridge.Worker do
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(worker, command, args \\ %{}, opts \\ []) do
+    Schema.validate!(opts, @async_schema, "PortBridge.Worker.async_request/4")
+    cast_request(worker, command, args, opts)
+  end
+
+  defp cast_request(worker, command, args, opts) do
     case GenServer.whereis(worker) do
       pid when is_pid(pid) ->
-        timeout = Keyword.get(opts, :timeout, PortBridge.default_timeout())
+        timeout = Keyword.get(opts, :timeout) || Options.default_timeout()
         # A deadline set by whoever called us (a pool's checkout) already counts
         # what happened before; else the budget starts now.
         deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)

@@ -88,9 +88,11 @@ defmodule PortBridge.CircuitBreakerTest do
   end
 
   test "options are checked" do
-    assert_raise ArgumentError, ~r/unknown :circuit options: \[:treshold\]/, fn ->
-      CircuitBreaker.options([treshold: 1], :k)
-    end
+    assert_raise ArgumentError,
+                 ~r/unknown option :treshold for the :circuit option \(did you mean :threshold\?\)/,
+                 fn ->
+                   CircuitBreaker.options([treshold: 1], :k)
+                 end
 
     assert [key: :mine] ++ _ = CircuitBreaker.options(:mine, :default)
     assert CircuitBreaker.options(true, :default)[:key] == :default

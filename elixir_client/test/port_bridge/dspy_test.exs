@@ -165,12 +165,14 @@ defmodule PortBridge.DSPyTest do
     assert {:error, %Error{category: :validation}} =
              DSPy.execute_program(worker, "p", %{wrong: "x"}, session_id: s)
 
-    assert_raise ArgumentError, ~r/needs :model/, fn ->
+    assert_raise ArgumentError, ~r/configure_lm\/2 needs the option :model/, fn ->
       DSPy.configure_lm(worker, session_id: s)
     end
 
-    assert_raise ArgumentError, ~r/unknown options for create_program: \[:modul\]/, fn ->
-      DSPy.create_program(worker, signature: "q -> a", modul: "Predict")
-    end
+    assert_raise ArgumentError,
+                 ~r/unknown option :modul for PortBridge.DSPy.create_program\/2 \(did you mean :module\?\)/,
+                 fn ->
+                   DSPy.create_program(worker, signature: "q -> a", modul: "Predict")
+                 end
   end
 end

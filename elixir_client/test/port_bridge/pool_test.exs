@@ -377,16 +377,22 @@ defmodule PortBridge.PoolTest do
   end
 
   test "options are checked at start" do
-    assert_raise ArgumentError, ~r/:name must be an atom/, fn ->
-      Pool.start_link(worker_opts(name: "x"))
-    end
+    assert_raise ArgumentError,
+                 ~r/the option :name of PortBridge.Pool.start_link\/1: expected an atom/,
+                 fn ->
+                   Pool.start_link(worker_opts(name: "x"))
+                 end
 
-    assert_raise ArgumentError, ~r/unknown PortBridge.Pool options: \[:pool_size\]/, fn ->
-      Pool.start_link(worker_opts(name: :x, pool_size: 2))
-    end
+    assert_raise ArgumentError,
+                 ~r/unknown option :pool_size for PortBridge.Pool.start_link\/1/,
+                 fn ->
+                   Pool.start_link(worker_opts(name: :x, pool_size: 2))
+                 end
 
-    assert_raise ArgumentError, ~r/:size must be a positive integer/, fn ->
-      Pool.start_link(worker_opts(name: :x, size: 0))
-    end
+    assert_raise ArgumentError,
+                 ~r/the option :size of PortBridge.Pool.start_link\/1: expected a positive integer/,
+                 fn ->
+                   Pool.start_link(worker_opts(name: :x, size: 0))
+                 end
   end
 end

@@ -268,9 +268,11 @@ defmodule PortBridge.WorkerTest do
   end
 
   test "options are checked at start_link" do
-    assert_raise ArgumentError, ~r/unknown PortBridge.Worker options: \[:pool_size\]/, fn ->
-      Worker.start_link(worker_opts(pool_size: 3))
-    end
+    assert_raise ArgumentError,
+                 ~r/unknown option :pool_size for PortBridge.Worker.start_link\/1; valid options: :name, /,
+                 fn ->
+                   Worker.start_link(worker_opts(pool_size: 3))
+                 end
 
     assert_raise ArgumentError, ~r/does not exist/, fn ->
       Worker.start_link(python: "/no/such/python")
