@@ -203,3 +203,22 @@ def test_the_api_key_never_leaves_the_worker(worker, server):
     assert "Bearer" not in frames and API_KEY not in frames
     assert API_KEY not in stderr_text(worker)
     assert len(worker.frames) > 50
+
+
+PYTHON_ADVICE = ("dspy.LM", "dspy.configure", "RouterConfig", "api_key=")
+
+
+@pytest.mark.parametrize("args, code", [
+    ({"api_key": "sk-wrong"}, "auth_failed"),  # the provider answers 401
+    ({}, "no_credentials"),  # no key at all, none in the worker's environment
+])
+def test_credential_errors_say_the_remedy_in_the_protocols_terms(worker, server, args, code):
+    s = f"remedy-{code}"
+    worker.call("configure_lm", {"model": "openai/echo", "api_base": server.base_url, "num_retries": 0, **args},
+                session_id=s)
+    program(worker, s)
+    err = error_of(worker, "execute_program", {"program_id": "qa", "inputs": {"question": "x"}}, session_id=s)
+    assert (err["category"], err["code"]) == ("lm_auth", code), err
+    assert "configure_lm" in err["message"], err["message"]
+    for advice in PYTHON_ADVICE:
+        assert advice not in err["message"], err["message"]

@@ -9,6 +9,8 @@ is safe to call before (or without) the import gate.
 
 from __future__ import annotations
 
+import re
+
 from ...errors import BridgeError
 
 # Most specific first; the first class of the exception's MRO found here wins.
@@ -33,6 +35,29 @@ TABLE = {
     "DSPyError": ("execution", "dspy_error"),
 }
 MAX_MESSAGE = 2000
+
+# DSPy words its remedies for a Python program ('pass api_key="..." to dspy.LM(...)',
+# "dspy.configure(lm=...)"); the caller of a worker is another program, which
+# configures its LM through the protocol's arguments. Each pattern is DSPy's (or
+# its vendored lm15's) wording, said as the protocol says it.
+_CALLER_TERMS = (
+    (re.compile(r'pass api_key="\.\.\." to dspy\.LM\(\.\.\.\)'), "pass api_key to configure_lm"),
+    (re.compile(r"\((?:api_key= on dspy\.LM|api_key, or RouterConfig api_keys)\)"),
+     "(the api_key argument of configure_lm)"),
+    (re.compile(r"\bset ((?:\w+ or )*\w+) or pass api_key=(?!\w)"),
+     r"set \1 in the worker's environment or pass api_key to configure_lm"),
+    (re.compile(r"\bpass api_key=(?!\w)"), "pass api_key to configure_lm"),
+    (re.compile(r"RouterConfig\(api_keys=(?:\{[^}]*\}|\.\.\.)\)"), "the api_key argument of configure_lm"),
+    (re.compile(r"`?dspy\.configure\(lm=(?:dspy\.LM\([^()]*\)|[^()]*)\)`?"), "configure_lm"),
+    (re.compile(r"`?dspy\.LM\([^()]*\)`?"), "configure_lm"),
+)
+
+
+def in_caller_terms(message: str) -> str:
+    """``message`` with DSPy's Python remedies said in the protocol's terms."""
+    for pattern, replacement in _CALLER_TERMS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -59,7 +84,7 @@ def classify(exc: BaseException) -> BridgeError | None:
         value = getattr(exc, attr, None)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             details["dspy_code" if attr == "code" else attr] = value
-    message = str(exc) or type(exc).__name__
+    message = in_caller_terms(str(exc) or type(exc).__name__)
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     return BridgeError(category, code, message, details)
@@ -67,5 +92,5 @@ def classify(exc: BaseException) -> BridgeError | None:
 
 def program_failure(exc: BaseException) -> BridgeError:
     """A non-DSPy exception raised while a program ran: the program's failure, not the worker's."""
-    return BridgeError("execution", "program_failed", f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE],
+    return BridgeError("execution", "program_failed", in_caller_terms(f"{type(exc).__name__}: {exc}")[:MAX_MESSAGE],
                        {"exception": type(exc).__name__})

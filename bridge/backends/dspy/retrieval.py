@@ -37,6 +37,7 @@ from ...redaction import register_secret
 from . import offline_embed
 from .lms import _public_base, deadline_step
 from .catalog import MAX_DIMS, MAX_INDEX_BYTES, MAX_K
+from .classify import in_caller_terms
 from .state import Scope
 
 SETTING = "portbridge_indexes"  # dspy.context key: index_id -> Index, for the running request
@@ -92,7 +93,7 @@ def embedding_failure(exc: Exception, model: str) -> BridgeError:
     details = {"exception": name, "model": model}
     if isinstance(status, int):
         details["status"] = status
-    return BridgeError(category, code, f"{name}: {exc}"[:2000], details)
+    return BridgeError(category, code, in_caller_terms(f"{name}: {exc}")[:2000], details)
 
 
 def build_embedder(args: dict) -> EmbedderConfig:
