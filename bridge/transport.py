@@ -130,6 +130,11 @@ class Transport:
                 with self._write_lock:
                     self._flush_batch()
             return
+        if self.closed:
+            # Checked before the lock too: a write failure logs while it holds the lock,
+            # and with --log-frames that log record is a frame written from that very
+            # thread (the lock is not reentrant); once closed, every write is dropped.
+            return
         with self._write_lock:
             if self.closed:
                 return
