@@ -140,6 +140,22 @@ defmodule PortBridge.OptionsSchemaTest do
                  fn ->
                    Pool.start_link(name: :schema_test_pool, worker_args: [:debug])
                  end
+
+    assert_raise ArgumentError,
+                 ~r/unknown option :replica for PortBridge.Cluster.start_link\/1 \(did you mean :replicas\?\)/,
+                 fn -> PortBridge.Cluster.start_link(name: :schema_test_cluster, replica: 2) end
+
+    assert_raise ArgumentError,
+                 ~r/the option :pool of PortBridge.Cluster.start_link\/1: expected a keyword list/,
+                 fn ->
+                   PortBridge.Cluster.start_link(name: :schema_test_cluster, pool: %{size: 2})
+                 end
+
+    assert_raise ArgumentError,
+                 ~r/unknown option :timout for PortBridge.Cluster.request\/4/,
+                 fn ->
+                   PortBridge.Cluster.request(:schema_test_cluster, "ping", %{}, timout: 1)
+                 end
   end
 
   test "the documented options are the schema's, every one of them" do
