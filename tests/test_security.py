@@ -60,7 +60,10 @@ NEVER = ("pickle.find_class", "marshal.loads", "os.system", "os.exec", "os.posix
          "os.rmdir", "os.unlink", "os.chmod", "os.truncate", "os.symlink", "os.link", "shutil.")
 TELLTALES = (MARK, "passwd", "id_rsa", "pwned", "os.system", "subprocess.Popen", "__import__(")
 SKIP = {"shutdown", "audit_start", "audit_take"}
-INTROSPECTION = ("--backend-module", "tests.support.introspection_backend:backend")
+# The embeddings backend stands for every module exposed through bridge.sdk (commands whose schemas
+# and conversions are derived from type hints).
+INTROSPECTION = ("--backend-module", "tests.support.introspection_backend:backend",
+                 "--expose", "bridge.backends.embeddings")
 QA = "question -> answer"
 
 
@@ -244,6 +247,13 @@ def test_no_input_is_imported_evaluated_unpickled_run_or_used_as_a_path(tmp_path
                  session_id=sessions["configure_embedder"])
             s.ok("create_index", {"corpus": ["warm"], "index_id": "warm-index"})
             s.ok("retrieve", {"index_id": "warm-index", "query": "q"}, session_id=sessions["echo"])
+        assert "embeddings.search" in commands
+        warm = {"query": "warm", "queries": ["warm"], "texts": ["warm"], "documents": [{"id": "w", "text": "warm"}]}
+        for name in ("embeddings.search", "embeddings.search_many"):  # a corpus to search while swept
+            s.ok("embeddings.add", {"documents": warm["documents"]}, session_id=sessions[name])
+        for name, info in commands.items():
+            if name.startswith("embeddings."):
+                s.ok(name, {k: warm[k] for k in info["args"].get("required", [])}, session_id=sessions[name])
         for name in ("stats", "health", "list_sessions", "ping"):
             s.ok(name)
         s.send("no_such_command")
