@@ -95,7 +95,8 @@ class Worker:
         """
         config = self.config
         try:
-            exposed, names = [], config.backends
+            exposed: list = []
+            names = config.backends
             if config.expose or names != []:  # --backends '' and no --expose: nothing to look for
                 from .sdk.expose import backends as exposed_modules
 

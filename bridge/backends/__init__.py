@@ -38,6 +38,7 @@ The hooks, who calls them and when:
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 from ..errors import RegistrationError
 
@@ -103,7 +104,7 @@ def _import_object(spec: str):
     return obj
 
 
-def load(registry, names: list[str] | None = None, modules: list[str] = (), extra=()) -> dict[str, Backend]:
+def load(registry, names: list[str] | None = None, modules: Sequence[str] = (), extra: Sequence = ()) -> dict[str, Backend]:
     """Load backends and let them register; returns them by name.
 
     ``names`` picks installed entry points (all of them if None). ``modules``

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Annotated, Iterator
+from typing import Annotated, Generator
 
 import numpy as np
 
@@ -195,7 +195,7 @@ def search(query: str, ctx: Context, k: K = 5) -> dict:
 
 
 @command(cpu_bound=True)
-def search_many(queries: list[str], ctx: Context, k: K = 5) -> Iterator[dict]:
+def search_many(queries: list[str], ctx: Context, k: K = 5) -> Generator[dict, None, dict]:
     """Search for each query; streams one chunk {"query", "hits"} per query as it is answered."""
     corpus = _corpus(ctx)
     for query in queries:

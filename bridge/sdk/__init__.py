@@ -54,6 +54,7 @@ from .hints import Schema, converter_of, schema_of, to_wire, with_default
 __all__ = ["command", "Context", "Schema", "BridgeError"]
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MARK = "__portbridge_command__"  # what @command sets on a function: its name and flags
 _DECLARED: dict[str, list[Callable]] = {}  # module name -> its decorated functions, in order
 MAX_MESSAGE = 2000
 
@@ -73,7 +74,7 @@ def command(fn: Callable | None = None, *, name: str | None = None, cpu_bound: b
         if not isinstance(command_name, str) or not IDENTIFIER.match(command_name):
             raise RegistrationError(f"@command name {command_name!r} must be a Python identifier of at most 64 "
                                     "characters")
-        fn.__portbridge_command__ = {"name": command_name, "cpu_bound": bool(cpu_bound)}
+        setattr(fn, MARK, {"name": command_name, "cpu_bound": bool(cpu_bound)})
         _DECLARED.setdefault(fn.__module__, []).append(fn)
         return fn
 
@@ -166,7 +167,7 @@ class Parameters:
 
 def build(fn: Callable, namespace: str, backend: str) -> Command:
     """The registry command of a decorated function exposed under ``namespace``."""
-    marks = fn.__portbridge_command__
+    marks = getattr(fn, MARK)
     where = f"{fn.__module__}.{fn.__qualname__}"
     if inspect.isasyncgenfunction(fn):
         raise RegistrationError(f"{where}: async generators are not supported; use a plain generator")

@@ -18,10 +18,12 @@ one namespace are refused at start-up rather than one hiding the other.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
 import sys
+from typing import Callable
 
 from ..backends import Backend
 from ..errors import RegistrationError
@@ -77,7 +79,10 @@ def installed() -> list[tuple[str, str]]:
     return [(ep.value.strip(), ep.name) for ep in entry_points(group=GROUP)]
 
 
-def backends(expose: list[str], selected: list[str] | None = None) -> tuple[list[tuple[str, object]], list[str] | None]:
+Source = tuple[str, Callable[[], Backend]]  # (label, make_backend), as bridge.backends.load takes them
+
+
+def backends(expose: list[str], selected: list[str] | None = None) -> tuple[list[Source], list[str] | None]:
     """What to load: ``(label, make_backend)`` sources for ``bridge.backends.load`` (the installed
     modules, then those of ``--expose``), and what is left of ``selected`` (``--backends``:
     None for every installed plug-in; names of installed modules are taken out of it).
@@ -88,7 +93,7 @@ def backends(expose: list[str], selected: list[str] | None = None) -> tuple[list
         taken = {namespace for _, namespace in found}
         selected = [name for name in selected if name not in taken]
     owners: dict[str, str] = {}
-    sources = []
+    sources: list[Source] = []
     for module, namespace in found + parse(expose):
         if owners.get(namespace) == module:
             continue  # exposed twice (installed and on the command line): once is enough
@@ -97,5 +102,5 @@ def backends(expose: list[str], selected: list[str] | None = None) -> tuple[list
                 f"modules {owners[namespace]} and {module} would both be exposed as {namespace!r}; "
                 f"name one with --expose {module}=other_name")
         owners[namespace] = module
-        sources.append((f"{namespace} ({module})", lambda m=module, n=namespace: Exposed(m, n)))
+        sources.append((f"{namespace} ({module})", functools.partial(Exposed, module, namespace)))
     return sources, selected
