@@ -37,7 +37,7 @@ defmodule PortBridge.Options do
       doc: "the frame format: `:json` or `:msgpack` (needs Msgpax)"
     ],
     env: [
-      type: {:or, [:map, :list]},
+      type: {:or, [:map, {:list, :any}]},
       default: [],
       doc:
         "extra environment variables, a map or list of `{name, value}` strings (`{name, false}` unsets)"

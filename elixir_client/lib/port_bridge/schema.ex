@@ -49,16 +49,20 @@ defmodule PortBridge.Schema do
             "the options of #{where} must be a keyword list, got: #{inspect(opts, limit: 10)}"
     end
 
-    for {key, value} <- opts do
-      case Keyword.fetch(schema, key) do
-        {:ok, spec} -> check_value!(key, value, spec, where)
-        :error -> raise ArgumentError, unknown_message(key, schema, where)
+    # Runs on every request: plain list lookups, no string built unless it raises.
+    Enum.each(opts, fn {key, value} ->
+      case :lists.keyfind(key, 1, schema) do
+        {^key, spec} -> check_value!(key, value, spec, where)
+        false -> raise ArgumentError, unknown_message(key, schema, where)
       end
-    end
+    end)
 
-    for {key, spec} <- schema, spec[:required], Keyword.get(opts, key) == nil do
-      raise ArgumentError, "#{where} needs the option #{inspect(key)}: #{doc_text(spec)}"
-    end
+    Enum.each(schema, fn {key, spec} ->
+      if :lists.keyfind(:required, 1, spec) == {:required, true} and
+           Keyword.get(opts, key) == nil do
+        raise ArgumentError, "#{where} needs the option #{inspect(key)}: #{doc_text(spec)}"
+      end
+    end)
 
     opts
   end
@@ -66,10 +70,14 @@ defmodule PortBridge.Schema do
   defp check_value!(_key, nil, _spec, _where), do: :ok
 
   defp check_value!(key, value, spec, where) do
-    type = Keyword.get(spec, :type, :any)
+    type =
+      case :lists.keyfind(:type, 1, spec) do
+        {:type, type} -> type
+        false -> :any
+      end
 
     # A nested {:keyword, schema} raises its own, more precise, message.
-    unless valid?(type, value, "#{inspect(key)} of #{where}") do
+    unless valid?(type, value, {key, where}) do
       raise ArgumentError,
             "invalid value for the option #{inspect(key)} of #{where}: expected " <>
               "#{describe(type)}, got: #{inspect(value, limit: 10, printable_limit: 100)}"
@@ -103,8 +111,11 @@ defmodule PortBridge.Schema do
 
   defp valid?({:or, types}, value, where), do: Enum.any?(types, &valid?(&1, value, where))
 
-  defp valid?({:keyword, schema}, value, where) do
-    Keyword.keyword?(value) and validate!(value, schema, "the option " <> where) == value
+  # `at`: {key, where}, made into text only for a nested schema's message (this runs
+  # on every request: no inspect/1 on the way).
+  defp valid?({:keyword, schema}, value, {key, where}) do
+    Keyword.keyword?(value) and
+      validate!(value, schema, "the option #{inspect(key)} of #{where}") == value
   end
 
   defp describe(:any), do: "any term"
@@ -176,11 +187,38 @@ defmodule PortBridge.Schema do
   # The options' documentation: a Markdown list, one item per documented key.
   @spec docs(t) :: String.t()
   def docs(schema) do
+    # Every schema is documented at compile time: a type the checks do not know is
+    # a compile error here, not a FunctionClauseError at a caller's first use.
+    for {key, spec} <- schema, do: known_type!(key, Keyword.get(spec, :type, :any))
+
     for {key, spec} <- schema, spec[:doc] != false, into: "" do
       text = String.replace(doc_text(spec), "\n", "\n    ")
       "  * `#{inspect(key)}` - " <> text <> required_or_default(spec) <> "\n"
     end
   end
+
+  @scalars [:any, :boolean, :atom, :string, :map, :keyword_list, :integer, :pos_integer] ++
+             [:non_neg_integer, :number, :timeout, :mfa]
+
+  defp known_type!(_key, type) when type in @scalars, do: :ok
+  defp known_type!(_key, {:fun, arities}) when is_integer(arities) or is_list(arities), do: :ok
+  defp known_type!(_key, {:in, values}) when is_list(values), do: :ok
+  defp known_type!(key, {:list, type}), do: known_type!(key, type)
+
+  defp known_type!(key, {:or, types}) when is_list(types),
+    do: Enum.each(types, &known_type!(key, &1))
+
+  defp known_type!(_key, {:keyword, schema}) do
+    _ = docs(schema)
+    :ok
+  end
+
+  defp known_type!(key, type),
+    do:
+      raise(
+        ArgumentError,
+        "unknown type #{inspect(type)} for #{inspect(key)} in an option schema"
+      )
 
   defp doc_text(spec), do: Keyword.get(spec, :doc, "") |> String.trim_trailing(".")
 

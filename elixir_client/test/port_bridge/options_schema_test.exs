@@ -158,6 +158,16 @@ defmodule PortBridge.OptionsSchemaTest do
                  end
   end
 
+  test "a schema naming a type the checks do not know does not compile (docs/1 checks it)" do
+    assert_raise ArgumentError, ~r/unknown type :list for :env/, fn ->
+      Schema.docs(env: [type: {:or, [:map, :list]}, doc: "x"])
+    end
+
+    # Both forms of :env, as the docs say.
+    assert Options.spawn_opts(python: "/bin/sh", env: [{"A", "b"}]).env == [{~c"A", ~c"b"}]
+    assert Options.spawn_opts(python: "/bin/sh", env: %{"A" => false}).env == [{~c"A", false}]
+  end
+
   test "the documented options are the schema's, every one of them" do
     docs = function_docs(PortBridge, :request, 4)
 
