@@ -24,18 +24,9 @@ defmodule PortBridge.Error do
   recompiles this module. `table/0` returns it.
   """
 
-  @table_path Path.expand("../../priv/errors.json", __DIR__)
+  @table_path PortBridge.ProtocolFile.path("errors.json")
   @external_resource @table_path
-
-  @raw_table (case File.read(@table_path) do
-                {:ok, text} ->
-                  PortBridge.Codec.decode!(text, :json)
-
-                {:error, reason} ->
-                  raise CompileError,
-                    description:
-                      "cannot read the error table #{@table_path}: #{:file.format_error(reason)}"
-              end)
+  @raw_table PortBridge.ProtocolFile.read!("errors.json")
 
   @table (for {name, row} <- @raw_table["categories"], into: %{} do
             {String.to_atom(name),

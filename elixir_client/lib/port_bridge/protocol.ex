@@ -11,15 +11,32 @@ defmodule PortBridge.Protocol do
   alias PortBridge.Error
 
   @version 1
-  @max_id_chars 128
-  @max_command_chars 128
-  @max_session_id_chars 256
-  @max_timeout_ms 24 * 3600 * 1000
-  @max_meta_entries 64
+
+  # protocol/limits.json (the package's priv/ copy), the file the worker reads too:
+  # the envelope's limits, and the worker's defaults the client must assume until a
+  # worker's `ready` says what it runs with.
+  @external_resource PortBridge.ProtocolFile.path("limits.json")
+  @limits PortBridge.ProtocolFile.read!("limits.json")
+  @max_id_chars @limits["envelope"]["max_id_chars"]
+  @max_command_chars @limits["envelope"]["max_command_chars"]
+  @max_session_id_chars @limits["envelope"]["max_session_id_chars"]
+  @max_timeout_ms @limits["envelope"]["max_timeout_ms"]
+  @max_meta_entries @limits["envelope"]["max_meta_entries"]
   @int64 Bitwise.bsl(1, 63)
 
   @doc "The protocol version this client speaks."
+  @spec version() :: pos_integer
   def version, do: @version
+
+  @doc false
+  # protocol/limits.json as the client read it when compiled.
+  @spec limits() :: map
+  def limits, do: @limits
+
+  @doc false
+  # The default of a worker option, as limits.json's "worker" section has it.
+  @spec worker_default(String.t()) :: number
+  def worker_default(name), do: Map.fetch!(@limits["worker"], name)
 
   @type id :: integer | String.t()
   @type frame ::
@@ -108,6 +125,7 @@ defmodule PortBridge.Protocol do
     do: min(timeout + @worker_deadline_margin_ms, @max_timeout_ms)
 
   @doc "True for an id the worker accepts."
+  @spec valid_id?(term) :: boolean
   def valid_id?(id) when is_integer(id), do: id >= -@int64 and id < @int64
   def valid_id?(id), do: string_within?(id, @max_id_chars)
 
