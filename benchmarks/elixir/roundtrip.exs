@@ -105,8 +105,10 @@ defmodule Bench do
     end
   end
 
-  def worker(n, warmup) do
-    {:ok, pid} = PortBridge.Worker.start_link(spawn_opts())
+  # `extra`: Worker options (forward_logs: false measures what forwarding the
+  # worker's log records to Logger, the default, costs a request).
+  def worker(n, warmup, extra \\ []) do
+    {:ok, pid} = PortBridge.Worker.start_link(spawn_opts() ++ extra)
     {:ok, _} = PortBridge.Worker.await_ready(pid, 30_000)
     pings(pid, warmup)
     result = summary(pings(pid, n))
@@ -172,7 +174,8 @@ sides =
   [
     {"raw Port -> floor", fn -> Bench.raw(floor_args, n, warmup) end},
     {"raw Port -> worker", fn -> Bench.raw(worker_args, n, warmup) end},
-    {"PortBridge.Worker", fn -> Bench.worker(n, warmup) end}
+    {"PortBridge.Worker", fn -> Bench.worker(n, warmup) end},
+    {"PortBridge.Worker, forward_logs: false", fn -> Bench.worker(n, warmup, forward_logs: false) end}
   ] ++
     if(Bench.pool_available?(), do: [{"PortBridge.Pool (size 1)", fn -> Bench.pool_latency(n, warmup) end}], else: [])
 

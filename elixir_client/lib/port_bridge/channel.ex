@@ -11,9 +11,12 @@ defmodule PortBridge.Channel do
   require Logger
   alias PortBridge.{Codec, Error, Protocol, Reaper}
 
-  # Until `ready` announces the worker's own limits: its defaults (grace: 1 s + 1 s).
-  @default_max_frame_bytes 64 * 1024 * 1024
-  @default_grace_ms 2_000
+  # Until `ready` announces the worker's own limits: its defaults, from
+  # protocol/limits.json (grace: the worker's shutdown grace + 1 s).
+  @default_max_frame_bytes Protocol.worker_default("max_frame_bytes")
+  @default_grace_s Protocol.worker_default("shutdown_grace_s")
+  @grace_margin_ms 1_000
+  @default_grace_ms round(@default_grace_s * 1000) + @grace_margin_ms
 
   @enforce_keys [:port, :os_pid, :format]
   defstruct [
@@ -85,7 +88,7 @@ defmodule PortBridge.Channel do
       grace_s =
         case limits["shutdown_grace_s"] do
           grace when is_number(grace) and grace >= 0 and grace <= 3_600 -> grace
-          _ -> 1.0
+          _ -> @default_grace_s
         end
 
       max_frame_bytes =
@@ -94,7 +97,7 @@ defmodule PortBridge.Channel do
           _ -> @default_max_frame_bytes
         end
 
-      grace_ms = round(grace_s * 1000) + 1_000
+      grace_ms = round(grace_s * 1000) + @grace_margin_ms
       Reaper.watch_grace(os_pid, grace_ms)
 
       {:ok,
@@ -216,6 +219,7 @@ defmodule PortBridge.Channel do
   # Frames no caller is waiting for: worker-level log events, id-null errors (a frame
   # the worker could not read), late replies of requests that already timed out.
   # The worker is untrusted: whatever the shapes, this logs and returns.
+  @spec stray(t, Protocol.frame() | {:unknown, term}) :: :ok
   def stray(channel, frame) do
     case frame do
       {:event, _id, "log", %{} = data} ->
@@ -223,6 +227,8 @@ defmodule PortBridge.Channel do
           log_level(data["level"]),
           fn -> "portbridge worker #{channel.os_pid}: #{text(data["message"])}" end,
           portbridge_request_id: data["request_id"],
+          portbridge_session_id: data["session_id"],
+          portbridge_logger: data["logger"],
           trace_id: data["trace_id"]
         )
 
@@ -254,6 +260,7 @@ defmodule PortBridge.Channel do
   ## Errors the client itself reports
 
   @doc false
+  @spec exited(integer) :: Error.t()
   def exited(status) do
     Error.new(
       :communication,
@@ -266,6 +273,7 @@ defmodule PortBridge.Channel do
   end
 
   @doc false
+  @spec port_closed(term) :: Error.t()
   def port_closed(reason) do
     Error.new(
       :communication,
@@ -281,8 +289,10 @@ defmodule PortBridge.Channel do
   # An exit before `ready`. Killed by a signal (status 128 + n: SIGKILL from outside,
   # the OOM killer; the worker's own exit codes are 0 to 3) is the process dying, not
   # a start that cannot work: whoever waited for it gets `communication` (retryable),
-  # as when a ready worker is killed.
-  def start_failed(executable, status) when status > 128 do
+  # as when a ready worker is killed. Otherwise the error carries the end of what
+  # the worker wrote to stderr, when it can be had (see stderr_tail/1).
+  @spec start_failed(map, non_neg_integer) :: Error.t()
+  def start_failed(%{executable: executable}, status) when status > 128 do
     Error.new(
       :communication,
       "worker_exited",
@@ -291,20 +301,93 @@ defmodule PortBridge.Channel do
     )
   end
 
-  def start_failed(executable, status) do
+  def start_failed(%{executable: executable} = spawn_opts, status) do
+    details = %{"exit_status" => status, "executable" => executable}
+
+    {why, details} =
+      case stderr_tail(spawn_opts) do
+        nil -> {" (see its stderr)", details}
+        "" -> {" (and wrote nothing to stderr)", Map.put(details, "stderr", "")}
+        tail -> {"; its stderr ends with:\n" <> tail, Map.put(details, "stderr", tail)}
+      end
+
     Error.new(
       :initialization,
       "worker_start_failed",
-      "the worker (#{executable}) exited with status #{status} before it was ready" <>
-        start_hint(status),
-      %{"exit_status" => status, "executable" => executable}
+      "the worker (#{executable}) exited with status #{status} before it was ready" <> why,
+      details
     )
   end
 
-  defp start_hint(2), do: " (a bad command line or backend registration; see its stderr)"
-  defp start_hint(_status), do: " (see its stderr)"
+  # A Port carries the worker's stdout (the frames) and cannot capture its stderr
+  # apart: the worker's stderr is the BEAM's. So when a worker spawned from
+  # `:python` (our own command, `python -m bridge worker ...`) exits before `ready`,
+  # the same command runs once more with stdin from /dev/null, stdout discarded and
+  # stderr captured, and the end of that stderr goes into the error ("No module
+  # named bridge"). Nothing is paid while workers start fine. A caller's own
+  # `:executable` is never run twice (it may have side effects): nil.
+  @stderr_tail_bytes 2_048
+  @probe_ms 5_000
+
+  defp stderr_tail(%{probe_stderr: true} = spawn_opts) do
+    script = ~S(exec "$0" "$@" </dev/null 2>&1 >/dev/null)
+    sh = System.find_executable("sh") || "/bin/sh"
+
+    port =
+      Port.open(
+        {:spawn_executable, sh},
+        [
+          :binary,
+          :exit_status,
+          :hide,
+          args: ["-c", script, spawn_opts.executable | spawn_opts.args],
+          env: spawn_opts.env
+        ] ++ if(spawn_opts.cd, do: [cd: spawn_opts.cd], else: [])
+      )
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    :ok = Reaper.watch(os_pid, self(), 0)
+    tail(collect(port, os_pid, "", System.monotonic_time(:millisecond) + @probe_ms))
+  rescue
+    _ in [ErlangError, ArgumentError] -> nil
+  end
+
+  defp stderr_tail(_spawn_opts), do: nil
+
+  defp collect(port, os_pid, acc, deadline) do
+    receive do
+      {^port, {:data, data}} ->
+        collect(port, os_pid, keep_end(acc <> data), deadline)
+
+      {^port, {:exit_status, _}} ->
+        Reaper.forget(os_pid)
+        acc
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) ->
+        close(%__MODULE__{port: port, os_pid: os_pid, format: :json}, grace_ms: 0)
+        acc
+    end
+  end
+
+  defp keep_end(bytes) when byte_size(bytes) <= 2 * @stderr_tail_bytes, do: bytes
+
+  defp keep_end(bytes),
+    do: binary_part(bytes, byte_size(bytes) - @stderr_tail_bytes, @stderr_tail_bytes)
+
+  # The last @stderr_tail_bytes, from a character boundary, trimmed.
+  defp tail(bytes) do
+    size = min(byte_size(bytes), @stderr_tail_bytes)
+    tail = binary_part(bytes, byte_size(bytes) - size, size)
+    tail = drop_continuation_bytes(tail)
+    tail = if String.valid?(tail), do: tail, else: inspect(tail)
+    String.trim(tail)
+  end
+
+  defp drop_continuation_bytes(<<0b10::2, _::6, rest::binary>>), do: drop_continuation_bytes(rest)
+  defp drop_continuation_bytes(bytes), do: bytes
 
   @doc false
+  @spec ready_timeout(pos_integer) :: Error.t()
   def ready_timeout(ms) do
     Error.new(
       :initialization,

@@ -147,7 +147,8 @@ defmodule PortBridge.Options do
           format: :json | :msgpack,
           env: [{charlist, charlist | false}],
           cd: String.t() | nil,
-          ready_timeout: pos_integer
+          ready_timeout: pos_integer,
+          probe_stderr: boolean
         }
 
   @doc """
@@ -166,10 +167,12 @@ defmodule PortBridge.Options do
             ":format #{inspect(format)} needs Msgpax: add {:msgpax, \"~> 2.4\"} to your deps"
     end
 
-    {executable, args} =
+    # probe_stderr: our own worker command may run a second time to tell why it
+    # failed to start (PortBridge.Channel.start_failed/2); a caller's :executable not.
+    {executable, args, probe_stderr} =
       case Keyword.get(opts, :executable) do
         executable when executable != nil ->
-          {resolve!(executable, :executable), Keyword.get(opts, :args) || []}
+          {resolve!(executable, :executable), Keyword.get(opts, :args) || [], false}
 
         nil ->
           python = Keyword.get(opts, :python) || python()
@@ -178,7 +181,7 @@ defmodule PortBridge.Options do
 
           {resolve!(python, :python),
            ["-m", "bridge", "worker", "--format", Atom.to_string(format)] ++
-             log_frames ++ worker_args}
+             log_frames ++ worker_args, true}
       end
 
     %{
@@ -187,7 +190,8 @@ defmodule PortBridge.Options do
       format: format,
       env: env!(Keyword.get(opts, :env) || []),
       cd: cd!(Keyword.get(opts, :cd)),
-      ready_timeout: Keyword.get(opts, :ready_timeout) || 15_000
+      ready_timeout: Keyword.get(opts, :ready_timeout) || 15_000,
+      probe_stderr: probe_stderr
     }
   end
 

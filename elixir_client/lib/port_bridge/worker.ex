@@ -403,7 +403,7 @@ defmodule PortBridge.Worker do
     PortBridge.Reaper.forget(state.os_pid)
 
     if state.status == :starting do
-      error = Channel.start_failed(state.config.spawn.executable, status)
+      error = Channel.start_failed(state.config.spawn, status)
       python_gone(%{state | port: nil}, {:start_failed, {:worker_start_failed, status}}, error)
     else
       Logger.error("portbridge worker #{state.os_pid} exited with status #{status}")
@@ -672,6 +672,8 @@ defmodule PortBridge.Worker do
   end
 
   @doc false
+  # The wait in ms before the start that follows `failures` failed ones in a row.
+  @spec backoff(pos_integer, map) :: pos_integer
   def backoff(failures, %{backoff_min: min, backoff_max: max}) do
     min(min * Integer.pow(2, min(failures - 1, 30)), max)
   end

@@ -1,0 +1,92 @@
+defmodule PortBridge.ConfigurationErrorsTest do
+  # Configuration errors reach the Elixir caller as what they are, with what it
+  # needs to fix them, and cost no restart loop.
+  use PortBridge.TestCase, async: true
+
+  alias PortBridge.{DSPy, Pool, Worker}
+
+  @moduletag :tmp_dir
+
+  # A `dspy` package first on the worker's path that cannot be imported, as on a
+  # Python where DSPy is missing (the worker's DSPy backend is registered, its
+  # import gate fails).
+  defp without_dspy(dir) do
+    File.mkdir_p!(Path.join(dir, "dspy"))
+
+    File.write!(
+      Path.join([dir, "dspy", "__init__.py"]),
+      "raise ModuleNotFoundError(\"No module named 'dspy'\", name='dspy')\n"
+    )
+
+    %{"PYTHONPATH" => dir}
+  end
+
+  test "a Python without DSPy: every DSPy call gets the initialization error from the same Python, which is never restarted",
+       %{tmp_dir: dir} do
+    name = :"no_dspy_#{System.unique_integer([:positive])}"
+    start_supervised!({Pool, name: name, size: 1, python: python(), env: without_dspy(dir)})
+    {:ok, %{"pid" => os_pid}} = PortBridge.request(name, "ping")
+
+    for attempt <- 1..4 do
+      assert {:error, %Error{category: :initialization, code: "dspy_missing"} = error} =
+               DSPy.create_program(name,
+                 signature: "question -> answer",
+                 program_id: "qa#{attempt}"
+               )
+
+      # Said in terms of the environment, not of Python's API.
+      assert error.message =~ "portbridge[dspy]"
+      refute error.message =~ "pip install"
+
+      assert {:error, %Error{category: :initialization, code: "dspy_missing"}} =
+               DSPy.execute_program(name, "qa#{attempt}", %{question: "?"})
+
+      assert_raise Error, ~r/initialization\/dspy_missing/, fn ->
+        DSPy.configure_lm!(name, model: "offline")
+      end
+    end
+
+    # The same OS process answers: no Python was replaced, no start failed.
+    assert {:ok, %{"pid" => ^os_pid}} = PortBridge.request(name, "ping")
+    assert [%{os_pid: ^os_pid, start_failures: 0, status: :ready}] = Pool.info(name)
+  end
+
+  test "a worker that exits before ready reports its exit status and the end of its stderr",
+       %{tmp_dir: dir} do
+    Process.flag(:trap_exit, true)
+    # An interpreter without portbridge: `python -m bridge` fails at once.
+    python3 = System.find_executable("python3")
+    env = %{"PYTHONPATH" => dir, "PYTHONNOUSERSITE" => "1", "VIRTUAL_ENV" => false}
+    {:ok, worker} = Worker.start_link(python: python3, env: env, cd: dir)
+
+    assert {:error, %Error{category: :initialization, code: "worker_start_failed"} = error} =
+             PortBridge.request(worker, "ping")
+
+    assert %{"exit_status" => 1, "stderr" => stderr} = error.details
+    assert stderr =~ "No module named bridge"
+    assert error.message =~ "exited with status 1 before it was ready"
+    assert error.message =~ "No module named bridge"
+    assert_receive {:EXIT, ^worker, {:shutdown, {:worker_start_failed, 1}}}
+  end
+
+  test "a bad worker option: status 2 and the worker's own usage line", %{tmp_dir: _dir} do
+    Process.flag(:trap_exit, true)
+
+    {:ok, worker} =
+      Worker.start_link(python: python(), worker_args: ["--max-concurrency", "zero"])
+
+    assert {:error, %Error{code: "worker_start_failed", details: %{"exit_status" => 2} = details}} =
+             Worker.await_ready(worker)
+
+    assert details["stderr"] =~ "--max-concurrency"
+  end
+
+  test "an executable of the caller's own is not run a second time: its stderr stays on the BEAM's" do
+    Process.flag(:trap_exit, true)
+    {:ok, worker} = Worker.start_link(executable: stand_in("exit_at_once"))
+
+    assert {:error, %Error{code: "worker_start_failed"} = error} = Worker.await_ready(worker)
+    refute Map.has_key?(error.details, "stderr")
+    assert error.message =~ "see its stderr"
+  end
+end
