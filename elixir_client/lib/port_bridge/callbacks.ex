@@ -32,6 +32,7 @@ defmodule PortBridge.Callbacks do
   @type outcome :: {:ok, term} | {:error, String.t(), String.t()}
 
   @doc false
+  @spec start_link(keyword) :: GenServer.on_start()
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
   @impl true

@@ -130,6 +130,7 @@ defmodule PortBridge.Cluster do
   @async_schema Options.async_schema()
 
   @doc false
+  @spec scope() :: module
   def scope, do: @scope
 
   @doc "Starts the cluster's local pool and member; see the module doc for the options."
@@ -249,6 +250,7 @@ defmodule PortBridge.Cluster do
   end
 
   @doc false
+  @spec nodes(map) :: [node]
   def nodes(%{name: name}) do
     :pg.get_members(@scope, name) |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
   end
@@ -258,11 +260,13 @@ defmodule PortBridge.Cluster do
   def owner(name, session_id), do: owner_of(session_id, members(name))
 
   @doc false
+  @spec owner_of(String.t(), [node]) :: node | nil
   def owner_of(_session_id, []), do: nil
   def owner_of(session_id, nodes), do: Enum.max_by(nodes, &weight(session_id, &1))
 
   @doc false
   # The first `n` of `nodes` in the session's ranking: where its records live.
+  @spec top(String.t(), [node], non_neg_integer) :: [node]
   def top(session_id, nodes, n),
     do: nodes |> Enum.sort_by(&weight(session_id, &1), :desc) |> Enum.take(n)
 

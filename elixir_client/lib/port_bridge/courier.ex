@@ -23,6 +23,8 @@ defmodule PortBridge.Courier do
 
   @table __MODULE__
 
+  @doc false
+  @spec start_link(keyword) :: GenServer.on_start()
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
   @doc false

@@ -37,6 +37,7 @@ defmodule PortBridge.Records do
     do: %{id: __MODULE__, start: {__MODULE__, :start_link, [table]}}
 
   @doc false
+  @spec start_link(atom) :: GenServer.on_start()
   def start_link(table), do: GenServer.start_link(__MODULE__, table)
 
   ## Writing and reading (any process)
@@ -300,10 +301,13 @@ defmodule PortBridge.Keeper do
 
   @hold_ms 60_000
 
+  @doc false
+  @spec start_link(keyword) :: GenServer.on_start()
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
 
   @doc false
   # Gives `table` to the caller if this process holds it: :ok or :none.
+  @spec claim(atom) :: :ok | :none
   def claim(table) do
     if Process.whereis(__MODULE__), do: GenServer.call(__MODULE__, {:claim, table}), else: :none
   end

@@ -37,6 +37,15 @@ defmodule PortBridge.Request do
   # `ref` is an alias that the serving process sends to; `monitor` monitors it (the
   # same reference when the alias came from `monitor(..., alias: :demonitor)`).
   # `span`: the telemetry span it belongs to (PortBridge.Telemetry.start/1), or nil.
+  @spec new(
+          pid,
+          reference,
+          (() -> any),
+          timeout,
+          integer | :infinity,
+          reference | nil,
+          map | nil
+        ) :: t
   def new(pid, ref, cancel, timeout, deadline, monitor \\ nil, span \\ nil) do
     %__MODULE__{
       ref: ref,
@@ -52,11 +61,13 @@ defmodule PortBridge.Request do
   @doc false
   # The absolute deadline (monotonic ms, or :infinity) of a `:timeout`. Monotonic ms
   # are truncated: one more ms makes sure a deadline never comes early.
+  @spec deadline(timeout) :: integer | :infinity
   def deadline(:infinity), do: :infinity
   def deadline(timeout) when is_integer(timeout), do: now() + timeout + 1
 
   @doc false
   # Milliseconds left before `deadline` (never negative), or :infinity.
+  @spec remaining(integer | :infinity) :: non_neg_integer | :infinity
   def remaining(:infinity), do: :infinity
   def remaining(deadline), do: max(deadline - now(), 0)
 
@@ -168,6 +179,7 @@ defmodule PortBridge.Request do
   @doc false
   # The error of a request whose :timeout ran out (whoever notices first: the
   # caller, the worker's timer, a checkout).
+  @spec timeout_error(timeout) :: Error.t()
   def timeout_error(timeout) do
     Error.new(
       :timeout,

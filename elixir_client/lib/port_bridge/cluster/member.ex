@@ -33,6 +33,8 @@ defmodule PortBridge.Cluster.Member do
   def child_spec(cluster),
     do: %{id: __MODULE__, start: {__MODULE__, :start_link, [cluster]}}
 
+  @doc false
+  @spec start_link(map) :: GenServer.on_start()
   def start_link(cluster), do: GenServer.start_link(__MODULE__, cluster, name: cluster.member)
 
   ## Asking a member (any process, any node)
@@ -42,6 +44,7 @@ defmodule PortBridge.Cluster.Member do
   # {:error, %Error{}} (timeout, or communication when it is not there). Neither
   # side ever blocks on the other (questions and answers go by PortBridge.Courier),
   # and the asker keeps its deadline.
+  @spec call(map, node, tuple, keyword) :: term | {:error, Error.t()}
   def call(cluster, node, request, opts) do
     budget = Request.remaining(opts[:deadline])
     dest = {cluster.member, node}
@@ -77,6 +80,7 @@ defmodule PortBridge.Cluster.Member do
   @doc false
   # What a caller needs to send to `node`'s Workers: known from the member's reports,
   # else asked now (and the member is told to learn it).
+  @spec node_info(map, node, keyword) :: {:ok, map} | {:error, Error.t()}
   def node_info(cluster, node, opts) do
     case :ets.lookup(cluster.routes, {:node, node}) do
       [{_, info}] ->
