@@ -186,6 +186,41 @@ defmodule PortBridge.OptionsSchemaTest do
              "* `:max_attempts` - attempts in all, the first included. Default: `3`."
   end
 
+  test "the README's option tables list exactly the options the schemas declare" do
+    [spawn, pool, per_call] =
+      Path.expand("../../README.md", __DIR__)
+      |> File.read!()
+      |> String.split("## Configuration")
+      |> Enum.at(1)
+      |> String.split("\n## ")
+      |> hd()
+      |> String.split(~r/\n\n+/)
+      |> Enum.filter(&String.starts_with?(&1, "| option |"))
+      |> Enum.map(&table_keys/1)
+
+    spawn_keys = Schema.visible_keys(Options.spawn_schema())
+    assert spawn == MapSet.new(spawn_keys)
+    assert per_call == MapSet.new(Schema.visible_keys(Options.request_schema()))
+    # The pool's own options: what its generated docs list, less the spawn options.
+    assert pool == MapSet.difference(doc_keys(module_doc(Pool)), spawn)
+  end
+
+  # The options a Markdown table's first column names (`:a`, or `:a`, `:b`).
+  defp table_keys(table) do
+    for line <- String.split(table, "\n"),
+        [first | _] = String.split(String.trim_leading(line, "|"), "|"),
+        [_, name] <- Regex.scan(~r/`:(\w+)`/, first),
+        into: MapSet.new(),
+        do: String.to_atom(name)
+  end
+
+  # The options a generated doc lists (`  * `:key` - ...`).
+  defp doc_keys(doc) do
+    for [_, name] <- Regex.scan(~r/^  \* `:(\w+)` - /m, doc),
+        into: MapSet.new(),
+        do: String.to_atom(name)
+  end
+
   defp function_docs(module, name, arity) do
     {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(module)
     [%{"en" => doc}] = for {{:function, ^name, ^arity}, _, _, doc, _} <- docs, do: doc
