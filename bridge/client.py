@@ -14,6 +14,7 @@ its ``events`` list) before its final reply.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import threading
@@ -21,8 +22,10 @@ import time
 from typing import Callable
 
 from . import codecs
-from .framing import HEADER, HEADER_SIZE
+from .framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
 from .processes import kill_process
+
+READ_BYTES = 1 << 20
 
 
 class WorkerExited(RuntimeError):
@@ -73,36 +76,6 @@ def worker_command(worker_args=(), python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "bridge", "worker", *worker_args]
 
 
-def _read_exactly(stream, n: int) -> bytes:
-    """Up to ``n`` bytes: fewer only at end of input (an unbuffered pipe gives what one read has)."""
-    data = stream.read(n)
-    if data is None or len(data) == n or not data:
-        return data or b""
-    parts = [data]
-    have = len(data)
-    while have < n:
-        chunk = stream.read(n - have)
-        if not chunk:
-            break
-        parts.append(chunk)
-        have += len(chunk)
-    return b"".join(parts)
-
-
-def read_frame(stream) -> bytes | None:
-    """One payload from a blocking binary stream; None at a clean end of input."""
-    header = _read_exactly(stream, HEADER_SIZE)
-    if not header:
-        return None
-    if len(header) < HEADER_SIZE:
-        raise WorkerExited("stream ended inside a frame header")
-    (length,) = HEADER.unpack(header)
-    payload = _read_exactly(stream, length)
-    if len(payload) < length:
-        raise WorkerExited("stream ended inside a frame")
-    return payload
-
-
 class WorkerClient:
     def __init__(
         self,
@@ -148,22 +121,19 @@ class WorkerClient:
     # -- reading -------------------------------------------------------------------
 
     def _read(self) -> None:
-        stdout = self.process.stdout
+        fd = self.process.stdout.fileno()
+        # The worker's frames may be of any length: no limit, no desync guess.
+        decoder = FrameDecoder(MAX_LENGTH, MAX_LENGTH)
         try:
-            while True:
-                payload = read_frame(stdout)
-                if payload is None:
-                    break
-                codec = codecs.detect(payload) or self.codec
-                try:
-                    frame = codec.decode(payload)
-                except codecs.DecodeError as exc:
-                    self.stray.append({"undecodable": payload[:200], "error": str(exc)})
-                    continue
-                if self._on_frame is not None:
-                    self._on_frame(frame)
-                self._route(frame)
-        except (WorkerExited, OSError):
+            while data := os.read(fd, READ_BYTES):
+                for item in decoder.split(data):
+                    if isinstance(item, (Empty, Oversized, StreamDesync)):
+                        self.stray.append({"bad_frame": repr(item)})
+                        continue
+                    self._handle(item)
+            if decoder.pending():
+                self.stray.append({"bad_frame": f"stdout ended inside a frame ({decoder.pending()} bytes)"})
+        except OSError:
             pass
         finally:
             self._closed.set()
@@ -172,6 +142,18 @@ class WorkerClient:
                 pending, self._pending = self._pending, {}
             for p in pending.values():
                 p._finish(None)
+
+    def _handle(self, payload) -> None:
+        """One payload (valid only during this call): decode it and route it."""
+        codec = codecs.detect(payload) or self.codec
+        try:
+            frame = codec.decode(payload)
+        except codecs.DecodeError as exc:
+            self.stray.append({"undecodable": bytes(payload[:200]), "error": str(exc)})
+            return
+        if self._on_frame is not None:
+            self._on_frame(frame)
+        self._route(frame)
 
     def _route(self, frame: dict) -> None:
         rid = frame.get("id")
@@ -202,7 +184,7 @@ class WorkerClient:
             self.process.stdin.flush()
 
     def send_frame(self, payload: bytes) -> None:
-        self.send_raw(HEADER.pack(len(payload)) + payload)
+        self.send_raw(encode_frame(payload))
 
     def next_id(self) -> int:
         return next(self._ids)

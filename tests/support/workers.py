@@ -8,6 +8,7 @@ that no worker process outlives its test.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -18,7 +19,7 @@ import time
 from bridge import codecs
 from bridge.client import WorkerClient, worker_command
 from bridge.processes import alive as pid_alive, kill_process
-from bridge.framing import HEADER, encode_frame
+from bridge.framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, encode_frame
 from tests.support.schemas import FrameChecker, violations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +50,8 @@ class RawWorker:
             bufsize=0,
             cwd=cwd,
         )
-        self._buf = bytearray()
+        self._decoder = FrameDecoder(MAX_LENGTH, MAX_LENGTH)  # whatever length the worker writes
+        self._frames: collections.deque[bytes] = collections.deque()
         self.ready = self.read_doc()
         assert self.ready.get("event") == "ready", self.ready
 
@@ -64,33 +66,25 @@ class RawWorker:
     def send_doc(self, doc, fmt: str = "json") -> None:
         self.send(encode_frame(codecs.get(fmt).encode(doc)))
 
-    def _fill(self, need: int, deadline: float) -> bool:
-        fd = self.process.stdout.fileno()
-        while len(self._buf) < need:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"waited for {need} bytes, have {len(self._buf)}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                continue
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return False
-            self._buf += chunk
-        return True
-
     def read_frame(self, timeout: float = 10.0) -> bytes | None:
         """The next payload, or None if stdout ended cleanly between frames."""
         deadline = time.monotonic() + timeout
-        if not self._fill(4, deadline):
-            assert not self._buf, f"stdout ended inside a header: {bytes(self._buf)!r}"
-            return None
-        (n,) = HEADER.unpack(self._buf[:4])
-        if not self._fill(4 + n, deadline):
-            raise AssertionError(f"stdout ended inside a frame of {n} bytes")
-        payload = bytes(self._buf[4 : 4 + n])
-        del self._buf[: 4 + n]
-        return payload
+        fd = self.process.stdout.fileno()
+        while not self._frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole frame within {timeout} s ({self._decoder.pending()} bytes of one)")
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                assert not self._decoder.pending(), f"stdout ended inside a frame ({self._decoder.pending()} bytes)"
+                return None
+            self._decoder.feed(chunk)
+            for item in self._decoder.frames():
+                assert not isinstance(item, (Empty, Oversized)), f"the worker wrote {item!r}"
+                self._frames.append(bytes(item))
+        return self._frames.popleft()
 
     def read_doc(self, timeout: float = 10.0):
         payload = self.read_frame(timeout)
