@@ -54,6 +54,14 @@ def _json_values(data: bytes, limit: int) -> int:
 
 class JsonCodec:
     name = "json"
+    # The library's own decoder, for the hot path: it raises what the library raises (decode
+    # the payload again with ``decode`` to get the DecodeError of a bad one).
+    loads = staticmethod(orjson.loads)
+
+    def raw_encoder(self):
+        """A fresh encoder for one thread's hot path: the library's own callable, raising what the
+        library raises (``encode`` the value again for the EncodeError; then take a fresh one)."""
+        return orjson.dumps
 
     def encode(self, value) -> bytes:
         try:
@@ -78,6 +86,13 @@ class JsonCodec:
 class MsgpackCodec:
     name = "msgpack"
 
+    @staticmethod
+    def loads(payload, unpackb=msgpack.unpackb):
+        """As JsonCodec.loads: the library's decoder, raising its own errors. Any scalar may be a map
+        key in MessagePack (Msgpax agrees); only the envelope's own keys must be strings, which the
+        envelope check enforces. (A function, not a partial: its keywords cost more per call.)"""
+        return unpackb(payload, raw=False, strict_map_key=False)
+
     def __init__(self) -> None:
         # A Packer keeps an internal buffer: one per thread, reused.
         self._local = threading.local()
@@ -88,6 +103,10 @@ class MsgpackCodec:
             packer = self._local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         return packer
 
+    def raw_encoder(self):
+        """As JsonCodec.raw_encoder (a packer of its own: never reuse one that failed midway)."""
+        return msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
     def encode(self, value) -> bytes:
         try:
             return self._packer().pack(value)
@@ -97,9 +116,7 @@ class MsgpackCodec:
 
     def decode(self, payload: bytes):
         try:
-            # Any scalar may be a map key in MessagePack (Msgpax agrees); only the
-            # envelope's own keys must be strings, which the envelope check enforces.
-            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            return self.loads(payload)
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             # UnicodeDecodeError is a ValueError: invalid UTF-8 in a str lands here.
             raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None

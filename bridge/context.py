@@ -17,7 +17,7 @@ session and a backend's ``close_session`` hook sees it go.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import BridgeError
 
@@ -52,7 +52,8 @@ class Context:
         return self._request.session_id
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> Mapping:
+        """The request's ``meta`` map (read-only: it is echoed in the reply as it came)."""
         return self._request.meta
 
     @property

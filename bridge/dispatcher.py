@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
+from time import perf_counter_ns
 from typing import Any, Callable
 
 from . import __version__, codecs, envelope
 from .context import Context
+from .envelope import parse_request
 from .errors import BridgeError, protocol_error
 from .inflight import InFlight, Job
 from .limits import Limits
+from . import logs
 from .logs import enter_request, leave_request
 from .redaction import scrub
 from .registry import Command, Registry
 from .scheduler import Scheduler
 from .sessions import Session, SessionTable
-from .stats import Stats
+from .stats import NO_COMMAND, Stats
 from .timers import Timers
 
 log = logging.getLogger("portbridge.dispatcher")
@@ -57,6 +61,8 @@ class Dispatcher:
         self.scheduler = Scheduler(self.limits.max_concurrency, self.limits.max_queue, self.run)
         self.inflight = InFlight(self.timers, self.scheduler, self.sessions, self._answer)
         self.pinned = None if fmt == "auto" else codecs.get(fmt)
+        # The codec each first byte of a payload selects (--format pins one for every byte).
+        self._codec_of = codecs.BY_FIRST_BYTE if self.pinned is None else (self.pinned,) * 256
         # A value takes at least half a byte (a 1-byte empty map in an array is an element and a
         # container): shorter payloads cannot hold too many and skip the count.
         self._count_values_from = self.limits.max_frame_values // 2
@@ -65,6 +71,13 @@ class Dispatcher:
         self._write = write
         self.last_codec = self.pinned or codecs.JSON
         self._global_store = self.sessions.global_session.store
+        self._commands = registry.commands
+        self._tally = self.stats.inline
+        self._send_event = self.send_event
+        self._reading = logs.READING
+        self._reading.ident = threading.get_ident()  # the thread that feeds this dispatcher
+        self._encoders = {codec: codec.raw_encoder() for codec in codecs.CODECS.values()}  # reading thread's
+        self._in_flight_ids = self.inflight.by_id
         self.timers.every(max(min(self.limits.session_ttl_s / 4, 30.0), 0.05), self.sessions.expire)
 
     # -- output -------------------------------------------------------------------
@@ -77,9 +90,8 @@ class Dispatcher:
         except codecs.EncodeError as exc:
             log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
             return
+        self.stats.event(name, len(payload))
         self._write(payload)
-        self.stats.frame_out(len(payload))
-        self.stats.event(name)
 
     def ready_data(self) -> dict:
         return {
@@ -98,10 +110,10 @@ class Dispatcher:
 
     def handle_payload(self, payload: bytes | bytearray | memoryview) -> None:
         """One complete frame payload from the client (bytes, or a memoryview valid during the call)."""
-        stats = self.stats
-        stats.frames_in += 1  # only this (the reading) thread counts input
-        stats.bytes_in += len(payload)
-        codec = self.pinned or codecs.BY_FIRST_BYTE[payload[0]]
+        tally = self._tally  # only this (the reading) thread counts input
+        tally.frames_in += 1
+        tally.bytes_in += len(payload)
+        codec = self._codec_of[payload[0]]
         if codec is None:
             self.reject(
                 protocol_error(
@@ -114,54 +126,14 @@ class Dispatcher:
         self.last_codec = codec
         try:
             if len(payload) > self._count_values_from:  # long enough to hold too many values
-                request = envelope.parse_request(codec.decode_bounded(payload, self.limits.max_frame_values))
+                request = parse_request(codec.decode_bounded(payload, self.limits.max_frame_values))
             else:
-                request = envelope.parse_request(codec.decode(payload))
-        except codecs.TooManyValues as exc:
-            rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
-            self.reject(protocol_error("too_many_values", str(exc), max_frame_values=exc.limit, format=codec.name),
-                        codec, rid)
+                request = parse_request(codec.loads(payload))
+        except Exception as exc:  # noqa: BLE001 -- sorted out off the hot path
+            self._unreadable(payload, codec, exc)
             return
-        except codecs.DecodeError as exc:
-            rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
-            self.reject(protocol_error("undecodable", str(exc)[:500], format=codec.name), codec, rid)
-            return
-        except BridgeError as exc:
-            self.reject(exc, codec, exc.details.get("id"))
-            return
-        self.route(request, codec)
-
-    def handle_oversized(self, length: int, head: bytes) -> None:
-        self.stats.frame_in(length)
-        codec = (self.pinned or codecs.detect(head) if head else None) or self.last_codec
-        rid = envelope.recover_id(head, codec.name)
-        limit = self.limits.max_frame_bytes
-        self.reject(
-            protocol_error(
-                "frame_too_large",
-                f"frame of {length} bytes is above the limit of {limit} bytes (--max-frame-bytes); it was skipped",
-                frame_bytes=length,
-                max_frame_bytes=limit,
-            ),
-            codec,
-            rid,
-        )
-
-    def handle_empty(self) -> None:
-        self.stats.frame_in(0)
-        self.reject(protocol_error("empty_frame", "a frame of length 0 carries no request"), self.last_codec)
-
-    def reject(self, error: BridgeError, codec: Any, rid: Any = None) -> None:
-        """A final error reply for a request that never became a job."""
-        log.debug("rejected request id=%r: %s %s", rid, error.code, error.message)
-        payload, _ = self._encode_final(codec, envelope.failure(rid, self._wire(error)))
-        self.stats.reply(None, 0, error.category, len(payload))
-        self._write(payload)
-
-    # -- routing --------------------------------------------------------------------
-
-    def route(self, request: envelope.Request, codec: Any) -> None:
-        command = self.registry.lookup(request.command)
+        # Routing: the command, its args, then inline (control) or through the in-flight table.
+        command = self._commands.get(request.command) or self.registry.lookup(request.command)
         if command is None:
             self._reject_request(request, codec, BridgeError(
                 "not_found", "unknown_command",
@@ -169,13 +141,14 @@ class Dispatcher:
                 {"command": request.command},
             ))
             return
-        try:
-            request.args = command.check(request.args)  # type: ignore[misc]  # compiled at registration
-        except BridgeError as exc:
-            self._reject_request(request, codec, exc)
-            return
+        if request.args or not command.empty_args_ok:
+            try:
+                request.args = command.check(request.args)
+            except BridgeError as exc:
+                self._reject_request(request, codec, exc)
+                return
         # Only this (the reading) thread adds to the table: checking, then adding, cannot race.
-        if request.id in self.inflight:
+        if request.id in self._in_flight_ids:
             self._reject_request(request, codec, protocol_error(
                 "duplicate_id", f"request id {request.id!r} is already in flight", id=request.id))
             return
@@ -198,6 +171,54 @@ class Dispatcher:
         except BridgeError as exc:
             self.inflight.finish(job, exc)
 
+
+    def _unreadable(self, payload: bytes | bytearray | memoryview, codec: Any, exc: Exception) -> None:
+        """Reply to a payload that did not decode, or decoded to no valid request."""
+        if isinstance(exc, BridgeError):
+            self.reject(exc, codec, exc.details.get("id"))
+            return
+        if not isinstance(exc, codecs.DecodeError):  # the library's own error, from codec.loads
+            try:
+                codec.decode(payload)
+                raise exc  # the decode succeeded this time: not a bad payload, a bug
+            except codecs.DecodeError as decode_error:
+                exc = decode_error
+        rid = envelope.recover_id(bytes(payload[:4096]), codec.name)
+        if isinstance(exc, codecs.TooManyValues):
+            self.reject(protocol_error("too_many_values", str(exc), max_frame_values=exc.limit, format=codec.name),
+                        codec, rid)
+        else:
+            self.reject(protocol_error("undecodable", str(exc)[:500], format=codec.name), codec, rid)
+
+    def handle_oversized(self, length: int, head: bytes) -> None:
+        self._tally.frame_in(length)
+        codec = (self.pinned or codecs.detect(head) if head else None) or self.last_codec
+        rid = envelope.recover_id(head, codec.name)
+        limit = self.limits.max_frame_bytes
+        self.reject(
+            protocol_error(
+                "frame_too_large",
+                f"frame of {length} bytes is above the limit of {limit} bytes (--max-frame-bytes); it was skipped",
+                frame_bytes=length,
+                max_frame_bytes=limit,
+            ),
+            codec,
+            rid,
+        )
+
+    def handle_empty(self) -> None:
+        self._tally.frame_in(0)
+        self.reject(protocol_error("empty_frame", "a frame of length 0 carries no request"), self.last_codec)
+
+    def reject(self, error: BridgeError, codec: Any, rid: Any = None) -> None:
+        """A final error reply for a request that never became a job."""
+        log.debug("rejected request id=%r: %s %s", rid, error.code, error.message)
+        payload, _ = self._encode_final(codec, envelope.failure(rid, self._wire(error)))
+        self._tally.reply(NO_COMMAND, 0, error.category, len(payload))
+        self._write(payload)
+
+    # -- routing --------------------------------------------------------------------
+
     def _reject_request(self, request: envelope.Request, codec: Any, error: BridgeError) -> None:
         self._reply(request, codec, error, None)
 
@@ -209,32 +230,59 @@ class Dispatcher:
         inflight = self.inflight
         inflight.inline = True  # shutdown waits for this reply too
         try:
-            ctx = Context(request, codec, self._global_store, self._global_store, self.send_event)
-            result, error = self._call(command, request, ctx)
-            self._reply(request, codec, error, result)
+            ctx = Context(request, codec, self._global_store, self._global_store, self._send_event)
+            reading = self._reading
+            reading.request = request  # what log records of this thread belong to
+            try:
+                result = command.handler(ctx, request.args)
+            except BaseException as exc:  # noqa: BLE001
+                self._reply(request, codec, self._classify(exc, command.name), None)
+                return
+            finally:
+                reading.request = None
+            # The usual case, kept short (it is every ping's latency): this thread's own encoder,
+            # its own tally, no lock but the write's.
+            elapsed_us = (perf_counter_ns() - request.received_ns) // 1000
+            meta = {**request.meta, "elapsed_us": elapsed_us} if request.meta else {"elapsed_us": elapsed_us}
+            try:
+                payload = self._encoders[codec](
+                    {"id": request.id, "success": True, "result": result, "meta": meta})
+            except Exception:  # noqa: BLE001 -- unencodable: the slow path says how, as a serialization error
+                self._encoders[codec] = codec.raw_encoder()
+                self._reply(request, codec, None, result)
+                return
+            # (Tally.reply, written out: a call is a tenth of a ping's time here)
+            tally = self._tally
+            tally.frames_out += 1
+            tally.bytes_out += len(payload)
+            entry = tally.commands.get(request.command)
+            if entry is None:
+                entry = tally.new_command(request.command)
+            entry.count += 1
+            entry.ring.append(elapsed_us)
+            self._write(payload)
         finally:
-            inflight.inline_done()
+            inflight.inline = False
+            if inflight.draining:
+                inflight.notify_idle()
 
     def run(self, job: Job) -> None:
         """Run a scheduled job's handler (on a handler thread)."""
         if not job.start():
             return
-        ctx = Context(job.request, job.codec, job.session.store, self._global_store, self.send_event, job)
-        result, error = self._call(job.command, job.request, ctx)
-        self.inflight.finish(job, error, result)
-
-    def _call(self, command: Command, request: envelope.Request, ctx: Context) -> tuple[Any, BridgeError | None]:
-        """The handler's (result, None), or (None, its error): every failure becomes one categorised error."""
+        request, command = job.request, job.command
+        ctx = Context(request, job.codec, job.session.store, self._global_store, self._send_event, job)
         token = enter_request(request)
         try:
-            return command.handler(ctx, request.args), None
+            result, error = command.handler(ctx, request.args), None
         except BaseException as exc:  # noqa: BLE001
             if ctx.cancelled:  # answered from outside: what the handler raised then goes nowhere
                 log.debug("%s stopped after its request was answered: %r", command.name, exc)
-                return None, None
-            return None, self._classify(exc, command.name)
+                return
+            result, error = None, self._classify(exc, command.name)
         finally:
             leave_request(token)
+        self.inflight.finish(job, error, result)
 
     def _classify(self, exc: BaseException, command: str) -> BridgeError:
         """The one categorised error for what a handler raised (logged by its category)."""
@@ -252,21 +300,34 @@ class Dispatcher:
         return error
 
     def _answer(self, job: Job, error: BridgeError | None, result: Any) -> None:
-        """The in-flight table's way to write a job's final reply."""
-        self._reply(job.request, job.codec, error, result)
-
-    def _reply(self, request: envelope.Request, codec: Any, error: BridgeError | None, result: Any) -> None:
-        """Encode and write a final reply."""
-        meta = envelope.reply_meta(request)
-        if error is None:
-            doc = envelope.success(request.id, result, meta)
-        else:
-            doc = envelope.failure(request.id, self._wire(error), meta)
-        payload, category = self._encode_final(codec, doc)
+        """The in-flight table's way to write a job's final reply (from any thread)."""
+        request = job.request
+        payload, elapsed_us, category = self._final(request, job.codec, error, result)
         # Counted before the write, so that a client reading this reply and
         # asking for stats next sees it.
-        self.stats.reply(request.command, meta["elapsed_us"], category, len(payload))
+        self.stats.reply(request.command, elapsed_us, category, len(payload))
         self._write(payload)
+
+    def _reply(self, request: envelope.Request, codec: Any, error: BridgeError | None, result: Any) -> None:
+        """Write the final reply of a request answered on the reading thread (control, refused)."""
+        payload, elapsed_us, category = self._final(request, codec, error, result)
+        self._tally.reply(request.command, elapsed_us, category, len(payload))
+        self._write(payload)
+
+    def _final(self, request: envelope.Request, codec: Any, error: BridgeError | None,
+               result: Any) -> tuple[bytes, int, str | None]:
+        """A final reply encoded: (payload, elapsed_us, error category or None)."""
+        # meta: the request's, echoed, and the time from decoding the request to encoding this.
+        elapsed_us = (perf_counter_ns() - request.received_ns) // 1000
+        meta = {**request.meta, "elapsed_us": elapsed_us} if request.meta else {"elapsed_us": elapsed_us}
+        if error is None:
+            try:
+                return codec.encode({"id": request.id, "success": True, "result": result, "meta": meta}), \
+                    elapsed_us, None
+            except codecs.EncodeError as exc:
+                error = BridgeError("serialization", "unencodable_result", str(exc)[:500], {"format": codec.name})
+        payload, category = self._encode_final(codec, envelope.failure(request.id, self._wire(error), meta))
+        return payload, elapsed_us, category
 
     def _encode_final(self, codec: Any, doc: dict) -> tuple[bytes, str | None]:
         """Encode a final reply; one that cannot be encoded becomes a serialization error."""

@@ -9,7 +9,9 @@ only ever returns an id found at the top level of the map, never a guess.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter_ns
+from types import MappingProxyType
+from typing import Mapping
 
 import msgpack
 import orjson
@@ -25,6 +27,7 @@ MAX_SESSION_ID_CHARS: int = ENVELOPE["max_session_id_chars"]
 MAX_TIMEOUT_MS: int = ENVELOPE["max_timeout_ms"]
 MAX_META_ENTRIES: int = ENVELOPE["max_meta_entries"]
 INT64 = 2**63
+NO_META = MappingProxyType({})  # the meta of a request without one (shared: read-only)
 
 
 class Request:
@@ -33,14 +36,14 @@ class Request:
     __slots__ = ("id", "command", "args", "session_id", "timeout_ms", "meta", "received_ns")
 
     def __init__(self, id, command: str, args: dict, session_id: str | None = None,
-                 timeout_ms: int | None = None, meta: dict | None = None) -> None:
+                 timeout_ms: int | None = None, meta: Mapping = NO_META) -> None:
         self.id = id
         self.command = command
         self.args = args
         self.session_id = session_id
         self.timeout_ms = timeout_ms
-        self.meta = meta if meta is not None else {}
-        self.received_ns = time.perf_counter_ns()
+        self.meta = meta
+        self.received_ns = perf_counter_ns()
 
     @property
     def trace_id(self):
@@ -65,21 +68,21 @@ def parse_request(doc) -> Request:
     if type(doc) is not dict:
         raise protocol_error("not_a_map", f"a request must be a map, got {type(doc).__name__}")
     rid = doc.get("id")
-    if not (type(rid) is int and -INT64 <= rid < INT64) and not valid_id(rid):
+    if not (type(rid) is int and -INT64 <= rid < INT64 or valid_id(rid)):
         raise protocol_error(
             "invalid_id",
             f"'id' must be an integer (64-bit) or a non-empty string of at most {MAX_ID_CHARS} characters",
         )
+    command = doc.get("command")
+    if len(doc) == 2 and type(command) is str and 0 < len(command) <= MAX_COMMAND_CHARS:
+        return Request(rid, command, {})  # {"id", "command"}: nothing else to check
     if not FIELDS.issuperset(doc):
         unknown = [k for k in doc if k not in FIELDS]
         shown = ", ".join(sorted(map(str, unknown)))[:200]
         raise _bad(rid, "unknown_field", f"unknown envelope field(s): {shown}; allowed: {', '.join(sorted(FIELDS))}")
-    command = doc.get("command")
     if type(command) is not str or not 0 < len(command) <= MAX_COMMAND_CHARS:
         raise _bad(rid, "invalid_command",
                    f"'command' must be a non-empty string of at most {MAX_COMMAND_CHARS} characters")
-    if len(doc) == 2:  # {"id", "command"}: nothing else to check
-        return Request(rid, command, {})
     args = doc.get("args")
     if args is None:
         args = {}
@@ -94,7 +97,7 @@ def parse_request(doc) -> Request:
         raise _bad(rid, "invalid_timeout", f"'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS}")
     meta = doc.get("meta")
     if meta is None:
-        meta = {}
+        meta = NO_META
     elif type(meta) is not dict or len(meta) > MAX_META_ENTRIES:
         raise _bad(rid, "invalid_meta", f"'meta' must be a map of at most {MAX_META_ENTRIES} entries")
     return Request(rid, command, args, session_id, timeout_ms, meta)
@@ -102,10 +105,6 @@ def parse_request(doc) -> Request:
 
 def _bad(rid, code: str, message: str):
     return protocol_error(code, message, id=rid)
-
-
-def success(rid, result, meta: dict) -> dict:
-    return {"id": rid, "success": True, "result": result, "meta": meta}
 
 
 def failure(rid, error: dict, meta: dict | None = None) -> dict:
@@ -117,14 +116,6 @@ def failure(rid, error: dict, meta: dict | None = None) -> dict:
 
 def event(rid, name: str, data) -> dict:
     return {"id": rid, "event": name, "data": data}
-
-
-def reply_meta(request: Request) -> dict:
-    """The request's meta echoed back, plus the time spent in the worker."""
-    elapsed_us = (time.perf_counter_ns() - request.received_ns) // 1000
-    if request.meta:
-        return {**request.meta, "elapsed_us": elapsed_us}
-    return {"elapsed_us": elapsed_us}
 
 
 # -- recovering the id of a frame that cannot be decoded ---------------------

@@ -115,27 +115,27 @@ class InFlight:
         self._scheduler = scheduler
         self._sessions = sessions
         self._answer = answer
-        self._jobs: dict[Any, Job] = {}  # request id -> job
+        self.by_id: dict[Any, Job] = {}  # request id -> job (read it, never change it)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when nothing is left to write
         self._unwritten = 0  # jobs whose final reply is not yet written (what drain waits for)
-        self._draining = False
+        self.draining = False
         # A control command's reply is being produced on the reading thread. Only that
         # thread sets it, so it needs no lock (a lock costs a tenth of a ping's time).
         self.inline = False
 
     def __contains__(self, rid: object) -> bool:
-        return rid in self._jobs
+        return rid in self.by_id
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return len(self.by_id)
 
     def get(self, rid: object) -> Job | None:
-        return self._jobs.get(rid)
+        return self.by_id.get(rid)
 
     def jobs(self, session_id: object = ...) -> list[Job]:
         with self._lock:
-            jobs = list(self._jobs.values())
+            jobs = list(self.by_id.values())
         if session_id is ...:
             return jobs
         return [j for j in jobs if j.request.session_id == session_id]
@@ -143,7 +143,7 @@ class InFlight:
     def add(self, job: Job) -> None:
         """Count a job in (it will be answered exactly once) and arm its deadline."""
         with self._lock:
-            self._jobs[job.request.id] = job
+            self.by_id[job.request.id] = job
             self._unwritten += 1
         if job.deadline is not None:
             timer = self._timers.at(job.deadline, lambda: self.expire(job))
@@ -161,7 +161,7 @@ class InFlight:
         if previous is None:
             return False
         with self._lock:
-            self._jobs.pop(job.request.id, None)
+            self.by_id.pop(job.request.id, None)
             timer, job.timer = job.timer, None
         if timer is not None:
             self._timers.cancel(timer)
@@ -173,7 +173,7 @@ class InFlight:
         finally:
             with self._lock:
                 self._unwritten -= 1
-                if self._draining and not self._unwritten:
+                if self.draining and not self._unwritten:
                     self._idle.notify_all()
         self._scheduler.release_lane(job)  # after the reply: a session's replies stay in order
         return True
@@ -188,7 +188,7 @@ class InFlight:
 
     def cancel(self, rid: object, reason: str = "cancelled by the client") -> str:
         """Answer request ``rid`` with ``cancelled``; returns its state before ('unknown' if none)."""
-        job = self._jobs.get(rid)
+        job = self.by_id.get(rid)
         if job is None:
             return "unknown"
         state = job.state
@@ -203,12 +203,10 @@ class InFlight:
 
     # -- shutdown ---------------------------------------------------------------------
 
-    def inline_done(self) -> None:
-        """The reading thread wrote a control reply: a drain may be waiting for it."""
-        self.inline = False
-        if self._draining:
-            with self._idle:
-                self._idle.notify_all()
+    def notify_idle(self) -> None:
+        """The reading thread wrote a control reply (``inline`` is False again) during a drain."""
+        with self._idle:
+            self._idle.notify_all()
 
     def _written(self) -> bool:
         return not self._unwritten and not self.inline
@@ -216,7 +214,7 @@ class InFlight:
     def drain(self, grace_s: float) -> int:
         """Wait up to ``grace_s`` for in-flight work, then fail the rest; returns how many were failed."""
         with self._idle:
-            self._draining = True
+            self.draining = True
             self._idle.wait_for(self._written, timeout=grace_s)
         failed = sum(self.finish(job, BridgeError(
             "shutdown", "shutting_down", f"the worker shut down before the request finished (grace {grace_s} s)"),

@@ -38,7 +38,9 @@ class Command:
     # Holds the GIL while it computes: best served by a pool that gives each Python one request at a time.
     cpu_bound: bool = False
     # check(args) -> args with defaults; compiled from ``schema`` by Registry.add
-    check: Callable[[dict], dict] | None = field(default=None, repr=False, compare=False)
+    check: Callable[[dict], dict] = field(default=lambda args: args, repr=False, compare=False)
+    # {} passes the schema unchanged (no required argument, no default): empty args need no check
+    empty_args_ok: bool = field(default=False, repr=False, compare=False)
 
     def describe(self) -> dict:
         return {
@@ -70,6 +72,10 @@ class Registry:
         if command.schema.get("type") != "object":
             raise RegistrationError(f"{command.name}.args schema must have type 'object'")
         command.check = compile_validator(command.schema)
+        try:
+            command.empty_args_ok = command.check({}) == {}
+        except BridgeError:
+            command.empty_args_ok = False
         self.commands[command.name] = command
         return command
 

@@ -34,6 +34,7 @@ F_SETPIPE_SZ = 1031  # Linux
 PIPE_BYTES = 1024 * 1024
 READ_BYTES = 1024 * 1024
 _COPY_LIMIT = 64 * 1024  # below this, header + payload are joined into one write
+_pack = HEADER.pack
 
 
 def guard_stdio() -> tuple[int, int]:
@@ -74,6 +75,7 @@ class Transport:
         self._batch_owner = 0
         self._batch_bytes = 0
         self._buffer = bytearray(READ_BYTES)
+        self._buffers = [self._buffer]
         self._view = memoryview(self._buffer)
 
     def read_into(self, target: memoryview) -> int:
@@ -88,7 +90,7 @@ class Transport:
     def read(self) -> bytes:
         """The next chunk of input; b"" at end of input."""
         try:
-            n = os.readv(self.in_fd, [self._buffer])
+            n = os.readv(self.in_fd, self._buffers)
         except OSError as exc:
             if exc.errno in (errno.EBADF, errno.EIO):
                 return b""
@@ -117,18 +119,32 @@ class Transport:
 
     def write(self, payload: bytes) -> None:
         """Write one frame (header + payload). Never raises for a closed reader."""
-        header = HEADER.pack(len(payload))
-        if self._batch is not None and len(payload) < _COPY_LIMIT and self._batch_owner == threading.get_ident():
-            # The batch belongs to this thread: gathering a frame needs no lock. (seal()
-            # flushes it from another thread under the lock; a frame gathered after that
-            # is dropped, as every write after seal is.)
-            if self.closed:
+        size = len(payload)
+        if size < _COPY_LIMIT:
+            data = _pack(size) + payload
+            if self._batch is not None and self._batch_owner == threading.get_ident():
+                # The batch belongs to this thread: gathering a frame needs no lock. (seal()
+                # flushes it from another thread under the lock; a frame gathered after that
+                # is dropped, as every write after seal is.)
+                if self.closed:
+                    return
+                self._batch.append(data)
+                self._batch_bytes += size + 4
+                if self._batch_bytes >= _COPY_LIMIT:
+                    with self._write_lock:
+                        self._flush_batch()
                 return
-            self._batch.append(header + payload)
-            self._batch_bytes += len(payload) + 4
-            if self._batch_bytes >= _COPY_LIMIT:
-                with self._write_lock:
-                    self._flush_batch()
+            lock = self._write_lock
+            lock.acquire()  # (cheaper than ``with`` on the path of every reply)
+            try:
+                if not self.closed:
+                    written = os.write(self.out_fd, data)
+                    if written != len(data):  # rare: a pipe takes a small write whole
+                        self._write_all(memoryview(data)[written:])
+            except OSError as exc:
+                self._failed(exc)
+            finally:
+                lock.release()
             return
         if self.closed:
             # Checked before the lock too: a write failure logs while it holds the lock,
@@ -139,14 +155,8 @@ class Transport:
             if self.closed:
                 return
             if self._batch is not None and self._batch_owner == threading.get_ident():
-                self._flush_batch()  # a large frame: keep this thread's frames in order
-            if len(payload) < _COPY_LIMIT:
-                try:
-                    self._write_all(header + payload)
-                except OSError as exc:
-                    self._failed(exc)
-            else:
-                self._guarded(self._write_large, header, payload)
+                self._flush_batch()  # keep this thread's frames in order
+            self._guarded(self._write_large, _pack(size), payload)
 
     def _write_large(self, header: bytes, payload: bytes) -> None:
         self._write_all(header)  # no copy of a large payload just to prepend 4 bytes

@@ -28,7 +28,7 @@ from . import core_commands, logs
 from .backends import load as load_backends
 from .dispatcher import Dispatcher
 from .errors import RegistrationError, protocol_error
-from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized
+from .framing import DEFAULT_DESYNC_BYTES, Empty, FrameDecoder, Oversized, whole_frame
 from .limits import Limits
 from .processes import end_descendants
 from .registry import Registry
@@ -119,48 +119,65 @@ class Worker:
         dispatcher = self.dispatcher
         handle_payload = dispatcher.handle_payload
         transport = self.transport
+        read, split, max_frame_bytes = transport.read, decoder.split, decoder.max_frame_bytes
+        target = None  # the unfilled part of a large frame being read
+        clean = True  # the decoder holds nothing
         while True:
-            target = decoder.writable()
             if target is not None:  # inside a large frame: the kernel copies into its buffer
                 n = transport.read_into(target)
                 target.release()
                 if not n:
                     break
                 decoder.advance(n)
-                items = decoder.split(b"")
+                items = split(b"")
             else:
-                data = transport.read()
+                data = read()
                 if not data:
                     break
                 # Whole frames come back as views of the read buffer: each is
                 # handled (decoded) before the next read overwrites it.
-                items = decoder.split(data)
-            batch = len(items) > 1  # replies to one chunk's control requests leave together
-            if batch:
-                transport.begin_batch()
-            try:
-                for item in items:
-                    if type(item) in (memoryview, bytes, bytearray):
-                        handle_payload(item)
-                    elif isinstance(item, Oversized):
-                        dispatcher.handle_oversized(item.length, item.head)
-                    elif isinstance(item, Empty):
-                        dispatcher.handle_empty()
-                    else:  # StreamDesync: always the last item
-                        log.error("%s; no further input is read", item)
-                        dispatcher.reject(protocol_error(
-                            "stream_desync", f"{item}; the worker stops reading and exits with code {EXIT_DESYNC}",
-                            declared_bytes=item.declared), dispatcher.last_codec)
-                        return EXIT_DESYNC
-            finally:
-                if batch:
-                    transport.end_batch()
+                if clean:
+                    payload = whole_frame(data, max_frame_bytes)
+                    if payload is not None:  # the usual read: one whole request
+                        handle_payload(payload)
+                        continue
+                items = split(data)
+            code = self._handle_items(items)
+            if code is not None:
+                return code
+            clean = not decoder.pending()
+            target = decoder.writable()
         if decoder.pending():
             dispatcher.reject(protocol_error(
                 "truncated_frame",
                 f"input ended inside a frame ({decoder.pending()} bytes of it received)",
                 received_bytes=decoder.pending()), dispatcher.last_codec)
         return EXIT_OK
+
+    def _handle_items(self, items: list) -> int | None:
+        """What one read completed; the exit code if the stream lost its framing."""
+        dispatcher = self.dispatcher
+        batch = len(items) > 1  # replies to one chunk's control requests leave together
+        if batch:
+            self.transport.begin_batch()
+        try:
+            for item in items:
+                if type(item) in (memoryview, bytes, bytearray):
+                    dispatcher.handle_payload(item)
+                elif isinstance(item, Oversized):
+                    dispatcher.handle_oversized(item.length, item.head)
+                elif isinstance(item, Empty):
+                    dispatcher.handle_empty()
+                else:  # StreamDesync: always the last item
+                    log.error("%s; no further input is read", item)
+                    dispatcher.reject(protocol_error(
+                        "stream_desync", f"{item}; the worker stops reading and exits with code {EXIT_DESYNC}",
+                        declared_bytes=item.declared), dispatcher.last_codec)
+                    return EXIT_DESYNC
+        finally:
+            if batch:
+                self.transport.end_batch()
+        return None
 
     def _watch_signals(self) -> None:
         """SIGTERM and SIGINT start the shutdown path through a thread of their own.
