@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-from . import report
+from . import harness, report
 from .harness import machine
 from .scenarios import SCENARIOS
 
@@ -23,17 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the quick subset: fewer repeats and sizes (< 1 min)")
     p.add_argument("--only", default=None, help="comma-separated scenario ids: " + ", ".join(SCENARIOS))
+    p.add_argument("--cpu", type=int, default=0,
+                   help="the CPU ping-type figures pin client and peer to (default 0)")
+    p.add_argument("--unpinned", action="store_true",
+                   help="let the kernel place client and peers for ping-type figures, and record where")
     p.add_argument("--report", action="store_true",
                    help="only regenerate benchmarks/README.md from benchmarks/results/*.json")
     args = p.parse_args(argv)
     report.ORDER[:] = list(SCENARIOS)
+    harness.PIN_CPU = None if args.unpinned else args.cpu
     if args.report:
         return 0 if report.regenerate_readme() else 1
     wanted = list(SCENARIOS) if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
-    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "") \
+        + (" --unpinned" if args.unpinned else f" --cpu {args.cpu}" if args.cpu else "")
     run = {"date": report.now(), "command": command, "machine": machine(), "quick": args.quick}
     out = report.RESULTS / "quick" if args.quick else report.RESULTS
     print(f"{command}: {', '.join(wanted)}")

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 
 from .. import report
-from ..harness import HERE, PYTHON, ROOT, Peer, pct, spread, worker_argv
+from ..harness import HERE, PYTHON, ROOT, Peer, pct, placement, spread, worker_argv
 from .ping import ping_frames, sequential
 
 CLIENT = ROOT / "elixir_client"
@@ -44,10 +44,11 @@ def run(quick: bool) -> report.Result:
                BENCH_N=str(n), BENCH_ROUNDS=str(rounds), BENCH_CALLS=str(calls), MIX_BUILD_PATH=str(BUILD),
                MIX_ENV="prod")
     env.setdefault("MIX_EXS", "mix.offline.exs")  # no Hex here: the offline project file
-    before = python_driver_p50(n, max(1, rounds // 2))
-    proc = subprocess.run([mix, "run", str(SCRIPT)], cwd=str(CLIENT), env=env, capture_output=True, text=True,
-                          timeout=600)
-    after = python_driver_p50(n, max(1, rounds - rounds // 2))
+    with placement() as where:  # the BEAM and its Ports, and the Python driver, placed alike
+        before = python_driver_p50(n, max(1, rounds // 2))
+        proc = subprocess.run([mix, "run", str(SCRIPT)], cwd=str(CLIENT), env=env, capture_output=True,
+                              text=True, timeout=600)
+        after = python_driver_p50(n, max(1, rounds - rounds // 2))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         r.error = f"mix run exited {proc.returncode}: {(proc.stderr or proc.stdout)[-800:]}"
@@ -77,5 +78,6 @@ def run(quick: bool) -> report.Result:
         r.notes.append("PortBridge.Pool rows not measured: the client has no PortBridge.Pool.")
     r.notes.append(f"Erlang/OTP {doc['otp']}, Elixir {doc['elixir']}, {doc['schedulers']} schedulers; JSON through "
                    "jiffy on the BEAM side. The Python driver is measured before and after the BEAM run.")
-    r.data = {"beam": doc, "python_driver_p50_ns": py}
+    r.notes.append(f"Placement: {where.describe().replace('client and peer', 'the BEAM, the Python driver and every peer')}.")
+    r.data = {"beam": doc, "python_driver_p50_ns": py, "placement": dict(where)}
     return r
