@@ -6,12 +6,25 @@ framework imports), write ``ready``, then let backends start their background
 work. The main thread then only reads: frames go to the dispatcher, which runs
 control commands inline and schedules the rest.
 
-Shutdown (stdin EOF, SIGTERM, SIGINT, the ``shutdown`` command, or stdout
-closed by the reader) is one path: stop taking work, give in-flight requests
-``--shutdown-grace`` seconds, fail what is left with a ``shutdown`` error, stop
-the backends and exit. The process always ends through ``os._exit`` after the
-streams are flushed, so a handler stuck in an uninterruptible call (or a
-library's non-daemon thread) can never keep an orphaned worker alive.
+Shutdown (stdin EOF, SIGTERM, SIGINT, the ``shutdown`` command, stdout
+closed by the reader, or the death of the parent process) is one path: stop
+taking work, give in-flight requests ``--shutdown-grace`` seconds, fail what is
+left with a ``shutdown`` error, stop the backends and exit. The process always
+ends through ``os._exit`` after the streams are flushed, so a handler stuck in
+an uninterruptible call (or a library's non-daemon thread) can never keep an
+orphaned worker alive; and a watchdog ends it ``SHUTDOWN_MARGIN_S`` after the
+grace period whatever is still running, so a backend whose ``shutdown()`` hangs
+cannot either.
+
+End of input is how a parent normally says goodbye, but not the only way a
+worker learns it is alone: another process may hold the write end of its stdin.
+The worker also watches its parent process (``PARENT_POLL_S``), and on Linux asks
+the kernel for a signal when the parent dies (PR_SET_PDEATHSIG), which only
+makes that check run at once.
+
+A bad backend option (an unknown ``--backends`` name, a ``--backend-module``
+that names no module or attribute) prints one line to stderr and exits 2, even
+if input ended first.
 """
 
 from __future__ import annotations
@@ -39,6 +52,11 @@ log = logging.getLogger("portbridge.worker")
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_DESYNC = 3
+# After the grace period, what the rest of shutdown may take (the last replies, the backends'
+# shutdown hooks, ending handler-started processes) before the process exits regardless.
+SHUTDOWN_MARGIN_S = 2.0
+BACKEND_SHUTDOWN_S = 1.0  # of that margin, what all backends' shutdown() hooks may take
+PARENT_POLL_S = 0.25  # how often the worker checks that its parent process is still there
 
 
 @dataclass
@@ -74,12 +92,15 @@ class Worker:
         self.dispatcher.on_shutdown = lambda reason: self.begin_shutdown(reason)
         self._stopping = threading.Lock()
         self._stopper: threading.Thread | None = None
+        self._usage_error: str | None = None  # a bad backend option: exit 2, whatever else happened
+        self._parent = os.getppid()
 
     def run(self) -> int:
         self._watch_signals()
         if self.config.log_frames:
             logs.forward_as_events(lambda data: self.dispatcher.send_event("log", data), self.config.log_level)
         self.dispatcher.send_event("ready", self.dispatcher.ready_data())
+        self._watch_parent()
         threading.Thread(target=self._start_backends, name="portbridge-backends", daemon=True).start()
         code = self._read_loop()
         self.begin_shutdown("stdin closed" if code == EXIT_OK else "stream out of sync", code)
@@ -103,7 +124,9 @@ class Worker:
                 exposed, names = exposed_modules(config.expose, names)
             self.backends.update(load_backends(self.registry, names, config.backend_modules, exposed))
         except RegistrationError as exc:
-            log.critical("cannot load backends: %s", exc)
+            self._usage_error = str(exc)
+            sys.stderr.write(f"portbridge worker: {exc}\n")  # one line, whatever the log format
+            sys.stderr.flush()
             self.begin_shutdown(f"backend registration failed: {exc}", EXIT_USAGE)
             return
         finally:
@@ -202,6 +225,24 @@ class Worker:
             for number in data:
                 if number in (signal.SIGTERM, signal.SIGINT):
                     self.begin_shutdown(signal.Signals(number).name)
+                elif number == signal.SIGUSR1:  # the parent-death signal: check now
+                    self._check_parent()
+
+    def _watch_parent(self) -> None:
+        """Shut down when the parent process dies, even if stdin never ends (someone else holds it)."""
+        timers = self.dispatcher.timers
+        if sys.platform.startswith("linux"):
+            signal.signal(signal.SIGUSR1, _noted_by_watcher)
+            # The kernel's signal makes the check run at once. Asked for on the timer thread, which
+            # lives as long as the worker (the request is per thread), and after ready: ctypes
+            # costs ~5 ms of imports.
+            timers.at(0.0, lambda: _parent_death_signal(signal.SIGUSR1))
+        timers.every(PARENT_POLL_S, self._check_parent)
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self._parent:
+            log.warning("the parent process (pid %d) is gone; shutting down", self._parent)
+            self.begin_shutdown("parent process died")
 
     def begin_shutdown(self, reason: str, code: int = EXIT_OK) -> None:
         """Start the one shutdown path (idempotent, callable from any thread or a signal handler)."""
@@ -209,6 +250,9 @@ class Worker:
             if self._stopper is not None:
                 return
             self.dispatcher.stop_accepting()
+            deadline = self.config.limits.shutdown_grace_s + SHUTDOWN_MARGIN_S
+            threading.Thread(target=self._watchdog, args=(deadline, code), name="portbridge-watchdog",
+                             daemon=True).start()
             self._stopper = threading.Thread(
                 target=self._shutdown, args=(reason, code), name="portbridge-shutdown", daemon=True)
             self._stopper.start()
@@ -219,21 +263,57 @@ class Worker:
             failed = self.dispatcher.drain(self.config.limits.shutdown_grace_s)
             if failed:
                 log.warning("%d request(s) did not finish within the grace period", failed)
-            for backend in self.backends.values():
-                try:
-                    backend.shutdown()
-                except Exception:
-                    log.exception("backend %s failed to shut down", backend.name)
+            # Input may have ended before a bad backend option was found: that still exits 2.
+            self.registry.complete.wait(BACKEND_SHUTDOWN_S)
+            self._stop_backends()
             stopped = end_descendants()
             if stopped:
                 log.warning("stopped %d process(es) started by handlers: %s", len(stopped), stopped)
         finally:
-            self.transport.seal()
+            self._exit(code)
+
+    def _stop_backends(self) -> None:
+        """Every backend's shutdown hook, together bounded by BACKEND_SHUTDOWN_S: one that hangs is left."""
+        def stop_all() -> None:
+            for backend in list(self.backends.values()):
+                try:
+                    backend.shutdown()
+                except Exception:
+                    log.exception("backend %s failed to shut down", backend.name)
+
+        stopper = threading.Thread(target=stop_all, name="portbridge-backend-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(BACKEND_SHUTDOWN_S)
+        if stopper.is_alive():
+            log.warning("a backend's shutdown() did not return within %.1f s; exiting without it",
+                        BACKEND_SHUTDOWN_S)
+
+    def _watchdog(self, seconds: float, code: int) -> None:
+        """The last word: whatever shutdown is stuck on, the process exits ``seconds`` after it began."""
+        time.sleep(seconds)
+        log.error("shutdown still running %.1f s after it began; exiting now", seconds)
+        self._exit(code, seal_s=0.1)
+
+    def _exit(self, code: int, seal_s: float = 2.0) -> None:
+        if self._usage_error is not None:
+            code = EXIT_USAGE
+        try:
+            self.transport.seal(seal_s)
             logging.shutdown()
-            try:
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` when the parent dies (prctl PR_SET_PDEATHSIG); harmless if refused."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _noted_by_watcher(signum, frame) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from bridge.client import RemoteError
+from bridge.processes import alive as pid_alive, kill_process
+from bridge.worker import PARENT_POLL_S, SHUTDOWN_MARGIN_S
 from tests.support.waiting import until
-from bridge.processes import alive as pid_alive
+from tests.support.workers import worker_env
 
 MISBEHAVING = ("--backend-module", "tests.support.misbehaving_backend:backend")
 
@@ -79,20 +84,22 @@ def test_unframed_input_exits_with_code_3(raw):
     assert w.wait(5) == 3
 
 
-def test_unknown_backend_name_exits_with_code_2(raw, tmp_path):
-    w = raw("--backends", "no_such_backend")
+@pytest.mark.parametrize("option, says", [
+    (("--backends", "no_such_backend"), "unknown backend(s) no_such_backend; installed: "),
+    (("--backend-module", "tests.support.no_such_module:backend"), "no module named 'tests.support.no_such_module'"),
+    (("--backend-module", "no_such_package.mod:x"), "no module named 'no_such_package'"),
+    (("--backend-module", "tests.support.misbehaving_backend:nothing"), "has no attribute 'nothing'"),
+    (("--backend-module", "tests.support.misbehaving_backend"), "must look like 'package.module:attribute'"),
+])
+@pytest.mark.parametrize("input_ends_at_once", [False, True])
+def test_a_bad_backend_option_exits_2_with_one_line(raw, option, says, input_ends_at_once):
+    w = raw(*option)
+    if input_ends_at_once:  # input ending first must not turn the usage error into a clean exit
+        w.close_stdin()
     assert w.read_frame() is None
     assert w.wait(5) == 2
-    assert "unknown backend" in w.stderr_text()
-
-
-def test_a_backend_that_fails_to_import_degrades_health_only(spawn):
-    w = spawn("--backends", "", "--backend-module", "tests.support.no_such_module:backend")
-    health = until(lambda: w.call("health"), lambda h: h["backends"])
-    assert health["status"] == "degraded"
-    (state,) = health["backends"].values()
-    assert state["state"] == "failed" and "ModuleNotFoundError" in state["error"]
-    assert w.call("echo", {"core": "works"}) == {"core": "works"}
+    lines = [line for line in w.stderr_text().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("portbridge worker: ") and says in lines[0], lines
 
 
 def test_print_to_stdout_never_breaks_framing(spawn):
@@ -178,3 +185,45 @@ def test_a_registered_secret_is_masked_in_replies_logs_and_log_events(spawn):
     w.close()
     with open(w.stderr_path, encoding="utf-8") as f:
         assert secret not in f.read()
+
+
+HANGING_SHUTDOWN = ("--backends", "", "--backend-module", "tests.support.misbehaving_backend:backend",
+                    "--shutdown-grace", "0.2")
+
+
+def _gone_within(pid: int, seconds: float) -> float:
+    """How long ``pid`` took to exit; fails the test after ``seconds``."""
+    started = time.monotonic()
+    while pid_alive(pid):
+        assert time.monotonic() - started < seconds, f"worker {pid} still alive after {seconds} s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_a_backend_whose_shutdown_hangs_cannot_keep_the_worker_alive(raw):
+    w = raw(*HANGING_SHUTDOWN, env=worker_env(PORTBRIDGE_TEST_SHUTDOWN_HANGS="1"))
+    started = time.monotonic()
+    w.close_stdin()
+    assert w.wait(10) == 0
+    # the grace, then BACKEND_SHUTDOWN_S for the hooks; well within the watchdog's grace + SHUTDOWN_MARGIN_S
+    assert time.monotonic() - started < 0.2 + SHUTDOWN_MARGIN_S + 1.0
+
+
+@pytest.mark.parametrize("share_stdin", [False, True], ids=["parent-holds-the-pipes", "a-sibling-holds-stdin"])
+def test_a_worker_whose_parent_is_killed_is_gone_within_a_bound(share_stdin):
+    """A real parent holds the worker's pipes; it is SIGKILLed. Whether input ends (the parent held the
+    only write end) or not (a sibling holds it too), the worker must go, though its backend's shutdown hangs."""
+    argv = [sys.executable, "-m", "tests.support.parent", *(["--share-stdin"] if share_stdin else []),
+            *HANGING_SHUTDOWN]
+    parent = subprocess.Popen(argv, stdout=subprocess.PIPE, env=worker_env(PORTBRIDGE_TEST_SHUTDOWN_HANGS="1"))
+    try:
+        pids = json.loads(parent.stdout.readline())
+        assert pid_alive(pids["worker"])
+        parent.kill()
+        parent.wait()
+        took = _gone_within(pids["worker"], 10.0)
+        assert took < 0.2 + SHUTDOWN_MARGIN_S + PARENT_POLL_S + 1.0, took
+    finally:
+        kill_process(parent)
+        if pids.get("sibling"):
+            os.kill(pids["sibling"], signal.SIGKILL)

@@ -92,15 +92,26 @@ def available() -> dict:
 
 
 def _import_object(spec: str):
-    """``package.module:attribute`` -> the attribute (the form of an entry point's value)."""
+    """``package.module:attribute`` -> the attribute (the form of an entry point's value).
+
+    A spec that names no module or attribute is a bad option (RegistrationError); a module that
+    exists but fails while importing raises what it raised."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise RegistrationError(f"backend module {spec!r} must look like 'package.module:attribute'")
+        raise RegistrationError(f"--backend-module {spec!r} must look like 'package.module:attribute'")
     import importlib
 
-    obj = importlib.import_module(module_name)
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise RegistrationError(f"--backend-module {spec!r}: no module named {exc.name!r}") from None
+        raise  # the module exists; something it imports does not
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise RegistrationError(f"--backend-module {spec!r}: {module_name} has no attribute {attr!r}") from None
     return obj
 
 
@@ -111,8 +122,9 @@ def load(registry, names: list[str] | None = None, modules: Sequence[str] = (), 
     adds backends by import path (``package.module:attribute``), as given by
     the worker's owner with ``--backend-module``: for developing and testing a
     backend before it is packaged. ``extra``: more ``(label, make_backend)``
-    sources (the modules ``bridge.sdk`` exposes). An unknown name raises RegistrationError; a
-    backend whose code fails to import, or whose ``register`` raises anything
+    sources (the modules ``bridge.sdk`` exposes). An unknown name, or a module
+    or attribute that cannot be found, raises RegistrationError (a bad option);
+    a backend whose code fails to import, or whose ``register`` raises anything
     but RegistrationError, is kept as a FailedBackend (reported by ``health``
     and ``describe``, its half-registered commands removed) so that the core
     and the others keep working.
@@ -132,6 +144,8 @@ def load(registry, names: list[str] | None = None, modules: Sequence[str] = (), 
         try:
             obj = load_object()
             backend = obj() if isinstance(obj, type) else obj
+        except RegistrationError:
+            raise
         except BaseException as exc:  # noqa: BLE001 -- a module's top level may even raise SystemExit
             log.error("backend %s failed to load: %s", label, exc, exc_info=True)
             backends[label] = FailedBackend(label, exc)

@@ -3,7 +3,8 @@
 Each command does one thing a real backend or library might do wrong: print to
 stdout, spawn a child that writes to stdout or reads stdin, raise any kind of
 exception, hang forever, log, emit many events, return values the frame format
-cannot carry. The tests prove the worker survives each with a categorised reply.
+cannot carry; with ``PORTBRIDGE_TEST_SHUTDOWN_HANGS=1`` in its environment, its
+``shutdown()`` never returns. The tests prove the worker survives each.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ EXCEPTIONS = {
 
 class Misbehaving(Backend):
     name = "misbehaving"
+
+    def shutdown(self) -> None:
+        if os.environ.get("PORTBRIDGE_TEST_SHUTDOWN_HANGS"):  # set only in a test worker's environment
+            threading.Event().wait()  # a shutdown hook that never returns
 
     def register(self, registry) -> None:
         cmd = lambda name, schema=ANY_ARGS: registry.command(name, schema=schema, backend=self.name)  # noqa: E731
