@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from bridge.framing import encode_frame
-from tests.support.waiting import until
 from bridge.processes import alive as pid_alive
+from tests.support.waiting import until
 from tests.support.workers import worker_env
 
 MISBEHAVING = ("--backends", "", "--backend-module", "tests.support.misbehaving_backend:backend")

@@ -29,8 +29,8 @@ import orjson
 import pytest
 
 from bridge.framing import encode_frame
-from tests.support.openai_server import OpenAIServer
 from bridge.processes import alive as pid_alive
+from tests.support.openai_server import OpenAIServer
 from tests.support.workers import RawWorker, worker_env
 
 MARK = "pbq7x"  # in every injected string that could be looked for in an audit event

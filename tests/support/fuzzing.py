@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 
 from bridge.framing import HEADER
 from bridge.framing import encode_frame as frame
-from tests.support import schema_zoo_backend
 from bridge.processes import alive as pid_alive
+from tests.support import schema_zoo_backend
 from tests.support.workers import RawWorker
 
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))  # values nest past 1024 levels
