@@ -1,4 +1,4 @@
-"""The ``portbridge`` command line.
+"""The ``portbridge`` command line: the worker an Erlang Port spawns, and tools to poke one by hand.
 
     portbridge worker [options]             serve the protocol on stdin/stdout
     portbridge call COMMAND [--args JSON]   spawn a worker, send one request, print events and reply
@@ -14,16 +14,72 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from . import __version__
 
 FORMATS = ("auto", "json", "msgpack")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+DESCRIPTION = """\
+portbridge: a framed stdio worker that lets Elixir (through an Erlang Port) use
+Python ML frameworks such as DSPy. 'portbridge worker' is what a client spawns;
+the other commands poke a worker by hand. Each command's --help has examples."""
+
+EXAMPLES = {
+    "worker": """\
+examples:
+  portbridge worker                                  # what a Port spawns: frames on stdin/stdout
+  portbridge worker --format msgpack --max-concurrency 8 --log-level info
+  portbridge worker --backends ''                    # the core commands only, no DSPy
+  portbridge worker --backend-module mypkg.mod:backend   # also load a backend you are writing
+  portbridge worker --expose mypkg.mathcmds          # serve mypkg/mathcmds.py's @command functions
+  printf '{"id":1,"command":"ping"}\\n' | portbridge encode | portbridge worker | portbridge decode""",
+    "call": """\
+examples:
+  portbridge call ping
+  portbridge call describe                           # every command with its argument schema
+  portbridge call echo --args '{"x": 1}' --format msgpack
+  portbridge call sleep --args '{"ms": 500}' --timeout-ms 100     # exits 1: a timeout error
+  portbridge call list_programs --session s1 -- --backends dspy   # after --: options of the worker
+exit status: 0 on a success reply, 1 on an error reply, 2 if the worker could not answer.""",
+    "repl": """\
+examples:
+  portbridge repl                                    # type 'help'; TAB completes command names
+  printf 'ping\\necho {"a": 1}\\n' | portbridge repl
+a line is COMMAND [ARGS-JSON], or a whole request envelope as JSON; ':session S' sets
+the session of the lines that follow (':session' alone clears it); '#' starts a comment;
+'help' lists the worker's commands, 'help COMMAND' shows one with its arguments.""",
+    "encode": """\
+examples:
+  printf '{"id":1,"command":"ping"}\\n' | portbridge encode > ping.frames
+  portbridge encode --format msgpack < requests.jsonl | portbridge worker | portbridge decode
+bytes are written as {"$bytes": "<base64>"} (see 'portbridge decode --help').""",
+    "decode": """\
+examples:
+  portbridge decode captured.frames
+  portbridge worker < ping.frames | portbridge decode -v
+values JSON cannot hold are tagged: {"$bytes": base64}, {"$ext": [code, base64]},
+{"$timestamp": [s, ns]}, {"$float": "nan"}; a bad frame prints {"$error": ...}.""",
+    "demo": """\
+examples:
+  portbridge demo                                    # the built-in offline LM: no network, no key
+  OPENAI_API_KEY=... portbridge demo --model openai/gpt-4o-mini
+  portbridge demo --model openai/llama3 --api-base http://127.0.0.1:8000/v1""",
+}
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -38,26 +94,28 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     from .limits import WORKER as D  # protocol/limits.json: the one home of these defaults
 
     p.add_argument("--format", choices=FORMATS, default="auto",
-                   help="frame format; auto detects each frame and answers in kind (default)")
-    p.add_argument("--max-frame-bytes", type=_positive_int, default=D["max_frame_bytes"],
+                   help="frame format; auto detects each frame and answers in kind (default %(default)s)")
+    p.add_argument("--max-frame-bytes", type=_positive_int, default=D["max_frame_bytes"], metavar="N",
                    help="largest accepted frame payload (default %(default)s bytes)")
-    p.add_argument("--max-frame-values", type=_positive_int, default=D["max_frame_values"],
+    p.add_argument("--max-frame-values", type=_positive_int, default=D["max_frame_values"], metavar="N",
                    help="most values one frame may decode to: array elements, map entries, containers "
                         "(default %(default)s; bounds the memory one request can take)")
-    p.add_argument("--max-concurrency", type=_positive_int, default=D["max_concurrency"],
+    p.add_argument("--max-concurrency", type=_positive_int, default=D["max_concurrency"], metavar="N",
                    help="non-control requests running at once (default %(default)s)")
-    p.add_argument("--max-queue", type=int, default=D["max_queue"],
+    p.add_argument("--max-queue", type=_non_negative_int, default=D["max_queue"], metavar="N",
                    help="requests waiting beyond that before 'overloaded' (default %(default)s)")
-    p.add_argument("--session-ttl", type=_non_negative_float, default=D["session_ttl_s"],
+    p.add_argument("--session-ttl", type=_non_negative_float, default=D["session_ttl_s"], metavar="S",
                    help="seconds an idle session is kept (default %(default)s)")
-    p.add_argument("--max-sessions", type=_positive_int, default=D["max_sessions"],
+    p.add_argument("--max-sessions", type=_positive_int, default=D["max_sessions"], metavar="N",
                    help="sessions held at once (default %(default)s)")
-    p.add_argument("--shutdown-grace", type=_non_negative_float, default=D["shutdown_grace_s"],
+    p.add_argument("--shutdown-grace", type=_non_negative_float, default=D["shutdown_grace_s"], metavar="S",
                    help="seconds in-flight work may finish at shutdown (default %(default)s)")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"), default="warning")
-    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help="least severe log record written to stderr (default %(default)s)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="stderr log lines as text or as one JSON object each (default %(default)s)")
     p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
-    p.add_argument("--backends", default=None,
+    p.add_argument("--backends", default=None, metavar="NAMES",
                    help="comma-separated installed plug-ins to load: backends, and modules of @command functions "
                         "by namespace (default: every installed one; '' for none)")
     p.add_argument("--backend-module", action="append", default=[], metavar="MODULE:ATTR",
@@ -69,39 +127,50 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="portbridge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="portbridge", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"portbridge {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="serve the protocol on stdin/stdout (spawned by a Port)")
-    _add_worker_options(worker)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    call = sub.add_parser("call", help="spawn a worker, send one request, print events and the reply")
-    call.add_argument("command")
-    call.add_argument("--args", default="{}", help="the request's args as JSON (default {})")
-    call.add_argument("--session", default=None, help="session_id of the request")
-    call.add_argument("--format", choices=("json", "msgpack"), default="json", help="format of the request frame")
-    call.add_argument("--timeout-ms", type=_positive_int, default=None)
-    call.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
+    _add_worker_options(command("worker", "serve the protocol on stdin/stdout (what an Erlang Port spawns)"))
 
-    repl = sub.add_parser("repl", help="one worker; each input line is a request; replies as they come")
-    repl.add_argument("--format", choices=("json", "msgpack"), default="json")
+    call = command("call", "spawn a worker, send one request, print its events and its reply")
+    call.add_argument("command", help="the command to send ('describe' lists them)")
+    call.add_argument("--args", default="{}", metavar="JSON", help="the request's args as a JSON object (default {})")
+    call.add_argument("--session", default=None, metavar="ID", help="session_id of the request (default: none)")
+    call.add_argument("--format", choices=("json", "msgpack"), default="json",
+                      help="format of the request frame (default %(default)s)")
+    call.add_argument("--timeout-ms", type=_positive_int, default=None, metavar="MS",
+                      help="the request's deadline: the worker answers 'timeout' after it (default: none)")
+    call.add_argument("--wait", type=float, default=120.0, metavar="S",
+                      help="seconds this command waits for the reply (default %(default)s)")
+
+    repl = command("repl", "one worker; each input line is a request; replies print as they come")
+    repl.add_argument("--format", choices=("json", "msgpack"), default="json",
+                      help="format of the request frames (default %(default)s)")
     repl.add_argument("--pipeline", action="store_true", help="send every line at once instead of waiting for replies")
 
-    enc = sub.add_parser("encode", help="JSON lines on stdin -> frames on stdout")
-    enc.add_argument("--format", choices=("json", "msgpack"), default="json")
+    enc = command("encode", "JSON lines on stdin -> frames on stdout")
+    enc.add_argument("--format", choices=("json", "msgpack"), default="json",
+                     help="format of the frames written (default %(default)s)")
 
-    dec = sub.add_parser("decode", help="a captured frame stream -> JSON lines")
-    dec.add_argument("file", nargs="?", default="-")
+    dec = command("decode", "a captured frame stream (either format, mixed) -> JSON lines")
+    dec.add_argument("file", nargs="?", default="-", help="the file to read (default: stdin)")
     dec.add_argument("--verbose", "-v", action="store_true", help="show each frame's format and length")
 
-    demo = sub.add_parser("demo", help="run a DSPy program through real frames on the offline LM")
-    demo.add_argument("--model", default="offline", help="DSPy model string (default: the built-in offline LM)")
-    demo.add_argument("--api-base", default=None)
+    demo = command("demo", "run a DSPy program through real frames (the offline LM by default)")
+    demo.add_argument("--model", default="offline",
+                      help="DSPy model string, e.g. openai/gpt-4o-mini (default: the built-in offline LM)")
+    demo.add_argument("--api-base", default=None, metavar="URL",
+                      help="base URL of an OpenAI-compatible server for --model (default: the provider's)")
     return parser
 
 
-def _worker_config(ns: argparse.Namespace):
+def _worker_config(ns: argparse.Namespace) -> Any:
     from .limits import Limits
     from .worker import WorkerConfig
 
@@ -109,7 +178,7 @@ def _worker_config(ns: argparse.Namespace):
         max_frame_bytes=ns.max_frame_bytes,
         max_frame_values=ns.max_frame_values,
         max_concurrency=ns.max_concurrency,
-        max_queue=max(ns.max_queue, 0),
+        max_queue=ns.max_queue,
         max_sessions=ns.max_sessions,
         session_ttl_s=ns.session_ttl,
         shutdown_grace_s=ns.shutdown_grace,

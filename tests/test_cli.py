@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
 
-from bridge import codecs
+from bridge import cli, codecs
 from bridge.framecat import from_readable
 from bridge.framing import FrameDecoder, encode_frame
+from bridge.processes import alive as pid_alive
 from tests.support.workers import worker_env
 
 CLI = [sys.executable, "-m", "bridge"]
@@ -98,3 +104,68 @@ list_sessions
 
 def test_repl_exits_one_when_a_request_failed():
     assert run("repl", input=b"no_such_command\n").returncode == 1
+
+
+def _subcommands():
+    parser = cli._parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return parser, sub.choices
+
+
+def test_every_option_of_every_command_says_what_it_does_and_every_command_has_examples():
+    parser, commands = _subcommands()
+    assert set(commands) == {"worker", "call", "repl", "encode", "decode", "demo"}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"portbridge {name} {action.option_strings or action.dest} has no help"
+        text = sub.format_help()
+        examples = text.split("examples:\n", 1)[-1]
+        assert f"portbridge {name}" in examples, name
+    for text in [parser.format_help(), *(sub.format_help() for sub in commands.values())]:
+        assert "``" not in text and "%(" not in text
+
+
+def test_repl_on_a_terminal_prompts_helps_and_completes_commands_with_tab():
+    """A real terminal (a pty): the prompt, 'help' listing a backend's commands, TAB completing a name."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the repl, its worker with a test backend
+        os.execvpe(sys.executable, [*CLI, "repl", "--", "--backends", "", "--backend-module",
+                                    "tests.support.misbehaving_backend:backend"], worker_env(TERM="xterm"))
+    seen = bytearray()
+
+    def read_until(text: bytes, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([fd], [], [], left)[0], f"no {text!r} in {bytes(seen[-400:])!r}"
+            seen.extend(os.read(fd, 65536))
+        upto = seen.index(text) + len(text)
+        out = bytes(seen[:upto]).decode()
+        del seen[:upto]
+        return out
+
+    try:
+        assert "Type 'help'" in read_until(b"portbridge> ")
+        os.write(fd, b"hel\t\n")  # TAB completes 'help'
+        listing = read_until(b"portbridge> ")
+        assert "commands of this worker:" in listing and "print_stdout" in listing and "misbehaving" in listing
+        os.write(fd, b"ech\t{\"tab\": 1}\n")  # TAB completes 'echo '
+        assert '"tab": 1' in read_until(b"portbridge> ")
+        os.write(fd, b":session s9\n")
+        read_until(b"portbridge[s9]> ")
+        os.write(fd, b"\x04")  # Ctrl-D
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        if pid_alive(pid):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+
+
+def test_repl_help_lines_work_from_a_pipe_too():
+    result = run("repl", input=b"help\nhelp sleep\nhelp nope\n")
+    text = result.stdout.decode()
+    assert result.returncode == 0, result.stderr
+    assert "commands of this worker:" in text and '"maximum": 86400000' in text and "no command 'nope'" in text
