@@ -66,7 +66,8 @@ class Pending:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def wait(self, timeout: float | None = 60.0) -> dict:
+    def wait(self, timeout: float | None = 60.0) -> dict | None:
+        """The final reply; None if the worker exited first."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"no reply to request {self.id!r} within {timeout} s")
         return self.reply
@@ -109,6 +110,8 @@ class WorkerClient:
             env=env,
             bufsize=0,
         )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin, self._stdout = self.process.stdin, self.process.stdout
         self._reader = threading.Thread(target=self._read, name="portbridge-client-reader", daemon=True)
         self._reader.start()
         if not self._ready.wait(ready_timeout):
@@ -121,7 +124,7 @@ class WorkerClient:
     # -- reading -------------------------------------------------------------------
 
     def _read(self) -> None:
-        fd = self.process.stdout.fileno()
+        fd = self._stdout.fileno()
         # The worker's frames may be of any length: no limit, no desync guess.
         decoder = FrameDecoder(MAX_LENGTH, MAX_LENGTH)
         try:
@@ -180,8 +183,8 @@ class WorkerClient:
 
     def send_raw(self, data: bytes) -> None:
         with self._write_lock:
-            self.process.stdin.write(data)
-            self.process.stdin.flush()
+            self._stdin.write(data)
+            self._stdin.flush()
 
     def send_frame(self, payload: bytes) -> None:
         self.send_raw(encode_frame(payload))
@@ -241,7 +244,7 @@ class WorkerClient:
     def close(self, timeout: float = 10.0) -> int:
         """Close the worker's stdin and wait for it to exit; returns its exit code."""
         try:
-            self.process.stdin.close()
+            self._stdin.close()
         except OSError:
             pass
         try:

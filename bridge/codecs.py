@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any, Callable, Protocol
 
 import msgpack
 import orjson
@@ -40,7 +41,7 @@ _NOT_JSON_MARKS = bytes(b for b in range(256) if b not in b",[{")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-def _json_values(data: bytes, limit: int) -> int:
+def _json_values(data: bytes | bytearray, limit: int) -> int:
     """An upper bound of the values in a JSON text: each element follows a comma or opens its
     container, so values <= commas + 2 * containers. Marks inside strings count too, unless a
     second look without the strings is needed (texts full of commas)."""
@@ -69,7 +70,7 @@ class JsonCodec:
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise EncodeError(f"cannot encode as JSON: {exc}") from None
 
-    def decode(self, payload: bytes):
+    def decode(self, payload: bytes | bytearray | memoryview) -> Any:
         try:
             return orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -146,9 +147,21 @@ class MsgpackCodec:
             raise DecodeError(f"invalid MessagePack: {type(exc).__name__}: {exc}") from None
 
 
-JSON = JsonCodec()
-MSGPACK = MsgpackCodec()
-CODECS = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+class Codec(Protocol):
+    """What both codecs offer (their APIs are identical)."""
+
+    name: str
+
+    def encode(self, value: Any) -> bytes: ...
+    def decode(self, payload: Any) -> Any: ...
+    def decode_bounded(self, payload: Any, max_values: int) -> Any: ...
+    def loads(self, payload: Any) -> Any: ...
+    def raw_encoder(self) -> Callable[[Any], bytes]: ...
+
+
+JSON: Codec = JsonCodec()
+MSGPACK: Codec = MsgpackCodec()
+CODECS: dict[str, Codec] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
 FORMATS = tuple(CODECS)
 
 _JSON_FIRST = frozenset(b"{ \t\r\n")
@@ -156,17 +169,17 @@ _MSGPACK_MAP_FIRST = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
 
 # The codec each possible first byte announces (None: no map), for one lookup per frame.
-BY_FIRST_BYTE = tuple(
+BY_FIRST_BYTE: tuple[Codec | None, ...] = tuple(
     JSON if b in _JSON_FIRST else MSGPACK if b in _MSGPACK_MAP_FIRST else None for b in range(256)
 )
 
 
-def detect(payload: bytes):
+def detect(payload: bytes | bytearray | memoryview) -> Codec | None:
     """The codec a payload's first byte announces, or None if it announces no map."""
     return BY_FIRST_BYTE[payload[0]]
 
 
-def get(name: str):
+def get(name: str) -> Codec:
     try:
         return CODECS[name]
     except KeyError:

@@ -367,9 +367,9 @@ class Dispatcher:
 
     def end_session(self, session_id: str) -> int:
         """Cancel the session's queued and running requests, then drop the session."""
-        session = self.sessions.get(session_id)  # raises not_found
+        self.sessions.get(session_id)  # raises not_found
         cancelled = self.inflight.cancel_session(session_id)
-        self.sessions.end(session.id)
+        self.sessions.end(session_id)
         return cancelled
 
     def shutdown(self, reason: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from time import perf_counter_ns
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 import msgpack
 import orjson
@@ -27,7 +27,7 @@ MAX_SESSION_ID_CHARS: int = ENVELOPE["max_session_id_chars"]
 MAX_TIMEOUT_MS: int = ENVELOPE["max_timeout_ms"]
 MAX_META_ENTRIES: int = ENVELOPE["max_meta_entries"]
 INT64 = 2**63
-NO_META = MappingProxyType({})  # the meta of a request without one (shared: read-only)
+NO_META: Mapping[str, Any] = MappingProxyType({})  # the meta of a request without one (shared: read-only)
 
 
 class Request:

@@ -120,7 +120,7 @@ class FrameDecoder:
         self._frame: bytearray | None = None  # a large frame being assembled in place
         self._filled = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._skip:
             data = self._discard(data)
         if self._frame is not None and data:
@@ -128,9 +128,11 @@ class FrameDecoder:
         if data:
             self._buf += data
 
-    def _fill(self, data) -> bytes:
-        take = min(len(self._frame) - self._filled, len(data))
-        self._frame[self._filled : self._filled + take] = data[:take]
+    def _fill(self, data):
+        frame = self._frame
+        assert frame is not None
+        take = min(len(frame) - self._filled, len(data))
+        frame[self._filled : self._filled + take] = data[:take]
         self._filled += take
         return data[take:]
 
@@ -144,7 +146,7 @@ class FrameDecoder:
         """``n`` bytes were written into ``writable()``."""
         self._filled += n
 
-    def _discard(self, data: bytes) -> bytes:
+    def _discard(self, data):
         take = min(self._skip, len(data))
         room = OVERSIZED_HEAD_BYTES - len(self._skip_head)
         if room > 0:

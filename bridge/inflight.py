@@ -146,7 +146,7 @@ class InFlight:
             self.by_id[job.request.id] = job
             self._unwritten += 1
         if job.deadline is not None:
-            timer = self._timers.at(job.deadline, lambda: self.expire(job))
+            timer: list | None = self._timers.at(job.deadline, lambda: self.expire(job))
             with self._lock:
                 if not job.done:
                     job.timer, timer = timer, None

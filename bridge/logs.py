@@ -12,13 +12,13 @@ import logging
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 
 from .redaction import scrub_text
 
-_current = contextvars.ContextVar("portbridge_request", default=None)
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("portbridge_request", default=None)
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -38,7 +38,7 @@ class ReadingThread:
 
     def __init__(self) -> None:
         self.ident = threading.get_ident()
-        self.request = None
+        self.request: Any = None  # an envelope.Request while a control command runs
 
 
 READING = ReadingThread()

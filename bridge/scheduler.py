@@ -140,7 +140,8 @@ class Scheduler:
                 self._ready.remove(job)
                 self._waiting -= 1
                 return True
-            lane = self._lanes.get(job.request.session_id)
+            key = job.request.session_id
+            lane = self._lanes.get(key) if key is not None else None
             if lane is not None and job in lane.waiting:
                 lane.waiting.remove(job)
                 self._waiting -= 1

@@ -58,10 +58,12 @@ class SessionTable:
                 session.active += 1
                 session.requests += 1
             return session
-        expired = []
+        expired: list[Session] = []
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
+            found = self._sessions.get(session_id)
+            if found is not None:
+                session = found
+            else:
                 if len(self._sessions) >= self.max_sessions:
                     expired = self._pop_expired()
                 if len(self._sessions) >= self.max_sessions:
@@ -102,14 +104,14 @@ class SessionTable:
         with self._lock:
             expired = self._pop_expired()
         self._close_all(expired, "expired")
-        return [s.id for s in expired]
+        return [s.id for s in expired if s.id is not None]
 
     def _pop_expired(self) -> list[Session]:
         cutoff = time.monotonic() - self.ttl_s
-        gone = [s for s in self._sessions.values() if s.active == 0 and s.last_used < cutoff]
-        for session in gone:
-            del self._sessions[session.id]
-        return gone
+        gone = [(sid, s) for sid, s in self._sessions.items() if s.active == 0 and s.last_used < cutoff]
+        for sid, _ in gone:
+            del self._sessions[sid]
+        return [s for _, s in gone]
 
     def _close_all(self, sessions: list[Session], reason: str) -> None:
         for session in sessions:

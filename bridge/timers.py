@@ -54,7 +54,7 @@ class Timers:
     def __len__(self) -> int:
         return len(self._heap) - self._cancelled
 
-    def every(self, seconds: float, fn: Callable[[], None]) -> None:
+    def every(self, seconds: float, fn: Callable[[], object]) -> None:
         def tick() -> None:
             try:
                 fn()

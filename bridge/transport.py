@@ -87,13 +87,13 @@ class Transport:
                 return 0
             raise
 
-    def read(self) -> bytes:
+    def read(self) -> memoryview:
         """The next chunk of input; b"" at end of input."""
         try:
             n = os.readv(self.in_fd, self._buffers)
         except OSError as exc:
             if exc.errno in (errno.EBADF, errno.EIO):
-                return b""
+                return self._view[:0]
             raise
         return self._view[:n]
 
@@ -189,7 +189,7 @@ class Transport:
             if acquired:
                 self._write_lock.release()
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytes | memoryview) -> None:
         written = os.write(self.out_fd, data)
         if written == len(data):  # the usual case: a pipe takes a small write whole
             return

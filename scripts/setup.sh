@@ -19,7 +19,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # (grep drops this machine's notes about missing local mirrors, nothing else)
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dspy,test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import bridge, orjson, msgpack, pytest, hypothesis, jsonschema, dspy" \
+  .venv/bin/python -c "import bridge, orjson, msgpack, pytest, hypothesis, jsonschema, mypy, dspy" \
     || { echo "setup: the install failed (see above)" >&2; exit 1; }
   touch "$stamp"
 fi

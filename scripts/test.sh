@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --elixir
 
+echo "== mypy (bridge/, configured in pyproject.toml)"
+.venv/bin/python -m mypy
+
 echo "== Python suite"
 .venv/bin/python -m pytest -q
 

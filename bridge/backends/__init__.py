@@ -115,7 +115,8 @@ def _import_object(spec: str):
     return obj
 
 
-def load(registry, names: list[str] | None = None, modules: Sequence[str] = (), extra: Sequence = ()) -> dict[str, Backend]:
+def load(registry, names: list[str] | None = None, modules: Sequence[str] = (),
+         extra: Sequence = ()) -> dict[str, Backend]:
     """Load backends and let them register; returns them by name.
 
     ``names`` picks installed entry points (all of them if None). ``modules``
