@@ -52,12 +52,8 @@ class SessionTable:
 
     def acquire(self, session_id: str | None) -> Session:
         """The session for a request (created on first use); counts the request in flight."""
-        if session_id is None:
-            session = self.global_session
-            with self._lock:
-                session.active += 1
-                session.requests += 1
-            return session
+        if session_id is None:  # the global scope never expires: nothing to count (list_sessions omits it)
+            return self.global_session
         expired: list[Session] = []
         with self._lock:
             found = self._sessions.get(session_id)
@@ -81,6 +77,8 @@ class SessionTable:
         return session
 
     def release(self, session: Session) -> None:
+        if session.id is None:
+            return
         with self._lock:
             session.active -= 1
             session.last_used = time.monotonic()
