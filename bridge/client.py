@@ -9,17 +9,28 @@ its ``events`` list) before its final reply.
     with WorkerClient() as worker:
         reply = worker.request("echo", {"x": 1})
         assert reply["success"] and reply["result"] == {"x": 1}
+
+Callbacks (protocol 1.1): a request may name the functions the worker can call
+back while it runs, ``callbacks={"search": fn}``. Each ``callback`` event of
+that request runs ``fn(args)`` on a thread of its own (never the reading
+thread, so a slow callback holds up no reply, and a callback may itself make
+requests on this client), and its return value goes back as
+``callback_result``. A callback that raises answers an ``execution`` error; one
+whose value the format cannot carry, a ``serialization`` error; a name the
+request did not register, ``not_found``.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import codecs
 from .framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
@@ -42,11 +53,21 @@ class RemoteError(RuntimeError):
         self.code = error.get("code")
 
 
-class Pending:
-    """A request in flight: ``wait()`` for its final reply; ``events`` collects its events."""
+log = logging.getLogger("portbridge.client")
+Callback = Callable[[Any], Any]  # args (a map) -> a value the request's format carries
 
-    def __init__(self, rid, on_event: Callable[[dict], None] | None) -> None:
+
+class Pending:
+    """A request in flight: ``wait()`` for its final reply; ``events`` collects its events;
+    ``callback_replies``, the worker's replies to this client's callback results."""
+
+    def __init__(self, rid, on_event: Callable[[dict], None] | None,
+                 callbacks: dict[str, Callback] | None = None, codec: Any = None) -> None:
         self.id = rid
+        self.callbacks = callbacks or {}
+        self.codec = codec
+        self.callback_replies: list[dict] = []
+        self.on_reply: Callable[[dict | None], None] | None = None  # called by the reader with the reply
         self.events: list[dict] = []
         self.reply: dict | None = None
         self.received_ns: int | None = None  # when the final reply was read (orders replies)
@@ -58,10 +79,12 @@ class Pending:
         if self._on_event is not None:
             self._on_event(frame)
 
-    def _finish(self, frame: dict) -> None:
+    def _finish(self, frame: dict | None) -> None:
         self.received_ns = time.monotonic_ns()
         self.reply = frame
         self._done.set()
+        if self.on_reply is not None:
+            self.on_reply(frame)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -71,6 +94,36 @@ class Pending:
         if not self._done.wait(timeout):
             raise TimeoutError(f"no reply to request {self.id!r} within {timeout} s")
         return self.reply
+
+
+class _Runner:
+    """Runs callbacks off the reading thread: a thread per callback in flight, kept for the next one
+    when it is done. Never a fixed number: a callback may wait for a request whose callback needs a
+    thread too."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable, *args: Any) -> None:
+        with self._lock:
+            start = not self._idle
+            if not start:
+                self._idle -= 1
+        self._work.put((fn, args))
+        if start:
+            threading.Thread(target=self._loop, name="portbridge-client-callback", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, args = self._work.get()
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 -- a runner thread outlives any one callback
+                log.exception("a callback runner failed")
+            with self._lock:
+                self._idle += 1
 
 
 def worker_command(worker_args=(), python: str | None = None) -> list[str]:
@@ -102,6 +155,7 @@ class WorkerClient:
         self._ready = threading.Event()
         self._closed = threading.Event()
         self.stray: list[dict] = []  # frames nobody waited for (id null errors, undecodable frames)
+        self._runner = _Runner()
         self.process = subprocess.Popen(
             worker_command(worker_args, python),
             stdin=subprocess.PIPE,
@@ -176,8 +230,40 @@ class WorkerClient:
             self.stray.append(frame)
         elif "event" in frame:
             pending._event(frame)
+            if frame["event"] == "callback":
+                self._runner.run(self._answer_callback, pending, frame.get("data"))
         else:
             pending._finish(frame)
+
+    def _answer_callback(self, pending: Pending, data: Any) -> None:
+        """Run one callback of ``pending`` (on a runner thread) and send what it gave as callback_result."""
+        if not isinstance(data, dict) or not isinstance(data.get("callback_id"), str):
+            self.stray.append({"bad_callback_event": data})
+            return
+        name, answer = data.get("name"), {"callback_id": data["callback_id"]}
+        fn = pending.callbacks.get(name) if isinstance(name, str) else None
+        if fn is None:
+            answer["error"] = {"message": f"no callback named {name!r:.100} was given with request {pending.id!r}",
+                               "category": "not_found"}
+        else:
+            try:
+                answer["result"] = fn(data.get("args"))
+            except BaseException as exc:  # noqa: BLE001 -- whatever a callback raises becomes its error result
+                answer["error"] = {"message": f"{type(exc).__name__}: {exc}"[:10_000], "category": "execution"}
+        def keep(reply: dict | None) -> None:  # the reply is kept, not waited for: this thread is free at once
+            if reply is not None:
+                pending.callback_replies.append(reply)
+
+        try:
+            try:
+                self.submit("callback_result", answer, codec=pending.codec, on_reply=keep)
+            except codecs.EncodeError as exc:
+                error = {"message": f"the callback's result cannot be sent: {exc}"[:10_000],
+                         "category": "serialization"}
+                self.submit("callback_result", {"callback_id": data["callback_id"], "error": error},
+                            codec=pending.codec, on_reply=keep)
+        except WorkerExited:
+            return
 
     # -- writing -------------------------------------------------------------------
 
@@ -203,7 +289,12 @@ class WorkerClient:
         rid=None,
         on_event: Callable[[dict], None] | None = None,
         codec=None,
+        callbacks: dict[str, Callback] | None = None,
+        on_reply: Callable[[dict | None], None] | None = None,
     ) -> Pending:
+        """Send one request; its ``callbacks`` answer the worker's callback events (see the module doc);
+        ``on_reply(reply)`` runs on the reading thread when the final reply (or None: the worker
+        exited) arrives. Raises codecs.EncodeError, sending nothing, if the request cannot be encoded."""
         rid = self.next_id() if rid is None else rid
         doc = {"id": rid, "command": command, "args": args if args is not None else {}}
         if session_id is not None:
@@ -212,13 +303,16 @@ class WorkerClient:
             doc["timeout_ms"] = timeout_ms
         if meta is not None:
             doc["meta"] = meta
-        pending = Pending(rid, on_event)
+        codec = codec or self.codec
+        payload = codec.encode(doc)
+        pending = Pending(rid, on_event, callbacks, codec)
+        pending.on_reply = on_reply
         with self._lock:
             if self._closed.is_set():
                 raise WorkerExited("the worker has exited")
             self._pending[rid] = pending
         try:
-            self.send_frame((codec or self.codec).encode(doc))
+            self.send_frame(payload)
         except OSError as exc:
             with self._lock:
                 self._pending.pop(rid, None)
