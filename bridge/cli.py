@@ -110,6 +110,8 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
                    help="sessions held at once (default %(default)s)")
     p.add_argument("--shutdown-grace", type=_non_negative_float, default=D["shutdown_grace_s"], metavar="S",
                    help="seconds in-flight work may finish at shutdown (default %(default)s)")
+    p.add_argument("--max-callbacks", type=_positive_int, default=D["max_callbacks"], metavar="N",
+                   help="callbacks waiting for the client at once before 'overloaded' (default %(default)s)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                    help="least severe log record written to stderr (default %(default)s)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
@@ -182,6 +184,7 @@ def _worker_config(ns: argparse.Namespace) -> Any:
         max_sessions=ns.max_sessions,
         session_ttl_s=ns.session_ttl,
         shutdown_grace_s=ns.shutdown_grace,
+        max_callbacks=ns.max_callbacks,
     )
     backends = None if ns.backends is None else [b.strip() for b in ns.backends.split(",") if b.strip()]
     if ns.expose:

@@ -1,11 +1,11 @@
 """What a handler sees of its request: ``handler(ctx, args) -> result``.
 
 The context is deliberately narrow: the request's identity (``request_id``,
-``session_id``, ``meta``, ``format``), its scope's store, events, its deadline
-and whether it was already answered. A handler never sees the dispatcher, the
-scheduler or another request; commands that manage the worker itself (cancel,
-end_session, shutdown...) are given a control interface when they are
-registered (``core_commands``), not through the context.
+``session_id``, ``meta``, ``format``), its scope's store, events, callbacks to
+the client, its deadline and whether it was already answered. A handler never
+sees the dispatcher, the scheduler or another request; commands that manage the
+worker itself (cancel, end_session, shutdown...) are given a control interface
+when they are registered (``core_commands``), not through the context.
 
 Stores: ``ctx.store`` is the dict of the request's scope (its session's, or the
 global one when the request has no session); ``ctx.global_store`` is the
@@ -19,28 +19,38 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .errors import BridgeError
+from .inflight import interrupted
 
 if TYPE_CHECKING:
+    from .callbacks import Callbacks
     from .envelope import Request
     from .inflight import Job
 
 SendEvent = Callable[[str, Any, Any, Any], None]  # (name, data, request id, codec)
 
 
-class Context:
-    __slots__ = ("store", "global_store", "_request", "_codec", "_send_event", "_job")
+class Services:
+    """What a worker lends every handler's context (one instance per worker)."""
 
-    def __init__(self, request: Request, codec: Any, store: dict, global_store: dict,
-                 send_event: SendEvent, job: Job | None = None) -> None:
-        self.store = store
+    __slots__ = ("send_event", "callbacks", "global_store")
+
+    def __init__(self, send_event: SendEvent, callbacks: Callbacks, global_store: dict) -> None:
+        self.send_event = send_event
+        self.callbacks = callbacks
         self.global_store = global_store
+
+
+class Context:
+    __slots__ = ("store", "_request", "_codec", "_services", "_job")
+
+    def __init__(self, request: Request, codec: Any, store: dict, services: Services, job: Job | None = None) -> None:
+        self.store = store
         self._request = request
         self._codec = codec
-        self._send_event = send_event
-        # Scheduled requests have a job (they can be cancelled, time out, wait). Control
-        # commands run inline on the reading thread without one: they are answered as
-        # soon as they return, so nothing can interrupt them.
+        self._services = services
+        # Scheduled requests have a job (they can be cancelled, time out, wait, call back).
+        # Control commands run inline on the reading thread without one: they are answered
+        # as soon as they return, so nothing can interrupt them.
         self._job = job
 
     @property
@@ -60,6 +70,11 @@ class Context:
     def format(self) -> str:
         """The request's format (``json`` or ``msgpack``): its reply and events use it too."""
         return self._codec.name
+
+    @property
+    def global_store(self) -> dict:
+        """The global scope's store (``store`` when the request has no session)."""
+        return self._services.global_store
 
     @property
     def deadline(self) -> float | None:
@@ -93,10 +108,15 @@ class Context:
     def emit(self, name: str, data: Any) -> None:
         """Send an event (``chunk``, ``progress``) for this request, unless it was already answered."""
         if self._job is None or not self._job.done:
-            self._send_event(name, data, self._request.id, self._codec)
+            self._services.send_event(name, data, self._request.id, self._codec)
 
+    def callback(self, name: str, args: dict, timeout: float | None = None) -> Any:
+        """Run the client's callback ``name`` with ``args`` and return its result (bridge.callbacks).
 
-def interrupted(outcome: BridgeError) -> BridgeError:
-    """What a handler's wait or check raises once its request was answered with ``outcome``."""
-    return BridgeError(outcome.category, "interrupted",
-                       f"the request was answered ({outcome.category}/{outcome.code}) before its handler finished")
+        Blocks within the request's remaining budget (and ``timeout`` seconds if given). Raises
+        ``CallbackError`` with the client's category (``execution`` by default) when the callback
+        failed; ``timeout``, ``cancelled`` or ``shutdown`` when the request or the client can no
+        longer wait for it; ``overloaded`` when too many callbacks are in flight. Check ``name``
+        against what the request declared before calling: the worker carries any name.
+        """
+        return self._services.callbacks.call(self._job, name, args, timeout)

@@ -17,8 +17,9 @@ import os
 from typing import Any, Protocol
 
 from . import __version__, codecs, envelope
+from .callbacks import Callbacks
 from .context import Context
-from .errors import validation_error
+from .errors import categories, validation_error
 from .limits import Limits
 from .registry import ANY_ARGS, Registry
 from .sessions import SessionTable
@@ -31,6 +32,28 @@ ID_SCHEMA = {
         {"type": "string", "minLength": 1, "maxLength": envelope.MAX_ID_CHARS},
     ],
     "description": "the id of the request to cancel",
+}
+CALLBACK_RESULT = {
+    "type": "object",
+    "properties": {
+        "callback_id": {"type": "string", "minLength": 1, "maxLength": 64,
+                        "description": "the callback_id of the callback event answered"},
+        "result": {"description": "what the callback returned: any value the frame's format carries"},
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string", "maxLength": 100_000, "description": "what went wrong, for humans"},
+                "category": {"enum": sorted(categories()),
+                             "description": "a category of errors.json (default execution)"},
+            },
+            "required": ["message"],
+            "additionalProperties": False,
+            "description": "the callback failed; the request's handler gets this category",
+        },
+    },
+    "required": ["callback_id"],
+    "additionalProperties": False,
+    "description": "exactly one of result and error",
 }
 # Backends register just after ready (tens of ms): a describe sent at once
 # waits for them rather than listing the core alone.
@@ -45,6 +68,7 @@ class Control(Protocol):
     limits: Limits
     stats: Stats
     sessions: SessionTable
+    callbacks: Callbacks
     accepting: bool
 
     def load(self) -> dict:
@@ -93,6 +117,8 @@ def register(registry: Registry, control: Control) -> None:
         registry.complete.wait(REGISTRATION_WAIT_S)
         return {
             "protocol": envelope.PROTOCOL_VERSION,
+            "protocol_minor": envelope.PROTOCOL_MINOR,
+            "features": list(envelope.FEATURES),
             "version": __version__,
             "formats": list(codecs.FORMATS),
             "commands": {name: registry.commands[name].describe() for name in registry.names()},
@@ -166,6 +192,15 @@ def register(registry: Registry, control: Control) -> None:
             raise validation_error("missing_session_id", "name the session in args.session_id or the envelope")
         cancelled = control.end_session(session_id)
         return {"session_id": session_id, "ended": True, "cancelled_requests": cancelled}
+
+    @command("callback_result", control=True, schema=CALLBACK_RESULT)
+    def callback_result(ctx: Context, args: dict) -> dict:
+        """The client's answer to a callback event: its result, or the error it raised."""
+        if "result" in args:
+            control.callbacks.answer(args["callback_id"], result=args["result"], error=args.get("error"))
+        else:
+            control.callbacks.answer(args["callback_id"], error=args.get("error"))
+        return {"callback_id": args["callback_id"], "accepted": True}
 
     @command("shutdown", control=True)
     def shutdown(ctx: Context, args: dict) -> dict:

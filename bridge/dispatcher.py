@@ -23,7 +23,8 @@ from time import perf_counter_ns
 from typing import Any, Callable
 
 from . import __version__, codecs, envelope
-from .context import Context
+from .callbacks import Callbacks
+from .context import Context, Services
 from .envelope import parse_request
 from .errors import BridgeError, protocol_error
 from .inflight import InFlight, Job
@@ -73,7 +74,8 @@ class Dispatcher:
         self._global_store = self.sessions.global_session.store
         self._commands = registry.commands
         self._tally = self.stats.inline
-        self._send_event = self.send_event
+        self.callbacks = Callbacks(self._send_event_or_raise, self.limits.max_callbacks)
+        self._services = Services(self.send_event, self.callbacks, self._global_store)
         self._reading = logs.READING
         self._reading.ident = threading.get_ident()  # the thread that feeds this dispatcher
         self._encoders = {codec: codec.raw_encoder() for codec in codecs.CODECS.values()}  # reading thread's
@@ -83,19 +85,23 @@ class Dispatcher:
     # -- output -------------------------------------------------------------------
 
     def send_event(self, name: str, data: Any, rid: Any = None, codec: Any = None) -> None:
-        """An event of request ``rid`` in its format, or a worker-level one (``rid`` None)."""
-        codec = codec or self.last_codec
+        """An event of request ``rid`` in its format, or a worker-level one (``rid`` None); one that
+        cannot be encoded is dropped (and logged)."""
         try:
-            payload = codec.encode(envelope.event(rid, name, data))
+            self._send_event_or_raise(name, data, rid, codec)
         except codecs.EncodeError as exc:
             log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
-            return
+
+    def _send_event_or_raise(self, name: str, data: Any, rid: Any = None, codec: Any = None) -> None:
+        payload = (codec or self.last_codec).encode(envelope.event(rid, name, data))
         self.stats.event(name, len(payload))
         self._write(payload)
 
     def ready_data(self) -> dict:
         return {
             "protocol": envelope.PROTOCOL_VERSION,
+            "protocol_minor": envelope.PROTOCOL_MINOR,
+            "features": list(envelope.FEATURES),
             "pid": os.getpid(),
             "formats": list(codecs.FORMATS),
             "format": self.pinned.name if self.pinned else "auto",
@@ -230,7 +236,7 @@ class Dispatcher:
         inflight = self.inflight
         inflight.inline = True  # shutdown waits for this reply too
         try:
-            ctx = Context(request, codec, self._global_store, self._global_store, self._send_event)
+            ctx = Context(request, codec, self._global_store, self._services)
             reading = self._reading
             reading.request = request  # what log records of this thread belong to
             try:
@@ -271,7 +277,7 @@ class Dispatcher:
         if not job.start():
             return
         request, command = job.request, job.command
-        ctx = Context(request, job.codec, job.session.store, self._global_store, self._send_event, job)
+        ctx = Context(request, job.codec, job.session.store, self._services, job)
         token = enter_request(request)
         try:
             result, error = command.handler(ctx, request.args), None
@@ -360,6 +366,7 @@ class Dispatcher:
             "threads": scheduler.threads,
             "sessions": len(self.sessions),
             "timers": len(self.timers),
+            "callbacks": self.callbacks.describe(),
         }
 
     def cancel(self, rid: Any) -> str:

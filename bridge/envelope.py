@@ -20,6 +20,8 @@ from .errors import protocol_error
 from .limits import ENVELOPE
 
 PROTOCOL_VERSION = 1
+PROTOCOL_MINOR = 1  # 1.1: callbacks (PROTOCOL.md, changelog)
+FEATURES = ("callbacks",)
 FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta"})
 MAX_ID_CHARS: int = ENVELOPE["max_id_chars"]
 MAX_COMMAND_CHARS: int = ENVELOPE["max_command_chars"]
@@ -74,8 +76,12 @@ def parse_request(doc) -> Request:
             f"'id' must be an integer (64-bit) or a non-empty string of at most {MAX_ID_CHARS} characters",
         )
     command = doc.get("command")
-    if len(doc) == 2 and type(command) is str and 0 < len(command) <= MAX_COMMAND_CHARS:
-        return Request(rid, command, {})  # {"id", "command"}: nothing else to check
+    if type(command) is str and 0 < len(command) <= MAX_COMMAND_CHARS:
+        n = len(doc)
+        if n == 2:  # {"id", "command"}: nothing else to check
+            return Request(rid, command, {})
+        if n == 3 and type(args := doc.get("args")) is dict:  # {"id", "command", "args"}
+            return Request(rid, command, args)
     if not FIELDS.issuperset(doc):
         unknown = [k for k in doc if k not in FIELDS]
         shown = ", ".join(sorted(map(str, unknown)))[:200]

@@ -43,7 +43,7 @@ class Job:
         self.state = "queued"  # queued -> running -> done; or queued -> done
         self.outcome: BridgeError | None = None  # the error that answered it from outside the handler
         self.timer: list | None = None  # the deadline's timer entry while armed
-        self._wakeups: list[threading.Event] = []  # set when the job is answered from outside
+        self._wakeups: list[Callable[[], object]] = []  # called when the job is answered from outside
         self._lock = threading.Lock()
 
     @property
@@ -69,32 +69,38 @@ class Job:
                 return previous
             self.outcome = outcome
             wakeups, self._wakeups = self._wakeups, []
-        for event in wakeups:
-            event.set()
+        for wake in wakeups:  # before the reply is written: what it abandons is gone when the client reads it
+            wake()
         return previous
 
-    def watch(self, event: threading.Event) -> bool:
-        """Set ``event`` when the job is answered from outside; False (not watched) if it already was."""
+    def watch(self, wake: Callable[[], object]) -> bool:
+        """Call ``wake()`` when the job is answered from outside; False (not watched) if it already was."""
         with self._lock:
             if self.outcome is not None:
                 return False
-            self._wakeups.append(event)
+            self._wakeups.append(wake)
             return True
 
-    def unwatch(self, event: threading.Event) -> None:
+    def unwatch(self, wake: Callable[[], object]) -> None:
         with self._lock:
-            if event in self._wakeups:
-                self._wakeups.remove(event)
+            if wake in self._wakeups:
+                self._wakeups.remove(wake)
 
     def wait_interrupted(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True as soon as the job is answered from outside."""
         event = threading.Event()
-        if not self.watch(event):
+        if not self.watch(event.set):
             return True
         try:
             return event.wait(seconds)
         finally:
-            self.unwatch(event)
+            self.unwatch(event.set)
+
+
+def interrupted(outcome: BridgeError) -> BridgeError:
+    """What a handler's wait, check or callback raises once its request was answered with ``outcome``."""
+    return BridgeError(outcome.category, "interrupted",
+                       f"the request was answered ({outcome.category}/{outcome.code}) before its handler finished")
 
 
 class _Scheduler(Protocol):

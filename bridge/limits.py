@@ -30,6 +30,7 @@ class Limits:
     max_sessions: int = WORKER["max_sessions"]
     session_ttl_s: float = WORKER["session_ttl_s"]
     shutdown_grace_s: float = WORKER["shutdown_grace_s"]
+    max_callbacks: int = WORKER["max_callbacks"]
 
     def describe(self) -> dict:
         return asdict(self)

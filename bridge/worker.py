@@ -77,7 +77,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, transport: Transport) -> None:
         self.config = config
         self.transport = transport
-        transport.on_closed = lambda reason: self.begin_shutdown(reason)
+        transport.on_closed = self._client_gone
         self.registry = Registry()
         self.backends: dict = {}  # filled by _start_backends, after ready
         self.dispatcher = Dispatcher(
@@ -103,7 +103,7 @@ class Worker:
         self._watch_parent()
         threading.Thread(target=self._start_backends, name="portbridge-backends", daemon=True).start()
         code = self._read_loop()
-        self.begin_shutdown("stdin closed" if code == EXIT_OK else "stream out of sync", code)
+        self._client_gone("stdin closed" if code == EXIT_OK else "stream out of sync", code)
         threading.Event().wait()  # the shutdown thread ends the process
         return code  # not reached
 
@@ -242,7 +242,13 @@ class Worker:
     def _check_parent(self) -> None:
         if os.getppid() != self._parent:
             log.warning("the parent process (pid %d) is gone; shutting down", self._parent)
-            self.begin_shutdown("parent process died")
+            self._client_gone("the parent process died")
+
+    def _client_gone(self, reason: str, code: int = EXIT_OK) -> None:
+        """The client can no longer send (input ended) or receive (output broke, or it died): no callback
+        can be answered any more, and the worker shuts down."""
+        self.dispatcher.callbacks.close(f"the client can no longer answer ({reason})")
+        self.begin_shutdown(reason, code)
 
     def begin_shutdown(self, reason: str, code: int = EXIT_OK) -> None:
         """Start the one shutdown path (idempotent, callable from any thread or a signal handler)."""

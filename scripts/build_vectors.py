@@ -247,8 +247,77 @@ def exchange_cases() -> list[dict]:
              "expect": exp} for n, f, req, exp in EXCHANGES]
 
 
-def write(name: str, description: str, cases: list[dict]) -> None:
-    doc = {"description": description, "protocol": 1, "cases": cases}
+# -- callbacks.json: protocol 1.1 ------------------------------------------------------
+
+CALLBACK_CONVERSATION = [  # (name, schema, value): one callback, in the order the frames go
+    ("ready_1_1", "event", {"id": None, "event": "ready", "data": {
+        "protocol": 1, "protocol_minor": 1, "features": ["callbacks"], "pid": 4242, "version": "0.1.0",
+        "formats": ["json", "msgpack"], "format": "auto", "commands": ["callback_result", "ping"],
+        "limits": {"max_frame_bytes": 67108864, "max_callbacks": 1024}}}),
+    ("request_with_a_tool", "request", {"id": 7, "command": "execute_program", "timeout_ms": 30000,
+                                        "args": {"program_id": "agent", "inputs": {"question": "Capital of France?"}}}),
+    ("callback_event", "event", {"id": 7, "event": "callback", "data": {
+        "callback_id": "cb-1", "name": "search", "args": {"query": "capital of France"}, "timeout_ms": 29120}}),
+    ("callback_result", "request", {"id": 8, "command": "callback_result",
+                                    "args": {"callback_id": "cb-1", "result": {"hits": ["Paris"]}}}),
+    ("callback_result_reply", "response", {"id": 8, "success": True,
+                                           "result": {"callback_id": "cb-1", "accepted": True},
+                                           "meta": {"elapsed_us": 9}}),
+    ("callback_event_no_deadline", "event", {"id": 7, "event": "callback", "data": {
+        "callback_id": "cb-2", "name": "search", "args": {"query": "population of Paris"}, "timeout_ms": None}}),
+    ("callback_error", "request", {"id": 9, "command": "callback_result", "args": {
+        "callback_id": "cb-2", "error": {"message": "the search service is down", "category": "execution"}}}),
+    ("final_reply", "response", {"id": 7, "success": False, "error": {
+        "category": "execution", "code": "callback_failed",
+        "message": "callback 'search' failed: the search service is down", "severity": "medium",
+        "recovery": "abandon", "retryable": False, "details": {"callback": "search"}}, "meta": {"elapsed_us": 5210}}),
+]
+
+CALLBACK_EXCHANGES = [  # (name, format, request, expect), replayed against a core worker
+    ("describe_lists_callback_result", "json", {"id": 1, "command": "describe"},
+     {"id": 1, "success": True, "result": {"protocol": 1, "protocol_minor": 1, "features": ["callbacks"],
+                                            "commands": {"callback_result": {"control": True, "backend": "core"}}}}),
+    ("unknown_callback", "json", {"id": 2, "command": "callback_result", "args": {"callback_id": "cb-9", "result": 1}},
+     {"id": 2, "success": False, "error": {"category": "not_found", "code": "unknown_callback",
+                                           "details": {"callback_id": "cb-9"}}}),
+    ("unknown_callback_error_msgpack", "msgpack",
+     {"id": 3, "command": "callback_result", "args": {"callback_id": "cb-9", "error": {"message": "boom"}}},
+     {"id": 3, "success": False, "error": {"category": "not_found", "code": "unknown_callback"}}),
+    ("missing_callback_id", "json", {"id": 4, "command": "callback_result", "args": {"result": 1}},
+     {"id": 4, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"path": "args.callback_id", "reason": "required"}}}),
+    ("neither_result_nor_error", "json", {"id": 5, "command": "callback_result", "args": {"callback_id": "cb-1"}},
+     {"id": 5, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"reason": "oneOf"}}}),
+    ("both_result_and_error", "json",
+     {"id": 6, "command": "callback_result",
+      "args": {"callback_id": "cb-1", "result": 1, "error": {"message": "x"}}},
+     {"id": 6, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"reason": "oneOf"}}}),
+    ("error_without_message", "json",
+     {"id": 7, "command": "callback_result", "args": {"callback_id": "cb-1", "error": {"category": "execution"}}},
+     {"id": 7, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"path": "args.error.message", "reason": "required"}}}),
+    ("error_of_an_unknown_category", "json",
+     {"id": 8, "command": "callback_result",
+      "args": {"callback_id": "cb-1", "error": {"message": "x", "category": "oops"}}},
+     {"id": 8, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"path": "args.error.category", "reason": "enum"}}}),
+    ("callback_id_not_a_string", "json", {"id": 9, "command": "callback_result", "args": {"callback_id": 5,
+                                                                                          "result": 1}},
+     {"id": 9, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                           "details": {"path": "args.callback_id", "reason": "type"}}}),
+]
+
+
+def callback_frames() -> list[dict]:
+    return [{"name": f"{n}_{f}", "schema": schema, "format": f, "value": value,
+             "payload_hex": (jbytes(value) if f == "json" else pack(value)).hex()}
+            for f in ("json", "msgpack") for n, schema, value in CALLBACK_CONVERSATION]
+
+
+def write(name: str, description: str, cases: list[dict], **extra) -> None:
+    doc = {"description": description, "protocol": 1, **extra, "cases": cases}
     with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, ensure_ascii=False)
         f.write("\n")
@@ -269,4 +338,13 @@ if __name__ == "__main__":
           "One request each, sent to a fresh worker in the given format; the reply must contain every key of "
           "expect with an equal value (maps are compared key by key, recursively).",
           exchange_cases())
-    print("wrote codec.json, bad_frames.json, exchanges.json")
+    write("callbacks.json",
+          "Protocol 1.1 (callbacks). frames: one callback conversation in the order its frames go, in both "
+          "formats; each payload_hex decodes to value, which its schema (schemas/<schema>.schema.json) accepts, "
+          "and callback_result args also schemas/callback_result.schema.json. cases: requests sent to a fresh "
+          "worker, as in exchanges.json.",
+          [{"name": n, "format": f, "request": req,
+            "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(), "expect": exp}
+           for n, f, req, exp in CALLBACK_EXCHANGES],
+          protocol_minor=1, frames=callback_frames())
+    print("wrote codec.json, bad_frames.json, exchanges.json, callbacks.json")

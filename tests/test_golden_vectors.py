@@ -7,11 +7,14 @@ import pytest
 from bridge import codecs
 from bridge.framing import FrameDecoder, encode_frame
 from bridge.framecat import to_readable
+from tests.support.schemas import VALIDATORS
 from tests.support.vectors import flat_error, from_readable, ids, load, matches
 
 CODEC = load("codec.json")
 BAD = load("bad_frames.json")
 EXCHANGES = load("exchanges.json")
+CALLBACK_FRAMES = load("callbacks.json", "frames")
+CALLBACK_EXCHANGES = load("callbacks.json")
 SHARED = [c for c in BAD if not ({"worker_args", "end_input", "exit_code"} & set(c))]
 SPECIAL = [c for c in BAD if c not in SHARED]
 
@@ -30,7 +33,25 @@ def test_codec_vector(case):
     assert encode_frame(payload).hex() == case["frame_hex"]
 
 
-@pytest.mark.parametrize("case", EXCHANGES, ids=ids(EXCHANGES))
+@pytest.mark.parametrize("case", CALLBACK_FRAMES, ids=ids(CALLBACK_FRAMES))
+def test_callback_frame_vector(case):
+    """Protocol 1.1: each frame of the callback conversation decodes to its value, which its schema accepts."""
+    codec = codecs.get(case["format"])
+    value = codec.decode(bytes.fromhex(case["payload_hex"]))
+    assert to_readable(value) == case["value"]
+    assert not list(VALIDATORS[case["schema"]].iter_errors(case["value"]))
+    if case["value"].get("command") == "callback_result":
+        assert not list(VALIDATORS["callback_result"].iter_errors(case["value"]["args"]))
+
+
+def test_callback_result_schema_refuses_what_the_worker_refuses():
+    for args in ({"callback_id": "c"}, {"callback_id": "c", "result": 1, "error": {"message": "x"}},
+                 {"result": 1}, {"callback_id": "c", "error": {"category": "execution"}},
+                 {"callback_id": "c", "error": {"message": "x", "category": "oops"}}):
+        assert list(VALIDATORS["callback_result"].iter_errors(args)), args
+
+
+@pytest.mark.parametrize("case", EXCHANGES + CALLBACK_EXCHANGES, ids=ids(EXCHANGES + CALLBACK_EXCHANGES))
 def test_exchange_vector(raw, case):
     worker = raw()
     worker.send(encode_frame(bytes.fromhex(case["payload_hex"])))

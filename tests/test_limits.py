@@ -13,7 +13,7 @@ FILE = read_json("limits.json")
 OPTION = {  # limits.json key -> the worker option that changes it
     "max_frame_bytes": "max_frame_bytes", "max_frame_values": "max_frame_values",
     "max_concurrency": "max_concurrency", "max_queue": "max_queue", "max_sessions": "max_sessions",
-    "session_ttl_s": "session_ttl", "shutdown_grace_s": "shutdown_grace",
+    "session_ttl_s": "session_ttl", "shutdown_grace_s": "shutdown_grace", "max_callbacks": "max_callbacks",
 }
 
 

@@ -11,7 +11,8 @@ from bridge import codecs
 from bridge.client import RemoteError
 from tests.support.waiting import until
 
-CORE = {"ping", "describe", "stats", "health", "cancel", "list_sessions", "end_session", "shutdown", "echo", "sleep"}
+CORE = {"ping", "describe", "stats", "health", "cancel", "list_sessions", "end_session", "shutdown", "callback_result",
+        "echo", "sleep"}
 CONTROL = CORE - {"echo", "sleep"}
 
 

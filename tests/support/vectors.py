@@ -9,9 +9,9 @@ from bridge.contract import protocol_dir
 from bridge.framecat import from_readable, to_readable
 
 
-def load(name: str) -> list[dict]:
+def load(name: str, part: str = "cases") -> list[dict]:
     with open(os.path.join(protocol_dir(), "vectors", name), encoding="utf-8") as f:
-        return json.load(f)["cases"]
+        return json.load(f)[part]
 
 
 def ids(cases: list[dict]) -> list[str]:
