@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import cluster, elixir, lm, memory, payload, ping, pool, sdk, startup
+from . import callbacks, cluster, elixir, lm, memory, payload, ping, pool, sdk, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -15,4 +15,5 @@ SCENARIOS = {
     "cluster": cluster.run,
     "sdk": sdk.run,
     "memory": memory.run,
+    "callbacks": callbacks.run,
 }
