@@ -146,11 +146,6 @@ class Transport:
             finally:
                 lock.release()
             return
-        if self.closed:
-            # Checked before the lock too: a write failure logs while it holds the lock,
-            # and with --log-frames that log record is a frame written from that very
-            # thread (the lock is not reentrant); once closed, every write is dropped.
-            return
         with self._write_lock:
             if self.closed:
                 return
@@ -172,11 +167,16 @@ class Transport:
             self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
-        """A write failed (the write lock is held): the reader is gone; stop once."""
+        """A write failed (the write lock is held): the reader is gone; stop once. Nothing is
+        logged here: with --log-frames a log record is a frame that this very thread would write,
+        waiting for the lock it holds. Another thread logs, once every write is dropped."""
         self.closed = True
         reason = "stdout closed by the reader" if exc.errno == errno.EPIPE else f"stdout failed: {exc}"
+        threading.Thread(target=self._report_closed, args=(reason,), daemon=True).start()
+
+    def _report_closed(self, reason: str) -> None:
         log.warning("%s; stopping", reason)
-        threading.Thread(target=self.on_closed, args=(reason,), daemon=True).start()
+        self.on_closed(reason)
 
     def seal(self, timeout: float = 2.0) -> None:
         """Wait for a write in progress (never exit mid-frame), then drop every later write."""
