@@ -147,6 +147,15 @@ def test_a_name_the_request_did_not_declare_is_refused_by_the_backend(spawn):
     assert not callback_events(p)
 
 
+@pytest.mark.parametrize("bad", [[1, 2], "text", None])
+def test_callback_args_that_are_not_a_map_are_refused_before_anything_is_sent(spawn, bad):
+    w = spawn(*CB)
+    p = w.submit("call_back", {"name": "f", "args_not_a_map": bad}, callbacks={"f": lambda a: a})
+    reply = p.wait(10)
+    assert (reply["error"]["category"], reply["error"]["code"]) == ("validation", "invalid_callback")
+    assert not callback_events(p)
+
+
 def test_a_result_sent_twice_is_not_found_the_second_time(raw):
     w = raw(*CB)
     w.send_doc({"id": 1, "command": "call_back", "args": {"name": "x"}})

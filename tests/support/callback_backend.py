@@ -24,6 +24,7 @@ CALL_BACK = {
     "properties": {
         "name": {"type": "string"},
         "args": {"type": "object"},
+        "args_not_a_map": {"description": "call back with this value as args (a handler's mistake)"},
         "declared": {"type": "array", "items": {"type": "string"}},
         "times": {"type": "integer", "minimum": 1, "maximum": 1000},
         "catch": {"type": "boolean"},
@@ -50,7 +51,8 @@ def call_back(ctx, args):
     for _ in range(args.get("times", 1)):
         started = time.perf_counter_ns()
         try:
-            results.append(ctx.callback(name, args.get("args", {}), timeout=args.get("timeout_s")))
+            call_args = args["args_not_a_map"] if "args_not_a_map" in args else args.get("args", {})
+            results.append(ctx.callback(name, call_args, timeout=args.get("timeout_s")))
         except BridgeError as exc:
             if not args.get("catch"):
                 raise
