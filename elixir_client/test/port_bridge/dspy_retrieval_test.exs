@@ -84,7 +84,9 @@ defmodule PortBridge.DSPyRetrievalTest do
     kill9(old_pid)
     assert_os_pid_exited(old_pid)
 
-    assert {:ok, ^before} = DSPy.retrieve(name, id, "capital of France", session_id: s, retry: true)
+    assert {:ok, ^before} =
+             DSPy.retrieve(name, id, "capital of France", session_id: s, retry: true)
+
     assert ping_pid(name, session_id: s) != old_pid
 
     {:ok, %{"deleted" => true}} = DSPy.delete_index(name, id, session_id: s)

@@ -130,6 +130,7 @@ defmodule PortBridge.TelemetryTest do
 
   # (a nil skip would override the module tag that skips it all without telemetry)
   if reason = skip_reason(:dspy), do: @tag(skip: reason)
+
   test "a session rebuilt on a fresh Python: a rebuild event with its steps" do
     pool = start_pool(:"tele_#{System.unique_integer([:positive])}", dspy_worker_opts())
     {:ok, _} = PortBridge.DSPy.configure_lm(pool, model: "offline", session_id: "t")
