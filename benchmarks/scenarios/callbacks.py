@@ -12,8 +12,10 @@ in alternating blocks:
   whole ``call_back`` request (two round trips) is shown beside it.
 
 Client and worker are placed as every ping-type figure is (harness.placement).
-The Elixir row (a tool call through PortBridge) belongs to the Elixir client's
-benchmark.
+
+The Elixir rows (benchmarks/elixir/callback.exs): the same through
+``PortBridge.Worker``, the callback an Elixir function run in a task by the
+Worker, BEAM and Python pinned to one CPU.
 """
 
 from __future__ import annotations
@@ -73,4 +75,28 @@ def run(quick: bool) -> report.Result:
              s["median"] < 2.0)
     r.notes.append(f"{where.describe()}.")
     r.data = {"runs": runs, "ratios": ratios, "placement": dict(where)}
+    elixir_rows(r, quick)
     return r
+
+
+def elixir_rows(r: report.Result, quick: bool) -> None:
+    """The tool call's round trip through the Elixir client (issue 11's row)."""
+    from .pool import HERE as BENCH, beam
+
+    doc = beam("callback", pinned=True, script=BENCH / "elixir" / "callback.exs",
+               n=300 if quick else 1000, rounds=2 if quick else 5)
+    runs = doc["runs"]
+    table = r.table(f"Elixir client (PortBridge.Worker): {len(runs)} workers x 4 alternating blocks; BEAM and "
+                    "Python pinned to CPU 0; latency in us",
+                    ["what", "p50: median [min-max]", "p99: median [min-max]", "/ echo p50: median [min-max]"])
+    ratios = {k: [x[k]["p50"] / x["echo"]["p50"] for x in runs] for k in ("callback", "request")}
+    for key, label in (("echo", "echo {x: 1} (caller: call to reply)"),
+                       ("callback", "a tool call's round trip, worker -> Elixir -> worker (worker: ctx.callback)"),
+                       ("request", "the call_back request with that tool call (caller: call to reply)")):
+        cell = report.span(spread(ratios[key]), report.ratio) if key != "echo" else "1"
+        table.add(label, report.span(spread(x[key]["p50"] for x in runs), report.us),
+                  report.span(spread(x[key]["p99"] for x in runs), report.us), cell)
+    s = spread(ratios["callback"])
+    r.target("tool call round trip p50 vs echo p50, Elixir client", "< 2x", report.span(s, report.ratio),
+             s["median"] < 2.0)
+    r.data["elixir"] = doc
