@@ -742,8 +742,9 @@ def _fits(case, reply: dict) -> bool:
         return error["category"] != "protocol" or error["code"] == "duplicate_id"
     if command == "echo":
         return same(reply["result"], doc.get("args") or {})
-    if command == "ping":
-        return reply["result"]["pong"] is True
+    if command == "ping":  # (another request of the same id may have answered {}: not this one)
+        result = reply["result"]
+        return isinstance(result, dict) and result.get("pong") is True
     return command in SAFE_COMMANDS
 
 
