@@ -26,7 +26,8 @@ defmodule PortBridge.Callbacks do
 
   use GenServer
 
-  alias PortBridge.Codec
+  require Logger
+  alias PortBridge.{Codec, Request}
 
   @type fun_map :: %{optional(String.t()) => function}
   @type outcome :: {:ok, term} | {:error, String.t(), String.t()}
@@ -96,6 +97,109 @@ defmodule PortBridge.Callbacks do
       %{^name => fun} -> {:ok, fun}
       %{} -> Map.fetch(registered(session_id), name)
     end
+  end
+
+  ## What a PortBridge.Worker keeps of the callbacks running for its requests:
+  ## `running`, task ref => %{id: callback_id, request: ref, pid, timer, ms}.
+
+  @doc false
+  # A callback event of request `ref`: start its function in a task under
+  # PortBridge.TaskSupervisor (async_nolink: its result and its exit come to the
+  # Worker), or say what to answer at once.
+  @spec start(map, reference, map, term, Codec.format()) ::
+          {:started, map} | {:answer, String.t(), outcome} | :ignore
+  def start(running, ref, entry, %{"callback_id" => id, "name" => name} = data, format)
+      when is_binary(id) and is_binary(name) do
+    case find(entry.callbacks, entry.session_id, name) do
+      {:ok, fun} ->
+        args = Map.get(data, "args", %{})
+
+        task =
+          Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, __MODULE__, :run, [
+            fun,
+            args,
+            format
+          ])
+
+        ms = time_allowed(data["timeout_ms"], entry.deadline)
+        timer = ms && Process.send_after(self(), {:callback_timeout, task.ref}, ms)
+
+        {:started,
+         Map.put(running, task.ref, %{id: id, request: ref, pid: task.pid, timer: timer, ms: ms})}
+
+      :error ->
+        message =
+          "no callback named #{inspect(name)} was registered for this request or its session"
+
+        {:answer, id, {:error, "not_found", message}}
+    end
+  end
+
+  def start(_running, _ref, _entry, data, _format) do
+    Logger.warning(
+      "portbridge worker sent a callback event of the wrong shape: " <>
+        inspect(data, limit: 10, printable_limit: 200)
+    )
+
+    case data do
+      %{"callback_id" => id} when is_binary(id) ->
+        {:answer, id, {:error, "validation", "the callback event has no name"}}
+
+      _ ->
+        :ignore
+    end
+  end
+
+  # The time a callback may take: what the worker gave it, within the request's deadline.
+  defp time_allowed(timeout_ms, deadline) do
+    left = Request.remaining(deadline)
+
+    case timeout_ms do
+      ms when is_integer(ms) and ms > 0 and (left == :infinity or ms < left) -> ms
+      _ when left == :infinity -> nil
+      _ -> left
+    end
+  end
+
+  @doc false
+  # The task of `task_ref` is over: its callback id (nil if unknown) and the rest.
+  @spec finished(map, reference) :: {String.t() | nil, map}
+  def finished(running, task_ref) do
+    case Map.pop(running, task_ref) do
+      {nil, running} ->
+        {nil, running}
+
+      {%{id: id, timer: timer}, running} ->
+        if timer, do: Process.cancel_timer(timer)
+        {id, running}
+    end
+  end
+
+  @doc false
+  # The task of `task_ref` ran out of time: stop it; the outcome to send back.
+  @spec timed_out(map, reference) :: outcome
+  def timed_out(running, task_ref) do
+    %{pid: pid, ms: ms} = Map.fetch!(running, task_ref)
+    Process.demonitor(task_ref, [:flush])
+    Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, pid)
+    {:error, "timeout", "the callback did not return within #{ms} ms"}
+  end
+
+  @doc false
+  # Stops the callbacks of request `ref` (over: answered, cancelled, its Python gone).
+  @spec stop(map, reference) :: map
+  def stop(running, _ref) when running == %{}, do: running
+
+  def stop(running, ref) do
+    {stopped, kept} = Enum.split_with(running, fn {_task_ref, r} -> r.request == ref end)
+
+    for {task_ref, r} <- stopped do
+      Process.demonitor(task_ref, [:flush])
+      if r.timer, do: Process.cancel_timer(r.timer)
+      Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, r.pid)
+    end
+
+    Map.new(kept)
   end
 
   @doc false

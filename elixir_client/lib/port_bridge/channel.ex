@@ -189,7 +189,7 @@ defmodule PortBridge.Channel do
   Writes a frame without ever blocking the caller: `:ok` when the port took it,
   `:busy` when the port's queue is full (the worker stopped reading: the frame was
   not written, write it later from a process that may block, see
-  `PortBridge.Writer`), `{:error, error}` when the port is closed.
+  `PortBridge.Outbox`), `{:error, error}` when the port is closed.
   """
   @spec write(t | port, iodata) :: :ok | :busy | {:error, Error.t()}
   def write(%__MODULE__{port: port}, payload), do: write(port, payload)

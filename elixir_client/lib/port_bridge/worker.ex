@@ -72,7 +72,7 @@ defmodule PortBridge.Worker do
       request's session lane at once. A caller that dies cancels its requests too.
       Writes never block this process or a caller: when the Python process stops
       reading and its pipe fills up, frames wait in a queue (see
-      `PortBridge.Writer`) and the deadlines still fire.
+      `PortBridge.Outbox`) and the deadlines still fire.
     * Every frame from the Python process is untrusted: a frame of any shape gets
       its caller a categorised error (or is logged when it names no caller), and
       this process keeps serving.
@@ -103,12 +103,12 @@ defmodule PortBridge.Worker do
     Courier,
     Error,
     Options,
+    Outbox,
     Protocol,
     Reaper,
     Request,
     Schema,
-    Telemetry,
-    Writer
+    Telemetry
   }
 
   @request_schema Options.request_schema()
@@ -255,13 +255,10 @@ defmodule PortBridge.Worker do
       ready_timer: nil,
       ready_waiters: [],
       failures: 0,
-      writer: nil,
-      # Frames the port did not take yet, {ref | nil, frame}, oldest first; `writing`
-      # while the writer holds one.
-      pending: :queue.new(),
-      writing: false,
+      # What goes out to the port (PortBridge.Outbox), while there is one.
+      outbox: nil,
       next_id: 1,
-      # ref => %{id, caller_mon, timer, timeout, deadline, send, written}
+      # ref => %{id, caller_mon, timer, timeout, deadline, send, callbacks, session_id}
       requests: %{},
       ids: %{},
       callers: %{},
@@ -297,6 +294,7 @@ defmodule PortBridge.Worker do
              port: port,
              os_pid: os_pid,
              channel: nil,
+             outbox: Outbox.new(port),
              ready_timer: timer,
              spawned_at: System.monotonic_time()
          }}
@@ -326,7 +324,6 @@ defmodule PortBridge.Worker do
       timeout: timeout,
       deadline: deadline,
       send: {command, args, envelope},
-      written: false,
       callbacks: callbacks,
       session_id: envelope[:session_id]
     }
@@ -417,8 +414,8 @@ defmodule PortBridge.Worker do
     python_gone(%{state | port: nil}, {:port_closed, reason}, Channel.port_closed(reason))
   end
 
-  def handle_info({:written, writer}, %{writer: writer} = state),
-    do: {:noreply, write_pending(%{state | writing: false})}
+  def handle_info({:written, writer}, %{outbox: %Outbox{writer: writer}} = state),
+    do: {:noreply, %{state | outbox: Outbox.written(state.outbox)}}
 
   def handle_info({:timeout, _timer, {:deadline, ref}}, state) do
     case state.requests do
@@ -440,11 +437,7 @@ defmodule PortBridge.Worker do
 
   def handle_info({:callback_timeout, task_ref}, state)
       when is_map_key(state.running, task_ref) do
-    %{pid: pid, ms: ms} = state.running[task_ref]
-    Process.demonitor(task_ref, [:flush])
-    Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, pid)
-    message = "the callback did not return within #{ms} ms"
-    {:noreply, callback_done(state, task_ref, {:error, "timeout", message})}
+    {:noreply, callback_done(state, task_ref, Callbacks.timed_out(state.running, task_ref))}
   end
 
   def handle_info({:DOWN, mon, :process, _caller, _reason}, state) do
@@ -681,18 +674,16 @@ defmodule PortBridge.Worker do
   defp reset_python(state) do
     if state.ready_timer, do: Process.cancel_timer(state.ready_timer)
     if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
-    if state.writer, do: Process.exit(state.writer, :kill)
+    Outbox.close(state.outbox)
 
     %{
       state
       | port: nil,
         channel: nil,
+        outbox: nil,
         ready_timer: nil,
         replay: %{},
-        replay_timer: nil,
-        writer: nil,
-        pending: :queue.new(),
-        writing: false
+        replay_timer: nil
     }
   end
 
@@ -774,51 +765,8 @@ defmodule PortBridge.Worker do
     end
   end
 
-  # Writes never block: what the port does not take at once waits in `pending`, in
-  # order, for the writer (see PortBridge.Writer).
-  defp write(state, ref, frame) do
-    if state.writing or not :queue.is_empty(state.pending) do
-      %{state | pending: :queue.in({ref, frame}, state.pending)}
-    else
-      write_now(state, ref, frame)
-    end
-  end
-
-  defp write_now(state, ref, frame) do
-    case Channel.write(state.port, frame) do
-      :busy ->
-        writer = state.writer || Writer.start_link(state.port)
-        send(writer, {:write, frame})
-        written(%{state | writer: writer, writing: true}, ref)
-
-      # :ok, or the port is closed: its exit reaches us next.
-      _ ->
-        written(state, ref)
-    end
-  end
-
-  defp write_pending(state) do
-    case :queue.out(state.pending) do
-      {{:value, {ref, frame}}, pending} ->
-        state = write_now(%{state | pending: pending}, ref, frame)
-        if state.writing, do: state, else: write_pending(state)
-
-      {:empty, _} ->
-        state
-    end
-  end
-
-  defp written(state, nil), do: state
-
-  defp written(state, ref) do
-    case state.requests do
-      %{^ref => entry} ->
-        %{state | requests: Map.put(state.requests, ref, %{entry | written: true})}
-
-      %{} ->
-        state
-    end
-  end
+  # Writes never block (PortBridge.Outbox); `tag`: the request's ref, or nil.
+  defp write(state, tag, frame), do: %{state | outbox: Outbox.write(state.outbox, tag, frame)}
 
   defp reply(state, id, result) do
     case state.ids do
@@ -862,69 +810,20 @@ defmodule PortBridge.Worker do
 
   ## Callbacks: the worker calls the client (PortBridge.Callbacks)
 
-  defp callback(state, ref, %{"callback_id" => callback_id, "name" => name} = data)
-       when is_binary(callback_id) and is_binary(name) do
+  defp callback(state, ref, data) do
     entry = Map.fetch!(state.requests, ref)
 
-    case Callbacks.find(entry.callbacks, entry.session_id, name) do
-      {:ok, fun} ->
-        args = Map.get(data, "args", %{})
-        format = state.config.spawn.format
-
-        task =
-          Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, Callbacks, :run, [
-            fun,
-            args,
-            format
-          ])
-
-        ms = callback_ms(data["timeout_ms"], entry.deadline)
-        timer = ms && Process.send_after(self(), {:callback_timeout, task.ref}, ms)
-        running = %{id: callback_id, request: ref, pid: task.pid, timer: timer, ms: ms}
-        %{state | running: Map.put(state.running, task.ref, running)}
-
-      :error ->
-        message =
-          "no callback named #{inspect(name)} was registered for this request or its session"
-
-        callback_result(state, callback_id, {:error, "not_found", message})
-    end
-  end
-
-  defp callback(state, _ref, data) do
-    Logger.warning(
-      "portbridge worker #{state.os_pid} sent a callback event of the wrong shape: " <>
-        inspect(data, limit: 10, printable_limit: 200)
-    )
-
-    case data do
-      %{"callback_id" => id} when is_binary(id) ->
-        callback_result(state, id, {:error, "validation", "the callback event has no name"})
-
-      _ ->
-        state
-    end
-  end
-
-  # The time a callback may take: what the worker gave it, within the request's deadline.
-  defp callback_ms(timeout_ms, deadline) do
-    left = Request.remaining(deadline)
-
-    case timeout_ms do
-      ms when is_integer(ms) and ms > 0 and (left == :infinity or ms < left) -> ms
-      _ when left == :infinity -> nil
-      _ -> left
+    case Callbacks.start(state.running, ref, entry, data, state.config.spawn.format) do
+      {:started, running} -> %{state | running: running}
+      {:answer, callback_id, outcome} -> callback_result(state, callback_id, outcome)
+      :ignore -> state
     end
   end
 
   defp callback_done(state, task_ref, outcome) do
-    case Map.pop(state.running, task_ref) do
-      {nil, _} ->
-        state
-
-      {running, rest} ->
-        if running.timer, do: Process.cancel_timer(running.timer)
-        callback_result(%{state | running: rest}, running.id, outcome)
+    case Callbacks.finished(state.running, task_ref) do
+      {nil, _} -> state
+      {callback_id, running} -> callback_result(%{state | running: running}, callback_id, outcome)
     end
   end
 
@@ -958,20 +857,6 @@ defmodule PortBridge.Worker do
     end
   end
 
-  # Callbacks of a request that is over, or of a Python that is gone, are stopped.
-  defp stop_callbacks(state, fun) do
-    {stopped, running} =
-      Enum.split_with(state.running, fn {_task_ref, running} -> fun.(running) end)
-
-    for {task_ref, running} <- stopped do
-      Process.demonitor(task_ref, [:flush])
-      if running.timer, do: Process.cancel_timer(running.timer)
-      Task.Supervisor.terminate_child(PortBridge.TaskSupervisor, running.pid)
-    end
-
-    %{state | running: Map.new(running)}
-  end
-
   # The request's caller is done with it (deadline, cancel, caller died): tell the
   # worker to cancel it if it has it, and answer the caller with `error` (nil:
   # nobody to answer).
@@ -982,13 +867,13 @@ defmodule PortBridge.Worker do
       {:ok, %{id: nil}} ->
         finish(%{state | queue: :queue.delete(ref, state.queue)}, ref, result)
 
-      {:ok, %{written: false}} ->
-        # Still waiting behind a blocked write: it never reaches the worker.
-        pending = :queue.filter(fn {r, _} -> r != ref end, state.pending)
-        finish(%{state | pending: pending}, ref, result)
-
       {:ok, %{id: id}} ->
-        finish(send_cancel(state, id), ref, result)
+        if Outbox.waiting?(state.outbox, ref) do
+          # Still waiting behind a blocked write: it never reaches the worker.
+          finish(%{state | outbox: Outbox.drop(state.outbox, ref)}, ref, result)
+        else
+          finish(send_cancel(state, id), ref, result)
+        end
 
       :error ->
         state
@@ -1008,7 +893,7 @@ defmodule PortBridge.Worker do
   end
 
   defp finish(state, ref, result) do
-    state = if state.running == %{}, do: state, else: stop_callbacks(state, &(&1.request == ref))
+    state = %{state | running: Callbacks.stop(state.running, ref)}
 
     {entry, requests} = Map.pop(state.requests, ref)
     if entry.timer, do: :erlang.cancel_timer(entry.timer)
