@@ -3,9 +3,11 @@
 It spawns ``portbridge worker`` exactly as an Erlang Port would, and sends
 every step as a request frame: configure the LM (the built-in ``offline``
 model unless ``--model`` names another), create a ChainOfThought program, run
-it, run it again streaming ``chunk`` events, and export it as JSON. Each step
-prints what went over the wire and how long it took. It needs no network and
-no API key with the offline model.
+it, run it again streaming ``chunk`` events, export it as JSON, and run a
+ReAct agent whose tool is a function of this client (the worker calls it
+back with a ``callback`` event; the demo answers with ``callback_result``).
+Each step prints what went over the wire and how long it took. It needs no
+network and no API key with the offline model.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from .client import RemoteError, WorkerClient, WorkerExited
 QUESTION = "What is the capital of France?"
 STREAMED_QUESTION = "Why is the sky blue?"
 PROGRAM_ID = "demo-qa"
+AGENT_ID = "demo-agent"
+AGENT_QUESTION = "What is the capital of Italy?"
+CAPITALS = {"france": "Paris", "italy": "Rome", "japan": "Tokyo", "kenya": "Nairobi"}
+CAPITAL_TOOL = {"name": "capital_of", "description": "Finds the capital city of a country.",
+                "parameters": {"type": "object", "properties": {"country": {"type": "string"}},
+                               "required": ["country"]}}
 
 
 class Demo:
@@ -116,6 +124,41 @@ def run(demo: Demo, model: str, api_base: str | None) -> None:
     demo.done(f"{len(orjson.dumps(exported))} bytes; import_program rebuilds it in any worker")
 
 
+def capital_of(args: dict) -> str:
+    """The demo's own tool: the worker calls it back (a model may pass the country, or the whole question)."""
+    text = str(args.get("country", "")).lower()
+    found = [capital for country, capital in CAPITALS.items() if country in text]
+    return found[0] if found else f"no capital known for {args.get('country')!r}"
+
+
+def run_agent(demo: Demo) -> None:
+    agent = demo.call("Create a ReAct agent whose tool lives in this client (declared as data: name, "
+                      "description, JSON Schema)", "create_program",
+                      {"program_id": AGENT_ID, "module": "ReAct", "signature": "question -> answer",
+                       "tools": [CAPITAL_TOOL], "max_iters": 3})
+    demo.done(f"program {agent['program_id']}: {agent['module']} with tool(s) "
+              f"{', '.join(t['name'] for t in agent['tools'])}")
+
+    def on_event(frame: dict) -> None:
+        if frame.get("event") == "callback":
+            data = frame["data"]
+            budget = "no deadline" if data["timeout_ms"] is None else f"answer within {data['timeout_ms']} ms"
+            demo.say(f"<~ callback {data['name']} {orjson.dumps(data['args']).decode()} ({budget})", 3)
+
+    def tool(args: dict) -> str:
+        answer = capital_of(args)
+        demo.say(f"~> callback_result {orjson.dumps(answer).decode()}", 3)
+        return answer
+
+    result = demo.call("Run the agent: the worker calls the tool back, this client answers",
+                       "execute_program", {"program_id": AGENT_ID, "inputs": {"question": AGENT_QUESTION}},
+                       callbacks={"capital_of": tool}, on_event=on_event)
+    for key, value in result["outputs"]["trajectory"].items():
+        demo.say(f"{key}: {orjson.dumps(value).decode()}", 3)
+    demo.say(f"answer: {result['outputs']['answer']}", 3)
+    demo.done(_usage_line(result["usage"]))
+
+
 def main(model: str = "offline", api_base: str | None = None, worker_args=()) -> int:
     started = time.perf_counter()
     try:
@@ -126,6 +169,8 @@ def main(model: str = "offline", api_base: str | None = None, worker_args=()) ->
             demo.say()
             try:
                 run(demo, model, api_base)
+                if model == "offline":  # a real model would need the tool format explained; the offline one follows it
+                    run_agent(demo)
             except RemoteError as exc:
                 demo.say(f"<- error {exc.category}/{exc.code}: {exc.error.get('message')}", 3)
                 return 1

@@ -22,6 +22,9 @@ def test_the_demo_runs_offline_and_prints_every_step():
                  "-> export_program", '"format": "portbridge.dspy.program"', "done in"):
         assert step in out, step
     assert "reasoning: reasoning" in out and "~ answer: answer" in out and "chunk events" in out
+    # The agent's tool is the demo's own function: the worker calls it back, the demo answers.
+    assert '<~ callback capital_of {"country":' in out and '~> callback_result "Rome"' in out
+    assert 'observation_0: "Rome"' in out and "answer: answer" in out.split("observation_0")[1]
 
 
 def test_the_demo_against_a_real_http_model():

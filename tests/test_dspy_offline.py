@@ -56,3 +56,30 @@ def test_a_demo_with_the_same_inputs_is_answered_from_memory_field_by_field():
     prediction = run(module, question="2+2?")
     assert prediction.answer == "4" and prediction.score == 10 and prediction.reasoning.startswith("reasoning")
     assert run(module, question="3+3?").answer != "4"
+
+
+def test_the_offline_model_drives_a_short_react_trajectory_with_schema_valid_arguments():
+    import jsonschema
+
+    def add(a: int, b: int) -> int:
+        """Adds two integers."""
+        return a + b
+
+    def search_web(query: str, limit: int = 3) -> str:
+        """Search the web for pages about a query."""
+        return f"{limit} pages about {query}"
+
+    agent = dspy.ReAct("question -> answer", tools=[add, search_web], max_iters=5)
+    first = run(agent, question="Search the web for DSPy")
+    second = run(agent, question="Search the web for DSPy")
+    assert first.toDict() == second.toDict()  # deterministic
+    trajectory = first.trajectory
+    # One declared tool (the one whose name and description share the question's words), then finish.
+    assert [trajectory[k] for k in sorted(trajectory) if k.startswith("tool_name_")] == ["search_web", "finish"]
+    jsonschema.validate(trajectory["tool_args_0"], {"type": "object", "properties": agent.tools["search_web"].args,
+                                                    "required": ["query"]})
+    assert trajectory["observation_0"] == "%d pages about Search the web for DSPy" % trajectory["tool_args_0"]["limit"]
+    # The extracted answer builds on the tool's observation.
+    assert "pages about Search the web for DSPy" in first.answer
+    numbers = run(agent, question="add two numbers").trajectory
+    assert numbers["tool_name_0"] == "add" and all(isinstance(numbers["tool_args_0"][k], int) for k in "ab")

@@ -218,3 +218,38 @@ def test_an_optimiser_sends_and_learns_what_plain_dspy_does(worker, server, name
     plain_state = {"instructions": compiled.signature.instructions,
                    "demos": [{k: v for k, v in dict(d).items()} for d in compiled.demos]}
     assert learned["predictors"]["self"] == json.loads(json.dumps(plain_state))
+
+
+def add(a: int, b: int) -> int:
+    """Adds two integers."""
+    return a + b
+
+
+ADD_TOOL = {"name": "add", "description": "Adds two integers.",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                           "required": ["a", "b"]}}
+REACT_SCRIPT = (
+    '[[ ## next_thought ## ]]\nI add.\n\n[[ ## next_tool_name ## ]]\nadd\n\n[[ ## next_tool_args ## ]]\n'
+    '{"a": 2, "b": 3}\n\n[[ ## completed ## ]]',
+    '[[ ## next_thought ## ]]\nDone.\n\n[[ ## next_tool_name ## ]]\nfinish\n\n[[ ## next_tool_args ## ]]\n{}\n\n'
+    '[[ ## completed ## ]]',
+    "[[ ## reasoning ## ]]\n2 + 3 = 5\n\n[[ ## answer ## ]]\n5\n\n[[ ## completed ## ]]",
+)
+
+
+def test_react_with_client_tools_sends_and_returns_what_plain_dspy_with_python_tools_does(worker, server):
+    model = "parity-react"
+    plain_requests, plain_outputs = run_plain(server, model, dspy.ReAct("question -> answer", tools=[add],
+                                                                        max_iters=4),
+                                              {"question": "What is 2 + 3?"}, script=REACT_SCRIPT)
+    session = f"parity-{model}"
+    worker.call("configure_lm", {"model": f"openai/{model}", "api_base": server.base_url, "api_key": KEY,
+                                 "num_retries": 0}, session_id=session)
+    worker.call("create_program", {"program_id": "p", "signature": "question -> answer", "module": "ReAct",
+                                   "tools": [ADD_TOOL], "max_iters": 4}, session_id=session)
+    server.script(model, *REACT_SCRIPT)
+    start = len(server.seen)
+    result = worker.call("execute_program", {"program_id": "p", "inputs": {"question": "What is 2 + 3?"}},
+                         session_id=session, callbacks={"add": lambda args: add(**args)})
+    assert bodies(server, start) == plain_requests and len(plain_requests) == 3
+    assert result["outputs"] == plain_outputs and plain_outputs["trajectory"]["observation_0"] == 5

@@ -65,12 +65,12 @@ def test_describe_documents_every_command_the_modules_and_the_limits(worker):
         assert cmd["backend"] == "dspy" and cmd["args"]["type"] == "object" and cmd["description"]
     assert d["commands"]["configure_lm"]["args"]["properties"]["cache"]["default"] is False
     dspy = d["backends"]["dspy"]
-    assert set(dspy["modules"]) == {"Predict", "ChainOfThought"}
-    assert "ReAct" in dspy["not_buildable"]
+    assert set(dspy["modules"]) == {"Predict", "ChainOfThought", "ReAct", "BestOfN", "Refine"}
+    assert "CodeAct" in dspy["not_buildable"] and "ReAct" not in dspy["not_buildable"]
     assert set(dspy["optimizers"]) == {"LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
                                        "MIPROv2", "COPRO", "SIMBA", "GEPA"}
     assert all(o["options"] and o["description"] for o in dspy["optimizers"].values())
-    assert {"exact_match", "f1", "judge"} <= set(dspy["metrics"])
+    assert {"exact_match", "f1", "judge", "callback"} <= set(dspy["metrics"])
     assert set(dspy["adapters"]) == {"chat", "json", "xml", "two_step"}
     assert {"inputs", "streaming", "usage", "errors"} <= set(dspy["differences"])
     limits = dspy["limits"]
@@ -78,7 +78,8 @@ def test_describe_documents_every_command_the_modules_and_the_limits(worker):
 
 
 @pytest.mark.parametrize("command, args, path", [
-    ("create_program", {"signature": "q -> a", "module": "ReAct"}, "args.module"),
+    ("create_program", {"signature": "q -> a", "module": "CodeAct"}, "args.module"),
+    ("create_program", {"signature": "q -> a", "module": "ReAct"}, "args.tools"),
     ("create_program", {"signature": "q -> a", "colour": "red"}, "args.colour"),
     ("execute_program", {"program_id": "x"}, "args.inputs"),
     ("execute_program", {"program_id": "../etc", "inputs": {}}, "args.program_id"),

@@ -76,6 +76,7 @@ class DSPyBackend(Backend):
             "streaming": "execute_program with stream: true sends chunk events {field, text, predictor, last} "
                          "before the final outputs: field text only, each field's last chunk with last: true "
                          "(a cached answer arrives without chunks)",
+            "callbacks": catalog.CALLBACKS,
             "retrieval": {**catalog.RETRIEVAL, "index_bytes_in_use": MEMORY.used},
             "differences": catalog.DIFFERENCES,
             "limits": {

@@ -10,7 +10,7 @@ from pydantic_core import to_jsonable_python
 
 from ...errors import validation_error
 from . import fieldtypes, spec
-from .catalog import MODULES
+from .catalog import MODULES, WRAPPERS
 
 REASONING = "reasoning"
 
@@ -58,28 +58,51 @@ def signature(dspy, spec: dict):
     return dspy.make_signature(fields, spec["instructions"] or None, signature_name=spec["name"])
 
 
-def module(dspy, module_name: str, spec: dict):
-    """A fresh, unoptimised DSPy module for the spec."""
+# Fields ReAct adds to its predictors (next_tool_args: any JSON object, type None).
+REACT_FIELDS = {"trajectory": "str", "next_thought": "str", "next_tool_name": "str", "next_tool_args": None}
+
+
+def module(dspy, module_name: str, spec: dict, options: dict | None = None):
+    """A fresh, unoptimised DSPy module for the spec (``options``: tools, reward... as ``programs.options_of``)."""
+    options = options or {}
     if module_name not in MODULES:
         raise validation_error("unsupported_module", f"module {module_name!r} cannot be built from data; "
                                f"supported: {', '.join(MODULES)}", module=module_name)
-    if module_name == "ChainOfThought" and (REASONING in spec["outputs"] or REASONING in spec["inputs"]):
-        raise validation_error("reserved_field_name", "ChainOfThought adds its own 'reasoning' output; "
-                               "rename your 'reasoning' field or use Predict", field=REASONING)
+    if module_name in WRAPPERS:
+        from .agents import wrapper
+
+        return wrapper(module_name, module(dspy, options["base_module"], spec, options), options)
+    reserved = {REASONING, *REACT_FIELDS} if module_name == "ReAct" else {REASONING}
+    clash = sorted(reserved & (set(spec["outputs"]) | set(spec["inputs"])))
+    if module_name != "Predict" and clash:
+        raise validation_error("reserved_field_name", f"{module_name} adds its own {clash} field(s); rename "
+                               "yours or use Predict", field=clash[0])
     sig = signature(dspy, spec)
+    if module_name == "ReAct":
+        from .agents import react
+
+        return react(sig, options["tools"], options["max_iters"])
     return dspy.ChainOfThought(sig) if module_name == "ChainOfThought" else dspy.Predict(sig)
 
 
-def output_fields(module_name: str, spec: dict) -> dict:
-    """Every output of this module's predictor (ChainOfThought's 'reasoning' included), as ``{name: field}``."""
-    if module_name == "ChainOfThought":
+def base_of(module_name: str, options: dict | None) -> str:
+    """The module that makes the predictions: BestOfN's and Refine's base_module, else the module itself."""
+    return (options or {}).get("base_module", "Predict") if module_name in WRAPPERS else module_name
+
+
+def output_fields(module_name: str, spec: dict, options: dict | None = None) -> dict:
+    """Every output a prediction carries ('reasoning' of ChainOfThought and ReAct included), as ``{name: field}``."""
+    if base_of(module_name, options) in ("ChainOfThought", "ReAct"):
         return {REASONING: {"type": "str", "desc": ""}, **spec["outputs"]}
     return dict(spec["outputs"])
 
 
-def demo_fields(module_name: str, spec: dict) -> dict:
-    """Every field a demo of this module's predictor may carry, as ``{name: {"type", "desc"}}``."""
-    return {**spec["inputs"], **output_fields(module_name, spec)}
+def demo_fields(module_name: str, spec: dict, options: dict | None = None) -> dict:
+    """Every field a demo of this module's predictors may carry, as ``{name: {"type", "desc"}}``."""
+    fields = {**spec["inputs"], **output_fields(module_name, spec, options)}
+    if base_of(module_name, options) == "ReAct":
+        fields.update({name: {"type": kind, "desc": ""} for name, kind in REACT_FIELDS.items()})
+    return fields
 
 
 def python_inputs(program, inputs: dict) -> dict:
@@ -117,7 +140,7 @@ def json_value(value):
 
 def examples(dspy, program, items: list, path: str) -> list:
     """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked (raises ``validation``)."""
-    outputs = output_fields(program.module_name, program.spec)  # ChainOfThought may be given reasoning
+    outputs = output_fields(program.module_name, program.spec, program.options)  # reasoning may be labelled
     found = []
     for i, item in enumerate(items):
         where = f"{path}[{i}]"

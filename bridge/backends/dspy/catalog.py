@@ -9,14 +9,20 @@ from __future__ import annotations
 MODULES = {
     "Predict": "one LM call from the inputs to the outputs",
     "ChainOfThought": "like Predict, with a 'reasoning' output the LM writes before the answer",
+    "ReAct": "an agent: the LM picks one of the declared tools (tools: [{name, description, parameters: JSON "
+             "Schema}]) and its arguments, the client runs it (a callback event), up to max_iters turns, then "
+             "the outputs are extracted; the outputs carry its trajectory",
+    "BestOfN": "runs base_module (Predict, ChainOfThought or ReAct) up to N times at temperature 1 and keeps "
+               "the prediction the client's reward (reward_fn: {callback: name}) scores highest, stopping at "
+               "threshold",
+    "Refine": "as BestOfN, and between attempts the LM writes advice from the reward for the next one",
 }
+BASE_MODULES = ("Predict", "ChainOfThought", "ReAct")  # what BestOfN and Refine wrap
+WRAPPERS = ("BestOfN", "Refine")
 NOT_BUILDABLE = {
-    "ReAct": "needs tools, which are Python callables",
-    "BestOfN": "needs a reward function, which is Python code",
-    "Refine": "needs a reward function, which is Python code",
     "MultiChainComparison": "needs earlier completions passed in at call time, not a signature alone",
     "ProgramOfThought": "runs LM-written code (needs Deno or an unsandboxed interpreter) and is deprecated",
-    "CodeAct": "runs LM-written code and needs Python tools",
+    "CodeAct": "runs LM-written code",
 }
 BOOTSTRAP = ["max_bootstrapped_demos", "max_labeled_demos", "max_rounds", "max_errors", "metric_threshold"]
 OPTIMIZERS = {
@@ -81,6 +87,21 @@ RETRIEVAL = {
                "replays them on every fresh Python, before the programs that use them",
 }
 
+# What the worker calls back (callback events answered by the client's callback_result), and with what.
+CALLBACKS = {
+    "tools": "a ReAct program's tools (create_program tools: [{name, description, parameters}]): the callback is "
+             "the tool's name, its args the tool's arguments (a JSON object valid for parameters, checked before "
+             "the call), its result any JSON value: the observation (DSPy formats non-strings as JSON for the LM). "
+             "Arguments that fail the schema, and an execution error from the client, become the observation "
+             "'Execution error in <tool>: <message>' and the agent carries on; timeout, cancel and shutdown stop "
+             "the run",
+    "reward": "BestOfN and Refine (reward_fn: {callback: name}): args {inputs: {...}, prediction: {output: value}}, "
+              "result a number",
+    "metric": "evaluate_program and optimize_program (metric: {callback: name}): args {example: {inputs, outputs}, "
+              "prediction: {output: value}}, result a number, a bool, or {score, feedback} (GEPA reads feedback)",
+    "scope": "only names the request's program or metric declares are called, and only while that request runs",
+}
+
 # Where a program run through the worker deliberately behaves otherwise than the same program in
 # plain DSPy 3.4 (what the LM is sent and what comes back are otherwise the same).
 DIFFERENCES = {
@@ -95,6 +116,8 @@ DIFFERENCES = {
                  "[[ ## field ## ]] markers into chunks when a server streams a few characters per event",
     "usage": "lm_calls counts every LM call, also those whose response carries no usage; DSPy's tracker "
              "records only calls that reported tokens",
+    "tools": "a failed tool call's observation is 'Execution error in <tool>: <message>', without the Python "
+             "traceback DSPy appends (it would show the worker's files to the LM)",
     "retrieval": "DSPy's embedding cache is off (process-wide, keyed without api_base); an index searches "
                  "exactly (dspy.retrievers.Embeddings switches to FAISS above 20,000 passages, beyond this "
                  "worker's corpus limit) and without Embeddings' per-instance batching thread",

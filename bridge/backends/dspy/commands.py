@@ -48,7 +48,7 @@ def create_program(ctx, args):
 
     scope, _ = scopes(ctx)
     program = programs.create(dspy, args.get("program_id") or scope.new_id(), args["module"], signature_spec,
-                              programs.options_of(args, signature_spec))
+                              programs.options_of(args, args["module"], signature_spec))
     scope.put(program, args["replace"])
     return program.describe()
 

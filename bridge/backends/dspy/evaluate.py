@@ -20,7 +20,7 @@ from dspy.utils.parallelizer import ParallelExecutor
 from ...errors import BridgeError
 from . import build, lms, scoring
 from .classify import classify, program_failure
-from .running import Guard, call_context, program_errors, scope_indexes, tracked
+from .running import Guard, call_context, callback_of, program_errors, scope_indexes, tracked
 from .state import Program, Scope
 
 
@@ -64,7 +64,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
                                 disable_progress_bar=True, provide_traceback=False, compare_results=True)
     usage: dict = {}
     with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx),
-                      scope_indexes(scope, global_scope)), \
+                      scope_indexes(scope, global_scope), callback_of(ctx)), \
             tracked(dspy, scope, usage), program_errors(dspy):
         outcomes = executor.execute(process, examples)
     results = []

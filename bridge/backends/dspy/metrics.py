@@ -86,7 +86,14 @@ JUDGE = ("an LM judge declared as data: {\"judge\": {\"signature\", \"inputs\": 
          "\"instructions\"}}; it runs on the scope's LM; a bool scores 1 or 0, a number is clipped to [0, 1]")
 
 
+CALLBACK = ("{\"callback\": name}: the client scores each prediction; the callback gets {\"example\": {\"inputs\", "
+            "\"outputs\"}, \"prediction\": {output: value}} and answers a number, a bool, or {\"score\", \"feedback\"} "
+            "(GEPA reads the feedback)")
+
+
 def describe() -> dict:
     named = {name: {"default_threshold": threshold, "description": text}
              for name, (_, threshold, text) in METRICS.items()}
-    return {**named, "judge": {"default_threshold": "1 for a bool score, else 0.5", "description": JUDGE}}
+    return {**named, "judge": {"default_threshold": "1 for a bool score, else 0.5", "description": JUDGE},
+            "callback": {"default_threshold": "none: any truthy score (as a Python metric in DSPy)",
+                         "description": CALLBACK}}

@@ -19,6 +19,7 @@ Pure Python: the engine in ``offline.py`` wraps it for DSPy.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import random
@@ -65,9 +66,14 @@ def answer(messages: list[dict]) -> str:
     rng = random.Random(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest())
     tag = f"{rng.getrandbits(16):04x}"
     subject = _subject(current, input_names)
+    last = turns[-1]["content"] if turns else ""
+    observed = [o for o in OBSERVATION.findall(last) if o.strip() != FINISHED]
+    if observed:
+        subject = _line(observed[-1])  # after a tool call, answers build on what the tool said
     values = {name: remembered[name] if name in remembered else value_for_note(note, name, subject, tag, rng)
               for name, note in notes.items()}
-    last = turns[-1]["content"] if turns else ""
+    if AGENT in system and {"next_thought", "next_tool_name", "next_tool_args"} <= set(values):
+        values.update(react_step(system, _subject(current, input_names), bool(observed), tag, rng))
     if "Outputs will be a JSON object" in system:  # JSONAdapter
         return json.dumps(values, ensure_ascii=False)
     if "wrapped in XML tags" in last:  # XMLAdapter
@@ -78,6 +84,37 @@ def answer(messages: list[dict]) -> str:
 
 
 XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
+AGENT = "You are an Agent."  # dspy.ReAct's instructions
+FINISHED = "Completed."  # the observation of ReAct's finish tool
+TOOL_LINE = re.compile(r"^\s*\(\d+\) ([A-Za-z_][\w-]*)(?:, whose description is <desc>(.*?)</desc>\.|\.) "
+                       r"It takes arguments (\{.*\})\.$", re.M)
+OBSERVATION = re.compile(r"\[\[ ## observation_\d+ ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with |\Z)", re.S)
+WORDS = re.compile(r"\w+")
+
+
+def tools_of(system: str) -> list[tuple[str, str, dict]]:
+    """ReAct's tool list in its instructions -> [(name, description, {arg: JSON schema})], finish last."""
+    found = []
+    for name, desc, args in TOOL_LINE.findall(system):
+        try:
+            parsed = ast.literal_eval(args)  # DSPy writes the args dict with Python's repr: literals only
+        except (ValueError, SyntaxError):
+            parsed = {}
+        found.append((name, desc, parsed if isinstance(parsed, dict) else {}))
+    return found
+
+
+def react_step(system: str, subject: str, observed: bool, tag: str, rng: random.Random) -> dict:
+    """One ReAct turn: call the declared tool that best matches the question once, then finish."""
+    tools = [t for t in tools_of(system) if t[0] != "finish"]
+    if observed or not tools:
+        return {"next_thought": f"thought {tag}: I have what I need to answer.", "next_tool_name": "finish",
+                "next_tool_args": {}}
+    words = set(WORDS.findall(subject.lower()))
+    name, _, args = max(tools, key=lambda t: len(words & set(WORDS.findall(f"{t[0]} {t[1]}".lower().replace("_", " ")))))
+    values = {arg: subject if sub.get("type") == "string" else from_schema(sub, sub, arg, subject, tag, rng, 1)
+              for arg, sub in args.items() if isinstance(sub, dict)}
+    return {"next_thought": f"thought {tag}: I will ask {name}.", "next_tool_name": name, "next_tool_args": values}
 
 
 def _inputs_of(content: str, input_names: list[str]) -> dict[str, str]:
@@ -101,9 +138,13 @@ def _subject(current: dict, input_names: list[str]) -> str:
     for name in input_names:
         text = current.get(name, "").strip()
         if text:
-            line = text.splitlines()[0]
-            return line if len(line) <= SUBJECT_CHARS else line[: SUBJECT_CHARS - 3] + "..."
+            return _line(text)
     return "no input"
+
+
+def _line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "nothing"
+    return line if len(line) <= SUBJECT_CHARS else line[: SUBJECT_CHARS - 3] + "..."
 
 
 def render(value) -> str:

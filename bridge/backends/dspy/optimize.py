@@ -24,7 +24,7 @@ from dspy import teleprompt
 from ...errors import validation_error
 from . import build, lms, scoring
 from .catalog import OPTIMIZERS
-from .running import Guard, call_context, program_errors, scope_indexes, tracked
+from .running import Guard, call_context, callback_of, program_errors, scope_indexes, tracked
 from .state import Program, Scope
 
 
@@ -147,7 +147,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
     ctx.emit("progress", progress)
     if uses_lm:
         with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx, activity),
-                          scope_indexes(scope, global_scope)), \
+                          scope_indexes(scope, global_scope), callback_of(ctx)), \
                 tracked(dspy, scope, usage), program_errors(dspy):
             compiled = optimizer.compile(student, trainset=examples, **compile_kwargs)
     else:

@@ -22,7 +22,7 @@ import time
 from ... import __version__
 from ...errors import validation_error
 from . import build, fieldtypes, spec
-from .catalog import ADAPTERS, MAX_DEMOS, MODULES
+from .catalog import ADAPTERS, BASE_MODULES, MAX_DEMOS, MODULES, WRAPPERS
 from .state import Program
 
 FORMAT = "portbridge.dspy.program"
@@ -32,23 +32,51 @@ DOC_KEYS = {"format", "version", "program_id", "module", "options", "signature",
 AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
 
-OPTION_KEYS = {"adapter", "retrieve"}
+AGENT_KEYS = ("tools", "max_iters")  # ReAct, also as a base_module
+WRAPPER_KEYS = ("base_module", "N", "reward_fn", "threshold", "fail_count")  # BestOfN, Refine
+OPTION_KEYS = {"adapter", "retrieve", *AGENT_KEYS, *WRAPPER_KEYS}
 
 
-def options_of(args: dict, signature_spec: dict, path: str = "args") -> dict:
-    """What a program declares beside module and signature (adapter, a retrieve step), checked."""
+def options_of(args: dict, module_name: str, signature_spec: dict, path: str = "args") -> dict:
+    """What a program declares beside module and signature (adapter, retrieve step, tools, reward), checked."""
+    from . import agents  # after the gate, as every caller here
+
     options = {"adapter": args.get("adapter", "chat")}
     if args.get("retrieve") is not None:
-        from .retrieval import check_pipeline  # numpy: after the gate, as every caller here
+        from .retrieval import check_pipeline
 
         options["retrieve"] = check_pipeline(args["retrieve"], signature_spec, f"{path}.retrieve")
+    wrapper = module_name in WRAPPERS
+    base = args.get("base_module", "Predict") if wrapper else module_name
+    given = {key for key in (*AGENT_KEYS, *WRAPPER_KEYS) if args.get(key) is not None}
+    wrong = sorted(given - set(WRAPPER_KEYS if wrapper else ()) - set(AGENT_KEYS if base == "ReAct" else ()))
+    if wrong:
+        raise validation_error("option_not_applicable", f"{path}: {wrong} do not apply to a {module_name} "
+                               f"program" + (f" around {base}" if wrapper else ""), path=path, options=wrong)
+    if wrapper:
+        missing = [key for key in ("N", "reward_fn", "threshold") if args.get(key) is None]
+        if missing:
+            raise validation_error("missing_option", f"{path}: a {module_name} program needs {missing}", path=path)
+        if base not in BASE_MODULES:
+            raise validation_error("bad_program", f"{path}.base_module: one of {list(BASE_MODULES)}",
+                                   path=f"{path}.base_module")
+        options.update(base_module=base, N=args["N"], threshold=args["threshold"],
+                       reward_fn={"callback": agents.check_callback_ref(args["reward_fn"], f"{path}.reward_fn")})
+        if args.get("fail_count") is not None:
+            options["fail_count"] = args["fail_count"]
+    if base == "ReAct":
+        if args.get("tools") is None:
+            raise validation_error("missing_option", f"{path}.tools: a ReAct program needs its tools",
+                                   path=f"{path}.tools")
+        options["tools"] = agents.check_tools(args["tools"], f"{path}.tools")
+        options["max_iters"] = args.get("max_iters", agents.DEFAULT_MAX_ITERS)
     return options
 
 
-def check_options(options, path: str, signature_spec: dict) -> dict:
+def check_options(options, path: str, module_name: str, signature_spec: dict) -> dict:
     """Options from an export document (older documents have none: the defaults)."""
     if options is None:
-        return options_of({}, signature_spec, path)
+        return options_of({}, module_name, signature_spec, path)
     if not isinstance(options, dict) or set(options) - OPTION_KEYS:
         raise _refuse("bad_program_document", f"options is a map with {sorted(OPTION_KEYS)}", path)
     if options.get("adapter", "chat") not in ADAPTERS:
@@ -57,12 +85,12 @@ def check_options(options, path: str, signature_spec: dict) -> dict:
     if retrieve is not None and (not isinstance(retrieve, dict) or not isinstance(retrieve.get("index_id"), str)
                                  or set(retrieve) - {"index_id", "query", "context", "k"}):
         raise _refuse("bad_program_document", "options.retrieve is {index_id, query, context, k}", path)
-    return options_of(options, signature_spec, path)
+    return options_of(options, module_name, signature_spec, path)
 
 
 def create(dspy, program_id: str, module_name: str, signature_spec: dict, options: dict | None = None) -> Program:
-    options = options or options_of({}, signature_spec)
-    module = build.module(dspy, module_name, signature_spec)
+    options = options or options_of({}, module_name, signature_spec)
+    module = build.module(dspy, module_name, signature_spec, options)
     if options.get("retrieve"):
         from .retrieval import RetrieveThenGenerate
 
@@ -113,7 +141,7 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if module_name not in MODULES:
         raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
     signature_spec = spec.parse_signature(doc.get("signature"))
-    options = check_options(doc.get("options"), f"{path}.options", signature_spec)
+    options = check_options(doc.get("options"), f"{path}.options", module_name, signature_spec)
     program = create(dspy, program_id, module_name, signature_spec, options)
     state = doc.get("state")
     if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
@@ -122,7 +150,7 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if set(state["predictors"]) != set(named):
         raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but a "
                       f"{module_name} has {sorted(named)}", f"{path}.state.predictors")
-    fields = build.demo_fields(module_name, signature_spec)
+    fields = build.demo_fields(module_name, signature_spec, options)
     for name, predictor in named.items():
         where = f"{path}.state.predictors.{name}"
         learned = state["predictors"][name]
@@ -157,5 +185,8 @@ def check_demo(demo, fields: dict, path: str) -> None:
                 raise _refuse("bad_demo", "augmented must be true or false", f"{path}.{key}")
         elif key not in fields:
             raise _refuse("bad_demo", f"{key!r} is not a field of this program ({sorted(fields)})", f"{path}.{key}")
+        elif fields[key]["type"] is None:  # ReAct's next_tool_args: any JSON object
+            if not isinstance(value, dict):
+                raise _refuse("bad_demo", f"{key} must be a map", f"{path}.{key}")
         else:
             fieldtypes.check(fields[key]["type"], value, f"{path}.{key}")

@@ -24,9 +24,14 @@ class Interrupted(BaseException):
     """The request was answered (cancel, deadline, shutdown) while DSPy worked: stop the run.
 
     A BaseException on purpose: DSPy catches ``Exception`` from callbacks, from
-    examples in its ParallelExecutor and from metrics, and would count a
-    cancel as one more failed example and carry on.
+    examples in its ParallelExecutor, from metrics and from ReAct's tools, and
+    would count a cancel as one more failed example and carry on. It carries
+    the request's error (``call_context`` raises it).
     """
+
+    def __init__(self, error: BridgeError | None = None) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class Guard(BaseCallback):
@@ -49,8 +54,8 @@ class Guard(BaseCallback):
     def on_lm_start(self, call_id, instance, inputs) -> None:
         try:
             self.ctx.check()
-        except BridgeError:
-            raise Interrupted() from None
+        except BridgeError as exc:
+            raise Interrupted(exc) from None
 
     def on_lm_end(self, call_id, outputs, exception=None) -> None:
         self._count("lm_calls", force=False)
@@ -73,19 +78,20 @@ class Guard(BaseCallback):
 
 
 @contextlib.contextmanager
-def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None):
+def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``).
 
-    ``indexes`` (``index_id -> Index``) serves the retrieve step of retrieving programs.
+    ``indexes`` (``index_id -> Index``) serves the retrieve step of retrieving programs;
+    ``callback`` (the request's ``ctx.callback``) the tools, rewards and metrics the client answers.
     """
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
                       warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else [],
-                      portbridge_indexes=indexes):
+                      portbridge_indexes=indexes, portbridge_callback=callback):
         try:
             yield
-        except Interrupted:
-            raise BridgeError("cancelled", "interrupted", "the request was answered before its run finished") \
-                from None
+        except Interrupted as exc:
+            raise exc.error or BridgeError("cancelled", "interrupted", "the request was answered before its run "
+                                           "finished") from None
 
 
 @contextlib.contextmanager
@@ -124,7 +130,7 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     adapter = build.adapter(dspy, program.adapter, lm)
     ctx.check()
     usage: dict = {}
-    with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope)), \
+    with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope), callback=callback_of(ctx)), \
             tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
             from . import streaming
@@ -139,6 +145,11 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     if retrieved is not None:
         result["retrieved"] = retrieved
     return result
+
+
+def callback_of(ctx):
+    """The request's way to call the client back (``ctx.callback``), where the worker offers one."""
+    return getattr(ctx, "callback", None)
 
 
 def scope_indexes(scope: Scope, global_scope: Scope):

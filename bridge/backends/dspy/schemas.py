@@ -94,6 +94,17 @@ PIPELINE = _object({
 }, ["index_id"], "retrieve -> generate: the query input is searched and the top k passages fill the context input "
    "before the module runs (execute_program also returns them as retrieved)")
 
+CALLBACK_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
+                 "description": "a callback name the client answers (letters, digits, _ and -)"}
+CALLBACK = _object({"callback": CALLBACK_NAME}, ["callback"])
+TOOL = _object({
+    "name": {**CALLBACK_NAME, "description": "the tool's name: the callback the worker sends (not 'finish')"},
+    "description": {"type": "string", "maxLength": 2000},
+    "parameters": {"type": "object", "description": "a JSON Schema object for the tool's arguments (the "
+                                                    "keywords of describe's argument schemas); the arguments "
+                                                    "the LM chooses are checked against it before the callback"},
+}, ["name"])
+
 TYPE_HELP = ("signature: 'question, context -> answer' (every field a str), or {\"name\", \"instructions\", "
              "\"inputs\": {field: {\"type\", \"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, "
              "list[T], dict[str, T], optional[T], {\"literal\": [...]}, {\"object\": {field: {...}}, \"name\"}, "
@@ -110,6 +121,19 @@ CREATE_PROGRAM = _object({
     "instructions": {"type": "string", "maxLength": spec.MAX_INSTRUCTIONS_CHARS,
                      "description": "the task description (overrides the signature's)"},
     "retrieve": PIPELINE,
+    "tools": {"type": "array", "minItems": 1, "maxItems": 32, "items": TOOL,
+              "description": "ReAct (also as base_module): the tools the agent may call; each call is a callback "
+                             "event with the tool's arguments, its result the observation"},
+    "max_iters": {"type": "integer", "minimum": 1, "maximum": 50,
+                  "description": "ReAct: at most this many tool calls (default 20, as dspy.ReAct)"},
+    "base_module": {"enum": ["Predict", "ChainOfThought", "ReAct"],
+                    "description": "BestOfN, Refine: the module they run N times (default Predict)"},
+    "N": {"type": "integer", "minimum": 1, "maximum": 32, "description": "BestOfN, Refine: attempts"},
+    "reward_fn": {**CALLBACK, "description": "BestOfN, Refine: {\"callback\": name}, called with {inputs, "
+                                             "prediction}, answering a number"},
+    "threshold": {"type": "number", "description": "BestOfN, Refine: stop at the first reward at least this"},
+    "fail_count": {"type": "integer", "minimum": 1, "maximum": 32,
+                   "description": "BestOfN, Refine: failed attempts allowed (default N)"},
     "replace": REPLACE,
 }, ["signature"])
 
@@ -145,10 +169,11 @@ JUDGE = _object({
 }, ["signature", "inputs", "score"])
 
 METRIC = {
-    "anyOf": [{"enum": list(metrics.METRICS)}, _object({"judge": JUDGE}, ["judge"])],
+    "anyOf": [{"enum": list(metrics.METRICS)}, _object({"judge": JUDGE}, ["judge"]), CALLBACK],
     "default": "exact_match",
-    "description": "a named metric (" + ", ".join(metrics.METRICS) + "), or {\"judge\": {...}}: an LM judge "
-                   "declared as data",
+    "description": "a named metric (" + ", ".join(metrics.METRICS) + "), {\"judge\": {...}}: an LM judge "
+                   "declared as data, or {\"callback\": name}: the client scores each prediction (called with "
+                   "{example: {inputs, outputs}, prediction}, answering a number, a bool or {score, feedback})",
 }
 METRIC_FIELDS = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": spec.MAX_FIELDS,
                  "description": "the outputs a named metric compares (default: each example's labelled ones)"}

@@ -4,6 +4,7 @@
 
 * a name from ``metrics.METRICS`` (``"exact_match"``, ``"f1"``...): plain
   Python comparing labelled outputs with the prediction;
+* ``{"callback": name}``: the client scores (``agents.metric_grade``);
 * ``{"judge": {...}}``: an LM judge declared as data, a signature that grades::
 
       {"judge": {"signature": {"inputs": {"question": "str", "gold": "str", "answer": "str"},
@@ -56,6 +57,12 @@ class Metric:
 def resolve(dspy, metric, fields: list[str] | None, program, feedback: bool = False) -> Metric:
     if isinstance(metric, str):
         return _named(metric, fields, program, feedback)
+    if "callback" in metric:
+        from .agents import check_callback_ref, metric_grade
+
+        name = check_callback_ref(metric, "args.metric")
+        # No threshold of its own: DSPy's optimisers then accept any truthy score, as with a Python metric.
+        return Metric(name, metric_grade(name), None, feedback)
     return _judge(dspy, metric["judge"], program, feedback)
 
 

@@ -103,6 +103,23 @@ defmodule PortBridge.DSPy do
     retrieve: [
       doc: "retrieve -> generate: `%{index_id:, query:, context:, k:}`, see `create_index/3`"
     ],
+    tools: [
+      doc:
+        "`module: \"ReAct\"` (or `base_module:`): the tools it may call, as a list of " <>
+          "`%{name:, description:, parameters: <JSON Schema object>}`; run the program " <>
+          "with `tools: %{\"name\" => fun}`"
+    ],
+    max_iters: [doc: "ReAct: at most this many tool calls (default 20)"],
+    base_module: [
+      doc:
+        "`BestOfN`, `Refine`: the module run N times (`\"Predict\"`, `\"ChainOfThought\"`, `\"ReAct\"`)"
+    ],
+    N: [doc: "`BestOfN`, `Refine`: attempts"],
+    reward_fn: [
+      doc: "`BestOfN`, `Refine`: `%{callback: \"reward\"}`; run the program with `reward: fun`"
+    ],
+    threshold: [doc: "`BestOfN`, `Refine`: stop at the first reward at least this"],
+    fail_count: [doc: "`BestOfN`, `Refine`: failed attempts allowed (default N)"],
     replace: [default: false, doc: "replace a program of the same id"]
   ]
   # Elixir functions the worker calls back while a program runs.
@@ -523,8 +540,10 @@ defmodule PortBridge.DSPy do
   # worker calls back (PortBridge.Callbacks), under the names the request declares:
   # a tool's own name, "metric" (the argument becomes {"callback": "metric"}),
   # "reward" (a BestOfN or Refine program created with reward_fn: {"callback": "reward"}).
+  # A list of tools is create_program's declaration of a ReAct program's tools: an argument.
   defp elixir_callbacks(opts) do
-    {tools, opts} = Keyword.pop(opts, :tools)
+    {tools, opts} = if is_list(opts[:tools]), do: {nil, opts}, else: Keyword.pop(opts, :tools)
+
     {reward, opts} = Keyword.pop(opts, :reward)
 
     {metric, opts} =

@@ -100,9 +100,9 @@ defmodule PortBridge.OptionsSchemaTest do
     end
 
     assert_raise ArgumentError,
-                 ~r/unknown option :tools for PortBridge.DSPy.create_program\/2/,
+                 ~r/unknown option :reward for PortBridge.DSPy.create_program\/2/,
                  fn ->
-                   DSPy.create_program(@target, signature: "q -> a", tools: %{})
+                   DSPy.create_program(@target, signature: "q -> a", reward: fn _ -> 1 end)
                  end
   end
 
