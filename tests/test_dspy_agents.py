@@ -198,3 +198,18 @@ def test_an_undeclared_tool_the_lm_names_is_never_called_back(worker, server):
                            session_id=s, callbacks={"add": lambda args: 0}, on_event=events.append)
     assert reply["error"]["category"] == "output_parse"
     assert [e for e in events if e["event"] == "callback"] == []
+
+
+def test_gepa_reads_the_textual_feedback_of_a_metric_callback(worker, server):
+    s = "gepa"
+    session_with(worker, server, s, "gepa-1")
+    trainset = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": f"a{i}"}} for i in range(4)]
+    start = len(server.seen)
+    result = worker.call("optimize_program", {
+        "program_id": "p", "optimizer": "GEPA", "trainset": trainset, "metric": {"callback": "judge"},
+        "options": {"max_metric_calls": 12, "reflection_minibatch_size": 2, "num_threads": 1}},
+        session_id=s, callbacks={"judge": lambda args: {"score": 0.0, "feedback": "MARK: expected "
+                                                        + args["example"]["outputs"]["answer"]}})
+    assert result["optimizer"] == "GEPA"
+    # The reflection LM was shown the client's feedback.
+    assert any("MARK: expected a" in json.dumps(seen.messages) for seen in server.seen[start:])
