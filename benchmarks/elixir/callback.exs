@@ -11,20 +11,10 @@
 # callback event out, the Worker starting the function in a task, its
 # callback_result back. request: the whole call_back request (two round trips).
 
+Code.require_file("common.exs", __DIR__)
+
 defmodule Bench do
-  def env!(name), do: System.fetch_env!(name)
-  def int(name), do: String.to_integer(env!(name))
-
-  def pct(values, q) do
-    sorted = Enum.sort(values)
-    Enum.at(sorted, min(length(sorted) - 1, round(q * (length(sorted) - 1))))
-  end
-
-  def time(fun) do
-    t0 = System.monotonic_time(:nanosecond)
-    fun.()
-    System.monotonic_time(:nanosecond) - t0
-  end
+  import Bench.Common
 
   def measure(n) do
     {:ok, worker} =
@@ -43,7 +33,7 @@ defmodule Bench do
     {:ok, _} = PortBridge.Worker.await_ready(worker, 60_000)
     tool = %{"f" => fn args -> args end}
 
-    echo = fn -> time(fn -> {:ok, _} = PortBridge.request(worker, "echo", %{x: 1}) end) end
+    echo = fn -> ns(fn -> {:ok, _} = PortBridge.request(worker, "echo", %{x: 1}) end) end
 
     callback = fn ->
       {:ok, %{"elapsed_ns" => [rt]}} =
@@ -53,7 +43,7 @@ defmodule Bench do
     end
 
     request = fn ->
-      time(fn ->
+      ns(fn ->
         {:ok, _} =
           PortBridge.request(worker, "call_back", %{name: "f", args: %{x: 1}}, callbacks: tool)
       end)
@@ -77,12 +67,12 @@ defmodule Bench do
 
     Process.unlink(worker)
     GenServer.stop(worker)
-    Map.new(result, fn {name, ns} -> {name, %{"p50" => pct(ns, 0.5), "p99" => pct(ns, 0.99)}} end)
+    Map.new(result, fn {name, samples} -> {name, summary(samples)} end)
   end
 end
 
-rounds = Bench.int("BENCH_ROUNDS")
-n = Bench.int("BENCH_N")
+rounds = Bench.Common.int("BENCH_ROUNDS")
+n = Bench.Common.int("BENCH_N")
 runs = for _ <- 1..rounds, do: Bench.measure(n)
 
 IO.puts(

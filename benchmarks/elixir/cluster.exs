@@ -14,12 +14,12 @@
 #         cluster for sessions it owns, the cluster for sessions the other node
 #         owns. p50/p99 per target (the caller pins this run to one CPU).
 
+Code.require_file("common.exs", __DIR__)
+
 defmodule Bench.Nodes do
   @moduledoc false
 
-  def env!(name), do: System.fetch_env!(name)
-  def int(name), do: String.to_integer(env!(name))
-  def ints(name), do: env!(name) |> String.split(",") |> Enum.map(&String.to_integer/1)
+  import Bench.Common
 
   # epmd and this node on 127.0.0.1, a cookie of this run only.
   def distribute! do
@@ -53,7 +53,10 @@ defmodule Bench.Nodes do
 
         :ok = :erpc.call(node, :code, :add_paths, [:code.get_path()])
         {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:port_bridge])
-        for {mod, bin} <- modules, do: {:module, ^mod} = :erpc.call(node, :code, :load_binary, [mod, ~c"nofile", bin])
+
+        for {mod, bin} <- modules,
+            do: {:module, ^mod} = :erpc.call(node, :code, :load_binary, [mod, ~c"nofile", bin])
+
         {peer, node}
       end
 
@@ -64,15 +67,6 @@ defmodule Bench.Nodes do
 
   def stop_peers(peers), do: Enum.each(peers, fn {peer, _} -> :peer.stop(peer) end)
 
-  def spawn_opts(worker_args) do
-    [
-      python: env!("BENCH_PYTHON"),
-      worker_args: worker_args,
-      cd: env!("BENCH_ROOT"),
-      env: [{"PYTHONPATH", env!("BENCH_ROOT")}]
-    ]
-  end
-
   def await_members(nodes, name) do
     members = Enum.sort(nodes)
 
@@ -81,11 +75,6 @@ defmodule Bench.Nodes do
         do: true,
         else: Process.sleep(20) && nil
     end) || raise "the members never agreed"
-  end
-
-  def pct(values, q) do
-    sorted = Enum.sort(values)
-    Enum.at(sorted, min(length(sorted) - 1, round(q * (length(sorted) - 1))))
   end
 end
 
@@ -174,6 +163,7 @@ end
   end
 
 defmodule Bench do
+  import Bench.Common
   import Bench.Nodes
 
   @modules [{Bench.OnPeer, on_peer_bin}]
@@ -187,7 +177,9 @@ defmodule Bench do
 
     try do
       # One after another: k DSPy imports at once would only thrash.
-      for node <- nodes, do: :ok = :erpc.call(node, Bench.OnPeer, :start_cluster, [opts], :infinity)
+      for node <- nodes,
+          do: :ok = :erpc.call(node, Bench.OnPeer, :start_cluster, [opts], :infinity)
+
       await_members(nodes, name)
       fun.(name, nodes)
     after
@@ -196,7 +188,13 @@ defmodule Bench do
   end
 
   def lm_part do
-    lm = [model: "openai/bench", api_base: env!("BENCH_LM_URL"), api_key: "bench-key", num_retries: 0]
+    lm = [
+      model: "openai/bench",
+      api_base: env!("BENCH_LM_URL"),
+      api_key: "bench-key",
+      num_retries: 0
+    ]
+
     sessions = for i <- 1..int("BENCH_SESSIONS"), do: "s#{i}"
     seconds = int("BENCH_SECONDS")
     concurrency = env!("BENCH_CONCURRENCY")
@@ -206,18 +204,32 @@ defmodule Bench do
       row =
         with_cluster(k, args, fn name, nodes ->
           # Each session's caller lives on one node (round robin): set up from there.
-          placed = sessions |> Enum.with_index() |> Enum.map(fn {s, i} -> {s, Enum.at(nodes, rem(i, k))} end)
+          placed =
+            sessions
+            |> Enum.with_index()
+            |> Enum.map(fn {s, i} -> {s, Enum.at(nodes, rem(i, k))} end)
 
           placed
-          |> Task.async_stream(fn {s, node} -> :erpc.call(node, Bench.OnPeer, :setup_session, [name, lm, s], :infinity) end,
+          |> Task.async_stream(
+            fn {s, node} ->
+              :erpc.call(node, Bench.OnPeer, :setup_session, [name, lm, s], :infinity)
+            end,
             max_concurrency: 16,
             timeout: :infinity
           )
           |> Stream.run()
 
-          owners = Enum.frequencies(for s <- sessions, do: :erpc.call(hd(nodes), PortBridge.Cluster, :owner, [name, s]))
+          owners =
+            Enum.frequencies(
+              for s <- sessions, do: :erpc.call(hd(nodes), PortBridge.Cluster, :owner, [name, s])
+            )
+
           me = self()
-          callers = for {s, node} <- placed, do: Node.spawn_link(node, Bench.OnPeer, :caller, [name, s, me])
+
+          callers =
+            for {s, node} <- placed,
+                do: Node.spawn_link(node, Bench.OnPeer, :caller, [name, s, me])
+
           t0 = System.monotonic_time(:nanosecond)
           for pid <- callers, do: send(pid, {:go, seconds * 1_000})
 
@@ -249,7 +261,13 @@ defmodule Bench do
     rounds = int("BENCH_ROUNDS")
 
     with_cluster(2, ["--backends", ""], fn name, [a, b] = nodes ->
-      owned_by = fn node -> Enum.find(for(i <- 1..1_000, do: "p#{i}"), &(:erpc.call(a, PortBridge.Cluster, :owner, [name, &1]) == node)) end
+      owned_by = fn node ->
+        Enum.find(
+          for(i <- 1..1_000, do: "p#{i}"),
+          &(:erpc.call(a, PortBridge.Cluster, :owner, [name, &1]) == node)
+        )
+      end
+
       local = owned_by.(a)
       remote = owned_by.(b)
       {:ok, cluster} = :erpc.call(a, PortBridge.Cluster, :lookup, [name])
@@ -269,7 +287,7 @@ defmodule Bench do
           Enum.reduce(order, acc, fn {label, target, opts}, acc ->
             _warm = :erpc.call(a, Bench.OnPeer, :pings, [target, opts, div(n, 5)], :infinity)
             ns = :erpc.call(a, Bench.OnPeer, :pings, [target, opts, n], :infinity)
-            summary = %{"p50" => pct(ns, 0.5), "p99" => pct(ns, 0.99)}
+            summary = summary(ns)
             Map.update(acc, label, [summary], &(&1 ++ [summary]))
           end)
       end

@@ -12,30 +12,10 @@
 # Targets: "raw Port" (ping only), "Worker" (one Python), "Pool multiplexed" and
 # "Pool exclusive" (BENCH_POOL_SIZE Pythons; exclusive needs NimblePool).
 
+Code.require_file("common.exs", __DIR__)
+
 defmodule Bench do
-  def env!(name), do: System.fetch_env!(name)
-  def int(name), do: String.to_integer(env!(name))
-  def ints(name), do: env!(name) |> String.split(",") |> Enum.map(&String.to_integer/1)
-
-  def pct(values, q) do
-    sorted = Enum.sort(values)
-    Enum.at(sorted, min(length(sorted) - 1, round(q * (length(sorted) - 1))))
-  end
-
-  def time(fun) do
-    t0 = System.monotonic_time(:nanosecond)
-    result = fun.()
-    {System.monotonic_time(:nanosecond) - t0, result}
-  end
-
-  def spawn_opts(extra_args) do
-    [
-      python: env!("BENCH_PYTHON"),
-      worker_args: extra_args,
-      cd: env!("BENCH_ROOT"),
-      env: [{"PYTHONPATH", env!("BENCH_ROOT")}]
-    ]
-  end
+  import Bench.Common
 
   def exclusive?, do: PortBridge.Pool.available?()
 
@@ -78,60 +58,18 @@ defmodule Bench do
     end
   end
 
-  # Wait until no backend is still loading (a background import steals the CPU).
-  defp settle(worker) do
-    {:ok, health} = PortBridge.Worker.request(worker, "health", %{}, timeout: 30_000)
-    states = for {_, b} <- health["backends"] || %{}, do: b["state"]
-
-    if "loading" in states do
-      Process.sleep(20)
-      settle(worker)
-    end
-  end
-
   ## ping
 
   def raw_port_pings(n) do
-    port =
-      Port.open({:spawn_executable, env!("BENCH_PYTHON")}, [
-        :binary,
-        {:packet, 4},
-        :exit_status,
-        :use_stdio,
-        args: ["-m", "bridge", "worker", "--backends", ""],
-        cd: env!("BENCH_ROOT"),
-        env: [{~c"PYTHONPATH", String.to_charlist(env!("BENCH_ROOT"))}]
-      ])
-
-    receive do
-      {^port, {:data, _ready}} -> :ok
-    after
-      30_000 -> raise "no ready frame"
-    end
-
-    ns =
-      for i <- 1..n do
-        frame = :jiffy.encode(%{"id" => i, "command" => "ping", "args" => %{}}, [:use_nil])
-
-        {t, _} =
-          time(fn ->
-            Port.command(port, frame)
-
-            receive do
-              {^port, {:data, reply}} -> %{"success" => true} = :jiffy.decode(reply, [:return_maps, :use_nil])
-            end
-          end)
-
-        t
-      end
-
-    Port.close(port)
+    port = raw_port(["-m", "bridge", "worker", "--backends", ""])
+    ns = raw_pings(port, n)
+    close_port(port)
     ns
   end
 
   def pings(name, n) do
     for _ <- 1..n do
-      {t, {:ok, %{"pong" => true}}} = time(fn -> PortBridge.request(name, "ping", %{}) end)
+      {t, {:ok, %{"pong" => true}}} = timed(fn -> PortBridge.request(name, "ping", %{}) end)
       t
     end
   end
@@ -157,8 +95,7 @@ defmodule Bench do
               end)
             end
 
-          summary = %{"p50" => pct(ns, 0.5), "p99" => pct(ns, 0.99)}
-          Map.update(acc, side, [summary], &(&1 ++ [summary]))
+          Map.update(acc, side, [summary(ns)], &(&1 ++ [summary(ns)]))
         end)
     end
   end
@@ -166,7 +103,13 @@ defmodule Bench do
   ## lm
 
   def lm_part do
-    lm = %{model: "openai/bench", api_base: env!("BENCH_LM_URL"), api_key: "bench-key", num_retries: 0}
+    lm = %{
+      model: "openai/bench",
+      api_base: env!("BENCH_LM_URL"),
+      api_key: "bench-key",
+      num_retries: 0
+    }
+
     counts = ints("BENCH_SESSIONS")
     max = Enum.max(counts)
 
@@ -180,7 +123,11 @@ defmodule Bench do
           sessions
           |> Task.async_stream(
             fn s ->
-              {:ok, _} = PortBridge.DSPy.configure_lm(name, Map.to_list(lm) ++ [session_id: s, timeout: 120_000])
+              {:ok, _} =
+                PortBridge.DSPy.configure_lm(
+                  name,
+                  Map.to_list(lm) ++ [session_id: s, timeout: 120_000]
+                )
 
               {:ok, _} =
                 PortBridge.DSPy.create_program(name,
@@ -200,7 +147,7 @@ defmodule Bench do
 
           for n <- counts, into: %{} do
             {ns, results} =
-              time(fn ->
+              timed(fn ->
                 sessions
                 |> Enum.take(n)
                 |> Task.async_stream(&execute(name, &1), max_concurrency: n, timeout: :infinity)
@@ -242,10 +189,15 @@ defmodule Bench do
         {:ok, _} = PortBridge.request(name, "burn", %{ms: 20})
 
         {ns, results} =
-          time(fn ->
+          timed(fn ->
             1..reqs
             |> Task.async_stream(
-              fn _ -> PortBridge.request(name, "burn", %{ms: 20}, timeout: 300_000, pool_timeout: 300_000) end,
+              fn _ ->
+                PortBridge.request(name, "burn", %{ms: 20},
+                  timeout: 300_000,
+                  pool_timeout: 300_000
+                )
+              end,
               max_concurrency: reqs,
               timeout: :infinity
             )

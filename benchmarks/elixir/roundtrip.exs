@@ -12,66 +12,10 @@
 # Every side sends the same frame for a ping: JSON {"id", "command": "ping", "args": {}},
 # encoded with jiffy (as PortBridge.Codec does) and decoded on receipt.
 
+Code.require_file("common.exs", __DIR__)
+
 defmodule Bench do
-  def env!(name), do: System.fetch_env!(name)
-  def int(name), do: String.to_integer(env!(name))
-
-  def pct(values, q) do
-    sorted = Enum.sort(values)
-    Enum.at(sorted, min(length(sorted) - 1, round(q * (length(sorted) - 1))))
-  end
-
-  def summary(ns), do: %{p50: pct(ns, 0.5), p99: pct(ns, 0.99)}
-
-  def time(fun) do
-    t0 = System.monotonic_time(:nanosecond)
-    fun.()
-    System.monotonic_time(:nanosecond) - t0
-  end
-
-  # -- a raw Port: open, wait for ready, ping, close -------------------------------------
-
-  def raw_port(args) do
-    port =
-      Port.open({:spawn_executable, env!("BENCH_PYTHON")}, [
-        :binary,
-        {:packet, 4},
-        :exit_status,
-        :use_stdio,
-        args: args,
-        cd: env!("BENCH_ROOT"),
-        env: [{~c"PYTHONPATH", String.to_charlist(env!("BENCH_ROOT"))}]
-      ])
-
-    receive do
-      {^port, {:data, _ready}} -> port
-    after
-      30_000 -> raise "no ready frame from #{inspect(args)}"
-    end
-  end
-
-  def raw_pings(port, n) do
-    for i <- 1..n do
-      frame = :jiffy.encode(%{"id" => i, "command" => "ping", "args" => %{}}, [:use_nil])
-
-      time(fn ->
-        Port.command(port, frame)
-
-        receive do
-          {^port, {:data, reply}} ->
-            %{"success" => true} = :jiffy.decode(reply, [:return_maps, :use_nil])
-        after
-          10_000 -> raise "no reply"
-        end
-      end)
-    end
-  end
-
-  def close_port(port) do
-    Port.close(port)
-  catch
-    _, _ -> :ok
-  end
+  import Bench.Common
 
   def raw(args, n, warmup) do
     port = raw_port(args)
@@ -83,25 +27,18 @@ defmodule Bench do
 
   # -- PortBridge.Worker and PortBridge.Pool ----------------------------------------------
 
-  def spawn_opts do
-    [
-      python: env!("BENCH_PYTHON"),
-      worker_args: ["--backends", ""],
-      cd: env!("BENCH_ROOT"),
-      env: [{"PYTHONPATH", env!("BENCH_ROOT")}]
-    ]
-  end
+  def spawn_opts, do: spawn_opts(["--backends", ""])
 
   # PortBridge.Worker.request for a worker pid; PortBridge.request (the public entry) for a pool.
   def pings(target, n) when is_pid(target) do
     for _ <- 1..n do
-      time(fn -> {:ok, %{"pong" => true}} = PortBridge.Worker.request(target, "ping", %{}) end)
+      ns(fn -> {:ok, %{"pong" => true}} = PortBridge.Worker.request(target, "ping", %{}) end)
     end
   end
 
   def pings(target, n) do
     for _ <- 1..n do
-      time(fn -> {:ok, %{"pong" => true}} = PortBridge.request(target, "ping", %{}) end)
+      ns(fn -> {:ok, %{"pong" => true}} = PortBridge.request(target, "ping", %{}) end)
     end
   end
 
@@ -133,9 +70,15 @@ defmodule Bench do
   # The pool starts its workers in tasks: ping until one answers.
   defp wait_pool(name, tries) do
     case PortBridge.request(name, "ping", %{}, timeout: 30_000, pool_timeout: 30_000) do
-      {:ok, _} -> :ok
-      _ when tries > 0 -> Process.sleep(20); wait_pool(name, tries - 1)
-      other -> raise "pool never answered: #{inspect(other)}"
+      {:ok, _} ->
+        :ok
+
+      _ when tries > 0 ->
+        Process.sleep(20)
+        wait_pool(name, tries - 1)
+
+      other ->
+        raise "pool never answered: #{inspect(other)}"
     end
   end
 
@@ -152,20 +95,28 @@ defmodule Bench do
       per = div(calls, callers)
 
       ns =
-        time(fn ->
+        ns(fn ->
           1..callers
-          |> Task.async_stream(fn _ -> pings(name, per) end, max_concurrency: callers, timeout: :infinity)
+          |> Task.async_stream(fn _ -> pings(name, per) end,
+            max_concurrency: callers,
+            timeout: :infinity
+          )
           |> Stream.run()
         end)
 
-      %{callers: callers, size: size, requests: per * callers, per_s: per * callers / (ns / 1.0e9)}
+      %{
+        callers: callers,
+        size: size,
+        requests: per * callers,
+        per_s: per * callers / (ns / 1.0e9)
+      }
     end)
   end
 end
 
-n = Bench.int("BENCH_N")
-rounds = Bench.int("BENCH_ROUNDS")
-calls = Bench.int("BENCH_CALLS")
+n = Bench.Common.int("BENCH_N")
+rounds = Bench.Common.int("BENCH_ROUNDS")
+calls = Bench.Common.int("BENCH_CALLS")
 warmup = div(n, 5)
 worker_args = ["-m", "bridge", "worker", "--backends", ""]
 floor_args = [System.fetch_env!("BENCH_FLOOR")]
@@ -175,9 +126,13 @@ sides =
     {"raw Port -> floor", fn -> Bench.raw(floor_args, n, warmup) end},
     {"raw Port -> worker", fn -> Bench.raw(worker_args, n, warmup) end},
     {"PortBridge.Worker", fn -> Bench.worker(n, warmup) end},
-    {"PortBridge.Worker, forward_logs: false", fn -> Bench.worker(n, warmup, forward_logs: false) end}
+    {"PortBridge.Worker, forward_logs: false",
+     fn -> Bench.worker(n, warmup, forward_logs: false) end}
   ] ++
-    if(Bench.pool_available?(), do: [{"PortBridge.Pool (size 1)", fn -> Bench.pool_latency(n, warmup) end}], else: [])
+    if(Bench.pool_available?(),
+      do: [{"PortBridge.Pool (size 1)", fn -> Bench.pool_latency(n, warmup) end}],
+      else: []
+    )
 
 latency =
   for r <- 1..rounds, reduce: %{} do
@@ -192,7 +147,8 @@ latency =
 
 throughput =
   if Bench.pool_available?() do
-    for callers <- [1, 4, 16], do: Bench.pool_throughput(System.schedulers_online(), callers, calls)
+    for callers <- [1, 4, 16],
+        do: Bench.pool_throughput(System.schedulers_online(), callers, calls)
   else
     []
   end
