@@ -52,8 +52,12 @@ defmodule PortBridge.Telemetry do
 
   @doc false
   # Starts a request span: the state `stop/2` and `exception/4` need, or nil.
-  @spec start(map) :: map | nil
+  # `metadata` is a map, or a function that builds it (only called when events are
+  # emitted: nothing is looked up for a build without telemetry).
+  @spec start(map | (() -> map)) :: map | nil
   if @available do
+    def start(metadata) when is_function(metadata, 0), do: start(metadata.())
+
     def start(metadata) do
       metadata = Map.put(metadata, :telemetry_span_context, make_ref())
       start = System.monotonic_time()

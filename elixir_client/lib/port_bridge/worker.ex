@@ -193,13 +193,15 @@ defmodule PortBridge.Worker do
         envelope = Keyword.take(opts, [:session_id, :meta])
 
         span =
-          Telemetry.start(%{
-            command: to_string(command),
-            session_id: opts[:session_id],
-            worker: pid,
-            os_pid: Reaper.os_pid_of(pid),
-            pool: opts[:pool]
-          })
+          Telemetry.start(fn ->
+            %{
+              command: to_string(command),
+              session_id: opts[:session_id],
+              worker: pid,
+              os_pid: Reaper.os_pid_of(pid),
+              pool: opts[:pool]
+            }
+          end)
 
         # Courier.deliver: to a Worker on another node, never blocking this caller
         # (see PortBridge.Courier); to a local one, a plain send.
