@@ -209,6 +209,17 @@ def test_state_belongs_to_the_session_and_goes_with_it(w):
     assert w.call(NS + "remember", {"key": "k"}, session_id="bob")["state"] == {"k": "bob's"}
 
 
+def test_the_context_calls_the_client_back(w):
+    assert w.call(NS + "ask_client", {"question": "6 x 7?"},
+                  callbacks={"answer": lambda args: {"heard": args["question"], "says": 42}}) == \
+        {"answer": {"heard": "6 x 7?", "says": 42}}
+    # The client's failure is the command's, in the client's category.
+    reply = w.request(NS + "ask_client", {"question": "?"}, callbacks={"answer": lambda args: 1 / 0})
+    assert reply["error"]["category"] == "execution" and "division by zero" in reply["error"]["message"]
+    # A name the client did not register.
+    assert w.request(NS + "ask_client", {"question": "?"}, callbacks={})["error"]["category"] == "not_found"
+
+
 def test_the_context_tells_the_deadline_and_cancels_a_cooperative_wait(w):
     timed = w.call(NS + "clock", timeout_ms=5000)
     assert timed["has_deadline"] and 0 < timed["remaining"] <= 5 and timed["cancelled"] is False

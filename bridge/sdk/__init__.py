@@ -150,10 +150,7 @@ class Context:
     def callback(self, name: str, args: dict | None = None) -> Any:
         """Call a function the client registered under ``name`` and wait for its result,
         within the request's remaining time (protocol/PROTOCOL.md, "Callbacks")."""
-        call = getattr(self._ctx, "callback", None)
-        if call is None:
-            raise BridgeError("internal", "callbacks_unsupported", "this worker cannot call the client back")
-        return call(name, args or {})
+        return self._ctx.callback(name, args or {})
 
 
 # -- a decorated function -> a registry Command --------------------------------------------

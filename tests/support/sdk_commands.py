@@ -184,6 +184,12 @@ def remember(ctx: Context, key: str, value: Any = None) -> dict:
 
 
 @command
+def ask_client(question: str, ctx: Context) -> dict:
+    """Ask the client's `answer` callback, and say what it answered."""
+    return {"answer": ctx.callback("answer", {"question": question})}
+
+
+@command
 def patient(seconds: float, ctx: Context) -> dict:
     """Wait cooperatively (ctx.wait): stops at once on cancel or deadline."""
     ctx.wait(seconds)
