@@ -4,8 +4,8 @@
 #   PORTBRIDGE_PYTHON=../.venv/bin/python NIMBLE_POOL_PATH=/path/to/nimble_pool \
 #     mix run bench/roundtrip.exs [iterations]
 #
-# Prints p50/p90/p99 in microseconds per path and command. The Pool row is left out
-# when NimblePool is not compiled in.
+# Prints p50/p90/p99 in microseconds per path and command. The Pool is the default
+# (multiplexed) strategy.
 
 alias PortBridge.{Codec, Pool, Worker}
 
@@ -84,7 +84,7 @@ paths =
        measure.(fn _ -> {:ok, _} = PortBridge.request(worker, command, args_of[command]) end)
      end}
   ] ++
-    if Pool.available?() do
+    if Code.ensure_loaded?(Pool) do
       {:ok, _} = Pool.start_link([name: :bench_pool, size: 1] ++ spawn_opts)
       {:ok, _} = PortBridge.request(:bench_pool, "ping")
 
