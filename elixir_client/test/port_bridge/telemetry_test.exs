@@ -116,7 +116,7 @@ defmodule PortBridge.TelemetryTest do
   end
 
   test "a Python that dies: an exit event, and a start event for its replacement" do
-    pool = start_pool(:"tele_#{System.unique_integer([:positive])}", worker_opts())
+    start_pool(:"tele_#{System.unique_integer([:positive])}", worker_opts())
     assert_receive {:telemetry, [:port_bridge, :worker, :start], _, %{os_pid: os_pid}}, 10_000
     kill9(os_pid)
 
