@@ -75,8 +75,4 @@ rounds = Bench.Common.int("BENCH_ROUNDS")
 n = Bench.Common.int("BENCH_N")
 runs = for _ <- 1..rounds, do: Bench.measure(n)
 
-IO.puts(
-  :jiffy.encode(%{"runs" => runs, "otp" => System.otp_release(), "elixir" => System.version()}, [
-    :use_nil
-  ])
-)
+Bench.Common.print_result(%{"runs" => runs})

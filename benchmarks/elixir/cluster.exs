@@ -14,7 +14,8 @@
 #         cluster for sessions it owns, the cluster for sessions the other node
 #         owns. p50/p99 per target (the caller pins this run to one CPU).
 
-Code.require_file("common.exs", __DIR__)
+# Also loaded on the peers (Bench.OnPeer settles their workers with it).
+[{Bench.Common, common_bin}] = Code.require_file("common.exs", __DIR__)
 
 defmodule Bench.Nodes do
   @moduledoc false
@@ -91,20 +92,11 @@ end
 
       for w <- PortBridge.Pool.workers(cluster.pool) do
         {:ok, _} = PortBridge.Worker.await_ready(w, 120_000)
-        settle(w)
+        # No backend still importing in the background (it would steal the CPU).
+        Bench.Common.settle(w)
       end
 
       :ok
-    end
-
-    # No backend still importing in the background (it would steal the CPU).
-    defp settle(worker) do
-      {:ok, health} = PortBridge.Worker.request(worker, "health", %{}, timeout: 60_000)
-
-      if "loading" in for({_, b} <- health["backends"] || %{}, do: b["state"]) do
-        Process.sleep(20)
-        settle(worker)
-      end
     end
 
     def setup_session(name, lm, session) do
@@ -166,7 +158,7 @@ defmodule Bench do
   import Bench.Common
   import Bench.Nodes
 
-  @modules [{Bench.OnPeer, on_peer_bin}]
+  @modules [{Bench.Common, common_bin}, {Bench.OnPeer, on_peer_bin}]
   def modules, do: @modules
 
   def with_cluster(k, worker_args, fun) do
@@ -303,14 +295,4 @@ result =
     "ping" -> Bench.ping_part()
   end
 
-IO.puts(
-  :jiffy.encode(
-    %{
-      "result" => result,
-      "otp" => System.otp_release(),
-      "elixir" => System.version(),
-      "schedulers" => System.schedulers_online()
-    },
-    [:use_nil]
-  )
-)
+Bench.Common.print_result(%{"result" => result})

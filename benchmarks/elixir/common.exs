@@ -45,6 +45,17 @@ defmodule Bench.Common do
     end
   end
 
+  # The script's last line, which the Python side reads: `doc` and the versions.
+  def print_result(doc) do
+    versions = %{
+      "otp" => System.otp_release(),
+      "elixir" => System.version(),
+      "schedulers" => System.schedulers_online()
+    }
+
+    IO.puts(:jiffy.encode(Map.merge(versions, doc), [:use_nil]))
+  end
+
   # -- a raw Port to a peer: open, wait for its first frame, ping, close ----------------
 
   def raw_port(args) do

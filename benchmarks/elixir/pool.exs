@@ -218,15 +218,4 @@ result =
     "cpu" -> Bench.cpu_part()
   end
 
-IO.puts(
-  :jiffy.encode(
-    %{
-      "result" => result,
-      "exclusive" => Bench.exclusive?(),
-      "otp" => System.otp_release(),
-      "elixir" => System.version(),
-      "schedulers" => System.schedulers_online()
-    },
-    [:use_nil]
-  )
-)
+Bench.Common.print_result(%{"result" => result, "exclusive" => Bench.exclusive?()})

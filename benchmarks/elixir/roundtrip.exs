@@ -153,16 +153,8 @@ throughput =
     []
   end
 
-IO.puts(
-  :jiffy.encode(
-    %{
-      "latency" => latency,
-      "throughput" => throughput,
-      "pool" => Bench.pool_available?(),
-      "otp" => System.otp_release(),
-      "elixir" => System.version(),
-      "schedulers" => System.schedulers_online()
-    },
-    [:use_nil]
-  )
-)
+Bench.Common.print_result(%{
+  "latency" => latency,
+  "throughput" => throughput,
+  "pool" => Bench.pool_available?()
+})
