@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 from . import codecs
 from .framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
-from .processes import kill_process
 
 READ_BYTES = 1 << 20
 
