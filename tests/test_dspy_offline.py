@@ -17,7 +17,7 @@ from tests.test_dspy_spec import type_trees
 
 dspy = pytest.importorskip("dspy")
 
-from bridge.backends.dspy import build, offline  # noqa: E402 - these import DSPy
+from bridge.backends.dspy import build, inrequest, offline  # noqa: E402 - these import DSPy
 
 LM = offline.make_lm()
 
@@ -36,7 +36,7 @@ def test_every_whitelisted_output_type_gets_a_valid_answer(trees, module_name, q
     module = build.module(dspy, module_name, signature)
     prediction = run(module, question=question)
     for name, field in signature["outputs"].items():
-        fieldtypes.check(field["type"], build.json_value(prediction[name]), name)
+        fieldtypes.check(field["type"], inrequest.json_value(prediction[name]), name)
 
 
 def test_answers_are_deterministic_and_follow_the_prompt():

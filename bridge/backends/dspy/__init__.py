@@ -21,6 +21,7 @@ Modules of this package, in the order a request meets them:
 * ``retrieval``, ``offline_embed``  embedders, indexes, retrieve -> generate programs
 * ``offline``, ``offline_model``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories
+* ``inrequest``  what code inside a run shares with its request (settings keys, Interrupted, JSON values)
 * ``patches``    the two changes made to DSPy itself (a metadata cache, providers' messages)
 """
 

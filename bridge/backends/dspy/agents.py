@@ -23,7 +23,7 @@ A client never sends code. It declares what the worker may call back:
 
 Only declared names are ever called, and only from the request that runs
 them: the request's ``ctx.callback`` reaches DSPy's code through a DSPy
-setting (``SETTING``) that DSPy copies into the threads its optimisers and
+setting (``inrequest.CALLBACK``) that DSPy copies into the threads its optimisers and
 ``Evaluate`` start. Only the client function's own failure (an ``execution``
 error) is something a run goes on from (an observation, a failed example);
 any other (timeout, cancel, shutdown, a name the client did not register)
@@ -40,10 +40,8 @@ import dspy
 
 from ... import schema as json_schema
 from ...errors import BridgeError, RegistrationError, validation_error
-from . import build
-from .running import Interrupted
+from .inrequest import CALLBACK, Interrupted, json_fields
 
-SETTING = "portbridge_callback"  # dspy.context key: fn(name, args) -> result, the running request's ctx.callback
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 MAX_TOOLS = 32
 MAX_TOOL_DESC = 2000
@@ -54,7 +52,7 @@ FAILED = "execution"  # the client's function failed: the one callback error a r
 
 def call_back(name: str, args: dict):
     """Ask the client (the running request's ``ctx.callback``); an interrupting failure stops the run."""
-    callback = dspy.settings.get(SETTING)
+    callback = dspy.settings.get(CALLBACK)
     if callback is None:
         raise Interrupted(BridgeError("execution", "no_callbacks", f"{name!r} is a client callback, and this worker "
                                       "cannot call its client back"))
@@ -156,10 +154,6 @@ def _number(value, name: str) -> float:
                       f"{type(value).__name__}", {"callback": name})
 
 
-def prediction_json(prediction) -> dict:
-    return {key: build.json_value(value) for key, value in prediction.items()}
-
-
 class _OwnTrace:
     """BestOfN and Refine add their best attempt's trace to DSPy's; a worker runs without one (trace=None)."""
 
@@ -189,7 +183,7 @@ def reward(name: str):
     """``reward_fn(inputs, prediction) -> float`` for BestOfN and Refine: the client's answer."""
 
     def reward_fn(inputs: dict, prediction) -> float:
-        args = {"inputs": {k: build.json_value(v) for k, v in inputs.items()}, "prediction": prediction_json(prediction)}
+        args = {"inputs": json_fields(inputs), "prediction": json_fields(prediction)}
         return _number(call_back(name, args), name)
 
     return reward_fn
@@ -199,9 +193,8 @@ def metric_grade(name: str):
     """``grade(example, prediction) -> (score, feedback())`` asking the client (``scoring.Metric`` wraps it)."""
 
     def grade(example, prediction):
-        args = {"example": {"inputs": {k: build.json_value(v) for k, v in example.inputs().items()},
-                            "outputs": {k: build.json_value(v) for k, v in example.labels().items()}},
-                "prediction": prediction_json(prediction)}
+        args = {"example": {"inputs": json_fields(example.inputs()), "outputs": json_fields(example.labels())},
+                "prediction": json_fields(prediction)}
         answer = call_back(name, args)
         feedback = None
         if isinstance(answer, dict) and "score" in answer and set(answer) <= {"score", "feedback"}:

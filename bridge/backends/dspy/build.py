@@ -6,10 +6,9 @@ from typing import Literal, Optional
 
 import dspy
 import pydantic
-from pydantic_core import to_jsonable_python
 
 from ...errors import validation_error
-from . import fieldtypes, spec
+from . import agents, fieldtypes, spec
 from .catalog import MODULES, WRAPPERS
 
 REASONING = "reasoning"
@@ -69,9 +68,7 @@ def module(dspy, module_name: str, spec: dict, options: dict | None = None):
         raise validation_error("unsupported_module", f"module {module_name!r} cannot be built from data; "
                                f"supported: {', '.join(MODULES)}", module=module_name)
     if module_name in WRAPPERS:
-        from .agents import wrapper
-
-        return wrapper(module_name, module(dspy, options["base_module"], spec, options), options)
+        return agents.wrapper(module_name, module(dspy, options["base_module"], spec, options), options)
     reserved = {REASONING, *REACT_FIELDS} if module_name == "ReAct" else {REASONING}
     clash = sorted(reserved & (set(spec["outputs"]) | set(spec["inputs"])))
     if module_name != "Predict" and clash:
@@ -79,9 +76,7 @@ def module(dspy, module_name: str, spec: dict, options: dict | None = None):
                                "yours or use Predict", field=clash[0])
     sig = signature(dspy, spec)
     if module_name == "ReAct":
-        from .agents import react
-
-        return react(sig, options["tools"], options["max_iters"])
+        return agents.react(sig, options["tools"], options["max_iters"])
     return dspy.ChainOfThought(sig) if module_name == "ChainOfThought" else dspy.Predict(sig)
 
 
@@ -131,11 +126,6 @@ def adapter(dspy, name: str, lm):
     if name == "two_step":
         return dspy.TwoStepAdapter(extraction_model=lm)
     return dspy.ChatAdapter()
-
-
-def json_value(value):
-    """Any output value (pydantic models included) as plain JSON data."""
-    return to_jsonable_python(value, fallback=str)
 
 
 def examples(dspy, program, items: list, path: str) -> list:

@@ -3,7 +3,9 @@
 Handlers do the protocol part (scope, ids, result shape) and hand the work to
 the modules that know DSPy. Each one that needs DSPy first passes the import
 gate (``GATE.require()``), so a command that arrives while DSPy is still
-importing waits for it. A handler touches its request only through the
+importing waits for it; the modules that import DSPy are imported inside the
+handlers, after that gate, because this one is imported when the backend
+registers, before DSPy. A handler touches its request only through the
 narrow context: ``scopes(ctx)`` for the stores, and ``ctx.emit``,
 ``ctx.remaining``, ``ctx.check``; a test can call any of them with a context
 of its own.

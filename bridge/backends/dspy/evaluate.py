@@ -20,6 +20,7 @@ from dspy.utils.parallelizer import ParallelExecutor
 from ...errors import BridgeError
 from . import build, lms, scoring
 from .classify import classify, program_failure
+from .inrequest import json_fields
 from .running import Guard, call_context, callback_of, program_errors, scope_indexes, tracked
 from .state import Program, Scope
 
@@ -78,7 +79,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
             prediction, score = outcome
             entry = {"index": i, "score": score}
             if args["return_outputs"]:
-                entry["outputs"] = {k: build.json_value(v) for k, v in prediction.items()}
+                entry["outputs"] = json_fields(prediction)
         results.append(entry)
     mean = sum(r["score"] for r in results) / total
     return {

@@ -19,6 +19,7 @@ from dspy.utils.usage_tracker import UsageTracker
 
 from ...errors import BridgeError, validation_error
 from ...redaction import register_secret
+from .offline import make_lm
 from .state import LMConfig, Scope
 
 OFFLINE = "offline"
@@ -56,8 +57,6 @@ def build(dspy, args: dict) -> LMConfig:
         if api_key or args.get("api_base"):
             raise validation_error("offline_takes_no_endpoint", "the offline model runs in the worker: "
                                    "give it no api_key or api_base")
-        from .offline import make_lm
-
         lm = make_lm(args.get("temperature"), args.get("max_tokens"), args["cache"])
         settings["num_retries"] = 0
         return LMConfig(OFFLINE, lm, settings, None, True)

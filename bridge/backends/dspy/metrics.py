@@ -1,4 +1,4 @@
-"""Named metrics for ``optimize_program``: ``metric(example, prediction, trace=None) -> score``.
+"""Named metrics for ``evaluate_program`` and ``optimize_program``: field comparisons, as data.
 
 A client names a metric; no code crosses the wire. Each metric compares the
 labelled outputs of a training example with the program's prediction, field
@@ -6,7 +6,7 @@ by field (the labelled signature outputs, or the ``metric_fields`` asked
 for; a ChainOfThought's labelled reasoning is not compared), and
 returns the mean of the field scores in [0, 1]. BootstrapFewShot keeps a
 generated demo when the score reaches the threshold (default: every compared
-field matches; 0.5 for ``f1``). Plain Python, no DSPy import.
+field matches; 0.5 for ``f1``). Plain Python, no DSPy import (``scoring`` makes DSPy metrics of them).
 """
 
 from __future__ import annotations
@@ -62,23 +62,6 @@ METRICS: dict[str, tuple[Callable, float, str]] = {
     "contains": (_contains, 1.0, "the normalised label occurs inside the normalised predicted string"),
     "f1": (_f1, 0.5, "token-level F1 between normalised strings (SQuAD), in [0, 1]"),
 }
-
-
-def make(name: str, fields: list[str] | None, outputs: list[str]) -> Callable:
-    """The DSPy metric for a named metric, comparing ``fields`` (default: the labelled ones of ``outputs``)."""
-    from .build import json_value  # pydantic: only once DSPy is imported
-
-    compare = METRICS[name][0]
-
-    def metric(example, prediction, trace=None) -> float:
-        names = fields or [k for k in example.labels().keys() if k in outputs]
-        if not names:
-            return 0.0
-        scores = [compare(json_value(example.get(k)), json_value(prediction.get(k))) for k in names]
-        return sum(scores) / len(scores)
-
-    metric.__name__ = name
-    return metric
 
 
 JUDGE = ("an LM judge declared as data: {\"judge\": {\"signature\", \"inputs\": {judge_input: "

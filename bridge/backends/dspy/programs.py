@@ -21,8 +21,10 @@ import time
 
 from ... import __version__
 from ...errors import validation_error
-from . import build, fieldtypes, spec
+from . import agents, build, fieldtypes, spec
 from .catalog import ADAPTERS, BASE_MODULES, MAX_DEMOS, MODULES, WRAPPERS
+from .inrequest import json_fields
+from .retrieval import RetrieveThenGenerate, check_pipeline
 from .state import Program
 
 FORMAT = "portbridge.dspy.program"
@@ -39,12 +41,8 @@ OPTION_KEYS = {"adapter", "retrieve", *AGENT_KEYS, *WRAPPER_KEYS}
 
 def options_of(args: dict, module_name: str, signature_spec: dict, path: str = "args") -> dict:
     """What a program declares beside module and signature (adapter, retrieve step, tools, reward), checked."""
-    from . import agents  # after the gate, as every caller here
-
     options = {"adapter": args.get("adapter", "chat")}
     if args.get("retrieve") is not None:
-        from .retrieval import check_pipeline
-
         options["retrieve"] = check_pipeline(args["retrieve"], signature_spec, f"{path}.retrieve")
     wrapper = module_name in WRAPPERS
     base = args.get("base_module", "Predict") if wrapper else module_name
@@ -92,15 +90,12 @@ def create(dspy, program_id: str, module_name: str, signature_spec: dict, option
     options = options or options_of({}, module_name, signature_spec)
     module = build.module(dspy, module_name, signature_spec, options)
     if options.get("retrieve"):
-        from .retrieval import RetrieveThenGenerate
-
         module = RetrieveThenGenerate(module, options["retrieve"])
     return Program(program_id, module_name, signature_spec, module, options=options)
 
 
 def demo_to_json(demo) -> dict:
-    items = demo.items() if hasattr(demo, "items") else dict(demo).items()
-    return {key: build.json_value(value) for key, value in items}
+    return json_fields(demo if hasattr(demo, "items") else dict(demo))
 
 
 def export(program: Program, dspy_version: str | None) -> dict:

@@ -38,9 +38,9 @@ from . import offline_embed
 from .lms import _public_base, deadline_step
 from .catalog import MAX_DIMS, MAX_INDEX_BYTES, MAX_K
 from .classify import in_caller_terms
+from .inrequest import INDEXES
 from .state import Scope
 
-SETTING = "portbridge_indexes"  # dspy.context key: index_id -> Index, for the running request
 DEFAULT_K = 5
 DEFAULT_BATCH = 200  # dspy.Embedder's default
 
@@ -241,7 +241,7 @@ class RetrieveThenGenerate(dspy.Module):
         self.pipeline = dict(pipeline)
 
     def forward(self, **inputs):
-        find = dspy.settings.get(SETTING)
+        find = dspy.settings.get(INDEXES)
         if find is None:
             raise BridgeError("execution", "no_index_lookup", "this program retrieves; it runs only in a request")
         pipe = self.pipeline

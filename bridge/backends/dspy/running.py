@@ -15,23 +15,10 @@ import time
 from dspy.utils.callback import BaseCallback
 
 from ...errors import BridgeError
-from . import build, lms, spec
+from . import build, lms, spec, streaming
 from .classify import program_failure
+from .inrequest import CALLBACK, INDEXES, Interrupted, json_fields
 from .state import Program, Scope
-
-
-class Interrupted(BaseException):
-    """The request was answered (cancel, deadline, shutdown) while DSPy worked: stop the run.
-
-    A BaseException on purpose: DSPy catches ``Exception`` from callbacks, from
-    examples in its ParallelExecutor, from metrics and from ReAct's tools, and
-    would count a cancel as one more failed example and carry on. It carries
-    the request's error (``call_context`` raises it).
-    """
-
-    def __init__(self, error: BridgeError | None = None) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 class Guard(BaseCallback):
@@ -86,7 +73,7 @@ def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=Non
     """
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
                       warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else [],
-                      portbridge_indexes=indexes, portbridge_callback=callback):
+                      **{INDEXES: indexes, CALLBACK: callback}):
         try:
             yield
         except Interrupted as exc:
@@ -133,13 +120,11 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope), callback=callback_of(ctx)), \
             tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
-            from . import streaming
-
             prediction = streaming.run(program.module, values, lambda chunk: ctx.emit("chunk", chunk), ctx.check,
                                        adapter)
         else:
             prediction = program.module(**values)
-    outputs = {name: build.json_value(value) for name, value in prediction.items()}
+    outputs = json_fields(prediction)
     result = {"program_id": program.program_id, "outputs": outputs, "usage": usage, "model": config.model}
     retrieved = getattr(prediction, "_portbridge_retrieved", None)
     if retrieved is not None:

@@ -24,8 +24,11 @@ feedback)``) when asked, saying which fields matched.
 
 from __future__ import annotations
 
+import dspy
+
 from ...errors import validation_error
-from . import build, metrics, spec
+from . import agents, build, metrics, spec
+from .inrequest import json_value
 
 SOURCES = ("example", "prediction")
 MODULES = ("Predict", "ChainOfThought")
@@ -49,8 +52,6 @@ class Metric:
         score, explain = self.grade(example, prediction)
         if not self.feedback:
             return score
-        import dspy
-
         return dspy.Prediction(score=score, feedback=explain())
 
 
@@ -58,11 +59,9 @@ def resolve(dspy, metric, fields: list[str] | None, program, feedback: bool = Fa
     if isinstance(metric, str):
         return _named(metric, fields, program, feedback)
     if "callback" in metric:
-        from .agents import check_callback_ref, metric_grade
-
-        name = check_callback_ref(metric, "args.metric")
+        name = agents.check_callback_ref(metric, "args.metric")
         # No threshold of its own: DSPy's optimisers then accept any truthy score, as with a Python metric.
-        return Metric(name, metric_grade(name), None, feedback)
+        return Metric(name, agents.metric_grade(name), None, feedback)
     return _judge(dspy, metric["judge"], program, feedback)
 
 
@@ -75,7 +74,7 @@ def _named(name: str, fields, program, feedback: bool) -> Metric:
     compare = metrics.METRICS[name][0]
 
     def grade(example, prediction):
-        pairs = [(k, build.json_value(example.get(k)), build.json_value(prediction.get(k)))
+        pairs = [(k, json_value(example.get(k)), json_value(prediction.get(k)))
                  for k in _compared(example, fields, outputs)]
         scores = [compare(gold, got) for _, gold, got in pairs]
 
@@ -125,10 +124,10 @@ def _judge(dspy, doc: dict, program, feedback: bool) -> Metric:
         for name, source in checked["inputs"].items():
             where, _, field = source.partition(".")
             value = (example if where == "example" else prediction).get(field)
-            values[name] = value if isinstance(value, str) else str(build.json_value(value))
+            values[name] = value if isinstance(value, str) else str(json_value(value))
         verdict = judge(**values)
         value = verdict.get(score_field)
         score = float(value) if isinstance(value, bool) else min(max(float(value or 0), 0.0), 1.0)
-        return score, lambda: "; ".join(f"{k}: {build.json_value(verdict.get(k))}" for k in outputs)
+        return score, lambda: "; ".join(f"{k}: {json_value(verdict.get(k))}" for k in outputs)
 
     return Metric("judge", grade, 1.0 if outputs[score_field]["type"] == "bool" else 0.5, feedback)
