@@ -1,8 +1,12 @@
 """What a handler sees of its request: ``handler(ctx, args) -> result``.
 
 The context is deliberately narrow: the request's identity (``request_id``,
-``session_id``, ``meta``, ``format``), its scope's store, events, callbacks to
-the client, its deadline and whether it was already answered. A handler never
+``session_id``, ``meta``, ``format``), its scope's store, events (``emit``,
+``progress``), callbacks to the client, its deadline and whether it was
+already answered. It is also the one context user code gets: ``bridge.sdk``
+hands this very type to ``@command`` functions and ``@program`` modules,
+scoped to their module's namespace (``scoped``), whose ``state`` is that
+namespace's dict in the scope. A handler never
 sees the dispatcher, the scheduler or another request; commands that manage the
 worker itself (cancel, end_session, shutdown...) are given a control interface
 when they are registered (``core_commands``), not through the context.
@@ -20,12 +24,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .inflight import interrupted
+from .wire import to_wire
 
 if TYPE_CHECKING:
     from .callbacks import Callbacks
     from .envelope import Request
     from .inflight import Job
 
+_NO_ARGS: dict = {}  # callback's default: never changed (the callbacks table refuses anything but a map)
 SendEvent = Callable[[str, Any, Any, Any], None]  # (name, data, request id, codec)
 
 
@@ -41,10 +47,12 @@ class Services:
 
 
 class Context:
-    __slots__ = ("store", "_request", "_codec", "_services", "_job")
+    __slots__ = ("store", "owner", "_request", "_codec", "_services", "_job")
 
-    def __init__(self, request: Request, codec: Any, store: dict, services: Services, job: Job | None = None) -> None:
+    def __init__(self, request: Request, codec: Any, store: dict, services: Services, job: Job | None = None,
+                 owner: str = "") -> None:
         self.store = store
+        self.owner = owner  # whose ``state`` this context shows: an exposed module's namespace
         self._request = request
         self._codec = codec
         self._services = services
@@ -52,6 +60,10 @@ class Context:
         # Control commands run inline on the reading thread without one: they are answered
         # as soon as they return, so nothing can interrupt them.
         self._job = job
+
+    def scoped(self, owner: str) -> Context:
+        """The same request's context, whose ``state`` is ``owner``'s (an exposed module's namespace)."""
+        return Context(self._request, self._codec, self.store, self._services, self._job, owner)
 
     @property
     def request_id(self) -> Any:
@@ -70,6 +82,13 @@ class Context:
     def format(self) -> str:
         """The request's format (``json`` or ``msgpack``): its reply and events use it too."""
         return self._codec.name
+
+    @property
+    def state(self) -> dict:
+        """The owner's dict in the request's scope: it lives as long as the session (``end_session``,
+        the idle TTL) and no other owner or session sees it. A session's requests run one at a time;
+        requests without a session share the worker's global scope and may run concurrently."""
+        return self.store.setdefault(f"sdk:{self.owner}", {})
 
     @property
     def global_store(self) -> dict:
@@ -106,11 +125,19 @@ class Context:
             self.check()
 
     def emit(self, name: str, data: Any) -> None:
-        """Send an event (``chunk``, ``progress``) for this request, unless it was already answered."""
-        if self._job is None or not self._job.done:
-            self._services.send_event(name, data, self._request.id, self._codec)
+        """Send an event (``chunk``, ``progress``) for this request, unless it was already answered.
 
-    def callback(self, name: str, args: dict, timeout: float | None = None) -> Any:
+        ``data`` goes through ``bridge.wire.to_wire`` (dataclasses, numpy...); what no frame can
+        carry raises a ``serialization`` error here, in the code that sent it."""
+        if self._job is None or not self._job.done:
+            self._services.send_event(name, to_wire(data, self._codec.name != "json"), self._request.id,
+                                      self._codec)
+
+    def progress(self, done: int | float, total: int | float | None = None, **data: Any) -> None:
+        """Send a ``progress`` event: ``{"done", "total", ...data}`` (``total`` left out when None)."""
+        self.emit("progress", {"done": done, **({"total": total} if total is not None else {}), **data})
+
+    def callback(self, name: str, args: Any = _NO_ARGS, timeout: float | None = None) -> Any:
         """Run the client's callback ``name`` with ``args`` and return its result (bridge.callbacks).
 
         Blocks within the request's remaining budget (and ``timeout`` seconds if given). Raises

@@ -25,7 +25,7 @@ pydantic = pytest.importorskip("pydantic")  # a DSPy dependency: here only the o
 from bridge.errors import BridgeError, RegistrationError
 from bridge.schema import _error as schema_error, check_schema
 from bridge.sdk import Context, Schema, command
-from bridge.sdk import parameters
+from bridge.sdk.parameters import parameters
 from bridge.sdk.hints import converter_of, schema_of, to_wire
 
 
@@ -141,7 +141,7 @@ def test_conversions_build_what_the_hints_name():
 
 
 @pytest.mark.parametrize("value,message", [
-    (object(), "returned a object that has no JSON or MessagePack form"),
+    (object(), "a object that has no JSON or MessagePack form"),
     ({1: "a"}, "has keys that are not strings"),
     ([[[]]] * 1, None),
 ])
@@ -200,3 +200,18 @@ def test_schema_keywords_are_hashable_and_checked_at_registration():
                                 {"type": "null"}]}
     with pytest.raises(RegistrationError, match="unsupported keywords"):
         check_schema(schema_of(Annotated[int, Schema(minimun=1)], "x"))
+
+
+def test_the_sdk_context_is_the_workers_own_and_the_package_only_re_exports():
+    import ast
+    import pathlib
+
+    import bridge.context
+    import bridge.sdk
+
+    assert bridge.sdk.Context is bridge.context.Context
+    tree = ast.parse(pathlib.Path(bridge.sdk.__file__).read_text())
+    kinds = {type(node).__name__ for node in tree.body}
+    assert kinds <= {"Expr", "ImportFrom", "Assign"}, kinds  # docstring, imports, __all__
+    assert all(name in vars(bridge.sdk) for name in bridge.sdk.__all__)
+

@@ -27,7 +27,7 @@ from typing import Callable
 
 from ..backends import Backend
 from ..errors import RegistrationError
-from . import build, declared
+from .commands import build, declared
 
 GROUP = "portbridge.commands"
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

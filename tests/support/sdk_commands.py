@@ -134,11 +134,15 @@ def block(seconds: float) -> dict:
     return {"slept": seconds}
 
 
+class Stage(Enum):
+    COUNTING = "counting"
+
+
 @command
 def count(n: int, ctx: Context) -> Iterator[int]:
-    """Stream 0..n-1 as chunks, reporting progress; the result is the total."""
+    """Stream 0..n-1 as chunks, reporting progress (an Enum in it goes as its value); the result is the total."""
     for i in range(n):
-        ctx.progress(i + 1, n, stage="counting")
+        ctx.progress(i + 1, n, stage=Stage.COUNTING)
         yield i
     return sum(range(n))
 
