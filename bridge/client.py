@@ -285,6 +285,7 @@ class WorkerClient:
         session_id: str | None = None,
         timeout_ms: int | None = None,
         meta: dict | None = None,
+        notify: list[str] | None = None,
         rid=None,
         on_event: Callable[[dict], None] | None = None,
         codec=None,
@@ -302,6 +303,8 @@ class WorkerClient:
             doc["timeout_ms"] = timeout_ms
         if meta is not None:
             doc["meta"] = meta
+        if notify is not None:
+            doc["notify"] = notify  # optional events wanted, e.g. ["lm_call"] (protocol 1.2)
         codec = codec or self.codec
         payload = codec.encode(doc)
         pending = Pending(rid, on_event, callbacks, codec)

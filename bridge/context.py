@@ -79,6 +79,11 @@ class Context:
         return self._request.meta
 
     @property
+    def notify(self) -> frozenset:
+        """The optional events the client asked for with this request (``notify``, protocol 1.2)."""
+        return self._request.notify
+
+    @property
     def format(self) -> str:
         """The request's format (``json`` or ``msgpack``): its reply and events use it too."""
         return self._codec.name

@@ -22,29 +22,33 @@ from .limits import ENVELOPE
 PROTOCOL_VERSION = 1
 PROTOCOL_MINOR = 1  # 1.1: callbacks (PROTOCOL.md, changelog)
 FEATURES = ("callbacks",)
-FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta"})
+FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta", "notify"})
 MAX_ID_CHARS: int = ENVELOPE["max_id_chars"]
 MAX_COMMAND_CHARS: int = ENVELOPE["max_command_chars"]
 MAX_SESSION_ID_CHARS: int = ENVELOPE["max_session_id_chars"]
 MAX_TIMEOUT_MS: int = ENVELOPE["max_timeout_ms"]
 MAX_META_ENTRIES: int = ENVELOPE["max_meta_entries"]
+MAX_NOTIFY_ENTRIES: int = ENVELOPE["max_notify_entries"]
+MAX_NOTIFY_CHARS: int = ENVELOPE["max_notify_chars"]
 INT64 = 2**63
 NO_META: Mapping[str, Any] = MappingProxyType({})  # the meta of a request without one (shared: read-only)
+NO_NOTIFY: frozenset = frozenset()  # the optional events of a request that asks for none
 
 
 class Request:
     """A checked request envelope (a plain slotted class: one is built per frame)."""
 
-    __slots__ = ("id", "command", "args", "session_id", "timeout_ms", "meta", "received_ns")
+    __slots__ = ("id", "command", "args", "session_id", "timeout_ms", "meta", "notify", "received_ns")
 
     def __init__(self, id, command: str, args: dict, session_id: str | None = None,
-                 timeout_ms: int | None = None, meta: Mapping = NO_META) -> None:
+                 timeout_ms: int | None = None, meta: Mapping = NO_META, notify: frozenset = NO_NOTIFY) -> None:
         self.id = id
         self.command = command
         self.args = args
         self.session_id = session_id
         self.timeout_ms = timeout_ms
         self.meta = meta
+        self.notify = notify  # (1.2) names of optional events the client asked for, e.g. "lm_call"
         self.received_ns = perf_counter_ns()
 
     @property
@@ -106,7 +110,16 @@ def parse_request(doc) -> Request:
         meta = NO_META
     elif type(meta) is not dict or len(meta) > MAX_META_ENTRIES:
         raise _bad(rid, "invalid_meta", f"'meta' must be a map of at most {MAX_META_ENTRIES} entries")
-    return Request(rid, command, args, session_id, timeout_ms, meta)
+    notify = doc.get("notify")
+    if notify is None:
+        notify = NO_NOTIFY
+    elif type(notify) is not list or len(notify) > MAX_NOTIFY_ENTRIES or not all(
+            type(name) is str and 0 < len(name) <= MAX_NOTIFY_CHARS for name in notify):
+        raise _bad(rid, "invalid_notify", f"'notify' must be a list of at most {MAX_NOTIFY_ENTRIES} event names "
+                   f"(strings of 1 to {MAX_NOTIFY_CHARS} characters)")
+    else:
+        notify = frozenset(notify)  # names this worker does not know are kept and never match: ignored
+    return Request(rid, command, args, session_id, timeout_ms, meta, notify)
 
 
 def _bad(rid, code: str, message: str):

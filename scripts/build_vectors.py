@@ -275,7 +275,7 @@ CALLBACK_CONVERSATION = [  # (name, schema, value): one callback, in the order t
 
 CALLBACK_EXCHANGES = [  # (name, format, request, expect), replayed against a core worker
     ("describe_lists_callback_result", "json", {"id": 1, "command": "describe"},
-     {"id": 1, "success": True, "result": {"protocol": 1, "protocol_minor": 1, "features": ["callbacks"],
+     {"id": 1, "success": True, "result": {"protocol": 1,
                                             "commands": {"callback_result": {"control": True, "backend": "core"}}}}),
     ("unknown_callback", "json", {"id": 2, "command": "callback_result", "args": {"callback_id": "cb-9", "result": 1}},
      {"id": 2, "success": False, "error": {"category": "not_found", "code": "unknown_callback",
@@ -316,6 +316,131 @@ def callback_frames() -> list[dict]:
             for f in ("json", "msgpack") for n, schema, value in CALLBACK_CONVERSATION]
 
 
+# -- lm_calls.json: protocol 1.2 --------------------------------------------------------
+
+RATE_LIMIT = {"requests_per_minute": 600, "tokens_per_minute": 200000}
+ADMIT_ARGS = {"model": "openai/gpt-4o-mini", "limits": RATE_LIMIT, "estimated_tokens": 431}
+LM_CALL_CONVERSATION = [  # (name, schema, value): one rate-limited call, retried once after a 429
+    ("ready_1_2", "event", {"id": None, "event": "ready", "data": {
+        "protocol": 1, "protocol_minor": 2, "features": ["callbacks", "lm_calls"], "pid": 4242, "version": "0.1.0",
+        "formats": ["json", "msgpack"], "format": "auto", "commands": ["callback_result", "ping"],
+        "limits": {"max_frame_bytes": 67108864, "max_callbacks": 1024}}}),
+    ("configure_lm_with_rate_limit", "request", {"id": 1, "command": "configure_lm", "session_id": "s-1", "args": {
+        "model": "openai/gpt-4o-mini", "api_key": "sk-...", "rate_limit": RATE_LIMIT}}),
+    ("execute_with_notify", "request", {"id": 7, "command": "execute_program", "session_id": "s-1",
+                                        "timeout_ms": 30000, "notify": ["lm_call"],
+                                        "args": {"program_id": "qa", "inputs": {"question": "Capital of France?"},
+                                                 "lm": {"temperature": 0.7, "max_tokens": 200}}}),
+    ("admit_event", "event", {"id": 7, "event": "callback", "data": {
+        "callback_id": "cb-1", "name": "portbridge.admit", "args": ADMIT_ARGS, "timeout_ms": 29870}}),
+    ("admitted", "request", {"id": 8, "command": "callback_result",
+                             "args": {"callback_id": "cb-1", "result": {"admitted": True}}}),
+    ("admitted_reply", "response", {"id": 8, "success": True, "result": {"callback_id": "cb-1", "accepted": True},
+                                    "meta": {"elapsed_us": 7}}),
+    ("lm_call_rate_limited", "event", {"id": 7, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
+        "duration_us": 3100, "cached": False, "program_id": "qa",
+        "error": {"category": "lm_rate_limit", "code": "rate_limited", "message": "Rate limit reached for requests.",
+                  "retry_after_s": 2.0}}}),
+    ("admit_event_again", "event", {"id": 7, "event": "callback", "data": {
+        "callback_id": "cb-2", "name": "portbridge.admit", "args": ADMIT_ARGS, "timeout_ms": 27750}}),
+    ("admitted_after_a_pause", "request", {"id": 9, "command": "callback_result",
+                                           "args": {"callback_id": "cb-2", "result": {"admitted": True,
+                                                                                      "waited_ms": 1980}}}),
+    ("lm_call_done", "event", {"id": 7, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 182, "completion_tokens": 24, "cost_usd": 4.17e-05,
+        "duration_us": 412000, "cached": False, "program_id": "qa", "error": None}}),
+    ("final_reply", "response", {"id": 7, "success": True, "result": {
+        "program_id": "qa", "outputs": {"answer": "Paris"}, "model": "openai/gpt-4o-mini",
+        "usage": {"openai/gpt-4o-mini": {"lm_calls": 1, "prompt_tokens": 182, "completion_tokens": 24,
+                                         "total_tokens": 206, "cost_usd": 4.17e-05}}}, "meta": {"elapsed_us": 2401877}}),
+    ("admission_refused", "request", {"id": 10, "command": "callback_result", "args": {
+        "callback_id": "cb-3", "error": {"message": "the request's deadline passed while queued", "category": "timeout"}}}),
+    ("lm_call_cached", "event", {"id": 11, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
+        "duration_us": 850, "cached": True, "program_id": None, "error": None}}),
+]
+
+
+def notify_case(name, rid, notify, ok_expected):
+    request = {"id": rid, "command": "ping", "notify": notify}
+    return (name, "json", request, {"id": rid, "success": True} if ok_expected else
+            {"id": rid, "success": False, "error": {"category": "protocol", "code": "invalid_notify"}})
+
+
+def invalid(rid, path, reason):
+    return {"id": rid, "success": False, "error": {"category": "validation", "code": "invalid_args",
+                                                   "details": {"path": path, "reason": reason}}}
+
+
+LM_CALL_EXCHANGES = [  # (name, format, request, expect), each to a fresh core worker
+    ("describe_says_1_2", "json", {"id": 1, "command": "describe"},
+     {"id": 1, "success": True, "result": {"protocol": 1, "protocol_minor": 2, "features": ["callbacks", "lm_calls"]}}),
+    notify_case("notify_known_and_unknown_names", 2, ["lm_call", "an_event_of_the_future"], True),
+    notify_case("notify_null", 3, None, True),
+    notify_case("notify_empty_list", 4, [], True),
+    notify_case("notify_not_a_list", 5, "lm_call", False),
+    notify_case("notify_too_many", 6, ["e"] * 9, False),
+    notify_case("notify_empty_name", 7, [""], False),
+    notify_case("notify_name_too_long", 8, ["e" * 65], False),
+    notify_case("notify_not_strings", 9, [1], False),
+]
+
+LM_CALL_DSPY_EXCHANGES = [  # (name, format, request, expect), in order to ONE worker with the DSPy backend
+    ("rate_limit_zero", "json",
+     {"id": 1, "command": "configure_lm", "args": {"model": "offline", "rate_limit": {"requests_per_minute": 0}}},
+     invalid(1, "args.rate_limit.requests_per_minute", "minimum")),
+    ("rate_limit_negative_tokens", "json",
+     {"id": 2, "command": "configure_lm", "args": {"model": "offline", "rate_limit": {"tokens_per_minute": -5}}},
+     invalid(2, "args.rate_limit.tokens_per_minute", "minimum")),
+    ("rate_limit_not_an_integer", "json",
+     {"id": 3, "command": "configure_lm", "args": {"model": "offline", "rate_limit": {"requests_per_minute": 1.5}}},
+     invalid(3, "args.rate_limit.requests_per_minute", "type")),
+    ("rate_limit_unknown_key", "json",
+     {"id": 4, "command": "configure_lm",
+      "args": {"model": "offline", "rate_limit": {"requests_per_minute": 60, "requests_per_second": 1}}},
+     invalid(4, "args.rate_limit.requests_per_second", "additionalProperties")),
+    ("rate_limit_burst_alone", "json",
+     {"id": 5, "command": "configure_lm", "args": {"model": "offline", "rate_limit": {"burst": 3}}},
+     invalid(5, "args.rate_limit", "anyOf")),
+    ("rate_limit_accepted", "msgpack",
+     {"id": 6, "command": "configure_lm", "session_id": "v-6",
+      "args": {"model": "offline", "rate_limit": {"requests_per_minute": 60, "burst": 2}}},
+     {"id": 6, "success": True, "result": {"model": "offline",
+                                           "rate_limit": {"requests_per_minute": 60, "burst": 2}}}),
+    ("scripted_without_answers", "json", {"id": 7, "command": "configure_lm", "args": {"model": "scripted"}},
+     invalid(7, "args.answers", "required")),
+    ("answers_for_another_model", "json",
+     {"id": 8, "command": "configure_lm", "args": {"model": "offline", "answers": [{"answer": "x"}]}},
+     invalid(8, "args.answers", "scripted")),
+    ("too_many_answers", "json",
+     {"id": 9, "command": "configure_lm", "args": {"model": "scripted", "answers": [{}] * 1001}},
+     invalid(9, "args.answers", "maxItems")),
+    ("answer_not_a_map", "json",
+     {"id": 10, "command": "configure_lm", "args": {"model": "scripted", "answers": ["Paris"]}},
+     invalid(10, "args.answers[0]", "type")),
+    ("scripted_accepted", "json",
+     {"id": 11, "command": "configure_lm", "session_id": "v-11",
+      "args": {"model": "scripted", "answers": [{"answer": "Paris"}, {"answer": "Rome"}]}},
+     {"id": 11, "success": True, "result": {"model": "scripted", "answers": 2, "scope": "session"}}),
+    ("lm_option_unknown", "json",
+     {"id": 12, "command": "execute_program", "args": {"program_id": "qa", "inputs": {}, "lm": {"seed": 1}}},
+     invalid(12, "args.lm.seed", "additionalProperties")),
+    ("lm_option_out_of_range", "json",
+     {"id": 13, "command": "execute_program", "args": {"program_id": "qa", "inputs": {}, "lm": {"temperature": 3}}},
+     invalid(13, "args.lm.temperature", "maximum")),
+    ("lm_option_too_many_stops", "json",
+     {"id": 14, "command": "execute_program",
+      "args": {"program_id": "qa", "inputs": {}, "lm": {"stop": ["a", "b", "c", "d", "e"]}}},
+     invalid(14, "args.lm.stop", "anyOf")),
+]
+
+
+def exchange_case(n, f, req, exp) -> dict:
+    return {"name": n, "format": f, "request": req, "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(),
+            "expect": exp}
+
+
 def write(name: str, description: str, cases: list[dict], **extra) -> None:
     doc = {"description": description, "protocol": 1, **extra, "cases": cases}
     with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
@@ -347,4 +472,17 @@ if __name__ == "__main__":
             "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(), "expect": exp}
            for n, f, req, exp in CALLBACK_EXCHANGES],
           protocol_minor=1, frames=callback_frames())
-    print("wrote codec.json, bad_frames.json, exchanges.json, callbacks.json")
+    write("lm_calls.json",
+          "Protocol 1.2 (LM calls). frames: a rate-limited call admitted, refused by the provider once and "
+          "retried, in both formats; each payload_hex decodes to value, which its schema accepts (a "
+          "portbridge.admit callback's args also schemas/admit.schema.json, an lm_call event's data also "
+          "schemas/lm_call.schema.json). cases: requests sent to a fresh worker, as in exchanges.json. "
+          "dspy_cases: requests sent in order to ONE worker that has the DSPy backend, each reply compared "
+          "the same way.",
+          [exchange_case(*case) for case in LM_CALL_EXCHANGES],
+          protocol_minor=2,
+          frames=[{"name": f"{n}_{f}", "schema": schema, "format": f, "value": value,
+                   "payload_hex": (jbytes(value) if f == "json" else pack(value)).hex()}
+                  for f in ("json", "msgpack") for n, schema, value in LM_CALL_CONVERSATION],
+          dspy_cases=[exchange_case(*case) for case in LM_CALL_DSPY_EXCHANGES])
+    print("wrote codec.json, bad_frames.json, exchanges.json, callbacks.json, lm_calls.json")

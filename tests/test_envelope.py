@@ -23,9 +23,10 @@ requests = st.fixed_dictionaries(
         "session_id": st.none() | st.text(min_size=1, max_size=256),
         "timeout_ms": st.none() | st.integers(1, 86_400_000),
         "meta": st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=64),
+        "notify": st.none() | st.lists(st.text(min_size=1, max_size=64), max_size=8),
     },
 )
-junk = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300) | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=70)
+junk = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300) | st.lists(st.integers(), max_size=3) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=70) | st.lists(st.text(max_size=70), max_size=10)
 
 
 @given(requests)
@@ -34,6 +35,7 @@ def test_valid_requests_parse(doc):
     assert request.id == doc["id"] and request.command == doc["command"]
     assert request.args == (doc.get("args") or {})
     assert request.meta == (doc.get("meta") or {})
+    assert request.notify == frozenset(doc.get("notify") or ())
 
 
 def _schema():
@@ -116,6 +118,8 @@ BOUNDARIES = [
     ("timeout_ms", 1, True), ("timeout_ms", 0, False),
     ("timeout_ms", 86_400_000, True), ("timeout_ms", 86_400_001, False),
     ("meta", {str(i): i for i in range(64)}, True), ("meta", {str(i): i for i in range(65)}, False),
+    ("notify", ["e"] * 8, True), ("notify", ["e"] * 9, False),
+    ("notify", ["e" * 64], True), ("notify", ["e" * 65], False), ("notify", [""], False),
 ]
 
 

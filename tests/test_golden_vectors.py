@@ -15,6 +15,8 @@ BAD = load("bad_frames.json")
 EXCHANGES = load("exchanges.json")
 CALLBACK_FRAMES = load("callbacks.json", "frames")
 CALLBACK_EXCHANGES = load("callbacks.json")
+LM_CALL_FRAMES = load("lm_calls.json", "frames")
+LM_CALL_EXCHANGES = [c for c in load("lm_calls.json") if c["name"].startswith("notify_")]
 SHARED = [c for c in BAD if not ({"worker_args", "end_input", "exit_code"} & set(c))]
 SPECIAL = [c for c in BAD if c not in SHARED]
 
@@ -44,6 +46,37 @@ def test_callback_frame_vector(case):
         assert not list(VALIDATORS["callback_result"].iter_errors(case["value"]["args"]))
 
 
+@pytest.mark.parametrize("case", LM_CALL_FRAMES, ids=ids(LM_CALL_FRAMES))
+def test_lm_call_frame_vector(case):
+    """Protocol 1.2: each frame of the admitted, retried LM call decodes to its value, which its schemas accept."""
+    codec = codecs.get(case["format"])
+    value = codec.decode(bytes.fromhex(case["payload_hex"]))
+    assert to_readable(value) == case["value"]
+    assert not list(VALIDATORS[case["schema"]].iter_errors(case["value"]))
+    data = case["value"].get("data") or {}
+    if case["value"].get("event") == "lm_call":
+        assert not list(VALIDATORS["lm_call"].iter_errors(data))
+    if data.get("name") == "portbridge.admit":
+        assert not list(VALIDATORS["admit"].iter_errors(data["args"]))
+
+
+def test_event_schema_checks_lm_call_and_admit_frames():
+    """The event schema itself refuses a malformed lm_call and a malformed admission request."""
+    lm_call = next(c["value"] for c in LM_CALL_FRAMES if c["name"] == "lm_call_done_json")
+    admit = next(c["value"] for c in LM_CALL_FRAMES if c["name"] == "admit_event_json")
+    bad = [
+        {**lm_call, "data": {**lm_call["data"], "cost_usd": "0.1"}},
+        {**lm_call, "data": {k: v for k, v in lm_call["data"].items() if k != "cached"}},
+        {**lm_call, "data": {**lm_call["data"], "error": {"category": "nope", "code": "x", "message": "",
+                                                          "retry_after_s": None}}},
+        {**lm_call, "id": None},
+        {**admit, "data": {**admit["data"], "args": {"model": "m", "limits": {}, "estimated_tokens": 1}}},
+        {**admit, "data": {**admit["data"], "args": {"model": "m", "limits": {"burst": 2}, "estimated_tokens": 1}}},
+    ]
+    for frame in bad:
+        assert list(VALIDATORS["event"].iter_errors(frame)), frame
+
+
 def test_callback_result_schema_refuses_what_the_worker_refuses():
     for args in ({"callback_id": "c"}, {"callback_id": "c", "result": 1, "error": {"message": "x"}},
                  {"result": 1}, {"callback_id": "c", "error": {"category": "execution"}},
@@ -51,7 +84,8 @@ def test_callback_result_schema_refuses_what_the_worker_refuses():
         assert list(VALIDATORS["callback_result"].iter_errors(args)), args
 
 
-@pytest.mark.parametrize("case", EXCHANGES + CALLBACK_EXCHANGES, ids=ids(EXCHANGES + CALLBACK_EXCHANGES))
+@pytest.mark.parametrize("case", EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES,
+                         ids=ids(EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES))
 def test_exchange_vector(raw, case):
     worker = raw()
     worker.send(encode_frame(bytes.fromhex(case["payload_hex"])))

@@ -27,7 +27,7 @@ REGISTRY = Registry().with_resources(
 )
 VALIDATORS = {
     name: jsonschema.Draft202012Validator(SCHEMAS[f"{name}.schema.json"], registry=REGISTRY)
-    for name in ("request", "response", "event", "callback_result")
+    for name in ("request", "response", "event", "callback_result", "lm_call", "admit")
 }
 
 
