@@ -24,10 +24,9 @@ defmodule PortBridge do
   options and a complete example.
   """
 
-  alias PortBridge.{CircuitBreaker, Cluster, Error, Options, Pool, Request, Retry, Schema, Worker}
+  alias PortBridge.{Call, Error, Options, Request, Schema}
 
   @request_schema Options.request_schema()
-  @async_schema Options.async_schema()
 
   @doc "The default `:timeout` of a request, in ms."
   @spec default_timeout() :: pos_integer
@@ -37,8 +36,8 @@ defmodule PortBridge do
   Sends `command` with `args` and waits for the final reply.
 
   Returns `{:ok, result}` or `{:error, %PortBridge.Error{}}`; it raises only for
-  programming errors: an unknown option or one of the wrong type is an
-  `ArgumentError` that names it and the valid ones.
+  programming errors: an unknown option or one of the wrong type, or a target that
+  names nothing a request could reach, is an `ArgumentError` that says what is valid.
 
   Options:
 
@@ -47,42 +46,9 @@ defmodule PortBridge do
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(target, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @request_schema, "PortBridge.request/4")
-    {module, resolved} = via(target)
-    opts = with_deadline(module, resolved, opts)
-    circuit = CircuitBreaker.options(opts[:circuit], {target, opts[:session_id]})
-    call = fn -> module.request(resolved, command, args, opts) end
-    Retry.run(fn -> CircuitBreaker.call(call, circuit) end, retry_options(opts))
-  end
-
-  # A name a pool or a cluster was started with goes to it, anything else to a worker.
-  defp via(target) do
-    with :error <- Pool.lookup(target),
-         :error <- Cluster.lookup(target) do
-      {Worker, target}
-    else
-      {:ok, %{member: _} = cluster} -> {Cluster, cluster}
-      {:ok, pool} -> {Pool, pool}
-    end
-  end
-
-  # The one budget of a request, fixed when it starts: every attempt, checkout and
-  # wait comes out of it.
-  defp with_deadline(module, resolved, opts) do
-    timeout = Keyword.get_lazy(opts, :timeout, fn -> default_timeout(module, resolved) end)
-    deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)
-    Keyword.merge(opts, timeout: timeout, deadline: deadline)
-  end
-
-  defp default_timeout(Pool, pool), do: pool.timeout
-  defp default_timeout(Cluster, cluster), do: cluster.timeout
-  defp default_timeout(Worker, _worker), do: Options.default_timeout()
-
-  defp retry_options(opts) do
-    case Retry.options(opts[:retry]) do
-      nil -> nil
-      retry -> Keyword.put(retry, :deadline, opts[:deadline])
-    end
+    target
+    |> Call.new!(command, args, opts, :request, "PortBridge.request/4")
+    |> Call.run()
   end
 
   @doc "Like `request/4`, but returns the result or raises the `PortBridge.Error`."
@@ -103,9 +69,9 @@ defmodule PortBridge do
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(target, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @async_schema, "PortBridge.async_request/4")
-    {module, resolved} = via(target)
-    module.async_request(resolved, command, args, with_deadline(module, resolved, opts))
+    target
+    |> Call.new!(command, args, opts, :async, "PortBridge.async_request/4")
+    |> Call.async()
   end
 
   @doc "Waits for a request from `async_request/4`; `on_event` gets each `{name, data}` event."
@@ -124,13 +90,9 @@ defmodule PortBridge do
   """
   @spec stream(GenServer.server(), String.t() | atom, map, keyword) :: Enumerable.t()
   def stream(target, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @async_schema, "PortBridge.stream/4")
-    # Lazy: the request is sent when the stream is first enumerated.
-    Stream.flat_map([:send], fn :send ->
-      case async_request(target, command, args, opts) do
-        %Request{} = request -> Request.stream(request)
-        {:error, _} = error -> [error]
-      end
-    end)
+    # Checked now; its deadline starts when the stream is first enumerated.
+    target
+    |> Call.new!(command, args, opts, :async, "PortBridge.stream/4")
+    |> Call.stream()
   end
 end

@@ -39,10 +39,11 @@ defmodule PortBridge.Channel do
 
   @doc """
   Spawns the worker without waiting for it; the calling process owns the port.
-  Returns the port and the OS pid, watched by `PortBridge.Reaper` on behalf of
-  `reaper_owner` (the process whose death must take the OS process with it).
+  Returns the channel (its `ready` still nil: see `handshake/2`), whose OS process is
+  watched by `PortBridge.Reaper` on behalf of `reaper_owner` (the process whose death
+  must take the OS process with it).
   """
-  @spec spawn(map, pid) :: {:ok, port, pos_integer} | {:error, Error.t()}
+  @spec spawn(map, pid) :: {:ok, t} | {:error, Error.t()}
   def spawn(spawn_opts, reaper_owner \\ self()) do
     port_opts =
       [
@@ -59,7 +60,7 @@ defmodule PortBridge.Channel do
     port = Port.open({:spawn_executable, spawn_opts.executable}, port_opts)
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     :ok = Reaper.watch(os_pid, reaper_owner, @default_grace_ms)
-    {:ok, port, os_pid}
+    {:ok, %__MODULE__{port: port, os_pid: os_pid, format: spawn_opts.format}}
   rescue
     e in [ErlangError, ArgumentError] ->
       {:error,
@@ -74,11 +75,11 @@ defmodule PortBridge.Channel do
   end
 
   @doc """
-  Checks the first frame a worker wrote, which must be its `ready` event, and builds
-  the channel from it (limits, grace period).
+  Checks the first frame a worker wrote, which must be its `ready` event, and
+  completes the channel from it (its `ready` data, limits, grace period).
   """
-  @spec handshake(port, pos_integer, Codec.format(), binary) :: {:ok, t} | {:error, Error.t()}
-  def handshake(port, os_pid, format, payload) do
+  @spec handshake(t, binary) :: {:ok, t} | {:error, Error.t()}
+  def handshake(%__MODULE__{os_pid: os_pid, format: format} = channel, payload) do
     with {:ok, frame} <- decode_payload(format, payload),
          {:event, nil, "ready", data} <- Protocol.classify(frame),
          {:ok, data} <- Protocol.check_ready(data) do
@@ -100,15 +101,7 @@ defmodule PortBridge.Channel do
       grace_ms = round(grace_s * 1000) + @grace_margin_ms
       Reaper.watch_grace(os_pid, grace_ms)
 
-      {:ok,
-       %__MODULE__{
-         port: port,
-         os_pid: os_pid,
-         format: format,
-         ready: data,
-         max_frame_bytes: max_frame_bytes,
-         grace_ms: grace_ms
-       }}
+      {:ok, %{channel | ready: data, max_frame_bytes: max_frame_bytes, grace_ms: grace_ms}}
     else
       {:error, %Error{} = error} ->
         {:error, error}

@@ -34,7 +34,6 @@ defmodule PortBridge.Cluster do
         "ms after a membership change during which an owner that has no record of a session asks the other members for one"
     ]
   ]
-  @defaults PortBridge.Schema.defaults(@schema)
 
   @moduledoc """
   One pool per node, under one name, across the nodes of a distributed Erlang
@@ -120,14 +119,25 @@ defmodule PortBridge.Cluster do
   """
 
   use Supervisor
+  @behaviour PortBridge.Target
 
-  alias PortBridge.{Callbacks, Error, Options, Pool, Records, Request, Schema, Worker}
+  alias PortBridge.{
+    Call,
+    Callbacks,
+    Error,
+    Options,
+    Pool,
+    Records,
+    Request,
+    Schema,
+    Target,
+    Worker
+  }
+
   alias PortBridge.Cluster.Member
 
   # The :pg scope of every cluster; started by the :port_bridge application.
   @scope __MODULE__
-  @request_schema Options.request_schema()
-  @async_schema Options.async_schema()
 
   @doc false
   @spec scope() :: module
@@ -150,8 +160,7 @@ defmodule PortBridge.Cluster do
   end
 
   defp config!(opts) do
-    Schema.validate!(opts, @schema, "PortBridge.Cluster.start_link/1")
-    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
+    opts = Schema.validate!(opts, @schema, "PortBridge.Cluster.start_link/1", defaults: true)
     name = opts[:name]
     pool_opts = opts[:pool]
 
@@ -212,7 +221,7 @@ defmodule PortBridge.Cluster do
     ])
 
     cluster = Map.drop(config, [:pool_opts])
-    {:ok, _} = Registry.register(PortBridge.Registry, config.name, {:cluster, cluster})
+    :ok = Target.register(config.name, __MODULE__, cluster)
 
     replica_specs =
       if config.records,
@@ -229,14 +238,12 @@ defmodule PortBridge.Cluster do
   @doc false
   # The cluster registered under `name`, if any.
   @spec lookup(term) :: {:ok, map} | :error
-  def lookup(name) when is_atom(name) do
-    case Registry.lookup(PortBridge.Registry, name) do
-      [{_pid, {:cluster, cluster}}] -> {:ok, cluster}
+  def lookup(name) do
+    case Target.lookup(name) do
+      {:ok, {__MODULE__, cluster}} -> {:ok, cluster}
       _ -> :error
     end
   end
-
-  def lookup(_), do: :error
 
   ## Members and ranking
 
@@ -280,73 +287,93 @@ defmodule PortBridge.Cluster do
   Sends a request through the cluster and waits for its reply. Options as
   `PortBridge.request/4`.
   """
-  @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
+  @spec request(atom, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(cluster, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @request_schema, "PortBridge.Cluster.request/4")
+    # A name nothing runs under still gets its options checked; the call then fails.
+    config = with {:ok, config} <- lookup(cluster), do: config, else: (:error -> nil)
 
-    with {:ok, cluster} <- resolve(cluster),
-         opts = budget(cluster, opts),
-         {:ok, route} <- route(cluster, opts) do
+    cluster
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :request,
+      "PortBridge.Cluster.request/4",
+      {__MODULE__, config}
+    )
+    |> Call.run()
+  end
+
+  @doc "Sends a request through the cluster without waiting (see `PortBridge.Request`)."
+  @spec async_request(atom, String.t() | atom, map, keyword) :: Request.t() | {:error, Error.t()}
+  def async_request(cluster, command, args \\ %{}, opts \\ []) do
+    # A name nothing runs under still gets its options checked; the call then fails.
+    config = with {:ok, config} <- lookup(cluster), do: config, else: (:error -> nil)
+
+    cluster
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :async,
+      "PortBridge.Cluster.async_request/4",
+      {__MODULE__, config}
+    )
+    |> Call.async()
+  end
+
+  # A nil config: the call named a cluster that does not run (request/4, async_request/4).
+  @impl PortBridge.Target
+  def default_timeout(nil), do: Options.default_timeout()
+  def default_timeout(cluster), do: cluster.timeout
+
+  @impl PortBridge.Target
+  def call(nil, %Call{target: name}), do: {:error, not_running(name)}
+
+  def call(cluster, %Call{} = call) do
+    with {:ok, route} <- route(cluster, call) do
       case route do
         {:local, pool} ->
-          Pool.request(pool, command, args, opts)
+          Pool.call(pool, call)
 
         {:remote, _pid, _offset} = remote ->
-          case remote_request(remote, command, args, opts) do
-            %Request{} = request -> Request.await(request, opts[:on_event])
+          case remote_request(remote, call) do
+            %Request{} = request -> Request.await(request, call.on_event)
             {:error, _} = error -> error
           end
       end
     end
   end
 
-  @doc "Sends a request through the cluster without waiting (see `PortBridge.Request`)."
-  @spec async_request(atom | map, String.t() | atom, map, keyword) ::
-          Request.t() | {:error, Error.t()}
-  def async_request(cluster, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @async_schema, "PortBridge.Cluster.async_request/4")
+  @impl PortBridge.Target
+  def async(nil, %Call{target: name}), do: {:error, not_running(name)}
 
-    with {:ok, cluster} <- resolve(cluster),
-         opts = budget(cluster, opts),
-         {:ok, route} <- route(cluster, opts) do
+  def async(cluster, %Call{} = call) do
+    with {:ok, route} <- route(cluster, call) do
       case route do
-        {:local, pool} -> Pool.async_request(pool, command, args, opts)
-        {:remote, _pid, _offset} = remote -> remote_request(remote, command, args, opts)
+        {:local, pool} -> Pool.async(pool, call)
+        {:remote, _pid, _offset} = remote -> remote_request(remote, call)
       end
     end
   end
 
-  defp resolve(%{member: _} = cluster), do: {:ok, cluster}
-
-  defp resolve(name) do
-    case lookup(name) do
-      {:ok, cluster} ->
-        {:ok, cluster}
-
-      :error ->
-        {:error,
-         Error.new(
-           :communication,
-           "cluster_not_running",
-           "no PortBridge.Cluster named #{inspect(name)}"
-         )}
-    end
-  end
-
-  defp budget(cluster, opts) do
-    opts = Keyword.put_new(opts, :timeout, cluster.timeout)
-    Keyword.put_new_lazy(opts, :deadline, fn -> Request.deadline(opts[:timeout]) end)
+  defp not_running(name) do
+    Error.new(
+      :communication,
+      "cluster_not_running",
+      "no PortBridge.Cluster named #{inspect(name)}"
+    )
   end
 
   # {:ok, {:local, pool}} or {:ok, {:remote, worker_pid, clock_offset}}.
-  defp route(cluster, opts) do
-    case opts[:session_id] do
+  defp route(cluster, call) do
+    case call.session_id do
       nil -> sessionless(cluster)
-      session_id -> session_route(cluster, session_id, opts)
+      session_id -> session_route(cluster, session_id, call)
     end
   end
 
-  defp session_route(cluster, session_id, opts) do
+  defp session_route(cluster, session_id, call) do
     # The epoch first: a membership change after this read makes the check stale.
     epoch = :ets.lookup_element(cluster.routes, :epoch, 2)
 
@@ -357,32 +384,32 @@ defmodule PortBridge.Cluster do
       nodes ->
         owner = owner_of(session_id, nodes)
 
-        with :ok <- ensure(cluster, session_id, owner, epoch, opts) do
-          if owner == node(), do: local(cluster), else: remote(cluster, owner, session_id, opts)
+        with :ok <- ensure(cluster, session_id, owner, epoch, call) do
+          if owner == node(), do: local(cluster), else: remote(cluster, owner, session_id, call)
         end
     end
   end
 
   # The owner has the session (rebuilt if it moved) before the first request from
   # this node in this epoch reaches it.
-  defp ensure(%{records: nil}, _session_id, _owner, _epoch, _opts), do: :ok
+  defp ensure(%{records: nil}, _session_id, _owner, _epoch, _call), do: :ok
 
-  defp ensure(cluster, session_id, owner, epoch, opts) do
+  defp ensure(cluster, session_id, owner, epoch, call) do
     case :ets.lookup(cluster.ensured, session_id) do
       [{_, ^owner, ^epoch}] ->
         :ok
 
       _ ->
-        with {:ok, _} <- Member.call(cluster, owner, {:ensure, session_id, false}, opts) do
+        with {:ok, _} <- Member.call(cluster, owner, {:ensure, session_id, false}, call) do
           :ets.insert(cluster.ensured, {session_id, owner, epoch})
           :ok
         end
     end
   end
 
-  defp remote(cluster, node, session_id, opts) do
-    with {:ok, info} <- Member.node_info(cluster, node, opts) do
-      case elem(info.workers, Records.index(session_id, info.size)) do
+  defp remote(cluster, node, session_id, call) do
+    with {:ok, info} <- Member.node_info(cluster, node, call) do
+      case elem(info.workers, Pool.index(session_id, info.size)) do
         pid when is_pid(pid) -> {:ok, {:remote, pid, info.offset}}
         nil -> {:error, not_running(cluster, node)}
       end
@@ -433,20 +460,16 @@ defmodule PortBridge.Cluster do
   # The Worker on the other node keeps the request's deadline on its own monotonic
   # clock; the caller keeps it on ours. The callbacks registered for the session on
   # this node go with the request (the other node's registry does not have them).
-  defp remote_request({:remote, pid, offset}, command, args, opts) do
-    deadline = opts[:deadline]
+  defp remote_request({:remote, pid, offset}, %Call{deadline: deadline} = call) do
     remote_deadline = if deadline == :infinity, do: :infinity, else: deadline + offset
 
-    remote_opts =
-      case Callbacks.registered(opts[:session_id]) do
-        registered when registered == %{} -> opts
-        registered -> Keyword.update(opts, :callbacks, registered, &Map.merge(registered, &1))
+    callbacks =
+      case Callbacks.registered(call.session_id) do
+        registered when registered == %{} -> call.callbacks
+        registered -> Map.merge(registered, call.callbacks)
       end
-      |> Keyword.put(:deadline, remote_deadline)
-      # Retries and breakers run on the caller's side (PortBridge.request/4).
-      |> Keyword.drop([:retry, :circuit])
 
-    case Worker.async_request(pid, command, args, remote_opts) do
+    case Worker.async(pid, %{call | deadline: remote_deadline, callbacks: callbacks}) do
       %Request{} = request -> %{request | deadline: deadline}
       {:error, _} = error -> error
     end
@@ -467,7 +490,7 @@ defmodule PortBridge.Cluster do
   # Writes a change of a scope's records: a session's at its owner (which pushes it
   # to the session's other holders); the global scope's on every member, each of
   # which also sends it to its Workers (except the local first one, which ran it).
-  @spec record(map, String.t() | nil, Records.op(), keyword) :: :ok
+  @spec record(map, String.t() | nil, Records.op(), Call.t()) :: :ok
   def record(cluster, nil, op, opts) do
     [node() | nodes(cluster)]
     |> Enum.uniq()
@@ -499,7 +522,7 @@ defmodule PortBridge.Cluster do
   @doc false
   # Sends a session's recorded state again to its owner's Python (which dropped it):
   # :ok when there was something to send, :none when nothing is recorded.
-  @spec rebuild(map, String.t(), keyword) :: :ok | :none | {:error, Error.t()}
+  @spec rebuild(map, String.t(), Call.t()) :: :ok | :none | {:error, Error.t()}
   def rebuild(cluster, session_id, opts) do
     node = owner_of(session_id, nodes(cluster)) || node()
 

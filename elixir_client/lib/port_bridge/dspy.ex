@@ -73,7 +73,7 @@ defmodule PortBridge.DSPy do
   `%{literal: [...]}` and nested `%{object: %{...}}` (see `describe` on a worker).
   """
 
-  alias PortBridge.{Error, Options, Schema}
+  alias PortBridge.{Call, Error, Options, Schema}
 
   # The arguments of each command (sent to the worker, which checks their values
   # and answers a `validation` error), by function. Request options are added to
@@ -245,7 +245,13 @@ defmodule PortBridge.DSPy do
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
-    |> PortBridge.stream("execute_program", args, Keyword.drop(request_opts, [:retry, :circuit]))
+    |> Call.new(
+      "execute_program",
+      args,
+      Keyword.drop(request_opts, [:retry, :circuit]),
+      "PortBridge.DSPy.stream/4"
+    )
+    |> Call.stream()
     |> Stream.map(fn
       {:event, "chunk", data} -> {:chunk, data}
       other -> other
@@ -523,7 +529,9 @@ defmodule PortBridge.DSPy do
 
     # Through the recorder: on a pool, what builds a session's state is recorded so
     # that a fresh Python gets it back.
-    PortBridge.DSPy.Recorder.request(target, command, args, request_opts)
+    target
+    |> Call.new(command, args, request_opts, "PortBridge.DSPy." <> function)
+    |> PortBridge.DSPy.Recorder.run()
   end
 
   # Options are the command's arguments or request options; anything else is a

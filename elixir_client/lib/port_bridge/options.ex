@@ -109,12 +109,28 @@ defmodule PortBridge.Options do
       type: :timeout,
       default: 5_000,
       doc: "exclusive pools only: ms to wait for a free worker, within `:timeout`"
+    ]
+  ]
+
+  # How a Worker starts its Python again; the same options, defaults included, for a
+  # Worker and for the Workers of a pool.
+  @restart_schema [
+    lazy: [
+      type: :boolean,
+      default: false,
+      doc: "spawn the Python at the first request, not at start"
     ],
-    # Set by the engine's own layers: the request's absolute deadline (fixed by the
-    # first layer, so that retries and checkouts come out of one budget) and the
-    # pool a Worker serves it for (telemetry).
-    deadline: [doc: false],
-    pool: [doc: false]
+    max_start_failures: [
+      type: :pos_integer,
+      default: 5,
+      doc: "failed starts in a row before the Worker stops (and its supervisor restarts it)"
+    ],
+    start_backoff_min: [
+      type: :pos_integer,
+      default: 100,
+      doc: "ms to wait after a failed start, doubling after each"
+    ],
+    start_backoff_max: [type: :pos_integer, default: 5_000, doc: "the longest such wait, in ms"]
   ]
 
   @doc false
@@ -129,6 +145,15 @@ defmodule PortBridge.Options do
   @doc false
   @spec spawn_keys() :: [atom]
   def spawn_keys, do: Keyword.keys(@spawn_schema)
+
+  @doc false
+  # How a Worker restarts its Python (PortBridge.Worker, PortBridge.Pool).
+  @spec restart_schema() :: Schema.t()
+  def restart_schema, do: @restart_schema
+
+  @doc false
+  @spec restart_keys() :: [atom]
+  def restart_keys, do: Keyword.keys(@restart_schema)
 
   @doc false
   # The options of a request (PortBridge.request/4 and every layer under it).
@@ -159,8 +184,10 @@ defmodule PortBridge.Options do
   """
   @spec spawn_opts(keyword) :: spawn
   def spawn_opts(opts) do
-    Schema.validate!(opts, @spawn_schema, "PortBridge.Options.spawn_opts/1")
-    format = Keyword.get(opts, :format) || :json
+    opts =
+      Schema.validate!(opts, @spawn_schema, "PortBridge.Options.spawn_opts/1", defaults: true)
+
+    format = opts[:format]
 
     unless format in Codec.formats() do
       raise ArgumentError,
@@ -172,25 +199,24 @@ defmodule PortBridge.Options do
     {executable, args, probe_stderr} =
       case Keyword.get(opts, :executable) do
         executable when executable != nil ->
-          {resolve!(executable, :executable), Keyword.get(opts, :args) || [], false}
+          {resolve!(executable, :executable), opts[:args], false}
 
         nil ->
           python = Keyword.get(opts, :python) || python()
-          worker_args = Keyword.get(opts, :worker_args) || []
-          log_frames = if opts[:forward_logs] == false, do: [], else: ["--log-frames"]
+          log_frames = if opts[:forward_logs], do: ["--log-frames"], else: []
 
           {resolve!(python, :python),
            ["-m", "bridge", "worker", "--format", Atom.to_string(format)] ++
-             log_frames ++ worker_args, true}
+             log_frames ++ opts[:worker_args], true}
       end
 
     %{
       executable: executable,
       args: args,
       format: format,
-      env: env!(Keyword.get(opts, :env) || []),
-      cd: cd!(Keyword.get(opts, :cd)),
-      ready_timeout: Keyword.get(opts, :ready_timeout) || 15_000,
+      env: env!(opts[:env]),
+      cd: cd!(opts[:cd]),
+      ready_timeout: opts[:ready_timeout],
       probe_stderr: probe_stderr
     }
   end

@@ -7,7 +7,6 @@ defmodule PortBridge.Pool do
       default: :multiplexed,
       doc: "`:multiplexed` or `:exclusive`, see above"
     ],
-    lazy: [type: :boolean, default: false, doc: "start each Python at its Worker's first request"],
     pool_timeout: [
       type: :timeout,
       default: 5_000,
@@ -23,17 +22,6 @@ defmodule PortBridge.Pool do
       default: true,
       doc: "record sessions and rebuild them on fresh Pythons"
     ],
-    max_start_failures: [
-      type: :pos_integer,
-      default: 5,
-      doc: "failed starts in a row before a Worker stops (and its supervisor restarts it)"
-    ],
-    start_backoff_min: [
-      type: :pos_integer,
-      default: 100,
-      doc: "ms after a Worker's failed start, doubling"
-    ],
-    start_backoff_max: [type: :pos_integer, default: 5_000, doc: "the longest such wait, in ms"],
     max_restarts: [
       type: :non_neg_integer,
       default: 3,
@@ -41,8 +29,7 @@ defmodule PortBridge.Pool do
     ],
     max_seconds: [type: :pos_integer, default: 60, doc: "see `:max_restarts`"]
   ]
-  @schema @pool_schema ++ PortBridge.Options.spawn_schema()
-  @defaults PortBridge.Schema.defaults(@pool_schema)
+  @schema @pool_schema ++ PortBridge.Options.restart_schema() ++ PortBridge.Options.spawn_schema()
 
   @moduledoc """
   N `PortBridge.Worker`s under one name, and a strategy that says how requests
@@ -104,26 +91,16 @@ defmodule PortBridge.Pool do
   """
 
   use Supervisor
-  alias PortBridge.{Error, Options, Records, Request, Schema, Worker}
+  @behaviour PortBridge.Target
 
-  # Without NimblePool this module still compiles; the exclusive strategy says what
-  # is missing.
-  @compile {:no_warn_undefined, [NimblePool]}
-
-  @available Code.ensure_loaded?(NimblePool)
-
-  # Recompile when NimblePool comes or goes (NIMBLE_POOL_PATH set or unset).
-  @doc false
-  def __mix_recompile__?, do: Code.ensure_loaded?(NimblePool) != @available
-
-  @request_schema Options.request_schema()
-  @async_schema Options.async_schema()
+  alias PortBridge.{Call, Error, Options, Records, Request, Schema, Target, Worker}
+  alias PortBridge.Pool.Exclusive
 
   @type strategy :: :multiplexed | :exclusive
 
   @doc "True when this build of port_bridge was compiled with NimblePool (the `:exclusive` strategy)."
   @spec available?() :: boolean
-  def available?, do: @available
+  defdelegate available?, to: Exclusive
 
   @doc "Starts a pool; see the module doc for the options."
   @spec start_link(keyword) :: Supervisor.on_start()
@@ -142,11 +119,9 @@ defmodule PortBridge.Pool do
   end
 
   defp config!(opts) do
-    Schema.validate!(opts, @schema, "PortBridge.Pool.start_link/1")
-    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
-    strategy = opts[:strategy]
+    opts = Schema.validate!(opts, @schema, "PortBridge.Pool.start_link/1", defaults: true)
 
-    if strategy == :exclusive and not @available do
+    if opts[:strategy] == :exclusive and not available?() do
       raise ArgumentError,
             "the :exclusive strategy of PortBridge.Pool needs NimblePool: add {:nimble_pool, \"~> 1.1\"} " <>
               "to your deps (offline: NIMBLE_POOL_PATH=/path/to/a/nimble_pool/checkout, see " <>
@@ -160,13 +135,11 @@ defmodule PortBridge.Pool do
     %{
       name: opts[:name],
       size: opts[:size] || System.schedulers_online(),
-      strategy: strategy,
-      lazy: opts[:lazy],
+      strategy: opts[:strategy],
       pool_timeout: opts[:pool_timeout],
       timeout: opts[:timeout],
       recover_sessions: opts[:recover_sessions],
-      spawn: spawn_opts,
-      worker: Keyword.take(opts, [:max_start_failures, :start_backoff_min, :start_backoff_max]),
+      worker: Keyword.take(opts, Options.restart_keys()) ++ spawn_opts,
       max_restarts: opts[:max_restarts],
       max_seconds: opts[:max_seconds]
     }
@@ -176,10 +149,9 @@ defmodule PortBridge.Pool do
   def init(config) do
     %{name: name, size: size} = config
     workers = List.to_tuple(for i <- 1..size, do: Module.concat(name, "Worker#{i}"))
-    shards = List.to_tuple(for i <- 1..size, do: Module.concat(name, "Shard#{i}"))
     records = if config.recover_sessions, do: Module.concat(name, Records)
-    # Slots 1..size: requests in each Worker (kept by the Worker); size + 1: where
-    # the least-loaded scan starts, so that ties spread.
+    # Slots 1..size: requests held by each Worker (its load hook keeps them); size + 1:
+    # where the least-loaded scan starts, so that ties spread.
     load = :atomics.new(size + 1, [])
 
     pool = %{
@@ -187,16 +159,15 @@ defmodule PortBridge.Pool do
       size: size,
       strategy: config.strategy,
       workers: workers,
-      shards: shards,
+      shards: Exclusive.shards(name, size, config.strategy),
       load: load,
       records: records,
       pool_timeout: config.pool_timeout,
       timeout: config.timeout
     }
 
-    # How PortBridge.request tells a pool's name from a Worker's; the entry goes
-    # with this supervisor.
-    {:ok, _} = Registry.register(PortBridge.Registry, name, {:pool, pool})
+    # How a request tells a pool's name from a Worker's; the entry goes with this supervisor.
+    :ok = Target.register(name, __MODULE__, pool)
 
     worker_specs =
       for i <- 1..size do
@@ -208,37 +179,15 @@ defmodule PortBridge.Pool do
             name: elem(workers, i - 1),
             pool: name,
             respawn: true,
-            lazy: config.lazy,
-            load: {load, i}
-          ] ++
-            on_ready ++ config.worker ++ config.spawn
+            on_load: fn n -> :atomics.put(load, i, n) end
+          ] ++ on_ready ++ config.worker
 
         Supervisor.child_spec({Worker, opts}, id: {:worker, i})
       end
 
-    shard_specs =
-      if config.strategy == :exclusive do
-        for i <- 1..size do
-          %{
-            id: {:shard, i},
-            start:
-              {NimblePool, :start_link,
-               [
-                 [
-                   worker: {PortBridge.Pool.Checkout, elem(workers, i - 1)},
-                   pool_size: 1,
-                   name: elem(shards, i - 1)
-                 ]
-               ]}
-          }
-        end
-      else
-        []
-      end
-
     records_specs = if records, do: [{Records, records}], else: []
 
-    Supervisor.init(records_specs ++ worker_specs ++ shard_specs,
+    Supervisor.init(records_specs ++ worker_specs ++ Exclusive.child_specs(pool),
       strategy: :one_for_one,
       max_restarts: config.max_restarts,
       max_seconds: config.max_seconds
@@ -248,37 +197,25 @@ defmodule PortBridge.Pool do
   @doc false
   # The pool registered under `name`, if any.
   @spec lookup(term) :: {:ok, map} | :error
-  def lookup(name) when is_atom(name) do
-    case Registry.lookup(PortBridge.Registry, name) do
-      [{_pid, {:pool, pool}}] -> {:ok, pool}
+  def lookup(name) do
+    case Target.lookup(name) do
+      {:ok, {__MODULE__, pool}} -> {:ok, pool}
       _ -> :error
     end
   end
-
-  def lookup(_), do: :error
 
   @doc """
   Sends a request to the pool's Worker for `:session_id` (without one, the least
   loaded) and waits for its reply. Options as `PortBridge.request/4`.
   """
-  @spec request(atom | map, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
+  @spec request(atom, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(pool, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @request_schema, "PortBridge.Pool.request/4")
+    # A name nothing runs under still gets its options checked; the call then fails.
+    config = with {:ok, config} <- lookup(pool), do: config, else: (:error -> nil)
 
-    with {:ok, pool} <- resolve(pool) do
-      {opts, deadline} = budget(pool, opts)
-      index = pick(pool, opts[:session_id])
-
-      case pool.strategy do
-        :multiplexed ->
-          Worker.request(elem(pool.workers, index), command, args, opts)
-
-        :exclusive ->
-          checkout(pool, index, opts, deadline, fn worker ->
-            Worker.request(worker, command, args, opts)
-          end)
-      end
-    end
+    pool
+    |> Call.new!(command, args, opts, :request, "PortBridge.Pool.request/4", {__MODULE__, config})
+    |> Call.run()
   end
 
   @doc """
@@ -287,46 +224,70 @@ defmodule PortBridge.Pool do
   checkout and relays the request's events and reply; it ends at the request's
   deadline or when the caller dies, whichever comes first.
   """
-  @spec async_request(atom | map, String.t() | atom, map, keyword) ::
-          Request.t() | {:error, Error.t()}
+  @spec async_request(atom, String.t() | atom, map, keyword) :: Request.t() | {:error, Error.t()}
   def async_request(pool, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @async_schema, "PortBridge.Pool.async_request/4")
+    # A name nothing runs under still gets its options checked; the call then fails.
+    config = with {:ok, config} <- lookup(pool), do: config, else: (:error -> nil)
 
-    with {:ok, pool} <- resolve(pool) do
-      {opts, deadline} = budget(pool, opts)
-      index = pick(pool, opts[:session_id])
-
-      case pool.strategy do
-        :multiplexed -> Worker.async_request(elem(pool.workers, index), command, args, opts)
-        :exclusive -> async_checkout(pool, index, command, args, opts, deadline)
-      end
-    end
+    pool
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :async,
+      "PortBridge.Pool.async_request/4",
+      {__MODULE__, config}
+    )
+    |> Call.async()
   end
-
-  defp resolve(%{} = pool), do: {:ok, pool}
 
   defp resolve(name) do
     case lookup(name) do
-      {:ok, pool} ->
-        {:ok, pool}
-
-      :error ->
-        {:error,
-         Error.new(
-           :communication,
-           "pool_not_running",
-           "no PortBridge.Pool named #{inspect(name)}"
-         )}
+      {:ok, pool} -> {:ok, pool}
+      :error -> {:error, not_running(name)}
     end
   end
 
-  # The request's one deadline, fixed now unless the caller fixed it earlier.
-  # (`pool`: the pool's name, for telemetry.)
-  defp budget(pool, opts) do
-    opts = Keyword.put_new(opts, :timeout, pool.timeout)
-    deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(opts[:timeout]) end)
-    {Keyword.merge(opts, deadline: deadline, pool: pool.name), deadline}
+  defp not_running(name) do
+    Error.new(:communication, "pool_not_running", "no PortBridge.Pool named #{inspect(name)}")
   end
+
+  # A nil config: the call named a pool that does not run (request/4, async_request/4).
+  @impl PortBridge.Target
+  def default_timeout(nil), do: Options.default_timeout()
+  def default_timeout(pool), do: pool.timeout
+
+  @impl PortBridge.Target
+  def call(nil, %Call{target: name}), do: {:error, not_running(name)}
+
+  def call(pool, %Call{} = call) do
+    index = pick(pool, call.session_id)
+    call = %{call | pool: pool.name}
+
+    case pool.strategy do
+      :multiplexed -> Worker.call(elem(pool.workers, index), call)
+      :exclusive -> Exclusive.call(pool, index, call)
+    end
+  end
+
+  @impl PortBridge.Target
+  def async(nil, %Call{target: name}), do: {:error, not_running(name)}
+
+  def async(pool, %Call{} = call) do
+    index = pick(pool, call.session_id)
+    call = %{call | pool: pool.name}
+
+    case pool.strategy do
+      :multiplexed -> Worker.async(elem(pool.workers, index), call)
+      :exclusive -> Exclusive.async(pool, index, call)
+    end
+  end
+
+  @doc false
+  # The Worker (0-based) of a pool of `size` that serves a session: the same on every
+  # node (PortBridge.Cluster routes to a remote pool's Worker with it).
+  @spec index(String.t(), pos_integer) :: non_neg_integer
+  def index(session_id, size), do: :erlang.phash2(session_id, size)
 
   # 0-based: a session's Worker, or the least loaded one. Multiplexed, ties go to the
   # lowest index: one caller at a time keeps meeting the same, warm, Python (the
@@ -338,7 +299,9 @@ defmodule PortBridge.Pool do
   defp pick(pool, nil),
     do: least_loaded(pool, :atomics.add_get(pool.load, pool.size + 1, 1))
 
-  defp pick(pool, session_id), do: Records.index(session_id, pool.size)
+  defp pick(pool, session_id), do: index(session_id, pool.size)
+
+  defp least_loaded(%{size: 1}, _start), do: 0
 
   defp least_loaded(pool, start) do
     Enum.reduce(0..(pool.size - 1), {nil, nil}, fn offset, {best, best_load} ->
@@ -349,135 +312,31 @@ defmodule PortBridge.Pool do
     |> elem(0)
   end
 
-  ## Exclusive
-
-  defp checkout(pool, index, opts, deadline, fun) do
-    pool_timeout = Keyword.get(opts, :pool_timeout, pool.pool_timeout)
-    wait = min_timeout(pool_timeout, Request.remaining(deadline))
-
-    try do
-      NimblePool.checkout!(
-        elem(pool.shards, index),
-        :checkout,
-        fn _from, worker -> {fun.(worker), :ok} end,
-        wait
-      )
-    catch
-      :exit, {:timeout, {NimblePool, :checkout, _}} ->
-        {:error, checkout_timeout(pool, index, opts, wait, pool_timeout)}
-
-      :exit, {reason, {NimblePool, :checkout, _}} ->
-        {:error, not_running(pool, index, reason)}
-    end
-  end
-
-  defp min_timeout(:infinity, b), do: b
-  defp min_timeout(a, :infinity), do: a
-  defp min_timeout(a, b), do: min(a, b)
-
-  defp async_checkout(pool, index, command, args, opts, deadline) do
-    caller = self()
-    ref = :erlang.alias()
-
-    {:ok, pid} =
-      Task.Supervisor.start_child(PortBridge.TaskSupervisor, fn ->
-        relay(pool, index, command, args, opts, deadline, caller, ref)
-      end)
-
-    monitor = Process.monitor(pid)
-    Request.new(pid, ref, fn -> send(pid, {ref, :cancel}) end, opts[:timeout], deadline, monitor)
-  end
-
-  # The task of an exclusive async request: holds the checkout, relays the inner
-  # request's events and reply to the caller's alias. Linked to the caller, so that
-  # it dies with it wherever it is (even waiting for a checkout, where NimblePool
-  # then forgets it); it ends at the deadline or on cancel otherwise.
-  defp relay(pool, index, command, args, opts, deadline, caller, ref) do
-    Process.link(caller)
-
-    result =
-      checkout(pool, index, opts, deadline, fn worker ->
-        case Worker.async_request(worker, command, args, opts) do
-          %Request{} = inner -> relay_loop(inner, ref)
-          {:error, _} = error -> error
-        end
-      end)
-
-    if result, do: send(ref, {ref, {:reply, result}})
-    Process.unlink(caller)
-  end
-
-  defp relay_loop(%Request{ref: inner_ref, monitor: inner_mon} = inner, ref) do
-    receive do
-      {^inner_ref, {:event, _, _} = event} ->
-        send(ref, {ref, event})
-        relay_loop(inner, ref)
-
-      {^inner_ref, {:reply, result}} ->
-        Process.demonitor(inner_mon, [:flush])
-        result
-
-      {:DOWN, ^inner_mon, _, _, _} = down ->
-        # Request.await turns it into its error, as for any caller.
-        send(self(), down)
-        Request.await(inner)
-
-      {^ref, :cancel} ->
-        Request.cancel(inner)
-        nil
-    after
-      Request.remaining(inner.deadline) -> Request.await(inner)
-    end
-  end
-
-  defp checkout_timeout(pool, index, opts, wait, pool_timeout) do
-    if wait == pool_timeout do
-      Error.new(
-        :overloaded,
-        "pool_timeout",
-        "no worker of pool #{inspect(pool.name)} (shard #{index + 1} of #{pool.size}) was free within " <>
-          "#{pool_timeout} ms: pass a larger :pool_timeout, or give the pool more workers (:size)",
-        %{"pool" => inspect(pool.name), "shard" => index + 1, "pool_timeout_ms" => pool_timeout}
-      )
-    else
-      %{Request.timeout_error(opts[:timeout]) | code: "checkout_timeout"}
-      |> Map.update!(:message, &("waiting for a free worker: " <> &1))
-    end
-  end
-
-  defp not_running(pool, index, reason) do
-    Error.new(
-      :communication,
-      "pool_not_running",
-      "pool #{inspect(pool.name)} shard #{index + 1} is not running (#{inspect(reason)}): stopped, or restarting",
-      %{"pool" => inspect(pool.name), "shard" => index + 1, "reason" => inspect(reason)}
-    )
-  end
-
   ## Introspection
 
   @doc """
   Per Worker: its registered name, pid (nil while restarting), status, requests in
-  flight and consecutive start failures.
+  flight and consecutive start failures. `{:error, %PortBridge.Error{}}` when no pool
+  runs under `name`.
   """
-  @spec info(atom) :: [map]
+  @spec info(atom) :: [map] | {:error, Error.t()}
   def info(name) do
-    {:ok, pool} = lookup(name)
+    with {:ok, pool} <- resolve(name) do
+      for i <- 1..pool.size do
+        worker = elem(pool.workers, i - 1)
+        pid = GenServer.whereis(worker)
+        info = if pid, do: safe_info(pid), else: %{}
 
-    for i <- 1..pool.size do
-      worker = elem(pool.workers, i - 1)
-      pid = GenServer.whereis(worker)
-      info = if pid, do: safe_info(pid), else: %{}
-
-      %{
-        shard: i,
-        name: worker,
-        pid: pid,
-        status: info[:status],
-        os_pid: info[:os_pid],
-        in_flight: :atomics.get(pool.load, i),
-        start_failures: info[:start_failures] || 0
-      }
+        %{
+          shard: i,
+          name: worker,
+          pid: pid,
+          status: info[:status],
+          os_pid: info[:os_pid],
+          in_flight: :atomics.get(pool.load, i),
+          start_failures: info[:start_failures] || 0
+        }
+      end
     end
   end
 
@@ -487,43 +346,24 @@ defmodule PortBridge.Pool do
     :exit, _ -> %{}
   end
 
-  @doc "The Worker (1-based) a session's requests go to."
-  @spec shard_for(atom, String.t()) :: pos_integer
+  @doc """
+  The Worker (1-based) a session's requests go to; `{:error, %PortBridge.Error{}}`
+  when no pool runs under `name`.
+  """
+  @spec shard_for(atom, String.t()) :: pos_integer | {:error, Error.t()}
   def shard_for(name, session_id) do
-    {:ok, pool} = lookup(name)
-    pick(pool, session_id) + 1
+    with {:ok, pool} <- resolve(name), do: pick(pool, session_id) + 1
   end
 
   @doc false
-  # The registered names of the pool's Workers.
+  # The registered names of the pool's Workers ([] when no pool runs under `name`).
   @spec workers(atom | map) :: [atom]
-  def workers(pool) do
-    {:ok, pool} = resolve(pool)
-    Tuple.to_list(pool.workers)
-  end
-end
+  def workers(%{workers: workers}), do: Tuple.to_list(workers)
 
-if Code.ensure_loaded?(NimblePool) do
-  defmodule PortBridge.Pool.Checkout do
-    @moduledoc false
-    # The NimblePool worker of one shard of an :exclusive PortBridge.Pool. The
-    # resource is the name of a PortBridge.Worker (supervised beside it by the pool):
-    # NimblePool only decides who may use it, one caller at a time; the Worker owns
-    # the Port, its restarts and the request itself.
-
-    @behaviour NimblePool
-
-    @impl NimblePool
-    def init_worker(worker), do: {:ok, worker, worker}
-
-    @impl NimblePool
-    def handle_checkout(:checkout, _from, worker, pool_state),
-      do: {:ok, worker, worker, pool_state}
-
-    @impl NimblePool
-    def handle_checkin(:ok, _from, worker, pool_state), do: {:ok, worker, pool_state}
-
-    @impl NimblePool
-    def terminate_worker(_reason, _worker, pool_state), do: {:ok, pool_state}
+  def workers(name) do
+    case lookup(name) do
+      {:ok, pool} -> workers(pool)
+      :error -> []
+    end
   end
 end

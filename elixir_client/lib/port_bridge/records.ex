@@ -26,7 +26,7 @@ defmodule PortBridge.Records do
   use GenServer
   require Logger
 
-  alias PortBridge.{Keeper, Worker}
+  alias PortBridge.{Call, Keeper}
 
   @type table :: atom
   @type kind :: :lm | :embedder | :index | :program
@@ -187,7 +187,7 @@ defmodule PortBridge.Records do
     |> Enum.map(fn worker ->
       Task.async(fn ->
         for {command, args, extra} <- steps do
-          case Worker.request(worker, command, args, step_opts ++ extra) do
+          case Call.run(Call.new(worker, command, args, step_opts ++ extra)) do
             {:ok, _} ->
               :ok
 
@@ -205,15 +205,15 @@ defmodule PortBridge.Records do
   end
 
   @doc """
-  Sends a session's `steps` to its Worker in `pool`, in order, within the deadline
-  of `opts`: `:ok`, or the first error (the steps after it are not sent).
+  Sends a session's `steps` to its Worker in the pool named `pool`, in order, within
+  the deadline of `opts`: `:ok`, or the first error (the steps after it are not sent).
   """
-  @spec rebuild(atom | map, String.t(), [step], keyword) :: :ok | {:error, PortBridge.Error.t()}
+  @spec rebuild(atom, String.t(), [step], keyword) :: :ok | {:error, PortBridge.Error.t()}
   def rebuild(pool, session_id, steps, opts) do
     opts = opts |> Keyword.take([:timeout, :deadline]) |> Keyword.put(:session_id, session_id)
 
     Enum.reduce_while(steps, :ok, fn {command, args, _}, :ok ->
-      case PortBridge.Pool.request(pool, command, args, opts) do
+      case Call.run(Call.new(pool, command, args, opts)) do
         {:ok, _} -> {:cont, :ok}
         {:error, _} = error -> {:halt, error}
       end
@@ -228,7 +228,7 @@ defmodule PortBridge.Records do
 
   @doc "The worker (0-based) of a pool of `size` that holds a session."
   @spec index(String.t(), pos_integer) :: non_neg_integer
-  def index(session_id, size), do: :erlang.phash2(session_id, size)
+  def index(session_id, size), do: PortBridge.Pool.index(session_id, size)
 
   defp mine?(:global, _index, _size), do: true
   defp mine?({:session, id}, index, size), do: index(id, size) == index

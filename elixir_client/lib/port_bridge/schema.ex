@@ -10,14 +10,15 @@ defmodule PortBridge.Schema do
   # A schema is a keyword list `key: spec`, spec a keyword list of:
   #   * `:type` - see type/0 (default :any)
   #   * `:required` - the key must be given (default false)
-  #   * `:default` - shown in the docs only: code applies its own defaults
+  #   * `:default` - documented, and applied by `validate!(opts, schema, where,
+  #     defaults: true)`: the one place a default is written
   #   * `:default_doc` - the default said in words, when it is not a value
   #   * `:doc` - the text of the option, or `false`: an internal key the engine
   #     passes between its own layers (accepted, never documented or suggested)
   #
   # `nil` is the same as leaving an optional key out: callers often forward
-  # `opts[:key]`. Defaults stay where they were (code reads the keyword list), so
-  # validation returns the options unchanged.
+  # `opts[:key]`. Validation returns the options unchanged, or, with `defaults: true`,
+  # with the schema's defaults in place of the keys left out.
 
   @type type ::
           :any
@@ -41,9 +42,17 @@ defmodule PortBridge.Schema do
 
   @doc false
   # Raises ArgumentError unless `opts` fits `schema`; `where` names the entry point
-  # ("PortBridge.request/4"). Returns `opts`.
-  @spec validate!(term, t, String.t()) :: keyword
-  def validate!(opts, schema, where) do
+  # ("PortBridge.request/4"). Returns `opts`; with `defaults: true`, `opts` without
+  # nil values and with the schema's `:default`s for the keys left out.
+  @spec validate!(term, t, String.t(), keyword) :: keyword
+  def validate!(opts, schema, where, how \\ [])
+
+  def validate!(opts, schema, where, defaults: true) do
+    opts = validate!(opts, schema, where)
+    Keyword.merge(defaults(schema), Enum.reject(opts, &is_nil(elem(&1, 1))))
+  end
+
+  def validate!(opts, schema, where, []) do
     unless Keyword.keyword?(opts) do
       raise ArgumentError,
             "the options of #{where} must be a keyword list, got: #{inspect(opts, limit: 10)}"

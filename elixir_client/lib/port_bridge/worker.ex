@@ -6,22 +6,6 @@ defmodule PortBridge.Worker do
       default: false,
       doc: "start a fresh Python when one dies instead of stopping (what `PortBridge.Pool` uses)"
     ],
-    max_start_failures: [
-      type: :pos_integer,
-      default: 5,
-      doc: "with `respawn: true`, failed starts in a row before this process stops"
-    ],
-    start_backoff_min: [
-      type: :pos_integer,
-      default: 100,
-      doc: "ms to wait after a failed start, doubling after each, see above"
-    ],
-    start_backoff_max: [type: :pos_integer, default: 5_000, doc: "the longest such wait, in ms"],
-    lazy: [
-      type: :boolean,
-      default: false,
-      doc: "spawn the Python at the first request, not at start"
-    ],
     on_ready: [
       type: :mfa,
       doc: """
@@ -37,12 +21,13 @@ defmodule PortBridge.Worker do
       doc: "ms the `:on_ready` requests may take"
     ],
     # Set by PortBridge.Pool: the pool the Worker belongs to (telemetry and Logger
-    # metadata), and its slot in the pool's load counters.
+    # metadata), and a function told how many requests the Worker holds each time
+    # that changes (the pool's least-loaded choice).
     pool: [doc: false],
-    load: [doc: false]
+    on_load: [type: {:fun, 1}, doc: false]
   ]
-  @schema @worker_schema ++ PortBridge.Options.spawn_schema()
-  @defaults PortBridge.Schema.defaults(@worker_schema)
+  @schema @worker_schema ++
+            PortBridge.Options.restart_schema() ++ PortBridge.Options.spawn_schema()
 
   @moduledoc """
   A process that owns one `portbridge worker` and serves many callers at once: the
@@ -95,9 +80,11 @@ defmodule PortBridge.Worker do
   """
 
   use GenServer
+  @behaviour PortBridge.Target
   require Logger
 
   alias PortBridge.{
+    Call,
     Callbacks,
     Channel,
     Courier,
@@ -108,11 +95,15 @@ defmodule PortBridge.Worker do
     Reaper,
     Request,
     Schema,
+    Target,
     Telemetry
   }
 
-  @request_schema Options.request_schema()
-  @async_schema Options.async_schema()
+  alias PortBridge.Worker.{Requests, State}
+
+  # The messages a caller sends to the Worker (through PortBridge.Courier).
+  @request :"$port_bridge_request"
+  @cancel :"$port_bridge_cancel"
 
   @doc false
   def child_spec(opts) do
@@ -128,21 +119,12 @@ defmodule PortBridge.Worker do
   def start(opts), do: start_with(:start, opts)
 
   defp start_with(fun, opts) do
-    Schema.validate!(opts, @schema, "PortBridge.Worker.#{fun}/1")
+    opts = Schema.validate!(opts, @schema, "PortBridge.Worker.#{fun}/1", defaults: true)
     {gen_opts, opts} = Keyword.split(opts, [:name])
-    apply(GenServer, fun, [__MODULE__, config!(opts, gen_opts[:name]), gen_opts])
+    apply(GenServer, fun, [__MODULE__, config(opts, gen_opts[:name]), gen_opts])
   end
 
-  defp config!(opts, name) do
-    load =
-      case Keyword.get(opts, :load) do
-        nil -> nil
-        {ref, index} = load when is_reference(ref) and is_integer(index) -> load
-        other -> raise ArgumentError, "invalid :load: #{inspect(other)}"
-      end
-
-    opts = Keyword.merge(@defaults, Enum.reject(opts, &is_nil(elem(&1, 1))))
-
+  defp config(opts, name) do
     %{
       spawn: Options.spawn_opts(Keyword.take(opts, Options.spawn_keys())),
       respawn: opts[:respawn],
@@ -152,75 +134,89 @@ defmodule PortBridge.Worker do
       backoff_max: opts[:start_backoff_max],
       on_ready: opts[:on_ready],
       replay_timeout: opts[:replay_timeout],
-      load: load,
+      on_load: opts[:on_load],
       name: name,
-      pool: Keyword.get(opts, :pool)
+      pool: opts[:pool]
     }
   end
 
   @doc """
   Sends a request and waits for its final reply. See `PortBridge.request/4` for the
-  options (`:session_id`, `:meta`, `:timeout`, `:on_event`, `:callbacks`).
+  options (`:session_id`, `:meta`, `:timeout`, `:on_event`, `:callbacks`, `:retry`,
+  `:circuit`).
   """
   @spec request(GenServer.server(), String.t() | atom, map, keyword) ::
           {:ok, term} | {:error, Error.t()}
   def request(worker, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @request_schema, "PortBridge.Worker.request/4")
-
-    case cast_request(worker, command, args, opts) do
-      %Request{} = request -> Request.await(request, opts[:on_event])
-      {:error, _} = error -> error
-    end
+    worker
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :request,
+      "PortBridge.Worker.request/4",
+      {__MODULE__, worker}
+    )
+    |> Call.run()
   end
 
   @doc "Sends a request without waiting; see `PortBridge.Request`."
   @spec async_request(GenServer.server(), String.t() | atom, map, keyword) ::
           Request.t() | {:error, Error.t()}
   def async_request(worker, command, args \\ %{}, opts \\ []) do
-    Schema.validate!(opts, @async_schema, "PortBridge.Worker.async_request/4")
-    cast_request(worker, command, args, opts)
+    worker
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :async,
+      "PortBridge.Worker.async_request/4",
+      {__MODULE__, worker}
+    )
+    |> Call.async()
   end
 
-  defp cast_request(worker, command, args, opts) do
+  @impl PortBridge.Target
+  def default_timeout(_worker), do: Options.default_timeout()
+
+  @impl PortBridge.Target
+  def call(worker, %Call{} = call) do
+    case async(worker, call) do
+      %Request{} = request -> Request.await(request, call.on_event)
+      {:error, _} = error -> error
+    end
+  end
+
+  @impl PortBridge.Target
+  def async(worker, %Call{} = call) do
     case GenServer.whereis(worker) do
       pid when is_pid(pid) ->
-        timeout = Keyword.get(opts, :timeout) || Options.default_timeout()
-        # A deadline set by whoever called us (a pool's checkout) already counts
-        # what happened before; else the budget starts now.
-        deadline = Keyword.get_lazy(opts, :deadline, fn -> Request.deadline(timeout) end)
-        callbacks = Callbacks.check!(Keyword.get(opts, :callbacks, %{}))
         ref = :erlang.monitor(:process, pid, alias: :demonitor)
-        envelope = Keyword.take(opts, [:session_id, :meta])
 
         span =
           Telemetry.start(fn ->
             %{
-              command: to_string(command),
-              session_id: opts[:session_id],
+              command: to_string(call.command),
+              session_id: call.session_id,
               worker: pid,
               os_pid: Reaper.os_pid_of(pid),
-              pool: opts[:pool]
+              pool: call.pool
             }
           end)
 
-        # Courier.deliver: to a Worker on another node, never blocking this caller
-        # (see PortBridge.Courier); to a local one, a plain send.
+        # To a Worker on another node, never blocking this caller (PortBridge.Courier);
+        # to a local one, a plain send.
         Courier.deliver(
           pid,
-          {:"$gen_cast",
-           {:request, ref, self(), command, args, envelope, timeout, deadline, callbacks}}
+          {@request, ref, self(), call.command, call.args, call.session_id, call.meta,
+           call.timeout, call.deadline, call.callbacks}
         )
 
-        cancel = fn -> Courier.deliver(pid, {:"$gen_cast", {:cancel, ref}}) end
-        Request.new(pid, ref, cancel, timeout, deadline, nil, span)
+        cancel = fn -> Courier.deliver(pid, {@cancel, ref}) end
+        Request.new(pid, ref, cancel, call.timeout, call.deadline, nil, span)
 
       _ ->
-        {:error,
-         Error.new(
-           :communication,
-           "not_running",
-           "no PortBridge.Worker is running as #{inspect(worker)}"
-         )}
+        {:error, Target.not_running(worker)}
     end
   end
 
@@ -235,8 +231,7 @@ defmodule PortBridge.Worker do
   @doc """
   The OS pid, status (`:idle` before a lazy start, `:starting`, `:replaying`,
   `:ready`, `:draining` before a replacement, or `:down` between a death and the
-  next start), requests in flight,
-  consecutive start failures, and the `ready` data.
+  next start), requests in flight, consecutive start failures, and the `ready` data.
   """
   @spec info(GenServer.server()) :: map
   def info(worker), do: GenServer.call(worker, :info)
@@ -247,57 +242,25 @@ defmodule PortBridge.Worker do
   def init(config) do
     Process.flag(:trap_exit, true)
     Logger.metadata(portbridge_worker: config.name || self(), portbridge_pool: config.pool)
-
-    state = %{
-      config: config,
-      status: :idle,
-      port: nil,
-      os_pid: nil,
-      channel: nil,
-      ready_timer: nil,
-      ready_waiters: [],
-      failures: 0,
-      # What goes out to the port (PortBridge.Outbox), while there is one.
-      outbox: nil,
-      next_id: 1,
-      # ref => %{id, caller_mon, timer, timeout, deadline, send, callbacks, session_id}
-      requests: %{},
-      ids: %{},
-      callers: %{},
-      # Requests waiting for a ready Python, oldest first.
-      queue: :queue.new(),
-      # id => {command, session_id} of the :on_ready requests still unanswered.
-      replay: %{},
-      replay_timer: nil,
-      # Callbacks running: task ref => %{id: callback_id, request: ref, pid, timer}.
-      running: %{},
-      # When the Python process was spawned, and its :on_ready replay started
-      # (monotonic, native units: telemetry).
-      spawned_at: nil,
-      replay_started: nil
-    }
-
+    state = %State{config: config}
     if config.lazy, do: {:ok, state}, else: start_python(state)
   end
 
-  # {:ok, state} | {:stop, reason}, for init/1 and handle_info/2 alike.
-  defp start_python(state) do
+  # {:ok, state} | {:stop, error}, for init/1 and handle_info/2 alike.
+  defp start_python(%State{} = state) do
     case Channel.spawn(state.config.spawn, self()) do
-      {:ok, port, os_pid} ->
-        Logger.metadata(portbridge_os_pid: os_pid)
-
-        timer =
-          Process.send_after(self(), {:ready_timeout, port}, state.config.spawn.ready_timeout)
+      {:ok, channel} ->
+        Logger.metadata(portbridge_os_pid: channel.os_pid)
+        ready_timeout = state.config.spawn.ready_timeout
+        timer = Process.send_after(self(), {:ready_timeout, channel.port}, ready_timeout)
 
         {:ok,
          %{
            state
            | status: :starting,
-             port: port,
-             os_pid: os_pid,
-             channel: nil,
-             outbox: Outbox.new(port),
-             ready_timer: timer,
+             channel: channel,
+             outbox: Outbox.new(channel.port),
+             timer: timer,
              spawned_at: System.monotonic_time()
          }}
 
@@ -306,67 +269,26 @@ defmodule PortBridge.Worker do
     end
   end
 
-  @impl true
-  def handle_cast(
-        {:request, ref, caller, command, args, envelope, timeout, deadline, callbacks},
-        state
-      ) do
-    timer =
-      case deadline do
-        :infinity -> nil
-        deadline -> :erlang.start_timer(deadline, self(), {:deadline, ref}, abs: true)
-      end
-
-    caller_mon = Process.monitor(caller)
-
-    entry = %{
-      id: nil,
-      caller_mon: caller_mon,
-      timer: timer,
-      timeout: timeout,
-      deadline: deadline,
-      send: {command, args, envelope},
-      callbacks: callbacks,
-      session_id: envelope[:session_id]
-    }
-
-    state = %{
-      state
-      | requests: Map.put(state.requests, ref, entry),
-        callers: Map.put(state.callers, caller_mon, ref)
-    }
-
-    state = count_load(state)
-
-    case state.status do
-      :ready ->
-        {:noreply, send_request(state, ref)}
-
-      :idle ->
-        case start_python(%{state | queue: :queue.in(ref, state.queue)}) do
-          {:ok, state} -> {:noreply, state}
-          {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
-        end
-
-      _starting_replaying_draining_or_down ->
-        {:noreply, %{state | queue: :queue.in(ref, state.queue)}}
+  # start_python/1 from a callback: serving, or stopping with every caller answered.
+  defp restart_python(state) do
+    case start_python(state) do
+      {:ok, state} -> {:noreply, state}
+      {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
     end
   end
 
-  def handle_cast({:cancel, ref}, state), do: {:noreply, abandon(state, ref, nil)}
-
   @impl true
-  def handle_call(:await_ready, _from, %{status: :ready} = state),
+  def handle_call(:await_ready, _from, %State{status: :ready} = state),
     do: {:reply, {:ok, state.channel.ready}, state}
 
   def handle_call(:await_ready, from, state),
-    do: {:noreply, %{state | ready_waiters: [from | state.ready_waiters]}}
+    do: {:noreply, %{state | waiters: [from | state.waiters]}}
 
   def handle_call(:info, _from, state) do
     info = %{
-      os_pid: state.os_pid,
+      os_pid: State.os_pid(state),
       status: state.status,
-      in_flight: map_size(state.requests),
+      in_flight: Requests.size(state.requests),
       start_failures: state.failures,
       ready: state.channel && state.channel.ready
     }
@@ -375,20 +297,60 @@ defmodule PortBridge.Worker do
   end
 
   @impl true
-  def handle_info({port, {:data, payload}}, %{port: port, status: :starting} = state) do
-    case Channel.handshake(port, state.os_pid, state.config.spawn.format, payload) do
-      {:ok, channel} ->
-        Process.cancel_timer(state.ready_timer)
-        telemetry(state, :start, %{duration: System.monotonic_time() - state.spawned_at}, %{})
-        ready(%{state | channel: channel, ready_timer: nil, failures: 0})
+  def handle_info(
+        {@request, ref, caller, command, args, session_id, meta, timeout, deadline, callbacks},
+        state
+      ) do
+    timer =
+      if deadline != :infinity,
+        do: :erlang.start_timer(deadline, self(), {:deadline, ref}, abs: true)
 
-      {:error, error} ->
-        Channel.close(channel(state), grace_ms: 0)
-        python_gone(%{state | port: nil}, {:start_failed, error}, error)
+    entry = %{
+      command: command,
+      args: args,
+      envelope: envelope(session_id, meta),
+      session_id: session_id,
+      timeout: timeout,
+      deadline: deadline,
+      callbacks: callbacks,
+      monitor: Process.monitor(caller),
+      timer: timer,
+      id: nil
+    }
+
+    state = load_changed(%{state | requests: Requests.add(state.requests, ref, entry)})
+
+    case state.status do
+      :ready ->
+        {:noreply, send_request(state, ref)}
+
+      :idle ->
+        restart_python(%{state | queue: :queue.in(ref, state.queue)})
+
+      _starting_replaying_draining_or_down ->
+        {:noreply, %{state | queue: :queue.in(ref, state.queue)}}
     end
   end
 
-  def handle_info({port, {:data, payload}}, %{port: port} = state) do
+  def handle_info({@cancel, ref}, state), do: {:noreply, abandon(state, ref, nil)}
+
+  def handle_info(
+        {port, {:data, payload}},
+        %State{status: :starting, channel: %{port: port}} = state
+      ) do
+    case Channel.handshake(state.channel, payload) do
+      {:ok, channel} ->
+        Process.cancel_timer(state.timer)
+        telemetry(state, :start, %{duration: System.monotonic_time() - state.spawned_at}, %{})
+        ready(%{state | channel: channel, timer: nil, failures: 0})
+
+      {:error, error} ->
+        Channel.close(state.channel, grace_ms: 0)
+        python_gone(state, {:start_failed, error}, error)
+    end
+  end
+
+  def handle_info({port, {:data, payload}}, %State{channel: %{port: port}} = state) do
     case Channel.decode(state.channel, payload) do
       {:reply, id, result, _meta} when id != nil -> {:noreply, reply(state, id, result)}
       {:event, id, name, data} when id != nil -> {:noreply, event(state, id, name, data)}
@@ -398,81 +360,83 @@ defmodule PortBridge.Worker do
     end
   end
 
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    PortBridge.Reaper.forget(state.os_pid)
+  def handle_info({port, {:exit_status, status}}, %State{channel: %{port: port}} = state) do
+    Reaper.forget(state.channel.os_pid)
 
     if state.status == :starting do
       error = Channel.start_failed(state.config.spawn, status)
-      python_gone(%{state | port: nil}, {:start_failed, {:worker_start_failed, status}}, error)
+      python_gone(state, {:start_failed, {:worker_start_failed, status}}, error)
     else
-      Logger.error("portbridge worker #{state.os_pid} exited with status #{status}")
-      python_gone(%{state | port: nil}, {:worker_exited, status}, Channel.exited(status))
+      Logger.error("portbridge worker #{state.channel.os_pid} exited with status #{status}")
+      python_gone(state, {:worker_exited, status}, Channel.exited(status))
     end
   end
 
-  def handle_info({:EXIT, port, reason}, %{port: port} = state) do
+  def handle_info({:EXIT, port, reason}, %State{channel: %{port: port}} = state) do
     # Closed under us: make sure the OS process goes too.
-    Channel.close(channel(state))
-    python_gone(%{state | port: nil}, {:port_closed, reason}, Channel.port_closed(reason))
+    Channel.close(state.channel)
+    python_gone(state, {:port_closed, reason}, Channel.port_closed(reason))
   end
 
-  def handle_info({:written, writer}, %{outbox: %Outbox{writer: writer}} = state),
+  def handle_info({:written, writer}, %State{outbox: %Outbox{writer: writer}} = state),
     do: {:noreply, %{state | outbox: Outbox.written(state.outbox)}}
 
   def handle_info({:timeout, _timer, {:deadline, ref}}, state) do
-    case state.requests do
-      %{^ref => entry} -> {:noreply, abandon(state, ref, Request.timeout_error(entry.timeout))}
-      %{} -> {:noreply, state}
+    case Requests.fetch(state.requests, ref) do
+      {:ok, entry} -> {:noreply, abandon(state, ref, Request.timeout_error(entry.timeout))}
+      :error -> {:noreply, state}
     end
   end
 
-  def handle_info({task_ref, outcome}, state) when is_map_key(state.running, task_ref) do
+  def handle_info({task_ref, outcome}, state) when is_map_key(state.callbacks, task_ref) do
     Process.demonitor(task_ref, [:flush])
     {:noreply, callback_done(state, task_ref, outcome)}
   end
 
   def handle_info({:DOWN, task_ref, :process, _, reason}, state)
-      when is_map_key(state.running, task_ref) do
+      when is_map_key(state.callbacks, task_ref) do
     message = "the callback exited: #{inspect(reason, limit: 10, printable_limit: 200)}"
     {:noreply, callback_done(state, task_ref, {:error, "execution", message})}
   end
 
   def handle_info({:callback_timeout, task_ref}, state)
-      when is_map_key(state.running, task_ref) do
-    {:noreply, callback_done(state, task_ref, Callbacks.timed_out(state.running, task_ref))}
+      when is_map_key(state.callbacks, task_ref) do
+    {:noreply, callback_done(state, task_ref, Callbacks.timed_out(state.callbacks, task_ref))}
   end
 
-  def handle_info({:DOWN, mon, :process, _caller, _reason}, state) do
-    case Map.fetch(state.callers, mon) do
+  def handle_info({:DOWN, monitor, :process, _caller, _reason}, state) do
+    case Requests.ref_of_monitor(state.requests, monitor) do
       {:ok, ref} -> {:noreply, abandon(state, ref, nil)}
       :error -> {:noreply, state}
     end
   end
 
-  def handle_info({:ready_timeout, port}, %{port: port, status: :starting} = state) do
+  def handle_info(
+        {:ready_timeout, port},
+        %State{status: :starting, channel: %{port: port}} = state
+      ) do
     # Not ready in time: stuck, no reason to give it a grace period.
-    Channel.close(channel(state), grace_ms: 0)
+    Channel.close(state.channel, grace_ms: 0)
     error = Channel.ready_timeout(state.config.spawn.ready_timeout)
-    python_gone(%{state | port: nil}, {:start_failed, error}, error)
+    python_gone(state, {:start_failed, error}, error)
   end
 
-  def handle_info({:replay_timeout, port}, %{port: port, status: :replaying} = state) do
+  def handle_info(
+        {:replay_timeout, port},
+        %State{status: :replaying, channel: %{port: port}} = state
+      ) do
     Logger.warning(
-      "portbridge worker #{state.os_pid}: #{map_size(state.replay)} :on_ready request(s) " <>
+      "portbridge worker #{state.channel.os_pid}: #{map_size(state.replay)} :on_ready request(s) " <>
         "unanswered after #{state.config.replay_timeout} ms; serving without them"
     )
 
     {:noreply, serve(state)}
   end
 
-  def handle_info({:drained, port}, %{port: port, status: :draining} = state), do: recycle(state)
+  def handle_info({:drained, port}, %State{status: :draining, channel: %{port: port}} = state),
+    do: recycle(state)
 
-  def handle_info(:respawn, %{status: :down} = state) do
-    case start_python(state) do
-      {:ok, state} -> {:noreply, state}
-      {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
-    end
-  end
+  def handle_info(:respawn, %State{status: :down} = state), do: restart_python(state)
 
   # Exits of linked processes (a replaced writer) and messages of closed ports.
   def handle_info(_other, state), do: {:noreply, state}
@@ -489,8 +453,8 @@ defmodule PortBridge.Worker do
 
     fail_all(state, stopped)
 
-    if state.port do
-      Channel.close(channel(state))
+    if state.channel do
+      Channel.close(state.channel)
       telemetry(state, :exit, %{}, %{reason: :stopped})
     end
 
@@ -504,32 +468,46 @@ defmodule PortBridge.Worker do
     Telemetry.execute(
       [:port_bridge, group, name],
       measurements,
-      Map.merge(%{worker: self(), os_pid: state.os_pid, pool: state.config.pool}, metadata)
+      Map.merge(%{worker: self(), os_pid: State.os_pid(state), pool: state.config.pool}, metadata)
     )
   end
 
-  defp channel(state),
-    do:
-      state.channel ||
-        %Channel{port: state.port, os_pid: state.os_pid, format: state.config.spawn.format}
-
   defp stray(state, frame) do
-    Channel.stray(channel(state), frame)
+    Channel.stray(state.channel, frame)
     {:noreply, state}
   end
 
+  ## Frames out: every frame this process writes is built here.
+
+  # Sends `command` with `args` and `envelope` (`:session_id`, `:meta`, `:timeout_ms`)
+  # under the next id; `tag` marks the frame while it waits in the outbox (a request's
+  # ref, or nil). {:ok, id, state} or {:error, error, state}.
+  defp send_frame(state, tag, command, args, envelope) do
+    id = state.next_id
+    state = %{state | next_id: id + 1}
+
+    case Channel.encode(state.channel, id, command, args, envelope) do
+      {:ok, frame} -> {:ok, id, %{state | outbox: Outbox.write(state.outbox, tag, frame)}}
+      {:error, error} -> {:error, error, state}
+    end
+  end
+
+  defp envelope(nil, nil), do: []
+  defp envelope(session_id, nil), do: [session_id: session_id]
+  defp envelope(session_id, meta), do: [session_id: session_id, meta: meta]
+
   ## Starting, replaying, serving
 
-  defp ready(%{config: %{on_ready: nil}} = state), do: {:noreply, serve(state)}
+  defp ready(%State{config: %{on_ready: nil}} = state), do: {:noreply, serve(state)}
 
-  defp ready(%{config: %{on_ready: {m, f, a}}} = state) do
+  defp ready(%State{config: %{on_ready: {m, f, a}}} = state) do
     steps =
       try do
         apply(m, f, a)
       catch
         kind, reason ->
           Logger.error(
-            "portbridge worker #{state.os_pid}: :on_ready #{inspect(m)}.#{f} failed: " <>
+            "portbridge worker #{state.channel.os_pid}: :on_ready #{inspect(m)}.#{f} failed: " <>
               Exception.format(kind, reason, __STACKTRACE__)
           )
 
@@ -538,17 +516,14 @@ defmodule PortBridge.Worker do
 
     {state, replay} =
       Enum.reduce(steps, {state, %{}}, fn {command, args, opts}, {state, replay} ->
-        id = state.next_id
-        envelope = Keyword.take(opts, [:session_id])
-
-        case Channel.encode(state.channel, id, command, args, envelope) do
-          {:ok, frame} ->
-            state = write(%{state | next_id: id + 1}, nil, frame)
+        case send_frame(state, nil, command, args, Keyword.take(opts, [:session_id])) do
+          {:ok, id, state} ->
             {state, Map.put(replay, id, {command, opts[:session_id]})}
 
-          {:error, error} ->
+          {:error, error, state} ->
             Logger.warning(
-              "portbridge worker #{state.os_pid}: cannot replay #{command}: #{Exception.message(error)}"
+              "portbridge worker #{state.channel.os_pid}: cannot replay #{command}: " <>
+                Exception.message(error)
             )
 
             {state, replay}
@@ -559,42 +534,43 @@ defmodule PortBridge.Worker do
       {:noreply, serve(state)}
     else
       timer =
-        Process.send_after(self(), {:replay_timeout, state.port}, state.config.replay_timeout)
-
-      # {started, steps, failed so far}, for the rebuild's telemetry event.
-      started = {System.monotonic_time(), map_size(replay), 0}
+        Process.send_after(
+          self(),
+          {:replay_timeout, state.channel.port},
+          state.config.replay_timeout
+        )
 
       {:noreply,
        %{
          state
          | status: :replaying,
            replay: replay,
-           replay_timer: timer,
-           replay_started: started
+           timer: timer,
+           rebuild: {System.monotonic_time(), map_size(replay), 0}
        }}
     end
   end
 
   # Ready to serve: answer await_ready, send what queued up meanwhile.
   defp serve(state) do
-    if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
+    if state.timer, do: Process.cancel_timer(state.timer)
 
-    with {started, steps, failed} <- state.replay_started do
+    with {started, steps, failed} <- state.rebuild do
       failed = failed + map_size(state.replay)
       duration = System.monotonic_time() - started
       telemetry(state, :rebuild, %{duration: duration, steps: steps, failed: failed}, %{})
     end
 
-    for from <- state.ready_waiters, do: GenServer.reply(from, {:ok, state.channel.ready})
+    for from <- state.waiters, do: GenServer.reply(from, {:ok, state.channel.ready})
     queued = :queue.to_list(state.queue)
 
     state = %{
       state
       | status: :ready,
-        ready_waiters: [],
+        waiters: [],
         replay: %{},
-        replay_timer: nil,
-        replay_started: nil,
+        timer: nil,
+        rebuild: nil,
         queue: :queue.new()
     }
 
@@ -611,12 +587,12 @@ defmodule PortBridge.Worker do
 
         {:error, error} ->
           Logger.warning(
-            "portbridge worker #{state.os_pid}: rebuilding #{scope(session_id)} failed at #{command}: " <>
-              Exception.message(error)
+            "portbridge worker #{state.channel.os_pid}: rebuilding #{scope(session_id)} failed " <>
+              "at #{command}: " <> Exception.message(error)
           )
 
-          {started, steps, failed} = state.replay_started
-          %{state | replay: replay, replay_started: {started, steps, failed + 1}}
+          {started, steps, failed} = state.rebuild
+          %{state | replay: replay, rebuild: {started, steps, failed + 1}}
       end
 
     if replay == %{}, do: serve(state), else: state
@@ -637,7 +613,7 @@ defmodule PortBridge.Worker do
 
     telemetry(state, :exit, %{}, %{reason: if(failures > 0, do: :start_failed, else: reason)})
 
-    state = fail_all(reset_python(state), error)
+    state = fail_all(State.without_python(state), error)
     config = state.config
 
     cond do
@@ -673,22 +649,6 @@ defmodule PortBridge.Worker do
     min(min * Integer.pow(2, min(failures - 1, 30)), max)
   end
 
-  defp reset_python(state) do
-    if state.ready_timer, do: Process.cancel_timer(state.ready_timer)
-    if state.replay_timer, do: Process.cancel_timer(state.replay_timer)
-    Outbox.close(state.outbox)
-
-    %{
-      state
-      | port: nil,
-        channel: nil,
-        outbox: nil,
-        ready_timer: nil,
-        replay: %{},
-        replay_timer: nil
-    }
-  end
-
   ## Recycling
 
   # An `internal` error (a bug in the Python worker, recovery `restart_worker`)
@@ -700,29 +660,29 @@ defmodule PortBridge.Worker do
   @recycle_grace_ms 10_000
 
   defp recycle_after(
-         %{status: :ready, config: %{respawn: true}} = state,
+         %State{status: :ready, config: %{respawn: true}} = state,
          {:error, %Error{category: :internal}}
        ) do
     Logger.warning(
-      "portbridge worker #{state.os_pid} answered with an internal error; replacing it once its " <>
-        "#{map_size(state.ids)} request(s) in flight are done"
+      "portbridge worker #{state.channel.os_pid} answered with an internal error; replacing it " <>
+        "once its #{Requests.in_flight(state.requests)} request(s) in flight are done"
     )
 
-    Process.send_after(self(), {:drained, state.port}, @recycle_grace_ms)
+    Process.send_after(self(), {:drained, state.channel.port}, @recycle_grace_ms)
     drained?(%{state | status: :draining})
   end
 
   defp recycle_after(state, _result), do: state
 
-  defp drained?(%{status: :draining, ids: ids, port: port} = state) when ids == %{} do
-    send(self(), {:drained, port})
+  defp drained?(%State{status: :draining} = state) do
+    if Requests.in_flight(state.requests) == 0, do: send(self(), {:drained, state.channel.port})
     state
   end
 
   defp drained?(state), do: state
 
   defp recycle(state) do
-    Channel.close(channel(state))
+    Channel.close(state.channel)
     telemetry(state, :exit, %{}, %{reason: :recycled})
 
     left =
@@ -732,56 +692,37 @@ defmodule PortBridge.Worker do
         "the worker was replaced after an internal error before this request finished"
       )
 
-    state = Enum.reduce(Map.values(state.ids), state, &finish(&2, &1, {:error, left}))
+    state =
+      Enum.reduce(Requests.sent_refs(state.requests), state, &finish(&2, &1, {:error, left}))
 
-    case start_python(reset_python(state)) do
-      {:ok, state} -> {:noreply, state}
-      {:stop, error} -> {:stop, {:shutdown, error}, fail_all(state, error)}
-    end
+    restart_python(State.without_python(state))
   end
 
   ## Requests
 
   defp send_request(state, ref) do
-    %{send: {command, args, envelope}} = entry = Map.fetch!(state.requests, ref)
-    id = state.next_id
-    state = %{state | next_id: id + 1}
+    {:ok, entry} = Requests.fetch(state.requests, ref)
     # The worker's own deadline trails ours: ours comes first and sends cancel.
+    timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
+
     envelope =
-      [timeout_ms: Protocol.worker_timeout_ms(Request.remaining(entry.deadline))] ++ envelope
+      if timeout_ms, do: [{:timeout_ms, timeout_ms} | entry.envelope], else: entry.envelope
 
-    case Channel.encode(state.channel, id, command, args, envelope) do
-      {:ok, frame} ->
-        entry = %{entry | id: id, send: nil}
-
-        state = %{
-          state
-          | requests: Map.put(state.requests, ref, entry),
-            ids: Map.put(state.ids, id, ref)
-        }
-
-        write(state, ref, frame)
-
-      {:error, error} ->
-        finish(state, ref, {:error, error})
+    case send_frame(state, ref, entry.command, entry.args, envelope) do
+      {:ok, id, state} -> %{state | requests: Requests.sent(state.requests, ref, id)}
+      {:error, error, state} -> finish(state, ref, {:error, error})
     end
   end
 
-  # Writes never block (PortBridge.Outbox); `tag`: the request's ref, or nil.
-  defp write(state, tag, frame), do: %{state | outbox: Outbox.write(state.outbox, tag, frame)}
-
   defp reply(state, id, result) do
-    case state.ids do
-      %{^id => ref} ->
+    case Requests.ref_of_id(state.requests, id) do
+      {:ok, ref} ->
         state |> finish(ref, result) |> recycle_after(result)
 
-      %{} ->
-        if Map.has_key?(state.replay, id) do
-          replayed(state, id, result)
-        else
-          # Nobody waits for it any more (timed out, cancelled), or a cancel's own reply.
-          state
-        end
+      :error ->
+        # A replayed request, or one nobody waits for any more (timed out, cancelled),
+        # or a cancel's own reply.
+        if is_map_key(state.replay, id), do: replayed(state, id, result), else: state
     end
   end
 
@@ -789,23 +730,23 @@ defmodule PortBridge.Worker do
   # error, the worker a cancel (what it sends later for that id is ignored).
   defp malformed(state, id, frame) do
     Logger.warning(
-      "portbridge worker #{state.os_pid} sent a frame of the wrong shape for request #{inspect(id)}: " <>
-        inspect(frame, limit: 10, printable_limit: 200)
+      "portbridge worker #{state.channel.os_pid} sent a frame of the wrong shape for request " <>
+        "#{inspect(id)}: " <> inspect(frame, limit: 10, printable_limit: 200)
     )
 
-    case state.ids do
-      %{^id => ref} -> abandon(state, ref, Protocol.malformed(frame))
-      %{} -> state
+    case Requests.ref_of_id(state.requests, id) do
+      {:ok, ref} -> abandon(state, ref, Protocol.malformed(frame))
+      :error -> state
     end
   end
 
   defp event(state, id, name, data) do
-    case state.ids do
-      %{^id => ref} ->
+    case Requests.ref_of_id(state.requests, id) do
+      {:ok, ref} ->
         Courier.deliver(ref, {ref, {:event, name, data}})
         if name == "callback", do: callback(state, ref, data), else: state
 
-      %{} ->
+      :error ->
         state
     end
   end
@@ -813,49 +754,37 @@ defmodule PortBridge.Worker do
   ## Callbacks: the worker calls the client (PortBridge.Callbacks)
 
   defp callback(state, ref, data) do
-    entry = Map.fetch!(state.requests, ref)
+    {:ok, entry} = Requests.fetch(state.requests, ref)
 
-    case Callbacks.start(state.running, ref, entry, data, state.config.spawn.format) do
-      {:started, running} -> %{state | running: running}
+    case Callbacks.start(state.callbacks, ref, entry, data, state.channel.format) do
+      {:started, callbacks} -> %{state | callbacks: callbacks}
       {:answer, callback_id, outcome} -> callback_result(state, callback_id, outcome)
       :ignore -> state
     end
   end
 
   defp callback_done(state, task_ref, outcome) do
-    case Callbacks.finished(state.running, task_ref) do
+    case Callbacks.finished(state.callbacks, task_ref) do
       {nil, _} -> state
-      {callback_id, running} -> callback_result(%{state | running: running}, callback_id, outcome)
+      {id, callbacks} -> callback_result(%{state | callbacks: callbacks}, id, outcome)
     end
   end
 
-  defp callback_result(%{channel: nil} = state, _callback_id, _outcome), do: state
+  defp callback_result(%State{channel: nil} = state, _callback_id, _outcome), do: state
 
   defp callback_result(state, callback_id, outcome) do
-    id = state.next_id
-    state = %{state | next_id: id + 1}
     args = Callbacks.result_args(callback_id, outcome)
 
-    case Channel.encode(state.channel, id, "callback_result", args, []) do
-      {:ok, frame} ->
-        write(state, nil, frame)
+    case send_frame(state, nil, "callback_result", args, []) do
+      {:ok, _id, state} ->
+        state
 
-      {:error, error} ->
+      {:error, error, state} ->
         # Too large for the worker, most likely: say so instead.
-        fallback =
-          {:error, "serialization",
-           "the callback's result cannot be sent: #{Exception.message(error)}"}
-
-        {:ok, frame} =
-          Channel.encode(
-            state.channel,
-            id,
-            "callback_result",
-            Callbacks.result_args(callback_id, fallback),
-            []
-          )
-
-        write(state, nil, frame)
+        message = "the callback's result cannot be sent: #{Exception.message(error)}"
+        fallback = Callbacks.result_args(callback_id, {:error, "serialization", message})
+        {:ok, _id, state} = send_frame(state, nil, "callback_result", fallback, [])
+        state
     end
   end
 
@@ -865,7 +794,7 @@ defmodule PortBridge.Worker do
   defp abandon(state, ref, error) do
     result = error && {:error, error}
 
-    case Map.fetch(state.requests, ref) do
+    case Requests.fetch(state.requests, ref) do
       {:ok, %{id: nil}} ->
         finish(%{state | queue: :queue.delete(ref, state.queue)}, ref, result)
 
@@ -882,47 +811,36 @@ defmodule PortBridge.Worker do
     end
   end
 
-  defp send_cancel(%{channel: nil} = state, _id), do: state
+  defp send_cancel(%State{channel: nil} = state, _id), do: state
 
   defp send_cancel(state, request_id) do
-    cancel_id = state.next_id
-    state = %{state | next_id: cancel_id + 1}
-
-    case Channel.encode(state.channel, cancel_id, "cancel", %{"request_id" => request_id}, []) do
-      {:ok, frame} -> write(state, nil, frame)
-      {:error, _} -> state
+    case send_frame(state, nil, "cancel", %{"request_id" => request_id}, []) do
+      {:ok, _id, state} -> state
+      {:error, _error, state} -> state
     end
   end
 
   defp finish(state, ref, result) do
-    state = %{state | running: Callbacks.stop(state.running, ref)}
-
-    {entry, requests} = Map.pop(state.requests, ref)
+    {entry, requests} = Requests.pop(state.requests, ref)
     if entry.timer, do: :erlang.cancel_timer(entry.timer)
-    Process.demonitor(entry.caller_mon, [:flush])
+    Process.demonitor(entry.monitor, [:flush])
     if result, do: Courier.deliver(ref, {ref, {:reply, result}})
 
-    %{
-      state
-      | requests: requests,
-        ids: Map.delete(state.ids, entry.id),
-        callers: Map.delete(state.callers, entry.caller_mon)
-    }
-    |> count_load()
-    |> drained?()
+    callbacks = Callbacks.stop(state.callbacks, ref)
+    load_changed(%{state | requests: requests, callbacks: callbacks}) |> drained?()
   end
 
   defp fail_all(state, error) do
-    for from <- state.ready_waiters, do: GenServer.reply(from, {:error, error})
-    state = %{state | ready_waiters: [], queue: :queue.new()}
-    Enum.reduce(Map.keys(state.requests), state, &finish(&2, &1, {:error, error}))
+    for from <- state.waiters, do: GenServer.reply(from, {:error, error})
+    state = %{state | waiters: [], queue: :queue.new()}
+    Enum.reduce(Requests.refs(state.requests), state, &finish(&2, &1, {:error, error}))
   end
 
-  # Requests in flight or queued here, for a pool's least-loaded choice.
-  defp count_load(%{config: %{load: nil}} = state), do: state
+  # The pool's load hook, told how many requests this Worker holds.
+  defp load_changed(%State{config: %{on_load: nil}} = state), do: state
 
-  defp count_load(%{config: %{load: {ref, index}}} = state) do
-    :atomics.put(ref, index, map_size(state.requests))
+  defp load_changed(%State{config: %{on_load: on_load}} = state) do
+    on_load.(Requests.size(state.requests))
     state
   end
 end

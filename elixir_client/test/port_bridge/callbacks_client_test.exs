@@ -101,7 +101,7 @@ defmodule PortBridge.CallbacksClientTest do
 
     for i <- 1..20, do: assert({:ok, %{"i" => ^i}} = PortBridge.request(worker, "echo", %{i: i}))
 
-    %{running: running} = :sys.get_state(worker)
+    %{callbacks: running} = :sys.get_state(worker)
     [%{pid: pid}] = Map.values(running)
     send(pid, :go)
     assert {:ok, [%{"result" => "released"}]} = Task.await(slow)
@@ -151,7 +151,7 @@ defmodule PortBridge.CallbacksClientTest do
     assert_receive {:started, pid}, 5_000
     PortBridge.cancel(request)
     wait_until(fn -> not Process.alive?(pid) end)
-    assert %{running: running} = :sys.get_state(worker)
+    assert %{callbacks: running} = :sys.get_state(worker)
     assert running == %{}
   end
 

@@ -8,9 +8,9 @@ defmodule PortBridge.ChannelTest do
 
   defp spawn_ready(opts) do
     spawn_opts = Options.spawn_opts(opts)
-    {:ok, port, os_pid} = Channel.spawn(spawn_opts)
+    {:ok, %Channel{port: port, ready: nil} = spawned} = Channel.spawn(spawn_opts)
     assert_receive {^port, {:data, payload}}, 10_000
-    {:ok, channel} = Channel.handshake(port, os_pid, :json, payload)
+    {:ok, channel} = Channel.handshake(spawned, payload)
     on_exit(fn -> Channel.close(channel) end)
     channel
   end
@@ -38,7 +38,7 @@ defmodule PortBridge.ChannelTest do
   test "an id-null error (a frame the worker could not read) is logged; the worker serves on" do
     {:ok, worker} = Worker.start_link(worker_opts())
     {:ok, _} = Worker.await_ready(worker)
-    %{port: port} = :sys.get_state(worker)
+    %{channel: %{port: port}} = :sys.get_state(worker)
 
     log =
       capture_log(fn ->

@@ -47,14 +47,19 @@ defmodule PortBridge.OptionsSchemaTest do
     end
   end
 
-  test "nil is the same as leaving an option out; internal keys pass" do
+  test "nil is the same as leaving an option out" do
     assert {:error, %PortBridge.Error{code: "not_running"}} =
              PortBridge.request(@target, "ping", %{},
                session_id: nil,
                on_event: nil,
-               timeout: 1_000,
-               deadline: System.monotonic_time(:millisecond) + 1_000
+               timeout: 1_000
              )
+  end
+
+  test "a request's deadline is fixed by the client, never given as an option" do
+    assert_raise ArgumentError, ~r/unknown option :deadline for PortBridge.request\/4/, fn ->
+      PortBridge.request(@target, "ping", %{}, deadline: System.monotonic_time(:millisecond))
+    end
   end
 
   test "async_request and stream take no :retry or :circuit, and check before sending" do

@@ -21,7 +21,7 @@ defmodule PortBridge.Cluster.Member do
   use GenServer
   require Logger
 
-  alias PortBridge.{Cluster, Courier, Error, Pool, Records, Request, Worker}
+  alias PortBridge.{Call, Cluster, Courier, Error, Pool, Records, Request, Worker}
 
   # How long an owner waits for other members' copies of a session it has no record
   # of (within the caller's deadline); a member that does not answer counts as
@@ -44,9 +44,10 @@ defmodule PortBridge.Cluster.Member do
   # {:error, %Error{}} (timeout, or communication when it is not there). Neither
   # side ever blocks on the other (questions and answers go by PortBridge.Courier),
   # and the asker keeps its deadline.
-  @spec call(map, node, tuple, keyword) :: term | {:error, Error.t()}
-  def call(cluster, node, request, opts) do
-    budget = Request.remaining(opts[:deadline])
+  @spec call(map, node, tuple, Call.t() | keyword) :: term | {:error, Error.t()}
+  def call(cluster, node, request, budget_of) do
+    {timeout, deadline} = budget(budget_of)
+    budget = Request.remaining(deadline)
     dest = {cluster.member, node}
     ref = :erlang.monitor(:process, dest, alias: :demonitor)
 
@@ -62,9 +63,13 @@ defmodule PortBridge.Cluster.Member do
     after
       budget ->
         Process.demonitor(ref, [:flush])
-        {:error, Request.timeout_error(opts[:timeout])}
+        {:error, Request.timeout_error(timeout)}
     end
   end
+
+  # {timeout, deadline} of a call, or of trusted options.
+  defp budget(%Call{timeout: timeout, deadline: deadline}), do: {timeout, deadline}
+  defp budget(opts) when is_list(opts), do: {opts[:timeout], opts[:deadline]}
 
   defp unreachable(cluster, node, reason) do
     Error.new(
@@ -80,7 +85,7 @@ defmodule PortBridge.Cluster.Member do
   @doc false
   # What a caller needs to send to `node`'s Workers: known from the member's reports,
   # else asked now (and the member is told to learn it).
-  @spec node_info(map, node, keyword) :: {:ok, map} | {:error, Error.t()}
+  @spec node_info(map, node, Call.t() | keyword) :: {:ok, map} | {:error, Error.t()}
   def node_info(cluster, node, opts) do
     case :ets.lookup(cluster.routes, {:node, node}) do
       [{_, info}] ->
@@ -572,11 +577,13 @@ defmodule PortBridge.Cluster.Member do
 
       {version, rows} ->
         unless force do
-          Pool.request(
-            cluster.pool,
-            "end_session",
-            %{"session_id" => session_id},
-            [session_id: session_id] ++ opts
+          Call.run(
+            Call.new(
+              cluster.pool,
+              "end_session",
+              %{"session_id" => session_id},
+              [session_id: session_id] ++ opts
+            )
           )
         end
 

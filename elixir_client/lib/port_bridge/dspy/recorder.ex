@@ -30,7 +30,7 @@ defmodule PortBridge.DSPy.Recorder do
   # passed through untouched.
 
   require Logger
-  alias PortBridge.{Cluster, Error, Pool, Records, Request, Worker}
+  alias PortBridge.{Call, Cluster, Error, Pool, Records, Worker}
 
   @program_commands ~w(create_program import_program optimize_program)
   @state_commands ~w(configure_lm configure_embedder create_index delete_index delete_program) ++
@@ -39,41 +39,34 @@ defmodule PortBridge.DSPy.Recorder do
   # change of the global scope happens first (and is exported from).
   @first_worker_commands ["export_program" | @state_commands]
 
-  @spec request(GenServer.server(), String.t(), map, keyword) :: {:ok, term} | {:error, Error.t()}
-  def request(target, command, args, opts) do
-    case store(target) do
+  @spec run(Call.t()) :: {:ok, term} | {:error, Error.t()}
+  def run(%Call{} = call) do
+    case store(call) do
       nil ->
-        PortBridge.request(target, command, args, opts)
+        Call.run(call)
 
-      {_kind, config} = store ->
-        timeout = Keyword.get(opts, :timeout, config.timeout)
-        opts = Keyword.merge(opts, timeout: timeout, deadline: Request.deadline(timeout))
-        result = run(store, target, command, args, opts)
-        result = rebuild_if_lost(store, target, command, args, opts, result)
-        with {:ok, value} <- result, do: record(store, target, command, args, value, opts)
+      store ->
+        result = run(store, call)
+        result = rebuild_if_lost(store, call, result)
+        with {:ok, value} <- result, do: record(store, call, value)
         result
     end
   end
 
   # Where a target keeps its records: {:pool, pool}, {:cluster, cluster} or nil.
-  defp store(target) do
-    case Pool.lookup(target) do
-      {:ok, %{records: table} = pool} when table != nil ->
-        {:pool, pool}
+  defp store(%Call{module: Pool, config: %{records: table} = pool}) when table != nil,
+    do: {:pool, pool}
 
-      _ ->
-        case Cluster.lookup(target) do
-          {:ok, %{records: table} = cluster} when table != nil -> {:cluster, cluster}
-          _ -> nil
-        end
-    end
-  end
+  defp store(%Call{module: Cluster, config: %{records: table} = cluster}) when table != nil,
+    do: {:cluster, cluster}
+
+  defp store(_call), do: nil
 
   # A change of the global scope runs on one Worker, then reaches the others.
-  defp run(store, target, command, args, opts) do
-    if opts[:session_id] == nil and command in @first_worker_commands,
-      do: Worker.request(first_worker(store), command, args, opts),
-      else: PortBridge.request(target, command, args, opts)
+  defp run(store, call) do
+    if call.session_id == nil and call.command in @first_worker_commands,
+      do: Call.run(Call.to(call, Worker, first_worker(store))),
+      else: Call.run(call)
   end
 
   defp local_pool({:pool, pool}), do: pool
@@ -83,21 +76,21 @@ defmodule PortBridge.DSPy.Recorder do
 
   ## Rebuilding a scope the Python worker dropped
 
-  defp rebuild_if_lost(store, target, command, args, opts, {:error, %Error{} = error} = result) do
-    scope = opts[:session_id]
+  defp rebuild_if_lost(store, call, {:error, %Error{} = error} = result) do
+    scope = call.session_id
 
-    if lost_scope?(error) and rebuild(store, scope, opts) == :ok do
+    if lost_scope?(error) and rebuild(store, scope, call) == :ok do
       Logger.info(
         "portbridge: #{describe(scope)} was gone from its worker; rebuilt it from the records"
       )
 
-      PortBridge.request(target, command, args, Keyword.delete(opts, :retry))
+      Call.run(%{call | retry: nil})
     else
       result
     end
   end
 
-  defp rebuild_if_lost(_store, _target, _command, _args, _opts, result), do: result
+  defp rebuild_if_lost(_store, _call, result), do: result
 
   # What a worker answers when it no longer has a scope the records have.
   defp lost_scope?(%Error{category: :not_found, code: code}),
@@ -111,54 +104,56 @@ defmodule PortBridge.DSPy.Recorder do
 
   # :ok when the scope had records and they were sent again. The global scope's go
   # to every Worker of the (local) pool; a session's to its Worker, wherever it is.
-  defp rebuild({_kind, %{records: table}} = store, nil, opts) do
+  defp rebuild({_kind, %{records: table}} = store, nil, call) do
     if Records.any?(table, nil) do
       workers = Pool.workers(local_pool(store))
-      Records.replicate(workers, Records.steps(table, nil), opts)
+      Records.replicate(workers, Records.steps(table, nil), budget(call))
     else
       :none
     end
   end
 
-  defp rebuild({:pool, pool}, scope, opts) do
+  defp rebuild({:pool, pool}, scope, call) do
     if Records.any?(pool.records, scope),
-      do: Records.rebuild(pool, scope, Records.steps(pool.records, scope), opts),
+      do: Records.rebuild(pool.name, scope, Records.steps(pool.records, scope), budget(call)),
       else: :none
   end
 
-  defp rebuild({:cluster, cluster}, scope, opts), do: Cluster.rebuild(cluster, scope, opts)
+  defp rebuild({:cluster, cluster}, scope, call), do: Cluster.rebuild(cluster, scope, call)
+
+  defp budget(call), do: [timeout: call.timeout, deadline: call.deadline]
 
   ## Recording
 
-  defp record(store, _target, "end_session", args, _value, opts) do
-    case args["session_id"] || opts[:session_id] do
+  defp record(store, %Call{command: "end_session"} = call, _value) do
+    case call.args["session_id"] || call.session_id do
       nil -> :ok
-      session_id -> write(store, session_id, :delete_scope, opts)
+      session_id -> write(store, session_id, :delete_scope, call)
     end
   end
 
-  defp record(store, target, command, args, value, opts) do
-    case change(store, target, command, args, value, opts) do
+  defp record(store, call, value) do
+    case change(store, call, call.command, call.args, value) do
       nil -> :ok
-      op -> write(store, opts[:session_id], op, opts)
+      op -> write(store, call.session_id, op, call)
     end
   end
 
-  defp change(_store, _target, "configure_lm", args, _value, _opts),
+  defp change(_store, _call, "configure_lm", args, _value),
     do: {:put, :lm, nil, "configure_lm", args}
 
-  defp change(store, target, command, _args, %{"program_id" => program_id}, opts)
+  defp change(store, call, command, _args, %{"program_id" => program_id})
        when command in @program_commands and is_binary(program_id) do
-    export_opts = Keyword.take(opts, [:session_id, :timeout, :deadline])
+    export = Call.derive(call, "export_program", %{"program_id" => program_id})
 
-    case run(store, target, "export_program", %{"program_id" => program_id}, export_opts) do
+    case run(store, export) do
       {:ok, %{"program" => program}} ->
         args = %{"program" => program, "program_id" => program_id, "replace" => true}
         {:put, :program, program_id, "import_program", args}
 
       other ->
         Logger.warning(
-          "portbridge: cannot record program #{inspect(program_id)} of #{describe(opts[:session_id])} " <>
+          "portbridge: cannot record program #{inspect(program_id)} of #{describe(call.session_id)} " <>
             "for recovery: #{inspect(other, limit: 5)}"
         )
 
@@ -166,34 +161,34 @@ defmodule PortBridge.DSPy.Recorder do
     end
   end
 
-  defp change(_store, _target, "delete_program", args, _value, _opts),
+  defp change(_store, _call, "delete_program", args, _value),
     do: {:delete, :program, args["program_id"]}
 
-  defp change(_store, _target, "configure_embedder", args, _value, _opts),
+  defp change(_store, _call, "configure_embedder", args, _value),
     do: {:put, :embedder, nil, "configure_embedder", args}
 
-  defp change(_store, _target, "create_index", args, %{"index_id" => index_id}, _opts) do
+  defp change(_store, _call, "create_index", args, %{"index_id" => index_id}) do
     args = Map.merge(args, %{"index_id" => index_id, "replace" => true})
     {:put, :index, index_id, "create_index", args}
   end
 
-  defp change(_store, _target, "delete_index", %{"index_id" => index_id}, _value, _opts),
+  defp change(_store, _call, "delete_index", %{"index_id" => index_id}, _value),
     do: {:delete, :index, index_id}
 
-  defp change(_store, _target, _command, _args, _value, _opts), do: nil
+  defp change(_store, _call, _command, _args, _value), do: nil
 
   # A change is written where the target keeps its records; one of the global scope
   # also reaches the Workers that did not run it.
-  defp write({:pool, pool}, scope, op, opts) do
+  defp write({:pool, pool}, scope, op, call) do
     Records.change(pool.records, scope, op)
 
     step = Records.step(op)
-    if scope == nil and step, do: Records.replicate(tl(Pool.workers(pool)), [step], opts)
+    if scope == nil and step, do: Records.replicate(tl(Pool.workers(pool)), [step], budget(call))
 
     :ok
   end
 
-  defp write({:cluster, cluster}, scope, op, opts), do: Cluster.record(cluster, scope, op, opts)
+  defp write({:cluster, cluster}, scope, op, call), do: Cluster.record(cluster, scope, op, call)
 
   defp describe(nil), do: "the global scope"
   defp describe(session_id), do: "session #{inspect(session_id)}"

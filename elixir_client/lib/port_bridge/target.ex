@@ -1,0 +1,90 @@
+defmodule PortBridge.Target do
+  @moduledoc """
+  What a request can be sent to: a `PortBridge.Worker`, a `PortBridge.Pool` or a
+  `PortBridge.Cluster`. Each implements this behaviour; `PortBridge.Call` reaches them
+  only through it.
+
+  A pool or cluster registers its name with `{module, config}` in `PortBridge.Registry`
+  when it starts (`register/3`); the entry goes with the process that registered it.
+  `resolve!/2` turns whatever a caller named into `{module, config}`: a registered
+  name to its entry, a pid or any other name to a Worker.
+  """
+
+  alias PortBridge.{Call, Error, Request}
+
+  @doc "Sends the call and waits for its final reply, within `call.deadline`."
+  @callback call(config :: term, Call.t()) :: {:ok, term} | {:error, Error.t()}
+
+  @doc "Sends the call without waiting for it (see `PortBridge.Request`)."
+  @callback async(config :: term, Call.t()) :: Request.t() | {:error, Error.t()}
+
+  @doc "The `:timeout` of a call that gives none."
+  @callback default_timeout(config :: term) :: timeout
+
+  @registry PortBridge.Registry
+
+  @doc false
+  # Registers the calling process's `name` as a target served by `module` with `config`.
+  @spec register(atom, module, term) :: :ok
+  def register(name, module, config) do
+    {:ok, _} = Registry.register(@registry, name, {module, config})
+    :ok
+  end
+
+  @doc false
+  # The `{module, config}` registered under `name`, or :error.
+  @spec lookup(term) :: {:ok, {module, term}} | :error
+  def lookup(name) when is_atom(name) do
+    case Registry.lookup(@registry, name) do
+      [{_pid, {module, config}}] -> {:ok, {module, config}}
+      [] -> :error
+    end
+  end
+
+  def lookup(_name), do: :error
+
+  @doc false
+  # What serves `target`. Raises ArgumentError for a term that names nothing a request
+  # could reach (a string, a map, nil...); `where` is the public function that got it.
+  @spec resolve!(term, String.t()) :: {module, term}
+  def resolve!(target, _where) when is_pid(target), do: {PortBridge.Worker, target}
+
+  def resolve!(target, where) when is_atom(target) do
+    if target in [nil, true, false], do: raise(ArgumentError, not_a_target(target, where))
+
+    case lookup(target) do
+      {:ok, found} -> found
+      :error -> {PortBridge.Worker, target}
+    end
+  end
+
+  def resolve!({:via, module, _} = target, _where) when is_atom(module),
+    do: {PortBridge.Worker, target}
+
+  def resolve!({:global, _} = target, _where), do: {PortBridge.Worker, target}
+
+  def resolve!({name, node} = target, _where) when is_atom(name) and is_atom(node),
+    do: {PortBridge.Worker, target}
+
+  def resolve!(target, where), do: raise(ArgumentError, not_a_target(target, where))
+
+  defp not_a_target(target, where) do
+    "#{where} got #{inspect(target, limit: 5, printable_limit: 80)} as its target: pass the " <>
+      "name of a PortBridge.Pool or PortBridge.Cluster (the :name it was started with), or " <>
+      "a PortBridge.Worker's pid or registered name"
+  end
+
+  @doc false
+  # The error of a request to a name nothing runs under.
+  @spec not_running(term) :: Error.t()
+  def not_running(target) do
+    Error.new(
+      :communication,
+      "not_running",
+      "nothing runs as #{inspect(target)}: no PortBridge.Pool or PortBridge.Cluster was " <>
+        "started with that :name, and no PortBridge.Worker is registered under it (start one " <>
+        "in your supervision tree, e.g. {PortBridge.Pool, name: #{inspect(target)}}, or it is " <>
+        "restarting)"
+    )
+  end
+end
