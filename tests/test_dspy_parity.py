@@ -25,6 +25,13 @@ KEY = "sk-parity"
 OWNER_ANSWER = '[[ ## owner ## ]]\n{"team": "core", "backup": null}\n\n[[ ## level ## ]]\nhigh\n\n' \
                '[[ ## minutes ## ]]\n15\n\n[[ ## completed ## ]]'
 
+# DSPy's own string form with types: plain DSPy parses it, the worker reads it as data.
+TYPED = "question, context: list[str] -> answer: int, tags: List[str], level: Literal['low', 'high'], " \
+        "note: str | None, scores: dict[str, float]"
+TYPED_ANSWER = '[[ ## reasoning ## ]]\nTwo items.\n\n[[ ## answer ## ]]\n2\n\n[[ ## tags ## ]]\n["a", "b"]\n\n' \
+               '[[ ## level ## ]]\nlow\n\n[[ ## note ## ]]\nNone\n\n[[ ## scores ## ]]\n{"a": 0.5}\n\n' \
+               '[[ ## completed ## ]]'
+
 
 class Owner(pydantic.BaseModel):
     team: str
@@ -106,6 +113,11 @@ CASES = {
         {"signature": {"inputs": {"history": "history", "question": "str"}, "outputs": {"answer": "str"}}},
         {"question": "And in French?",
          "history": {"messages": [{"question": "Say hello", "answer": "Hello"}]}}, None, ()),
+    "typed-string": (lambda: dspy.ChainOfThought(TYPED), {"signature": TYPED, "module": "ChainOfThought"},
+                     {"question": "How many?", "context": ["one", "two"]}, None, (TYPED_ANSWER,)),
+    "typed-string-json": (lambda: dspy.Predict("question -> answer: int"),
+                          {"signature": "question -> answer: int", "adapter": "json"},
+                          {"question": "How many?"}, dspy.JSONAdapter(), ('{"answer": 7}',)),
     "json-adapter": (lambda: dspy.Predict("question -> answer"),
                      {"signature": "question -> answer", "adapter": "json"},
                      {"question": "What is JSON?"}, dspy.JSONAdapter(), ()),

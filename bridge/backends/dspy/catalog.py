@@ -107,8 +107,11 @@ CALLBACKS = {
 DIFFERENCES = {
     "inputs": "missing, unknown or mistyped inputs (also unknown keys inside object inputs) are validation "
               "errors before any LM call; DSPy logs a warning and calls the LM",
-    "signatures": "string signatures are plain field names only ('a, b -> c'); types come as data, never "
-                  "through DSPy's string parser, which imports modules named in annotations",
+    "signatures": "a string signature is read as data ('question, context: list[str] -> answer: int', with "
+                  "the map form's types: str, int, float, bool, list, dict[str, T], Optional[T] / T | None, "
+                  "Literal[...], dspy.History, dspy.Image), never by DSPy's string parser, which imports modules "
+                  "named in annotations; 'None | T' reads as Optional[T] (DSPy keeps Union[None, T], whose prompt "
+                  "lists null first), and a Literal may hold negative numbers (DSPy's parser refuses them)",
     "cache": "DSPy's response cache is off unless configure_lm sets cache: true (it is process-wide and keyed "
              "without api_base or api_key)",
     "history": "no LM or module history is kept (DSPy keeps 10,000 entries per LM, module and process)",

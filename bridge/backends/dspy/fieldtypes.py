@@ -4,11 +4,12 @@ Nothing a client sends is ever evaluated or imported: a type is either one of
 the names below or a small map, parsed here by hand.
 
     "str" | "int" | "float" | "bool"
-    "list[T]" | "dict[str, T]" | "optional[T]"      (also List/Dict/Optional)
+    "list[T]" | "dict[str, T]" | "optional[T]"      (also List/Dict/Optional, T | None)
+    "Literal['a', 1, True]"                        (annotation syntax: ``typesyntax``)
     {"list": T} | {"dict": T} | {"optional": T}
     {"literal": [v, ...]}                          (strings, integers, booleans)
     {"object": {field: {"type": T, "desc": "..."}}, "name": "Item"}
-    "history" | "image"                            (inputs only, not nested)
+    "history" | "image"                            (inputs only, not nested; also dspy.History, dspy.Image)
 
 ``history`` is DSPy's ``dspy.History``: ``{"messages": [{field: value}, ...]}``,
 earlier turns of the conversation, each with the signature's fields.
@@ -28,11 +29,10 @@ import keyword
 import re
 
 from ...errors import validation_error
+from . import typesyntax
 
 PRIMITIVES = ("str", "int", "float", "bool")
 MEDIA = ("history", "image")  # DSPy's own types, for inputs only
-GENERICS = {"list": "list", "List": "list", "dict": "dict", "Dict": "dict", "optional": "optional",
-            "Optional": "optional"}
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 MAX_DEPTH = 6
 MAX_LITERALS = 100
@@ -43,7 +43,6 @@ INT_RANGE = (-(2**63), 2**63 - 1)
 MAX_HISTORY_MESSAGES = 200
 MAX_IMAGE_CHARS = 8 * 1024 * 1024  # a data: URL of about 6 MB of image
 IMAGE_URL = re.compile(r"^(https?://\S+|data:image/(png|jpeg|jpg|gif|webp);base64,[A-Za-z0-9+/=\s]+)$")
-_TOKEN = re.compile(r"\s*([A-Za-z_]\w*|\[|\]|,)")
 
 
 class Budget:
@@ -77,9 +76,12 @@ def parse(spec, path: str, budget: Budget, depth: int = 0):
     """A client's type (string or map) -> its canonical form; raises validation errors."""
     if depth > MAX_DEPTH:
         raise validation_error("type_too_deep", f"{path}: types nest at most {MAX_DEPTH} levels", path=path)
-    budget.spend(path)
     if isinstance(spec, str):
-        return _parse_string(spec, path, budget, depth)
+        spec = _from_text(spec, path, depth)  # annotation syntax -> a name, or the map form read below
+        if isinstance(spec, str):
+            budget.spend(path)
+            return spec
+    budget.spend(path)
     if not isinstance(spec, dict) or len(spec) == 0:
         raise _bad(path, spec)
     keys = set(spec)
@@ -97,58 +99,26 @@ def parse(spec, path: str, budget: Budget, depth: int = 0):
 def _bad(path: str, spec):
     return validation_error(
         "bad_type", f"{path}: unknown type {spec!r}"[:300] + "; use str, int, float, bool, list[T], dict[str, T], "
-        "optional[T], {\"literal\": [...]}, {\"object\": {...}}, or for an input history or image", path=path)
+        "optional[T], Literal[...], {\"literal\": [...]}, {\"object\": {...}}, or for an input history or image",
+        path=path)
 
 
 def _compose(kind: str, inner):
     """``kind`` of ``inner``, spelled as a string when ``inner`` is one."""
+    if kind == "optional" and allows_missing(inner):
+        return inner  # Optional[Optional[T]] is Optional[T], in Python as here
     if isinstance(inner, str):
         return f"dict[str, {inner}]" if kind == "dict" else f"{kind}[{inner}]"
     return {kind: inner}
 
 
-def _parse_string(text: str, path: str, budget: Budget, depth: int):
-    tokens = []
-    pos = 0
-    stripped = text.strip()
-    while pos < len(stripped):
-        m = _TOKEN.match(stripped, pos)
-        if not m:
-            raise _bad(path, text)
-        tokens.append(m.group(1))
-        pos = m.end()
-    result, rest = _parse_tokens(tokens, text, path, budget, depth)
-    if rest:
-        raise _bad(path, text)
-    return result
-
-
-def _parse_tokens(tokens: list, text: str, path: str, budget: Budget, depth: int):
-    if depth > MAX_DEPTH:
-        raise validation_error("type_too_deep", f"{path}: types nest at most {MAX_DEPTH} levels", path=path)
-    if not tokens:
-        raise _bad(path, text)
-    head, rest = tokens[0], tokens[1:]
-    if head in PRIMITIVES:
-        return head, rest
-    if head in MEDIA:
-        if depth > 0:
-            raise validation_error("bad_type", f"{path}: {head} is a field's own type, not nested in another",
-                                   path=path)
-        return head, rest
-    kind = GENERICS.get(head)
-    if kind is None or not rest or rest[0] != "[":
-        raise _bad(path, text)
-    rest = rest[1:]
-    if kind == "dict":
-        if rest[:2] != ["str", ","]:
-            raise validation_error("bad_type", f"{path}: dict keys must be str, as in dict[str, int]", path=path)
-        rest = rest[2:]
-    budget.spend(path)
-    inner, rest = _parse_tokens(rest, text, path, budget, depth + 1)
-    if not rest or rest[0] != "]":
-        raise _bad(path, text)
-    return _compose(kind, inner), rest[1:]
+def _from_text(text: str, path: str, depth: int):
+    """A type in annotation syntax (``list[str]``, ``Literal['a', 'b']``, ``int | None``): a name or the map form."""
+    parsed = typesyntax.parse_text(text, path, MAX_DEPTH - depth)
+    if parsed in MEDIA and depth > 0:
+        raise validation_error("bad_type", f"{path}: {parsed} is a field's own type, not nested in another",
+                               path=path)
+    return parsed
 
 
 def _literal_values(values, path: str) -> list:
@@ -296,16 +266,19 @@ def check_fields(fields: dict, values: dict, path: str, noun: str) -> None:
 
 
 def describe(canonical) -> str:
-    """A readable spelling of any canonical type."""
+    """A type in DSPy's annotation syntax (``Optional[list[int]]``, ``Literal['a', 1]``; objects by name)."""
     kind, detail = structure(canonical)
-    if kind in PRIMITIVES or kind in MEDIA:
+    if kind in PRIMITIVES:
         return kind
+    if kind in MEDIA:
+        return {"history": "dspy.History", "image": "dspy.Image"}[kind]
     if kind == "literal":
-        return f"literal{detail}"
+        values = (typesyntax.quote(v) if isinstance(v, str) else repr(v) for v in detail)
+        return f"Literal[{', '.join(values)}]"
     if kind == "object":
         return canonical.get("name", "object") if isinstance(canonical, dict) else "object"
     inner = describe(detail)
-    return f"dict[str, {inner}]" if kind == "dict" else f"{kind}[{inner}]"
+    return {"dict": f"dict[str, {inner}]", "list": f"list[{inner}]"}.get(kind, f"Optional[{inner}]")
 
 
 def _kind_of(value) -> str:

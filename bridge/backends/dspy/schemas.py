@@ -105,10 +105,12 @@ TOOL = _object({
                                                     "the LM chooses are checked against it before the callback"},
 }, ["name"])
 
-TYPE_HELP = ("signature: 'question, context -> answer' (every field a str), or {\"name\", \"instructions\", "
-             "\"inputs\": {field: {\"type\", \"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, "
-             "list[T], dict[str, T], optional[T], {\"literal\": [...]}, {\"object\": {field: {...}}, \"name\"}, "
-             "and for inputs history (dspy.History) and image (dspy.Image)")
+TYPE_HELP = ("signature: DSPy's string form 'question, context: list[str] -> answer: int' (a field without a "
+             "type is a str; no descriptions), or {\"name\", \"instructions\", \"inputs\": {field: {\"type\", "
+             "\"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, list[T], dict[str, T], "
+             "Optional[T] (or T | None), Literal['a', 1] (or {\"literal\": [...]}), {\"object\": {field: {...}}, "
+             "\"name\"}, and for inputs history (dspy.History) and image (dspy.Image); both forms use one whitelist "
+             "and nothing is evaluated or imported")
 
 CREATE_PROGRAM = _object({
     "signature": {"anyOf": [{"type": "string", "minLength": 3, "maxLength": spec.MAX_STRING_CHARS},

@@ -1,28 +1,27 @@
-"""Signatures from data: the plain string form and the typed map form, checked and normalised.
+"""Signatures from data: DSPy's string form and the typed map form, checked and normalised.
 
     "question, context -> answer"                      every field a str
     {"name": "QA", "instructions": "...",
      "inputs":  {"question": {"type": "str", "desc": "..."}},
      "outputs": {"answer": {"type": "int"}}}
 
-A string is accepted only if it matches ``PLAIN`` exactly: DSPy's own string
-parser imports modules named in type annotations (``"q: this -> a"`` imports
-``this``), so no client string ever reaches it. Types come through the
-whitelist in ``fieldtypes``. The result is the canonical spec that
+    "question: str, context: list[str] -> answer: Literal['yes', 'no'], n: int | None"
+                                                       DSPy's typed string form
+
+DSPy's own string parser imports modules named in type annotations (``"q:
+this -> a"`` imports ``this``), so no client string ever reaches it: a string
+is tokenized here (``typesyntax``), turned into the map form, and read exactly
+as a map, through the whitelist in ``fieldtypes``. DSPy's string form has no
+descriptions; the map form has. The result is the canonical spec that
 ``get_program`` shows and ``export_program`` writes. No DSPy import here.
 """
 
 from __future__ import annotations
 
-import re
-
 from ...errors import validation_error
-from . import fieldtypes
+from . import fieldtypes, typesyntax
 from .fieldtypes import Budget
 
-_IDENT = r"[A-Za-z][A-Za-z0-9_]{0,63}"
-_LIST = rf"\s*{_IDENT}\s*(?:,\s*{_IDENT}\s*)*"
-PLAIN = re.compile(rf"^{_LIST}->{_LIST}$")
 MAX_FIELDS = 32
 MAX_TYPE_NODES = 256
 MAX_INSTRUCTIONS_CHARS = 20_000
@@ -53,26 +52,72 @@ def parse_signature(signature, instructions: str | None = None) -> dict:
     elif isinstance(signature, dict):
         spec = _from_map(signature)
     else:
-        raise validation_error("bad_signature", "args.signature: a string 'a, b -> c' or a map", path="args.signature")
+        raise validation_error("bad_signature", "args.signature: a string 'a, b: int -> c' or a map",
+                               path="args.signature")
     if instructions is not None:
         spec["instructions"] = _instructions(instructions, "args.instructions")
     return spec
 
 
 def _from_string(text: str) -> dict:
-    if len(text) > MAX_STRING_CHARS or not PLAIN.match(text):
-        raise validation_error(
-            "bad_signature",
-            "args.signature: a string signature is plain field names only, as in 'question, context -> answer'; "
-            "for typed fields send the map form {\"inputs\": {...}, \"outputs\": {...}}",
-            path="args.signature")
-    left, right = text.split("->")
-    names = lambda side: [n.strip() for n in side.split(",")]  # noqa: E731
-    inputs = {n: {"type": "str", "desc": ""} for n in names(left)}
-    outputs = {n: {"type": "str", "desc": ""} for n in names(right)}
-    spec = {"name": DEFAULT_NAME, "instructions": "", "inputs": inputs, "outputs": outputs}
-    _check_names(spec, [*names(left), *names(right)])
-    return spec
+    """DSPy's string form, types included, read as data and then checked exactly as the map form."""
+    where = "args.signature"
+    if len(text) > MAX_STRING_CHARS:
+        raise validation_error("bad_signature", f"{where}: at most {MAX_STRING_CHARS} characters", path=where)
+    tokens = typesyntax.tokenize(text)
+    arrows = [i for i, t in enumerate(tokens) if t.kind == "punct" and t.text == "->"]
+    if len(arrows) != 1:
+        raise _bad_string(f"exactly one '->' is needed, found {len(arrows)}")
+    doc: dict = {"inputs": {}, "outputs": {}}
+    seen: set[str] = set()
+    for side, part in (("inputs", tokens[:arrows[0]]), ("outputs", tokens[arrows[0] + 1:])):
+        for field in _top_level_split(part):
+            name, type_tokens = _field_of(field, side)
+            if name in seen:
+                raise validation_error("bad_signature", f"{where}: field {name!r} appears twice", path=where,
+                                       field=name)
+            seen.add(name)
+            path = f"{where}.{side}.{name}.type"
+            doc[side][name] = "str" if type_tokens is None else \
+                typesyntax.parse(type_tokens, path, fieldtypes.MAX_DEPTH)
+    return _from_map(doc)  # names, reserved words, limits: checked once, for both forms
+
+
+def _bad_string(why: str):
+    return validation_error("bad_signature", f"args.signature: {why}; a string signature is DSPy's "
+                            "'question: str, context: list[str] -> answer: int' (a field without a type is a str)",
+                            path="args.signature")
+
+
+def _top_level_split(tokens: list) -> list[list]:
+    """The fields of one side: its tokens split at commas outside brackets."""
+    fields: list[list] = [[]]
+    depth = 0
+    for token in tokens:
+        if token.kind == "punct" and token.text in ("[", "]"):
+            depth += 1 if token.text == "[" else -1
+        if token.kind == "punct" and token.text == "," and depth == 0:
+            fields.append([])
+        else:
+            fields[-1].append(token)
+    return fields
+
+
+def _field_of(tokens: list, side: str):
+    """``name`` or ``name: type`` -> (name, the type's tokens or None)."""
+    if not tokens:
+        raise _bad_string(f"an empty field among the {side}")
+    name = tokens[0]
+    if name.kind != "name":
+        raise _bad_string(f"{name.text[:100]!r} is not a field name")
+    if len(tokens) == 1:
+        return name.text, None
+    if any(t.kind == "punct" and t.text == "=" for t in tokens):
+        raise _bad_string(f"field {name.text!r} has a default; DSPy's string signatures carry no defaults or "
+                          "descriptions (use the map form for a desc)")
+    if tokens[1].kind != "punct" or tokens[1].text != ":" or len(tokens) == 2:
+        raise _bad_string(f"field {name.text!r} is followed by {tokens[1].text[:100]!r}; write 'name: type'")
+    return name.text, tokens[2:]
 
 
 def _from_map(doc: dict) -> dict:
