@@ -65,7 +65,9 @@ def test_describe_documents_every_command_the_modules_and_the_limits(worker):
         assert cmd["backend"] == "dspy" and cmd["args"]["type"] == "object" and cmd["description"]
     assert d["commands"]["configure_lm"]["args"]["properties"]["cache"]["default"] is False
     dspy = d["backends"]["dspy"]
-    assert set(dspy["modules"]) == {"Predict", "ChainOfThought", "ReAct", "BestOfN", "Refine"}
+    assert set(dspy["modules"]) == {"Predict", "ChainOfThought", "ReAct", "BestOfN", "Refine", "Pipeline"}
+    assert set(dspy["pipeline"]["steps"]) == {"module", "retrieve", "group"}
+    assert dspy["pipeline"]["limits"] == {"max_steps": 32, "max_repeat": 10}
     assert "CodeAct" in dspy["not_buildable"] and "ReAct" not in dspy["not_buildable"]
     assert set(dspy["optimizers"]) == {"LabeledFewShot", "BootstrapFewShot", "BootstrapFewShotWithRandomSearch",
                                        "MIPROv2", "COPRO", "SIMBA", "GEPA"}

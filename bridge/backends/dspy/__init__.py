@@ -28,7 +28,7 @@ Modules of this package, in the order a request meets them:
 from __future__ import annotations
 
 from .. import Backend
-from . import catalog, classify, commands, metrics, spec
+from . import catalog, classify, commands, metrics, schemas, spec
 from .loader import GATE
 from .state import MAX_INDEXES, MAX_PROGRAMS, MEMORY, STORE
 
@@ -77,6 +77,9 @@ class DSPyBackend(Backend):
             "streaming": "execute_program with stream: true sends chunk events {field, text, predictor, last} "
                          "before the final outputs: field text only, each field's last chunk with last: true "
                          "(a cached answer arrives without chunks)",
+            "pipeline": {**catalog.PIPELINES, "steps": {"module": schemas.MODULE_STEP,
+                                                        "retrieve": schemas.RETRIEVE_STEP, "group": schemas.GROUP},
+                         "limits": {"max_steps": schemas.MAX_STEPS, "max_repeat": schemas.MAX_REPEAT}},
             "callbacks": catalog.CALLBACKS,
             "retrieval": {**catalog.RETRIEVAL, "index_bytes_in_use": MEMORY.used},
             "differences": catalog.DIFFERENCES,

@@ -9,7 +9,7 @@ import pydantic
 
 from ...errors import validation_error
 from . import agents, fieldtypes, spec
-from .catalog import MODULES, WRAPPERS
+from .catalog import MODULES, PIPELINE, WRAPPERS
 
 REASONING = "reasoning"
 
@@ -64,7 +64,7 @@ REACT_FIELDS = {"trajectory": "str", "next_thought": "str", "next_tool_name": "s
 def module(dspy, module_name: str, spec: dict, options: dict | None = None):
     """A fresh, unoptimised DSPy module for the spec (``options``: tools, reward... as ``programs.options_of``)."""
     options = options or {}
-    if module_name not in MODULES:
+    if module_name not in MODULES or module_name == PIPELINE:  # a pipeline is built from its steps (pipeline/)
         raise validation_error("unsupported_module", f"module {module_name!r} cannot be built from data; "
                                f"supported: {', '.join(MODULES)}", module=module_name)
     if module_name in WRAPPERS:

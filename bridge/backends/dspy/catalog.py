@@ -16,7 +16,10 @@ MODULES = {
                "the prediction the client's reward (reward_fn: {callback: name}) scores highest, stopping at "
                "threshold",
     "Refine": "as BestOfN, and between attempts the LM writes advice from the reward for the next one",
+    "Pipeline": "several modules composed as data (steps: module steps, retrieve steps, repeat groups), run in "
+                "order with inputs bound by reference; predictors named as in the equivalent dspy.Module",
 }
+PIPELINE = "Pipeline"
 BASE_MODULES = ("Predict", "ChainOfThought", "ReAct")  # what BestOfN and Refine wrap
 WRAPPERS = ("BestOfN", "Refine")
 NOT_BUILDABLE = {
@@ -51,7 +54,7 @@ OPTIMIZERS = {
                             "and rewrites instructions (budget: auto light/medium/heavy, max_metric_calls or "
                             "max_full_evals; reflection_lm configured as configure_lm, default: the scope's LM)",
              "options": ["auto", "max_metric_calls", "max_full_evals", "reflection_lm", "reflection_minibatch_size",
-                         "candidate_selection_strategy", "use_merge", "num_threads", "seed"]},
+                         "candidate_selection_strategy", "component_selector", "use_merge", "num_threads", "seed"]},
 }
 ADAPTERS = {
     "chat": "DSPy's ChatAdapter: [[ ## field ## ]] sections (the default; falls back to JSON once when the "
@@ -85,6 +88,32 @@ RETRIEVAL = {
     "rebuild": "an index is scope state built from data: on a fresh worker send configure_embedder and "
                "create_index again (the corpus is embedded again). PortBridge.DSPy on a pool records both and "
                "replays them on every fresh Python, before the programs that use them",
+}
+
+# create_program {"module": "Pipeline"}: several modules composed as data (bridge/backends/dspy/pipeline).
+PIPELINES = {
+    "declaration": "create_program with module: Pipeline, the pipeline's own signature (its inputs and outputs), "
+                   "steps (run in order) and optionally outputs (pipeline output -> reference; default: the "
+                   "same-named output of the last step that has one) and adapter (for every step)",
+    "references": "a step's inputs map each of its input fields to a reference: a pipeline input ('question') or "
+                  "an output of an earlier step ('hop1.search_query', 'search.passages'), or a group's collected "
+                  "list ('hop.context'); a field left out reads the pipeline input of the same name. Values pass as "
+                  "they are, as between the modules of a hand-written dspy.Module",
+    "groups": "a group {name, repeat (1-10), steps, collect: {name: 'step.field'}} runs its steps repeat times; "
+              "after each repetition every collected value is appended (lists flattened) to a new list, read as "
+              "'<group>.<name>': inside the group what was collected so far, after it all of it. A step in a "
+              "group is one module, reused on every repetition; after the group its outputs are the last "
+              "repetition's",
+    "predictors": "each module step is an attribute named after the step (names unique in the whole pipeline), so "
+                  "predictors are named as in the equivalent dspy.Module: a Predict step 'classify' is 'classify', "
+                  "a ChainOfThought step 'hop1' is 'hop1.predict', a ReAct step 'agent' is 'agent.react' and "
+                  "'agent.extract.predict'; optimisers tune each one, export_program exports each one's state",
+    "trace": "execute_program with trace: true adds trace: [{step, inputs, outputs}] in run order, a group's steps "
+             "with iteration (from 0); retrieve steps show {query} -> {passages}",
+    "streaming": "chunk events name the predictor of the step that writes (e.g. 'generate_answer.predict')",
+    "errors": "a declaration is checked whole before it is kept: unknown steps or fields, forward references "
+              "(cycles), duplicate names, more than 32 steps or a repeat over 10 are validation errors whose "
+              "details.path names the place (args.steps[2].inputs.context)",
 }
 
 # What the worker calls back (callback events answered by the client's callback_result), and with what.
@@ -124,6 +153,9 @@ DIFFERENCES = {
     "retrieval": "DSPy's embedding cache is off (process-wide, keyed without api_base); an index searches "
                  "exactly (dspy.retrievers.Embeddings switches to FAISS above 20,000 passages, beyond this "
                  "worker's corpus limit) and without Embeddings' per-instance batching thread",
+    "program_source": "MIPROv2's program-aware proposer and SIMBA's rules show the LM the Python source of the "
+                      "program's class; for a Pipeline program that is the bridge's Pipeline module (its steps "
+                      "visible through the predictors' signatures), not a hand-written module's code",
     "errors": "when a provider's error body has no OpenAI-style error.message (e.g. {\"detail\": \"Not Found\"}), "
               "its detail or text is the message; DSPy says only [provider/model]",
 }

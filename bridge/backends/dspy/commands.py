@@ -61,7 +61,7 @@ def execute_program(ctx, args):
 
     scope, global_scope = scopes(ctx)
     program = scope.get(args["program_id"])
-    return running.execute(ctx, dspy, scope, global_scope, program, args["inputs"], args["stream"])
+    return running.execute(ctx, dspy, scope, global_scope, program, args["inputs"], args["stream"], args["trace"])
 
 
 def list_programs(ctx, args):

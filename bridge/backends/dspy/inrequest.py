@@ -2,8 +2,9 @@
 
 * The ``dspy.context`` keys through which code deep inside a DSPy run (a
   ReAct tool, a reward, a metric, a retrieve step) finds what only the
-  running request has: the client callback (``CALLBACK``) and the scope's
-  indexes (``INDEXES``). DSPy copies its settings into the threads its
+  running request has: the client callback (``CALLBACK``), the scope's
+  indexes (``INDEXES``) and, when asked for, the list a pipeline records its
+  steps in (``STEP_TRACE``). DSPy copies its settings into the threads its
   optimisers and ``Evaluate`` start, so these reach every thread of a run.
 * ``Interrupted``: how the request's end (cancel, deadline, shutdown, a
   callback that cannot be answered) stops DSPy's work.
@@ -22,6 +23,7 @@ from ...errors import BridgeError
 
 CALLBACK = "portbridge_callback"  # fn(name, args) -> result: the running request's ctx.callback
 INDEXES = "portbridge_indexes"  # fn(index_id) -> retrieval.Index, in the running request's scope
+STEP_TRACE = "portbridge_step_trace"  # a list a pipeline appends {step, inputs, outputs} to (trace: true)
 
 
 class Interrupted(BaseException):

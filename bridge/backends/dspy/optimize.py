@@ -92,8 +92,8 @@ def build_optimizer(name: str, metric, options: dict, lm, reflection_lm, report)
     if name == "GEPA":
         budget = _pick(options, "auto", "max_metric_calls", "max_full_evals")
         return teleprompt.GEPA(metric=metric, reflection_lm=reflection_lm, **(budget or {"auto": "light"}), **_pick(
-            options, "reflection_minibatch_size", "candidate_selection_strategy", "use_merge", "num_threads",
-            "seed")), {}
+            options, "reflection_minibatch_size", "candidate_selection_strategy", "component_selector", "use_merge",
+            "num_threads", "seed")), {}
     raise AssertionError(name)  # the schema allows only the names above
 
 

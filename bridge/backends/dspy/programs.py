@@ -20,11 +20,12 @@ from __future__ import annotations
 import time
 
 from ... import __version__
-from ...errors import validation_error
-from . import agents, build, fieldtypes, spec
-from .catalog import ADAPTERS, BASE_MODULES, MAX_DEMOS, MODULES, WRAPPERS
+from ...errors import BridgeError, validation_error
+from . import build, fieldtypes, pipeline, spec
+from . import options as module_options
+from .catalog import MAX_DEMOS, MODULES, PIPELINE
 from .inrequest import json_fields
-from .retrieval import RetrieveThenGenerate, check_pipeline
+from .retrieval import RetrieveThenGenerate
 from .state import Program
 
 FORMAT = "portbridge.dspy.program"
@@ -34,60 +35,31 @@ DOC_KEYS = {"format", "version", "program_id", "module", "options", "signature",
 AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
 
-AGENT_KEYS = ("tools", "max_iters")  # ReAct, also as a base_module
-WRAPPER_KEYS = ("base_module", "N", "reward_fn", "threshold", "fail_count")  # BestOfN, Refine
-OPTION_KEYS = {"adapter", "retrieve", *AGENT_KEYS, *WRAPPER_KEYS}
+PIPELINE_KEYS = ("steps", "outputs")
 
 
 def options_of(args: dict, module_name: str, signature_spec: dict, path: str = "args") -> dict:
-    """What a program declares beside module and signature (adapter, retrieve step, tools, reward), checked."""
-    options = {"adapter": args.get("adapter", "chat")}
-    if args.get("retrieve") is not None:
-        options["retrieve"] = check_pipeline(args["retrieve"], signature_spec, f"{path}.retrieve")
-    wrapper = module_name in WRAPPERS
-    base = args.get("base_module", "Predict") if wrapper else module_name
-    given = {key for key in (*AGENT_KEYS, *WRAPPER_KEYS) if args.get(key) is not None}
-    wrong = sorted(given - set(WRAPPER_KEYS if wrapper else ()) - set(AGENT_KEYS if base == "ReAct" else ()))
-    if wrong:
-        raise validation_error("option_not_applicable", f"{path}: {wrong} do not apply to a {module_name} "
-                               f"program" + (f" around {base}" if wrapper else ""), path=path, options=wrong)
-    if wrapper:
-        missing = [key for key in ("N", "reward_fn", "threshold") if args.get(key) is None]
-        if missing:
-            raise validation_error("missing_option", f"{path}: a {module_name} program needs {missing}", path=path)
-        if base not in BASE_MODULES:
-            raise validation_error("bad_program", f"{path}.base_module: one of {list(BASE_MODULES)}",
-                                   path=f"{path}.base_module")
-        options.update(base_module=base, N=args["N"], threshold=args["threshold"],
-                       reward_fn={"callback": agents.check_callback_ref(args["reward_fn"], f"{path}.reward_fn")})
-        if args.get("fail_count") is not None:
-            options["fail_count"] = args["fail_count"]
-    if base == "ReAct":
-        if args.get("tools") is None:
-            raise validation_error("missing_option", f"{path}.tools: a ReAct program needs its tools",
-                                   path=f"{path}.tools")
-        options["tools"] = agents.check_tools(args["tools"], f"{path}.tools")
-        options["max_iters"] = args.get("max_iters", agents.DEFAULT_MAX_ITERS)
-    return options
+    """What ``create_program`` declares beside module and signature, checked: a pipeline's steps, or a module's."""
+    if module_name == PIPELINE:
+        return pipeline.declare(args, signature_spec, path).options
+    given = [key for key in PIPELINE_KEYS if args.get(key) is not None]
+    if given:
+        raise validation_error("option_not_applicable", f"{path}: {given} apply to a Pipeline program only "
+                               f"(module: \"{PIPELINE}\")", path=path, options=given)
+    return module_options.options_of(args, module_name, signature_spec, path)
 
 
-def check_options(options, path: str, module_name: str, signature_spec: dict) -> dict:
-    """Options from an export document (older documents have none: the defaults)."""
-    if options is None:
-        return options_of({}, module_name, signature_spec, path)
-    if not isinstance(options, dict) or set(options) - OPTION_KEYS:
-        raise _refuse("bad_program_document", f"options is a map with {sorted(OPTION_KEYS)}", path)
-    if options.get("adapter", "chat") not in ADAPTERS:
-        raise _refuse("bad_program_document", f"options.adapter must be one of {sorted(ADAPTERS)}", path)
-    retrieve = options.get("retrieve")
-    if retrieve is not None and (not isinstance(retrieve, dict) or not isinstance(retrieve.get("index_id"), str)
-                                 or set(retrieve) - {"index_id", "query", "context", "k"}):
-        raise _refuse("bad_program_document", "options.retrieve is {index_id, query, context, k}", path)
-    return options_of(options, module_name, signature_spec, path)
+def check_options(doc_options, path: str, module_name: str, signature_spec: dict) -> dict:
+    if module_name == PIPELINE:
+        return pipeline.check_document(doc_options, signature_spec, path)
+    return module_options.check_options(doc_options, path, module_name, signature_spec)
 
 
 def create(dspy, program_id: str, module_name: str, signature_spec: dict, options: dict | None = None) -> Program:
     options = options or options_of({}, module_name, signature_spec)
+    if module_name == PIPELINE:
+        return Program(program_id, module_name, signature_spec, pipeline.create(dspy, signature_spec, options),
+                       options=options)
     module = build.module(dspy, module_name, signature_spec, options)
     if options.get("retrieve"):
         module = RetrieveThenGenerate(module, options["retrieve"])
@@ -145,9 +117,11 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if set(state["predictors"]) != set(named):
         raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but a "
                       f"{module_name} has {sorted(named)}", f"{path}.state.predictors")
-    fields = build.demo_fields(module_name, signature_spec, options)
+    fields_of = pipeline.demo_fields(options, signature_spec) if module_name == PIPELINE else \
+        _single(build.demo_fields(module_name, signature_spec, options))
     for name, predictor in named.items():
         where = f"{path}.state.predictors.{name}"
+        fields = fields_of(name)
         learned = state["predictors"][name]
         if not isinstance(learned, dict) or set(learned) != {"instructions", "demos"}:
             raise _refuse("bad_program_document", "a predictor's state is {\"instructions\", \"demos\"}", where)
@@ -171,7 +145,14 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     return program
 
 
+def _single(fields: dict):
+    """One module's demo fields as ``fields(predictor) -> {field: [types]}`` (every predictor the same)."""
+    types = {name: [field["type"]] for name, field in fields.items()}
+    return lambda predictor: types
+
+
 def check_demo(demo, fields: dict, path: str) -> None:
+    """``fields``: ``{field: [types]}``, a value fitting any of them (None: ReAct's next_tool_args, a map)."""
     if not isinstance(demo, dict) or not demo:
         raise _refuse("bad_demo", "a demo is a non-empty map of field -> value", path)
     for key, value in demo.items():
@@ -180,8 +161,20 @@ def check_demo(demo, fields: dict, path: str) -> None:
                 raise _refuse("bad_demo", "augmented must be true or false", f"{path}.{key}")
         elif key not in fields:
             raise _refuse("bad_demo", f"{key!r} is not a field of this program ({sorted(fields)})", f"{path}.{key}")
-        elif fields[key]["type"] is None:  # ReAct's next_tool_args: any JSON object
-            if not isinstance(value, dict):
-                raise _refuse("bad_demo", f"{key} must be a map", f"{path}.{key}")
         else:
-            fieldtypes.check(fields[key]["type"], value, f"{path}.{key}")
+            _check_value(fields[key], value, f"{path}.{key}")
+
+
+def _check_value(types: list, value, path: str) -> None:
+    if None in types and (isinstance(value, dict) or len(types) > 1):
+        return  # any JSON object (ReAct's next_tool_args), or any value (a pipeline field bound to one)
+    first = None
+    for kind in types:
+        try:
+            if kind is None:
+                raise _refuse("bad_demo", "must be a map", path)
+            fieldtypes.check(kind, value, path)
+            return
+        except BridgeError as exc:
+            first = first or exc
+    raise first

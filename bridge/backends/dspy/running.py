@@ -14,10 +14,11 @@ import time
 
 from dspy.utils.callback import BaseCallback
 
-from ...errors import BridgeError
+from ...errors import BridgeError, validation_error
 from . import build, lms, spec, streaming
 from .classify import program_failure
-from .inrequest import CALLBACK, INDEXES, Interrupted, json_fields
+from .catalog import PIPELINE
+from .inrequest import CALLBACK, INDEXES, STEP_TRACE, Interrupted, json_fields
 from .state import Program, Scope
 
 
@@ -65,15 +66,16 @@ class Guard(BaseCallback):
 
 
 @contextlib.contextmanager
-def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None):
+def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None, steps=None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``).
 
     ``indexes`` (``index_id -> Index``) serves the retrieve step of retrieving programs;
-    ``callback`` (the request's ``ctx.callback``) the tools, rewards and metrics the client answers.
+    ``callback`` (the request's ``ctx.callback``) the tools, rewards and metrics the client answers;
+    ``steps``, a list, collects a pipeline's steps as they run (``trace: true``).
     """
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
                       warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else [],
-                      **{INDEXES: indexes, CALLBACK: callback}):
+                      **{INDEXES: indexes, CALLBACK: callback, STEP_TRACE: steps}):
         try:
             yield
         except Interrupted as exc:
@@ -109,7 +111,11 @@ def program_errors(dspy):
         raise program_failure(exc) from exc
 
 
-def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inputs: dict, stream: bool) -> dict:
+def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inputs: dict, stream: bool,
+            trace: bool = False) -> dict:
+    if trace and program.module_name != PIPELINE:
+        raise validation_error("trace_not_applicable", f"args.trace: a trace lists a Pipeline program's steps; "
+                               f"{program.program_id!r} is a {program.module_name}", path="args.trace")
     spec.check_inputs(program.input_spec(), inputs)
     config = lms.resolve(scope, global_scope)
     values = build.python_inputs(program, inputs)
@@ -117,8 +123,9 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     adapter = build.adapter(dspy, program.adapter, lm)
     ctx.check()
     usage: dict = {}
-    with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope), callback=callback_of(ctx)), \
-            tracked(dspy, scope, usage), program_errors(dspy):
+    steps: list | None = [] if trace else None
+    with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope), callback=callback_of(ctx),
+                      steps=steps), tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
             prediction = streaming.run(program.module, values, lambda chunk: ctx.emit("chunk", chunk), ctx.check,
                                        adapter)
@@ -129,6 +136,8 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     retrieved = getattr(prediction, "_portbridge_retrieved", None)
     if retrieved is not None:
         result["retrieved"] = retrieved
+    if steps is not None:
+        result["trace"] = steps
     return result
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ... import registry
 from . import metrics, spec
-from .catalog import ADAPTERS, MAX_CORPUS, MAX_DEMOS, MAX_DIMS, MAX_K, MAX_PASSAGE_CHARS, MAX_TRAINSET, MODULES, OPTIMIZERS
+from .catalog import (ADAPTERS, MAX_CORPUS, MAX_DEMOS, MAX_DIMS, MAX_K, MAX_PASSAGE_CHARS, MAX_TRAINSET, MODULES,
+                      OPTIMIZERS, PIPELINE)
 
 
 def _object(properties: dict, required=(), description: str = "") -> dict:
@@ -85,7 +86,7 @@ RETRIEVE = _object({
 
 BY_INDEX = _object({"index_id": INDEX_ID}, ["index_id"])
 
-PIPELINE = _object({
+RETRIEVE_OPTION = _object({
     "index_id": {**INDEX_ID, "description": "the index searched at each run (this scope's, else the global one)"},
     "query": {"type": "string", "default": "question", "description": "the str input that is the search query"},
     "context": {"type": "string", "default": "context",
@@ -93,6 +94,11 @@ PIPELINE = _object({
     "k": {**K, "description": "passages to retrieve (default: the index's k)"},
 }, ["index_id"], "retrieve -> generate: the query input is searched and the top k passages fill the context input "
    "before the module runs (execute_program also returns them as retrieved)")
+
+REFERENCE = {"type": "string", "maxLength": 200,
+             "description": "a pipeline input ('question') or an earlier step's output ('hop1.search_query')"}
+MAX_STEPS = 32  # in a pipeline, groups and their steps included
+MAX_REPEAT = 10
 
 CALLBACK_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$",
                  "description": "a callback name the client answers (letters, digits, _ and -)"}
@@ -122,7 +128,7 @@ CREATE_PROGRAM = _object({
     "program_id": PROGRAM_ID,
     "instructions": {"type": "string", "maxLength": spec.MAX_INSTRUCTIONS_CHARS,
                      "description": "the task description (overrides the signature's)"},
-    "retrieve": PIPELINE,
+    "retrieve": RETRIEVE_OPTION,
     "tools": {"type": "array", "minItems": 1, "maxItems": 32, "items": TOOL,
               "description": "ReAct (also as base_module): the tools the agent may call; each call is a callback "
                              "event with the tool's arguments, its result the observation"},
@@ -136,8 +142,50 @@ CREATE_PROGRAM = _object({
     "threshold": {"type": "number", "description": "BestOfN, Refine: stop at the first reward at least this"},
     "fail_count": {"type": "integer", "minimum": 1, "maximum": 32,
                    "description": "BestOfN, Refine: failed attempts allowed (default N)"},
+    "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": {"type": "object"},
+              "description": "module Pipeline: the steps, run in order; each a module step {name, module, "
+                             "signature, inputs, ...that module's options}, a retrieve step {name, retrieve: "
+                             "{index_id, query, k}} or a group {name, repeat, steps, collect} (describe's "
+                             "backends.dspy.pipeline has their schemas)"},
+    "outputs": {"type": "object", "maxProperties": spec.MAX_FIELDS, "additionalProperties": REFERENCE,
+                "description": "module Pipeline: each output of the signature -> a reference 'step.field' "
+                               "(default: the same-named output of the last step that has one)"},
     "replace": REPLACE,
 }, ["signature"])
+
+STEP_NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
+             "description": "unique in the pipeline; a module step's predictors are named after it "
+                            "('<name>.predict' for ChainOfThought, as an attribute of a dspy.Module)"}
+MODULE_STEP = _object({
+    "name": STEP_NAME,
+    "module": {"enum": [m for m in MODULES if m != PIPELINE], "default": "Predict"},
+    "signature": CREATE_PROGRAM["properties"]["signature"],
+    "instructions": CREATE_PROGRAM["properties"]["instructions"],
+    "inputs": {"type": "object", "maxProperties": spec.MAX_FIELDS, "additionalProperties": REFERENCE,
+               "description": "each input field of the step -> a reference; a field left out reads the "
+                              "pipeline input of the same name"},
+    **{key: CREATE_PROGRAM["properties"][key] for key in
+       ("tools", "max_iters", "base_module", "N", "reward_fn", "threshold", "fail_count")},
+}, ["name", "signature"], "a module step: any module create_program builds, with that module's options")
+RETRIEVE_STEP = _object({
+    "name": STEP_NAME,
+    "retrieve": _object({
+        "index_id": RETRIEVE_OPTION["properties"]["index_id"],
+        "query": {**REFERENCE, "default": "question", "description": "the reference searched (as a str)"},
+        "k": RETRIEVE_OPTION["properties"]["k"],
+    }, ["index_id"]),
+}, ["name", "retrieve"], "a retrieve step: its output is passages, the top k passages (a list of str)")
+GROUP = _object({
+    "name": STEP_NAME,
+    "repeat": {"type": "integer", "minimum": 1, "maximum": MAX_REPEAT, "description": "repetitions"},
+    "steps": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": {"type": "object"},
+              "description": "module and retrieve steps (groups do not nest); each is one module, reused "
+                             "on every repetition"},
+    "collect": {"type": "object", "maxProperties": spec.MAX_FIELDS, "additionalProperties": REFERENCE,
+                "description": "name -> a reference to an output of a step of the group: the values of "
+                               "every repetition, flattened into one list, read as '<group>.<name>' (inside "
+                               "the group: what was collected so far)"},
+}, ["name", "repeat", "steps"], "a group: its steps run repeat times (multi-hop)")
 
 EXECUTE_PROGRAM = _object({
     "program_id": PROGRAM_ID,
@@ -145,6 +193,9 @@ EXECUTE_PROGRAM = _object({
                "description": "one value per input field of the signature, of its type"},
     "stream": {"type": "boolean", "default": False,
                "description": "send chunk events {field, text, predictor, last} as the LM writes"},
+    "trace": {"type": "boolean", "default": False,
+              "description": "a Pipeline program: add trace, [{step, inputs, outputs}] for every step run "
+                             "(a group's steps add iteration, from 0)"},
 }, ["program_id", "inputs"])
 
 NO_ARGS = registry.NO_ARGS
@@ -227,6 +278,9 @@ OPTIMIZE_PROGRAM = _object({
         "reflection_lm": {**CONFIGURE_LM, "description": "GEPA's reflection LM, as configure_lm's args"},
         "reflection_minibatch_size": {"type": "integer", "minimum": 1, "maximum": MAX_TRAINSET},
         "candidate_selection_strategy": {"enum": ["pareto", "current_best"]},
+        "component_selector": {"enum": ["round_robin", "all"],
+                               "description": "GEPA: which predictors one reflection rewrites, in turn (default) "
+                                              "or all at once (programs with several predictors: pipelines)"},
         "use_merge": {"type": "boolean"},
     }), "default": {}, "description": "per optimizer: see describe's backends.dspy.optimizers.*.options"},
     "save_as": {**PROGRAM_ID, "description": "keep the original and save the optimised program under this id"},

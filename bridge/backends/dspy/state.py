@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ...errors import not_found, overloaded, validation_error
+from .catalog import PIPELINE
 from .spec import summary
 
 MAX_PROGRAMS = 256  # per scope
@@ -45,7 +46,9 @@ class Program:
 
     @property
     def signature(self):
-        """The signature of its first predictor: the one whose inputs a caller supplies."""
+        """The signature whose inputs a caller supplies: a pipeline's own, else its first predictor's."""
+        if self.module_name == PIPELINE:
+            return self.module.pipeline_signature
         return self.predictors()[0][1].signature
 
     @property
@@ -63,7 +66,7 @@ class Program:
         return sum(len(p.demos) for _, p in self.predictors())
 
     def describe(self) -> dict:
-        return {
+        doc = {
             "program_id": self.program_id,
             "module": self.module_name,
             **self.options,
@@ -73,6 +76,9 @@ class Program:
             "created_at": round(self.created_at, 3),
             "optimizations": list(self.optimizations),
         }
+        if self.module_name == PIPELINE:
+            doc["predictors"] = [name for name, _ in self.predictors()]
+        return doc
 
 
 @dataclass
