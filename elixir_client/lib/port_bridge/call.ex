@@ -94,6 +94,22 @@ defmodule PortBridge.Call do
     build(target, module, config, command, args, opts)
   end
 
+  @doc false
+  # A budget of `timeout` ms starting now, for waits of the client's own that serve no
+  # caller's request (a cluster member asking another). Not a request: no target.
+  @spec budget(timeout) :: t
+  def budget(timeout) do
+    %__MODULE__{
+      target: nil,
+      module: nil,
+      config: nil,
+      command: nil,
+      args: %{},
+      timeout: timeout,
+      deadline: Request.deadline(timeout)
+    }
+  end
+
   defp build(target, module, config, command, args, opts) do
     call = %__MODULE__{
       target: target,

@@ -134,14 +134,12 @@ defmodule PortBridge.Cluster do
     Worker
   }
 
-  alias PortBridge.Cluster.Member
-
-  # The :pg scope of every cluster; started by the :port_bridge application.
-  @scope __MODULE__
+  alias PortBridge.Cluster.{Membership, Ranking, Replication, Rpc}
 
   @doc false
-  @spec scope() :: module
-  def scope, do: @scope
+  # The :pg scope of every cluster; started by the :port_bridge application.
+  @spec scope() :: atom
+  defdelegate scope, to: Ranking
 
   @doc "Starts the cluster's local pool and member; see the module doc for the options."
   @spec start_link(keyword) :: Supervisor.on_start()
@@ -185,7 +183,8 @@ defmodule PortBridge.Cluster do
       name: name,
       pool: pool,
       pool_opts: [name: pool] ++ pool_opts,
-      member: Module.concat(name, Member),
+      membership: Module.concat(name, Membership),
+      replication: Module.concat(name, Replication),
       routes: Module.concat(name, Routes),
       ensured: Module.concat(name, Ensured),
       records:
@@ -193,6 +192,7 @@ defmodule PortBridge.Cluster do
           do: Module.concat(pool, Records)
         ),
       replica_table: Module.concat(name, Replicas),
+      adopt_records: Keyword.get(pool_opts, :adopt_records, false),
       replicas: opts[:replicas],
       overflow_at: overflow_at,
       gossip_interval: opts[:gossip_interval],
@@ -223,14 +223,21 @@ defmodule PortBridge.Cluster do
     cluster = Map.drop(config, [:pool_opts])
     :ok = Target.register(config.name, __MODULE__, cluster)
 
-    replica_specs =
-      if config.records,
-        do: [Supervisor.child_spec({Records, config.replica_table}, id: :replicas)],
-        else: []
+    # The replicas table and the process that keeps the node's records current, when
+    # sessions are recorded; rest_for_one: a pool that restarts takes the rest (and the
+    # node's :pg entry) with it.
+    records_specs =
+      if config.records do
+        [
+          {Records, table: config.replica_table, instance: self(), adopt: config.adopt_records},
+          {Replication, cluster}
+        ]
+      else
+        []
+      end
 
-    # rest_for_one: a pool that restarts takes the member (and its :pg entry) with it.
     Supervisor.init(
-      [{Pool, config.pool_opts}] ++ replica_specs ++ [{Member, cluster}],
+      [{Pool, config.pool_opts}] ++ records_specs ++ [{Membership, cluster}],
       strategy: :rest_for_one
     )
   end
@@ -251,15 +258,9 @@ defmodule PortBridge.Cluster do
   @spec members(atom) :: [node]
   def members(name) do
     case lookup(name) do
-      {:ok, cluster} -> nodes(cluster)
+      {:ok, cluster} -> Ranking.nodes(cluster.name)
       :error -> []
     end
-  end
-
-  @doc false
-  @spec nodes(map) :: [node]
-  def nodes(%{name: name}) do
-    :pg.get_members(@scope, name) |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
   end
 
   @doc "The node that owns `session_id` among the live members of cluster `name` (nil: none)."
@@ -268,18 +269,7 @@ defmodule PortBridge.Cluster do
 
   @doc false
   @spec owner_of(String.t(), [node]) :: node | nil
-  def owner_of(_session_id, []), do: nil
-  def owner_of(session_id, nodes), do: Enum.max_by(nodes, &weight(session_id, &1))
-
-  @doc false
-  # The first `n` of `nodes` in the session's ranking: where its records live.
-  @spec top(String.t(), [node], non_neg_integer) :: [node]
-  def top(session_id, nodes, n),
-    do: nodes |> Enum.sort_by(&weight(session_id, &1), :desc) |> Enum.take(n)
-
-  # Rendezvous hashing: phash2 is the same on every node and OTP release; the node
-  # name breaks (improbable) ties.
-  defp weight(session_id, node), do: {:erlang.phash2({session_id, node}, 4_294_967_296), node}
+  defdelegate owner_of(session_id, nodes), to: Ranking
 
   ## Requests
 
@@ -326,6 +316,12 @@ defmodule PortBridge.Cluster do
   @impl PortBridge.Target
   def default_timeout(nil), do: Options.default_timeout()
   def default_timeout(cluster), do: cluster.timeout
+
+  @impl PortBridge.Target
+  def journal(%{records: table} = cluster) when table != nil,
+    do: {PortBridge.Journal.Cluster, cluster}
+
+  def journal(_cluster), do: nil
 
   @impl PortBridge.Target
   def call(nil, %Call{target: name}), do: {:error, not_running(name)}
@@ -377,7 +373,7 @@ defmodule PortBridge.Cluster do
     # The epoch first: a membership change after this read makes the check stale.
     epoch = :ets.lookup_element(cluster.routes, :epoch, 2)
 
-    case nodes(cluster) do
+    case Ranking.nodes(cluster.name) do
       [] ->
         local(cluster)
 
@@ -400,7 +396,7 @@ defmodule PortBridge.Cluster do
         :ok
 
       _ ->
-        with {:ok, _} <- Member.call(cluster, owner, {:ensure, session_id, false}, call) do
+        with {:ok, _} <- Rpc.ask(cluster.replication, owner, {:ensure, session_id, false}, call) do
           :ets.insert(cluster.ensured, {session_id, owner, epoch})
           :ok
         end
@@ -408,7 +404,7 @@ defmodule PortBridge.Cluster do
   end
 
   defp remote(cluster, node, session_id, call) do
-    with {:ok, info} <- Member.node_info(cluster, node, call) do
+    with {:ok, info} <- Membership.node_info(cluster, node, call) do
       case elem(info.workers, Pool.index(session_id, info.size)) do
         pid when is_pid(pid) -> {:ok, {:remote, pid, info.offset}}
         nil -> {:error, not_running(cluster, node)}
@@ -440,7 +436,7 @@ defmodule PortBridge.Cluster do
   # reports; nil when no other member has one.
   defp overflow(cluster) do
     candidates =
-      for node <- nodes(cluster),
+      for node <- Ranking.nodes(cluster.name),
           node != node(),
           [{_, total, slots}] <- [:ets.lookup(cluster.routes, {:free, node})],
           total > 0,
@@ -482,54 +478,5 @@ defmodule PortBridge.Cluster do
       "the pool of cluster #{inspect(cluster.name)} on #{node} is not running (starting, or restarting)",
       %{"cluster" => inspect(cluster.name), "node" => Atom.to_string(node)}
     )
-  end
-
-  ## Records (PortBridge.DSPy.Recorder)
-
-  @doc false
-  # Writes a change of a scope's records: a session's at its owner (which pushes it
-  # to the session's other holders); the global scope's on every member, each of
-  # which also sends it to its Workers (except the local first one, which ran it).
-  @spec record(map, String.t() | nil, Records.op(), Call.t()) :: :ok
-  def record(cluster, nil, op, opts) do
-    [node() | nodes(cluster)]
-    |> Enum.uniq()
-    |> Enum.map(fn node ->
-      Task.async(fn ->
-        {node, Member.call(cluster, node, {:global, op, node == node()}, opts)}
-      end)
-    end)
-    |> Task.await_many(:infinity)
-    |> Enum.each(fn {node, result} -> warn_unrecorded(result, "the global scope", node) end)
-  end
-
-  def record(cluster, session_id, op, opts) do
-    node = owner_of(session_id, nodes(cluster)) || node()
-    result = Member.call(cluster, node, {:record, session_id, op}, opts)
-    warn_unrecorded(result, "session #{inspect(session_id)}", node)
-  end
-
-  defp warn_unrecorded({:ok, _}, _scope, _node), do: :ok
-
-  defp warn_unrecorded({:error, error}, scope, node) do
-    require Logger
-
-    Logger.warning(
-      "portbridge: a change of #{scope} was not recorded on #{node}: #{Exception.message(error)}"
-    )
-  end
-
-  @doc false
-  # Sends a session's recorded state again to its owner's Python (which dropped it):
-  # :ok when there was something to send, :none when nothing is recorded.
-  @spec rebuild(map, String.t(), Call.t()) :: :ok | :none | {:error, Error.t()}
-  def rebuild(cluster, session_id, opts) do
-    node = owner_of(session_id, nodes(cluster)) || node()
-
-    case Member.call(cluster, node, {:ensure, session_id, true}, opts) do
-      {:ok, :rebuilt} -> :ok
-      {:ok, _} -> :none
-      {:error, _} = error -> error
-    end
   end
 end

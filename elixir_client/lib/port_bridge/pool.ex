@@ -22,6 +22,14 @@ defmodule PortBridge.Pool do
       default: true,
       doc: "record sessions and rebuild them on fresh Pythons"
     ],
+    adopt_records: [
+      type: :boolean,
+      default: false,
+      doc: """
+      take the recorded sessions of the previous pool of this name (stopped, or
+      restarted by its supervisor, within the last minute) instead of starting clean
+      """
+    ],
     max_restarts: [
       type: :non_neg_integer,
       default: 3,
@@ -94,6 +102,7 @@ defmodule PortBridge.Pool do
   @behaviour PortBridge.Target
 
   alias PortBridge.{Call, Error, Options, Records, Request, Schema, Target, Worker}
+  alias PortBridge.Journal.Local
   alias PortBridge.Pool.Exclusive
 
   @type strategy :: :multiplexed | :exclusive
@@ -139,6 +148,7 @@ defmodule PortBridge.Pool do
       pool_timeout: opts[:pool_timeout],
       timeout: opts[:timeout],
       recover_sessions: opts[:recover_sessions],
+      adopt_records: opts[:adopt_records],
       worker: Keyword.take(opts, Options.restart_keys()) ++ spawn_opts,
       max_restarts: opts[:max_restarts],
       max_seconds: opts[:max_seconds]
@@ -162,6 +172,7 @@ defmodule PortBridge.Pool do
       shards: Exclusive.shards(name, size, config.strategy),
       load: load,
       records: records,
+      journal: records && %Local{table: records, pool: name, workers: workers},
       pool_timeout: config.pool_timeout,
       timeout: config.timeout
     }
@@ -171,8 +182,7 @@ defmodule PortBridge.Pool do
 
     worker_specs =
       for i <- 1..size do
-        on_ready =
-          if records, do: [on_ready: {Records, :replay, [records, i - 1, size]}], else: []
+        on_ready = if records, do: [on_ready: {__MODULE__, :replay, [name, i - 1]}], else: []
 
         opts =
           [
@@ -185,13 +195,32 @@ defmodule PortBridge.Pool do
         Supervisor.child_spec({Worker, opts}, id: {:worker, i})
       end
 
-    records_specs = if records, do: [{Records, records}], else: []
+    # This supervisor is the pool's instance: a Records process it restarts takes the
+    # records back; a new pool of the name only with :adopt_records.
+    records_specs =
+      if records,
+        do: [{Records, table: records, instance: self(), adopt: config.adopt_records}],
+        else: []
 
     Supervisor.init(records_specs ++ worker_specs ++ Exclusive.child_specs(pool),
       strategy: :one_for_one,
       max_restarts: config.max_restarts,
       max_seconds: config.max_seconds
     )
+  end
+
+  @doc false
+  # A Worker's :on_ready: what its fresh Python rebuilds (the global scope, and the
+  # sessions that hash to Worker `index`, 0-based).
+  @spec replay(atom, non_neg_integer) :: [Records.step()]
+  def replay(name, index) do
+    case lookup(name) do
+      {:ok, %{journal: %Local{} = journal, size: size}} ->
+        Local.replay(journal, &(index(&1, size) == index))
+
+      _ ->
+        []
+    end
   end
 
   @doc false
@@ -256,6 +285,11 @@ defmodule PortBridge.Pool do
   @impl PortBridge.Target
   def default_timeout(nil), do: Options.default_timeout()
   def default_timeout(pool), do: pool.timeout
+
+  @impl PortBridge.Target
+  def journal(nil), do: nil
+  def journal(%{journal: nil}), do: nil
+  def journal(%{journal: journal}), do: {Local, journal}
 
   @impl PortBridge.Target
   def call(nil, %Call{target: name}), do: {:error, not_running(name)}

@@ -1,123 +1,114 @@
 defmodule PortBridge.Records do
   @moduledoc """
-  What a pool records to rebuild sessions on a fresh Python: per scope (a session,
-  or the global scope), the requests that recreate its state.
+  Storage of what rebuilds sessions on a fresh Python: per scope (a session, or the
+  global scope), the requests that recreate its state, in order.
 
-  A Python worker keeps a session's LM configuration and programs in its memory;
-  when it dies they are gone. The DSPy layer (`PortBridge.DSPy`, which knows which
-  commands build state) writes here as its requests succeed; each `PortBridge.Worker`
-  of the pool replays, on every fresh Python and before anything else reaches it,
-  the global scope and the sessions that hash to it (its `:on_ready`).
+  Plain storage: it knows no command and sends no request. What builds state, and the
+  order of its pieces, is the DSPy layer's to say (`PortBridge.DSPy.Recorder`); how the
+  records reach Pythons is a journal's (`PortBridge.Journal`).
 
-  One ETS table per pool, `:public`, so callers write their own rows (one row per
-  piece of state: no read-modify-write, no process in a request's path). It is owned
-  by this process, which does nothing else; `PortBridge.Keeper` is its heir, so the
-  records survive the death of this process (the next one takes them back) and the
-  restart of the pool itself (taken back within the Keeper's hold time).
+  One ETS table per pool (and one of replicas per cluster member), named, owned by a
+  process of this module that does nothing else. Rows are
+  `{{scope, key}, {command, args}}`: `scope` is `:global` (sorting first) or
+  `{:session, id}`, `key` is the caller's and orders a scope's rows (the DSPy layer uses
+  `{0, nil}` for the LM, `{3, program_id}` for a program). A session's version (used
+  by a cluster to keep the newest copy) is a row `{{:version, id}, n}`.
 
-  Rows: `{{scope, order, item}, {command, args}}`, where `scope` is `:global` or
-  `{:session, id}` (`:global` sorts first), `order` 0 for the LM configuration, 1
-  for the embedder, 2 for retrieval indexes and 3 for programs, `item` nil, the
-  index id or the program id. API keys given to `configure_lm` and
-  `configure_embedder` are kept here, in memory, so they can be replayed; so is each
-  index's corpus (replaying `create_index` embeds it again).
+  ## Restarts
+
+  `PortBridge.Keeper` is the table's heir. When this process dies and its pool's
+  supervisor restarts it, the new one takes the records back. A pool started anew
+  under the same name (its supervisor restarted, or a test that starts the same name
+  again) starts with an empty table, unless it is started with `adopt_records: true`:
+  then it takes the records of the previous pool of that name. Records nobody takes
+  are dropped after the Keeper's hold time.
   """
 
   use GenServer
   require Logger
 
-  alias PortBridge.{Call, Keeper}
+  alias PortBridge.Keeper
 
   @type table :: atom
-  @type kind :: :lm | :embedder | :index | :program
+  @type scope :: String.t() | nil
   @type step :: {String.t(), map, keyword}
+  @typedoc "A change to a scope's records."
+  @type op :: {:put, term, {String.t(), map}} | {:delete, term, term} | :delete_scope
+  @typedoc "A session's rows (`rows/2`) and their version (0: never versioned)."
+  @type snapshot :: {non_neg_integer, [tuple]}
 
   @doc false
-  def child_spec(table),
-    do: %{id: __MODULE__, start: {__MODULE__, :start_link, [table]}}
+  # `opts`: table (its name), instance (the pool's supervisor: a restart of this process
+  # within it takes the records back), adopt (take those of a previous pool of the name).
+  def child_spec(opts),
+    do: %{id: __MODULE__, start: {__MODULE__, :start_link, [opts]}}
 
   @doc false
-  @spec start_link(atom) :: GenServer.on_start()
-  def start_link(table), do: GenServer.start_link(__MODULE__, table)
+  @spec start_link(keyword) :: GenServer.on_start()
+  def start_link(opts), do: GenServer.start_link(__MODULE__, Map.new(opts))
 
   ## Writing and reading (any process)
 
-  @doc "Records the request that rebuilds `item` of `kind` in a scope."
-  @spec put(table, String.t() | nil, kind, term, String.t(), map) :: :ok
-  def put(table, session_id, kind, item, command, args) do
-    :ets.insert(table, {{scope(session_id), order(kind), item}, {command, args}})
+  @doc "Records the request that rebuilds `key` of a scope."
+  @spec put(table, scope, term, {String.t(), map}) :: :ok
+  def put(table, session_id, key, {command, args}) do
+    :ets.insert(table, {{scope(session_id), key}, {command, args}})
     :ok
   end
 
   @doc "Forgets one piece of a scope's state."
-  @spec delete(table, String.t() | nil, kind, term) :: :ok
-  def delete(table, session_id, kind, item) do
-    :ets.delete(table, {scope(session_id), order(kind), item})
+  @spec delete(table, scope, term) :: :ok
+  def delete(table, session_id, key) do
+    :ets.delete(table, {scope(session_id), key})
     :ok
   end
 
-  @doc "Forgets a whole scope."
-  @spec delete_scope(table, String.t() | nil) :: :ok
+  @doc "Forgets a whole scope (its version stays: see `forget/2`)."
+  @spec delete_scope(table, scope) :: :ok
   def delete_scope(table, session_id) do
-    :ets.match_delete(table, {{scope(session_id), :_, :_}, :_})
+    :ets.match_delete(table, {{scope(session_id), :_}, :_})
     :ok
   end
 
-  @doc "The requests that rebuild one scope, in order (the LM first, programs last)."
-  @spec steps(table, String.t() | nil) :: [step]
+  @doc "Applies an `t:op/0` to a scope."
+  @spec change(table, scope, op) :: :ok
+  def change(table, session_id, {:put, key, step}), do: put(table, session_id, key, step)
+  def change(table, session_id, {:delete, key, _undo}), do: delete(table, session_id, key)
+  def change(table, session_id, :delete_scope), do: delete_scope(table, session_id)
+
+  @doc "The requests that rebuild one scope, in order."
+  @spec steps(table, scope) :: [step]
   def steps(table, session_id), do: steps_of(rows(table, session_id))
 
   @doc """
-  The requests that rebuild, on worker `index` (0-based) of a pool of `size`, the
-  global scope and every session that hashes to it. A Worker's `:on_ready`.
+  The requests that rebuild the global scope and every session for which `mine?`
+  is true, the global scope first; [] when the table is gone.
   """
-  @spec replay(table, non_neg_integer, pos_integer) :: [step]
-  def replay(table, index, size) do
+  @spec steps_where(table, (String.t() -> boolean)) :: [step]
+  def steps_where(table, mine?) do
     case :ets.whereis(table) do
       :undefined ->
         []
 
       _ ->
-        for {{scope, _, _}, _} = row <- :ets.tab2list(table),
-            mine?(scope, index, size),
+        for {{scope, _key}, _} = row <- :ets.tab2list(table),
+            scope == :global or (match?({:session, _}, scope) and mine?.(elem(scope, 1))),
             do: to_step(row)
     end
   end
 
-  @typedoc "A change to a scope's records, as the DSPy layer derives it from a request."
-  @type op ::
-          {:put, kind, term, String.t(), map}
-          | {:delete, kind, term}
-          | :delete_scope
-
-  @doc "Applies an `t:op/0` to a scope."
-  @spec change(table, String.t() | nil, op) :: :ok
-  def change(table, session_id, {:put, kind, item, command, args}),
-    do: put(table, session_id, kind, item, command, args)
-
-  def change(table, session_id, {:delete, kind, item}), do: delete(table, session_id, kind, item)
-  def change(table, session_id, :delete_scope), do: delete_scope(table, session_id)
-
-  @doc """
-  The request that brings a worker that already has a scope's earlier state up to
-  date with `op` (what a change of the global scope sends to the other workers).
-  """
-  @spec step(op) :: step | nil
-  def step({:put, _kind, _item, command, args}), do: {command, args, []}
-  def step({:delete, :program, id}), do: {"delete_program", %{"program_id" => id}, []}
-  def step({:delete, :index, id}), do: {"delete_index", %{"index_id" => id}, []}
-  def step(_op), do: nil
+  @doc "Whether a scope has recorded state."
+  @spec any?(table, scope) :: boolean
+  def any?(table, session_id) do
+    :ets.match_object(table, {{scope(session_id), :_}, :_}, 1) != :"$end_of_table"
+  end
 
   ## Snapshots: a session's rows with a version, as PortBridge.Cluster copies them
-  ## between nodes. A version row, `{{:version, id}, n}`, matches none of the
-  ## patterns above: steps and replays never see it.
-
-  @typedoc "A session's rows (`rows/2`) and their version (0: never versioned)."
-  @type snapshot :: {non_neg_integer, [tuple]}
+  ## between nodes.
 
   @doc "A scope's rows, as `install/4` takes them."
-  @spec rows(table, String.t() | nil) :: [tuple]
-  def rows(table, session_id), do: :ets.match_object(table, {{scope(session_id), :_, :_}, :_})
+  @spec rows(table, scope) :: [tuple]
+  def rows(table, session_id), do: :ets.match_object(table, {{scope(session_id), :_}, :_})
 
   @doc "A session's rows and version, or nil when the table knows nothing of it."
   @spec snapshot(table, String.t()) :: snapshot | nil
@@ -129,11 +120,11 @@ defmodule PortBridge.Records do
   end
 
   @doc "Replaces a scope's rows (and, for a session, sets its version)."
-  @spec install(table, String.t() | nil, non_neg_integer, [tuple]) :: :ok
+  @spec install(table, scope, non_neg_integer, [tuple]) :: :ok
   def install(table, session_id, version, rows) do
     delete_scope(table, session_id)
     :ets.insert(table, rows)
-    if session_id != nil, do: :ets.insert(table, {{:version, session_id}, version})
+    if session_id != nil, do: set_version(table, session_id, version)
     :ok
   end
 
@@ -164,108 +155,38 @@ defmodule PortBridge.Records do
   @doc "The sessions the table has rows or a version of."
   @spec sessions(table) :: [String.t()]
   def sessions(table) do
-    rows = :ets.select(table, [{{{{:session, :"$1"}, :_, :_}, :_}, [], [:"$1"]}])
+    rows = :ets.select(table, [{{{{:session, :"$1"}, :_}, :_}, [], [:"$1"]}])
     versions = :ets.select(table, [{{{:version, :"$1"}, :_}, [], [:"$1"]}])
     Enum.uniq(rows ++ versions)
   end
 
-  @doc "The requests that rebuild a scope from its rows, in order (the LM first)."
+  @doc "The requests that rebuild a scope from its rows, in order."
   @spec steps_of([tuple]) :: [step]
   def steps_of(rows), do: rows |> Enum.sort() |> Enum.map(&to_step/1)
 
-  ## Sending steps
-
-  @doc """
-  Sends `steps` to each of `workers` at once, within the deadline of `opts`; a
-  step that fails is logged, and the others still go.
-  """
-  @spec replicate([GenServer.server()], [step], keyword) :: :ok
-  def replicate(workers, steps, opts) do
-    step_opts = Keyword.take(opts, [:timeout, :deadline])
-
-    workers
-    |> Enum.map(fn worker ->
-      Task.async(fn ->
-        for {command, args, extra} <- steps do
-          case Call.run(Call.new(worker, command, args, step_opts ++ extra)) do
-            {:ok, _} ->
-              :ok
-
-            {:error, error} ->
-              Logger.warning(
-                "portbridge: #{command} did not reach #{inspect(worker)}: #{Exception.message(error)}"
-              )
-          end
-        end
-      end)
-    end)
-    |> Task.await_many(:infinity)
-
-    :ok
-  end
-
-  @doc """
-  Sends a session's `steps` to its Worker in the pool named `pool`, in order, within
-  the deadline of `opts`: `:ok`, or the first error (the steps after it are not sent).
-  """
-  @spec rebuild(atom, String.t(), [step], keyword) :: :ok | {:error, PortBridge.Error.t()}
-  def rebuild(pool, session_id, steps, opts) do
-    opts = opts |> Keyword.take([:timeout, :deadline]) |> Keyword.put(:session_id, session_id)
-
-    Enum.reduce_while(steps, :ok, fn {command, args, _}, :ok ->
-      case Call.run(Call.new(pool, command, args, opts)) do
-        {:ok, _} -> {:cont, :ok}
-        {:error, _} = error -> {:halt, error}
-      end
-    end)
-  end
-
-  @doc "Whether a session (nil: the global scope) has recorded state."
-  @spec any?(table, String.t() | nil) :: boolean
-  def any?(table, session_id) do
-    :ets.match_object(table, {{scope(session_id), :_, :_}, :_}, 1) != :"$end_of_table"
-  end
-
-  @doc "The worker (0-based) of a pool of `size` that holds a session."
-  @spec index(String.t(), pos_integer) :: non_neg_integer
-  def index(session_id, size), do: PortBridge.Pool.index(session_id, size)
-
-  defp mine?(:global, _index, _size), do: true
-  defp mine?({:session, id}, index, size), do: index(id, size) == index
-
-  defp to_step({{:global, _, _}, {command, args}}), do: {command, args, []}
-  defp to_step({{{:session, id}, _, _}, {command, args}}), do: {command, args, [session_id: id]}
+  defp to_step({{:global, _}, {command, args}}), do: {command, args, []}
+  defp to_step({{{:session, id}, _}, {command, args}}), do: {command, args, [session_id: id]}
 
   defp scope(nil), do: :global
   defp scope(session_id), do: {:session, session_id}
 
-  defp order(:lm), do: 0
-  defp order(:embedder), do: 1
-  defp order(:index), do: 2
-  defp order(:program), do: 3
-
   ## The owner
 
   @impl true
-  def init(table) do
+  def init(%{table: table} = opts) do
     Process.flag(:trap_exit, true)
-    keeper = Process.whereis(Keeper)
 
-    case Keeper.claim(table) do
+    case Keeper.claim(table, opts[:instance], opts[:adopt] == true) do
       :ok ->
-        receive do
-          {:"ETS-TRANSFER", _tab, _from, ^table} -> :ok
-        after
-          5_000 -> :ok
-        end
-
-        Logger.info("portbridge: #{inspect(table)} taken back with its records")
+        Logger.info("portbridge: #{inspect(table)} taken back with its records",
+          portbridge_records: table
+        )
 
       :none ->
         :ets.new(table, [:named_table, :public, :ordered_set, read_concurrency: true])
     end
 
-    {:ok, watch_keeper(%{table: table, keeper: keeper})}
+    {:ok, watch_keeper(%{table: table, instance: opts[:instance], keeper: nil})}
   end
 
   # The heir is the Keeper running now; a Keeper that restarts gets named again.
@@ -276,7 +197,7 @@ defmodule PortBridge.Records do
         state
 
       pid ->
-        :ets.setopts(state.table, {:heir, pid, state.table})
+        :ets.setopts(state.table, {:heir, pid, {state.table, state.instance}})
         Process.monitor(pid)
         %{state | keeper: pid}
     end
@@ -288,67 +209,4 @@ defmodule PortBridge.Records do
 
   def handle_info(:keeper, state), do: {:noreply, watch_keeper(state)}
   def handle_info(_other, state), do: {:noreply, state}
-end
-
-defmodule PortBridge.Keeper do
-  @moduledoc false
-  # The heir of every pool's records table (PortBridge.Records): holds a table whose
-  # owner died until a new owner claims it, or for @hold_ms (then the pool is gone
-  # for good and its records with it). Started by the :port_bridge application.
-  # `timers`: table => the token of its pending expiry.
-
-  use GenServer
-
-  @hold_ms 60_000
-
-  @doc false
-  @spec start_link(keyword) :: GenServer.on_start()
-  def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
-
-  @doc false
-  # Gives `table` to the caller if this process holds it: :ok or :none.
-  @spec claim(atom) :: :ok | :none
-  def claim(table) do
-    if Process.whereis(__MODULE__), do: GenServer.call(__MODULE__, {:claim, table}), else: :none
-  end
-
-  @impl true
-  def init(:ok), do: {:ok, %{}}
-
-  # The table passes to this process the moment its owner dies; the ETS-TRANSFER
-  # message may still be on its way when the next owner claims it, so ownership is
-  # asked of ETS, not of the messages seen so far.
-  @impl true
-  def handle_call({:claim, table}, {pid, _}, timers) do
-    timers = Map.delete(timers, table)
-
-    with tab when tab != :undefined <- :ets.whereis(table),
-         true <- :ets.info(tab, :owner) == self() do
-      :ets.give_away(tab, pid, table)
-      {:reply, :ok, timers}
-    else
-      _ -> {:reply, :none, timers}
-    end
-  end
-
-  @impl true
-  def handle_info({:"ETS-TRANSFER", tab, _from, table}, timers) do
-    if :ets.info(tab, :owner) == self() do
-      token = make_ref()
-      Process.send_after(self(), {:expire, table, token}, @hold_ms)
-      {:noreply, Map.put(timers, table, token)}
-    else
-      {:noreply, timers}
-    end
-  end
-
-  def handle_info({:expire, table, token}, timers) do
-    with ^token <- timers[table],
-         tab when tab != :undefined <- :ets.whereis(table),
-         true <- :ets.info(tab, :owner) == self() do
-      :ets.delete(tab)
-    end
-
-    {:noreply, Map.delete(timers, table)}
-  end
 end

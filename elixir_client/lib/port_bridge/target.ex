@@ -21,6 +21,12 @@ defmodule PortBridge.Target do
   @doc "The `:timeout` of a call that gives none."
   @callback default_timeout(config :: term) :: timeout
 
+  @doc """
+  Where the target records the state its sessions build (`PortBridge.Journal`), as
+  `{journal_module, journal}`, or nil when it records nothing.
+  """
+  @callback journal(config :: term) :: {module, term} | nil
+
   @registry PortBridge.Registry
 
   @doc false

@@ -179,6 +179,10 @@ defmodule PortBridge.Worker do
   @impl PortBridge.Target
   def default_timeout(_worker), do: Options.default_timeout()
 
+  # A bare Worker records nothing: its sessions die with its Python.
+  @impl PortBridge.Target
+  def journal(_worker), do: nil
+
   @impl PortBridge.Target
   def call(worker, %Call{} = call) do
     case async(worker, call) do

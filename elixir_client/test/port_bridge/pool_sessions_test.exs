@@ -198,6 +198,46 @@ defmodule PortBridge.PoolSessionsTest do
     end
   end
 
+  test "a pool started again under the same name starts clean: boot code runs again" do
+    name = :"dspy_pool_#{System.unique_integer([:positive])}"
+    spec = {Pool, [name: name, size: 1] ++ dspy_worker_opts()}
+
+    boot = fn ->
+      {:ok, _} = DSPy.configure_lm(name, model: "offline", session_id: "boot")
+
+      DSPy.create_program(name,
+        signature: "question -> answer",
+        program_id: "boot_qa",
+        session_id: "boot"
+      )
+    end
+
+    start_supervised!(spec, id: name)
+    assert {:ok, %{"program_id" => "boot_qa"}} = boot.()
+    stop_supervised!(name)
+
+    start_supervised!(spec, id: name)
+    assert Records.steps(Module.concat(name, Records), "boot") == []
+    # Nothing of the previous pool's: creating the program again is no program_exists.
+    assert {:ok, %{"program_id" => "boot_qa"}} = boot.()
+  end
+
+  test "adopt_records: true takes the previous pool's records and replays them" do
+    name = :"dspy_pool_#{System.unique_integer([:positive])}"
+    opts = [name: name, size: 1] ++ dspy_worker_opts()
+    start_supervised!({Pool, opts}, id: name)
+    outputs = build_session(name, "adopted")
+    stop_supervised!(name)
+
+    start_supervised!({Pool, [adopt_records: true] ++ opts}, id: name)
+
+    assert [{"configure_lm", _, _}, {"import_program", _, _}] =
+             Records.steps(Module.concat(name, Records), "adopted")
+
+    assert {:ok, %{"outputs" => ^outputs}} =
+             DSPy.execute_program(name, "qa", %{question: "7 + 1?"}, session_id: "adopted")
+  end
+
   # The process that owns the pool's records table (its supervisor's child).
   defp records_owner(pool) do
     for {Records, pid, _, _} <- Supervisor.which_children(Module.concat(pool, Supervisor)),
