@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import callbacks, cluster, elixir, lm, memory, payload, ping, pool, sdk, startup
+from . import callbacks, cluster, elixir, lm, memory, payload, ping, pipeline, pool, sdk, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -10,6 +10,8 @@ SCENARIOS = {
     "lm_concurrency": lm.run_concurrency,
     "overhead": lm.run_overhead,
     "dspy_throughput": lm.run_throughput,
+    "pipeline_cpu": pipeline.run_cpu,
+    "pipeline_throughput": pipeline.run_throughput,
     "elixir": elixir.run,
     "pool": pool.run,
     "cluster": cluster.run,

@@ -253,17 +253,17 @@ def run_overhead(quick: bool) -> report.Result:
 UNLISTED_MODEL = "openai/acme-support-ft-7b"  # not in DSPy's model-metadata table
 
 
-def sustained(peer: Peer, concurrency: int, total: int, first_id: int) -> int:
+def sustained(peer: Peer, concurrency: int, total: int, first_id: int, program_id: str = "p") -> int:
     """``total`` execute_program calls, ``concurrency`` in flight at all times; nanoseconds for all of them."""
     sent = received = 0
     t0 = time.perf_counter_ns()
-    peer.send(b"".join(execute_frame(first_id + i) for i in range(concurrency)))
+    peer.send(b"".join(execute_frame(first_id + i, program_id) for i in range(concurrency)))
     sent = concurrency
     while received < total:
         check_replies([peer.recv()])
         received += 1
         if sent < total:
-            peer.send(execute_frame(first_id + sent))
+            peer.send(execute_frame(first_id + sent, program_id))
             sent += 1
     return time.perf_counter_ns() - t0
 
