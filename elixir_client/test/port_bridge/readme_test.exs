@@ -10,7 +10,7 @@ defmodule PortBridge.ReadmeTest do
           )
 
   test "the README has its tested examples" do
-    assert length(@blocks) == 2
+    assert length(@blocks) == 3
   end
 
   # The top README's "Call your own Python from Elixir": its Python block is written as
