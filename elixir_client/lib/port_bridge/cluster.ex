@@ -246,10 +246,7 @@ defmodule PortBridge.Cluster do
   # The cluster registered under `name`, if any.
   @spec lookup(term) :: {:ok, map} | :error
   def lookup(name) do
-    case Target.lookup(name) do
-      {:ok, {__MODULE__, cluster}} -> {:ok, cluster}
-      _ -> :error
-    end
+    if config = Target.config(__MODULE__, name), do: {:ok, config}, else: :error
   end
 
   ## Members and ranking
@@ -280,8 +277,6 @@ defmodule PortBridge.Cluster do
   @spec request(atom, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(cluster, command, args \\ %{}, opts \\ []) do
     # A name nothing runs under still gets its options checked; the call then fails.
-    config = with {:ok, config} <- lookup(cluster), do: config, else: (:error -> nil)
-
     cluster
     |> Call.new!(
       command,
@@ -289,7 +284,7 @@ defmodule PortBridge.Cluster do
       opts,
       :request,
       "PortBridge.Cluster.request/4",
-      {__MODULE__, config}
+      {__MODULE__, Target.config(__MODULE__, cluster)}
     )
     |> Call.run()
   end
@@ -298,8 +293,6 @@ defmodule PortBridge.Cluster do
   @spec async_request(atom, String.t() | atom, map, keyword) :: Request.t() | {:error, Error.t()}
   def async_request(cluster, command, args \\ %{}, opts \\ []) do
     # A name nothing runs under still gets its options checked; the call then fails.
-    config = with {:ok, config} <- lookup(cluster), do: config, else: (:error -> nil)
-
     cluster
     |> Call.new!(
       command,
@@ -307,7 +300,7 @@ defmodule PortBridge.Cluster do
       opts,
       :async,
       "PortBridge.Cluster.async_request/4",
-      {__MODULE__, config}
+      {__MODULE__, Target.config(__MODULE__, cluster)}
     )
     |> Call.async()
   end

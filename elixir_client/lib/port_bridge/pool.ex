@@ -227,10 +227,7 @@ defmodule PortBridge.Pool do
   # The pool registered under `name`, if any.
   @spec lookup(term) :: {:ok, map} | :error
   def lookup(name) do
-    case Target.lookup(name) do
-      {:ok, {__MODULE__, pool}} -> {:ok, pool}
-      _ -> :error
-    end
+    if config = Target.config(__MODULE__, name), do: {:ok, config}, else: :error
   end
 
   @doc """
@@ -240,10 +237,15 @@ defmodule PortBridge.Pool do
   @spec request(atom, String.t() | atom, map, keyword) :: {:ok, term} | {:error, Error.t()}
   def request(pool, command, args \\ %{}, opts \\ []) do
     # A name nothing runs under still gets its options checked; the call then fails.
-    config = with {:ok, config} <- lookup(pool), do: config, else: (:error -> nil)
-
     pool
-    |> Call.new!(command, args, opts, :request, "PortBridge.Pool.request/4", {__MODULE__, config})
+    |> Call.new!(
+      command,
+      args,
+      opts,
+      :request,
+      "PortBridge.Pool.request/4",
+      {__MODULE__, Target.config(__MODULE__, pool)}
+    )
     |> Call.run()
   end
 
@@ -256,8 +258,6 @@ defmodule PortBridge.Pool do
   @spec async_request(atom, String.t() | atom, map, keyword) :: Request.t() | {:error, Error.t()}
   def async_request(pool, command, args \\ %{}, opts \\ []) do
     # A name nothing runs under still gets its options checked; the call then fails.
-    config = with {:ok, config} <- lookup(pool), do: config, else: (:error -> nil)
-
     pool
     |> Call.new!(
       command,
@@ -265,7 +265,7 @@ defmodule PortBridge.Pool do
       opts,
       :async,
       "PortBridge.Pool.async_request/4",
-      {__MODULE__, config}
+      {__MODULE__, Target.config(__MODULE__, pool)}
     )
     |> Call.async()
   end

@@ -50,6 +50,17 @@ defmodule PortBridge.Target do
   def lookup(_name), do: :error
 
   @doc false
+  # The config `module` registered under `name`, or nil (nothing of that kind runs
+  # under the name).
+  @spec config(module, term) :: term | nil
+  def config(module, name) do
+    case lookup(name) do
+      {:ok, {^module, config}} -> config
+      _ -> nil
+    end
+  end
+
+  @doc false
   # What serves `target`. Raises ArgumentError for a term that names nothing a request
   # could reach (a string, a map, nil...); `where` is the public function that got it.
   @spec resolve!(term, String.t()) :: {module, term}
