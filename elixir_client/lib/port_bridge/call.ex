@@ -61,6 +61,8 @@ defmodule PortBridge.Call do
 
   @request_schema Options.request_schema()
   @async_schema Options.async_schema()
+  # new!/7 skips the check of an empty option list: no request option may be required.
+  [] = for {key, spec} <- @request_schema, spec[:required], do: key
 
   @doc false
   # A call from a caller's options, checked against the request options (`:request`) or
@@ -79,7 +81,15 @@ defmodule PortBridge.Call do
         ) ::
           t
   def new!(target, command, args, opts, kind, where, served_by \\ nil) do
-    Schema.validate!(opts, if(kind == :async, do: @async_schema, else: @request_schema), where)
+    # No request option is required: no options, nothing to check.
+    if opts != [],
+      do:
+        Schema.validate!(
+          opts,
+          if(kind == :async, do: @async_schema, else: @request_schema),
+          where
+        )
+
     {module, config} = served_by || Target.resolve!(target, where)
     build(target, module, config, command, args, opts)
   end

@@ -153,14 +153,24 @@ defmodule PortBridge.Channel do
   end
 
   @doc """
-  Encodes a request frame, refusing one larger than the worker's `max_frame_bytes`
-  (the worker would skip it and could only answer with `id: null`).
+  Encodes a request frame of values already checked (`PortBridge.Protocol.check/4`),
+  refusing one larger than the worker's `max_frame_bytes` (the worker would skip it
+  and could only answer with `id: null`).
   """
-  @spec encode(t, Protocol.id(), String.t() | atom, map, keyword) ::
+  @spec encode(
+          t,
+          Protocol.id(),
+          String.t() | atom,
+          map,
+          String.t() | nil,
+          pos_integer | nil,
+          map | nil
+        ) ::
           {:ok, iodata} | {:error, Error.t()}
-  def encode(%__MODULE__{} = channel, id, command, args, opts) do
-    with {:ok, request} <- Protocol.request(id, command, args, opts),
-         {:ok, payload} <- encode_payload(channel.format, request) do
+  def encode(%__MODULE__{} = channel, id, command, args, session_id, timeout_ms, meta) do
+    request = Protocol.envelope(id, command, args, session_id, timeout_ms, meta)
+
+    with {:ok, payload} <- encode_payload(channel.format, request) do
       size = IO.iodata_length(payload)
 
       if size > channel.max_frame_bytes do

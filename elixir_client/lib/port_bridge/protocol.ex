@@ -54,11 +54,6 @@ defmodule PortBridge.Protocol do
   """
   @spec request(id, String.t() | atom, map, keyword) :: {:ok, map} | {:error, Error.t()}
   def request(id, command, args, opts \\ []) do
-    command =
-      if is_atom(command) and command not in [nil, true, false],
-        do: Atom.to_string(command),
-        else: command
-
     session_id = Keyword.get(opts, :session_id)
     timeout_ms = Keyword.get(opts, :timeout_ms)
     meta = Keyword.get(opts, :meta)
@@ -71,6 +66,29 @@ defmodule PortBridge.Protocol do
           id
         )
 
+      timeout_ms != nil and not (is_integer(timeout_ms) and timeout_ms in 1..@max_timeout_ms) ->
+        invalid(
+          :invalid_timeout,
+          "timeout_ms must be an integer from 1 to #{@max_timeout_ms}",
+          timeout_ms
+        )
+
+      true ->
+        with :ok <- check(command, args, session_id, meta),
+             do: {:ok, envelope(id, command, args, session_id, timeout_ms, meta)}
+    end
+  end
+
+  @doc """
+  Checks what a caller gives a request (`command`, `args`, `session_id`, `meta`) against
+  the limits the worker enforces: `:ok` or a `protocol` error. `PortBridge.Worker` does
+  it once per call, in the caller, before anything is sent.
+  """
+  @spec check(term, term, term, term) :: :ok | {:error, Error.t()}
+  def check(command, args, session_id, meta) do
+    command = command_string(command)
+
+    cond do
       not string_within?(command, @max_command_chars) ->
         invalid(
           :invalid_command,
@@ -88,26 +106,33 @@ defmodule PortBridge.Protocol do
           session_id
         )
 
-      timeout_ms != nil and not (is_integer(timeout_ms) and timeout_ms in 1..@max_timeout_ms) ->
-        invalid(
-          :invalid_timeout,
-          "timeout_ms must be an integer from 1 to #{@max_timeout_ms}",
-          timeout_ms
-        )
-
       meta != nil and not (is_map(meta) and map_size(meta) <= @max_meta_entries) ->
         invalid(:invalid_meta, "meta must be a map of at most #{@max_meta_entries} entries", meta)
 
       true ->
-        request =
-          %{"id" => id, "command" => command, "args" => args}
-          |> put_present("session_id", session_id)
-          |> put_present("timeout_ms", timeout_ms)
-          |> put_present("meta", meta)
-
-        {:ok, request}
+        :ok
     end
   end
+
+  @doc false
+  # The request map of values already checked (check/4; the id and timeout_ms are the
+  # client's own).
+  @spec envelope(id, String.t() | atom, map, String.t() | nil, pos_integer | nil, map | nil) ::
+          map
+  def envelope(id, command, args, nil, nil, nil),
+    do: %{"id" => id, "command" => command_string(command), "args" => args}
+
+  def envelope(id, command, args, session_id, timeout_ms, meta) do
+    %{"id" => id, "command" => command_string(command), "args" => args}
+    |> put_present("session_id", session_id)
+    |> put_present("timeout_ms", timeout_ms)
+    |> put_present("meta", meta)
+  end
+
+  defp command_string(command) when is_atom(command) and command not in [nil, true, false],
+    do: Atom.to_string(command)
+
+  defp command_string(command), do: command
 
   # The worker's own deadline for a request trails the client's by this much: the
   # client's comes first (and sends cancel); the worker's bounds what cannot be

@@ -193,36 +193,37 @@ defmodule PortBridge.Worker do
 
   @impl PortBridge.Target
   def async(worker, %Call{} = call) do
-    case GenServer.whereis(worker) do
-      pid when is_pid(pid) ->
-        ref = :erlang.monitor(:process, pid, alias: :demonitor)
+    with pid when is_pid(pid) <-
+           GenServer.whereis(worker) || {:error, Target.not_running(worker)},
+         :ok <- Protocol.check(call.command, call.args, call.session_id, call.meta) do
+      ref = :erlang.monitor(:process, pid, alias: :demonitor)
 
-        span =
-          Telemetry.start(fn ->
-            %{
-              command: to_string(call.command),
-              session_id: call.session_id,
-              worker: pid,
-              os_pid: Reaper.os_pid_of(pid),
-              pool: call.pool
-            }
-          end)
+      span =
+        Telemetry.start(fn ->
+          %{
+            command: to_string(call.command),
+            session_id: call.session_id,
+            worker: pid,
+            os_pid: Reaper.os_pid_of(pid),
+            pool: call.pool
+          }
+        end)
 
-        # To a Worker on another node, never blocking this caller (PortBridge.Courier);
-        # to a local one, a plain send.
-        Courier.deliver(
-          pid,
-          {@request, ref, self(), call.command, call.args, call.session_id, call.meta,
-           call.timeout, call.deadline, call.callbacks}
-        )
+      deliver(
+        pid,
+        {@request, ref, self(), call.command, call.args, call.session_id, call.meta, call.timeout,
+         call.deadline, call.callbacks}
+      )
 
-        cancel = fn -> Courier.deliver(pid, {@cancel, ref}) end
-        Request.new(pid, ref, cancel, call.timeout, call.deadline, nil, span)
-
-      _ ->
-        {:error, Target.not_running(worker)}
+      cancel = fn -> deliver(pid, {@cancel, ref}) end
+      Request.new(pid, ref, cancel, call.timeout, call.deadline, nil, span)
     end
   end
+
+  # To a process on this node, a plain send; to one on another node, through
+  # PortBridge.Courier, which never blocks the sender.
+  defp deliver(dest, message) when node(dest) == node(), do: send(dest, message)
+  defp deliver(dest, message), do: Courier.deliver(dest, message)
 
   @doc """
   Waits until the worker has sent its `ready` event (and replayed its `:on_ready`
@@ -312,8 +313,8 @@ defmodule PortBridge.Worker do
     entry = %{
       command: command,
       args: args,
-      envelope: envelope(session_id, meta),
       session_id: session_id,
+      meta: meta,
       timeout: timeout,
       deadline: deadline,
       callbacks: callbacks,
@@ -483,22 +484,18 @@ defmodule PortBridge.Worker do
 
   ## Frames out: every frame this process writes is built here.
 
-  # Sends `command` with `args` and `envelope` (`:session_id`, `:meta`, `:timeout_ms`)
-  # under the next id; `tag` marks the frame while it waits in the outbox (a request's
-  # ref, or nil). {:ok, id, state} or {:error, error, state}.
-  defp send_frame(state, tag, command, args, envelope) do
+  # Sends `command` with `args`, in `session_id` (or nil), with `timeout_ms` and
+  # `meta` (or nil), under the next id; `tag` marks the frame while it waits in the
+  # outbox (a request's ref, or nil). {:ok, id, state} or {:error, error, state}.
+  defp send_frame(state, tag, command, args, session_id \\ nil, timeout_ms \\ nil, meta \\ nil) do
     id = state.next_id
     state = %{state | next_id: id + 1}
 
-    case Channel.encode(state.channel, id, command, args, envelope) do
+    case Channel.encode(state.channel, id, command, args, session_id, timeout_ms, meta) do
       {:ok, frame} -> {:ok, id, %{state | outbox: Outbox.write(state.outbox, tag, frame)}}
       {:error, error} -> {:error, error, state}
     end
   end
-
-  defp envelope(nil, nil), do: []
-  defp envelope(session_id, nil), do: [session_id: session_id]
-  defp envelope(session_id, meta), do: [session_id: session_id, meta: meta]
 
   ## Starting, replaying, serving
 
@@ -520,7 +517,7 @@ defmodule PortBridge.Worker do
 
     {state, replay} =
       Enum.reduce(steps, {state, %{}}, fn {command, args, opts}, {state, replay} ->
-        case send_frame(state, nil, command, args, Keyword.take(opts, [:session_id])) do
+        case send_frame(state, nil, command, args, opts[:session_id]) do
           {:ok, id, state} ->
             {state, Map.put(replay, id, {command, opts[:session_id]})}
 
@@ -709,10 +706,15 @@ defmodule PortBridge.Worker do
     # The worker's own deadline trails ours: ours comes first and sends cancel.
     timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
 
-    envelope =
-      if timeout_ms, do: [{:timeout_ms, timeout_ms} | entry.envelope], else: entry.envelope
-
-    case send_frame(state, ref, entry.command, entry.args, envelope) do
+    case send_frame(
+           state,
+           ref,
+           entry.command,
+           entry.args,
+           entry.session_id,
+           timeout_ms,
+           entry.meta
+         ) do
       {:ok, id, state} -> %{state | requests: Requests.sent(state.requests, ref, id)}
       {:error, error, state} -> finish(state, ref, {:error, error})
     end
@@ -747,7 +749,7 @@ defmodule PortBridge.Worker do
   defp event(state, id, name, data) do
     case Requests.ref_of_id(state.requests, id) do
       {:ok, ref} ->
-        Courier.deliver(ref, {ref, {:event, name, data}})
+        deliver(ref, {ref, {:event, name, data}})
         if name == "callback", do: callback(state, ref, data), else: state
 
       :error ->
@@ -779,7 +781,7 @@ defmodule PortBridge.Worker do
   defp callback_result(state, callback_id, outcome) do
     args = Callbacks.result_args(callback_id, outcome)
 
-    case send_frame(state, nil, "callback_result", args, []) do
+    case send_frame(state, nil, "callback_result", args) do
       {:ok, _id, state} ->
         state
 
@@ -787,7 +789,7 @@ defmodule PortBridge.Worker do
         # Too large for the worker, most likely: say so instead.
         message = "the callback's result cannot be sent: #{Exception.message(error)}"
         fallback = Callbacks.result_args(callback_id, {:error, "serialization", message})
-        {:ok, _id, state} = send_frame(state, nil, "callback_result", fallback, [])
+        {:ok, _id, state} = send_frame(state, nil, "callback_result", fallback)
         state
     end
   end
@@ -818,7 +820,7 @@ defmodule PortBridge.Worker do
   defp send_cancel(%State{channel: nil} = state, _id), do: state
 
   defp send_cancel(state, request_id) do
-    case send_frame(state, nil, "cancel", %{"request_id" => request_id}, []) do
+    case send_frame(state, nil, "cancel", %{"request_id" => request_id}) do
       {:ok, _id, state} -> state
       {:error, _error, state} -> state
     end
@@ -828,7 +830,7 @@ defmodule PortBridge.Worker do
     {entry, requests} = Requests.pop(state.requests, ref)
     if entry.timer, do: :erlang.cancel_timer(entry.timer)
     Process.demonitor(entry.monitor, [:flush])
-    if result, do: Courier.deliver(ref, {ref, {:reply, result}})
+    if result, do: deliver(ref, {ref, {:reply, result}})
 
     callbacks = Callbacks.stop(state.callbacks, ref)
     load_changed(%{state | requests: requests, callbacks: callbacks}) |> drained?()

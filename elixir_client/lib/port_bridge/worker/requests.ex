@@ -4,7 +4,7 @@ defmodule PortBridge.Worker.Requests do
   # caller's alias), by the id its frame was sent with, and by the monitor of its
   # caller. No process, no I/O: the Worker keeps one in its state.
   #
-  # An entry: %{command, args, envelope, session_id, timeout, deadline, callbacks,
+  # An entry: %{command, args, session_id, meta, timeout, deadline, callbacks,
   # monitor, timer, id}; `id` is nil until its frame is sent (queued while the Python
   # starts or replays).
 
@@ -13,8 +13,8 @@ defmodule PortBridge.Worker.Requests do
   @type entry :: %{
           required(:command) => String.t() | atom,
           required(:args) => map,
-          required(:envelope) => keyword,
           required(:session_id) => String.t() | nil,
+          required(:meta) => map | nil,
           required(:timeout) => timeout,
           required(:deadline) => integer | :infinity,
           required(:callbacks) => map,
