@@ -84,7 +84,7 @@ defmodule PortBridge.ClusterTest do
 
     # The remote Worker keeps the deadline on its own clock: a 300 ms request with a
     # 2 s budget completes there (a deadline misread across clocks fails it at once
-    # or never), and a 3 s one with a 400 ms budget ends at the caller's deadline.
+    # or never), and a 30 s one with a 400 ms budget ends at the caller's deadline.
     assert {:ok, %{"slept_ms" => _}} =
              within(1_500, fn ->
                PortBridge.request(name, "sleep", %{ms: 300}, session_id: session, timeout: 2_000)
@@ -92,7 +92,7 @@ defmodule PortBridge.ClusterTest do
 
     assert {:error, %Error{category: :timeout}} =
              within(900, fn ->
-               PortBridge.request(name, "sleep", %{ms: 3_000}, session_id: session, timeout: 400)
+               PortBridge.request(name, "sleep", %{ms: 30_000}, session_id: session, timeout: 400)
              end)
 
     # Events and replies of an async request come straight from the remote Worker.

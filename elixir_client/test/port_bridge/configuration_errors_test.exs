@@ -54,10 +54,14 @@ defmodule PortBridge.ConfigurationErrorsTest do
   test "a worker that exits before ready reports its exit status and the end of its stderr",
        %{tmp_dir: dir} do
     Process.flag(:trap_exit, true)
-    # An interpreter without portbridge: `python -m bridge` fails at once.
-    python3 = System.find_executable("python3")
-    env = %{"PYTHONPATH" => dir, "PYTHONNOUSERSITE" => "1", "VIRTUAL_ENV" => false}
-    {:ok, worker} = Worker.start_link(python: python3, env: env, cd: dir)
+    # An interpreter without portbridge, whatever PATH holds: the venv's base Python,
+    # isolated (-I: no PYTHONPATH, no user site) and without site-packages (-S), so
+    # `python -m bridge` fails at once.
+    {base, 0} = System.cmd(python(), ["-c", "import sys; print(sys._base_executable)"])
+    python = Path.join(dir, "python-without-portbridge")
+    File.write!(python, "#!/bin/sh\nexec #{String.trim(base)} -I -S \"$@\"\n")
+    File.chmod!(python, 0o755)
+    {:ok, worker} = Worker.start_link(python: python, cd: dir)
 
     assert {:error, %Error{category: :initialization, code: "worker_start_failed"} = error} =
              PortBridge.request(worker, "ping")

@@ -40,6 +40,30 @@ defmodule PortBridge.TestCase do
   @doc "Options for a real worker with its installed backends (DSPy)."
   def dspy_worker_opts(extra \\ []), do: [python: python()] ++ extra
 
+  @doc """
+  A bound of `ms` for this machine as loaded now: `ms` times the 1-minute load
+  average per online scheduler (at least 1x, at most 20x). Timing assertions bound
+  what a busy machine stretches (a caller returns "soon after" its deadline) with
+  it; what they guard against (a caller blocked until a stopped process resumes, a
+  request that waits for a 30 s sleep) lies beyond any such bound.
+  """
+  def tolerance(ms) do
+    load =
+      case File.read("/proc/loadavg") do
+        {:ok, text} -> text |> String.split() |> hd() |> Float.parse() |> elem(0)
+        {:error, _} -> 0.0
+      end
+
+    round(ms * min(max(load / System.schedulers_online(), 1.0), 20.0))
+  end
+
+  @doc "Milliseconds `fun` took, and its result."
+  def elapsed_ms(fun) do
+    t0 = System.monotonic_time(:millisecond)
+    result = fun.()
+    {System.monotonic_time(:millisecond) - t0, result}
+  end
+
   @doc "Waits until `fun` returns a truthy value; fails after `timeout` ms."
   def wait_until(fun, timeout \\ 5_000, what \\ "condition") do
     deadline = System.monotonic_time(:millisecond) + timeout
