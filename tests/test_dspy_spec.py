@@ -74,6 +74,36 @@ def test_map_signature_canonical_form():
     assert spec.parse_signature(s) == s  # canonical is a fixed point
 
 
+def test_fields_as_lists_keep_their_order_and_read_as_the_map_form():
+    listed = spec.parse_signature({
+        "name": "Triage",
+        "inputs": [{"name": "ticket", "type": "str", "desc": "the text"}, {"name": "customer"}],
+        "outputs": [{"name": "urgent", "type": "bool"},
+                    {"name": "item", "type": {"object": [{"name": "sku", "type": "str"}, {"name": "qty", "type": "int"}],
+                                              "name": "Item"}},
+                    {"name": "category", "type": {"literal": ["bug", "other"]}}],
+    })
+    assert list(listed["inputs"]) == ["ticket", "customer"]  # as listed, not sorted
+    assert listed["inputs"]["customer"] == {"type": "str", "desc": ""}
+    assert list(listed["outputs"]) == ["urgent", "item", "category"]
+    assert list(listed["outputs"]["item"]["type"]["object"]) == ["sku", "qty"]
+    ordered = spec.ordered(listed)
+    assert [f["name"] for f in ordered["outputs"]] == ["urgent", "item", "category"]
+    assert [f["name"] for f in ordered["outputs"][1]["type"]["object"]] == ["sku", "qty"]
+    # Read back (and through a client that sorts every map's keys) it is the same spec, in the same order.
+    import json
+    again = spec.parse_signature(json.loads(json.dumps(ordered, sort_keys=True)))
+    assert again == listed and list(again["outputs"]) == list(listed["outputs"])
+    assert list(again["outputs"]["item"]["type"]["object"]) == ["sku", "qty"]
+
+
+@pytest.mark.parametrize("bad", [
+    [{"name": "q"}, {"name": "q"}], [{"type": "str"}], ["q"], [], [{"name": "q", "type": "str", "extra": 1}],
+])
+def test_malformed_field_lists_are_refused(bad):
+    refused(spec.parse_signature, {"inputs": bad, "outputs": {"a": "str"}})
+
+
 @pytest.mark.parametrize("bad", [
     "string", "list", "list[]", "dict[int, str]", "tuple[int]", "os.path", "list[str", "int]",
     "__import__('os')", {"literal": []}, {"literal": [1.5]}, {"literal": ["a; b"]}, {"literal": [None]},
@@ -169,6 +199,7 @@ def value_for(canonical, draw):
 def test_canonical_form_is_a_fixed_point_and_built_values_pass(tree, data):
     canonical = parse_type(tree)
     assert parse_type(canonical) == canonical
+    assert parse_type(fieldtypes.ordered(canonical)) == canonical  # the list form of exports reads back
     fieldtypes.check(canonical, value_for(canonical, data.draw), "v")
 
 

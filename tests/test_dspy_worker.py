@@ -281,6 +281,24 @@ def test_labeled_few_shot_then_export_and_import_in_a_fresh_worker(worker, tmp_p
             doc["state"]
 
 
+def test_field_order_survives_an_export_through_a_client_that_sorts_keys(worker):
+    # Elixir's maps sort their keys: an export that travels through one (a pool's records replayed on a
+    # fresh Python) must rebuild the program with its fields in their order, which DSPy's prompts follow.
+    import json
+
+    s = "field-order"
+    fields = [{"name": "zeta", "type": "str"}, {"name": "alpha", "type": "int"}]
+    made = worker.call("create_program", {"signature": {"inputs": [{"name": "question"}], "outputs": fields},
+                                          "program_id": "p"}, session_id=s)
+    assert list(made["signature"]["outputs"]) == ["zeta", "alpha"]
+    doc = worker.call("export_program", {"program_id": "p"}, session_id=s)["program"]
+    assert [f["name"] for f in doc["signature"]["outputs"]] == ["zeta", "alpha"]
+    sorted_doc = json.loads(json.dumps(doc, sort_keys=True))
+    again = worker.call("import_program", {"program": sorted_doc, "program_id": "q"}, session_id=s)
+    assert list(again["signature"]["outputs"]) == ["zeta", "alpha"]
+    assert again["summary"] == made["summary"] == "question: str -> zeta: str, alpha: int"
+
+
 def test_a_chain_of_thought_trainset_may_label_reasoning_and_the_metric_ignores_it(worker):
     s = "reasoning-labels"
     for module in ("ChainOfThought", "Predict"):

@@ -9,6 +9,7 @@ the names below or a small map, parsed here by hand.
     {"list": T} | {"dict": T} | {"optional": T}
     {"literal": [v, ...]}                          (strings, integers, booleans)
     {"object": {field: {"type": T, "desc": "..."}}, "name": "Item"}
+    {"object": [{"name": field, "type": T, "desc": "..."}, ...], "name": "Item"}   (fields in order)
     "history" | "image"                            (inputs only, not nested; also dspy.History, dspy.Image)
 
 ``history`` is DSPy's ``dspy.History``: ``{"messages": [{field: value}, ...]}``,
@@ -143,8 +144,37 @@ def _literal_values(values, path: str) -> list:
     return seen
 
 
+def field_map(fields, path: str):
+    """Fields given as a list of ``{"name", "type", "desc"}`` (the form that keeps their order through
+    any client's maps) -> the same fields as a map in that order; a map is returned unchanged."""
+    if not isinstance(fields, list):
+        return fields
+    out: dict = {}
+    for i, field in enumerate(fields):
+        where = f"{path}[{i}]"
+        if not isinstance(field, dict) or not isinstance(field.get("name"), str):
+            raise validation_error("bad_field", f"{where}: a field in a list is {{\"name\", \"type\", \"desc\"}}",
+                                   path=where)
+        name = field["name"]
+        if name in out:
+            raise validation_error("bad_signature", f"{where}: field {name!r} appears twice", path=where, field=name)
+        out[name] = {"type": "str", **{key: value for key, value in field.items() if key != "name"}}
+    return out
+
+
+def ordered(canonical):
+    """A canonical type with every object's fields as a list (``field_map`` reads it back): the form
+    exports use, so that a client which keeps them in maps without order sends them back in order."""
+    if not isinstance(canonical, dict) or "literal" in canonical:
+        return canonical
+    if "object" in canonical:
+        fields = [{"name": name, "type": ordered(f["type"]), "desc": f["desc"]} for name, f in canonical["object"].items()]
+        return {**canonical, "object": fields}
+    return {kind: ordered(inner) for kind, inner in canonical.items()}
+
+
 def _parse_object(spec: dict, path: str, budget: Budget, depth: int) -> dict:
-    fields = spec["object"]
+    fields = field_map(spec["object"], f"{path}.object")
     if not isinstance(fields, dict) or not fields or len(fields) > MAX_OBJECT_FIELDS:
         raise validation_error("bad_type", f"{path}.object: a map of 1 to {MAX_OBJECT_FIELDS} fields", path=path)
     out = {}

@@ -4,7 +4,7 @@ The export document is the whole program, never a pickle:
 
     {"format": "portbridge.dspy.program", "version": 1,
      "program_id": "...", "module": "ChainOfThought", "options": {"adapter": "chat"},
-     "signature": {canonical spec},
+     "signature": {canonical spec, fields as lists (spec.ordered): their order survives any client},
      "state": {"predictors": {"predict": {"instructions": "...", "demos": [{...}, ...]}}},
      "optimizations": [...], "exported_by": {"portbridge": "0.1.0", "dspy": "3.4.1"}}
 
@@ -82,7 +82,7 @@ def export(program: Program, dspy_version: str | None) -> dict:
         "program_id": program.program_id,
         "module": program.module_name,
         "options": dict(program.options),
-        "signature": program.spec,
+        "signature": spec.ordered(program.spec),
         "state": {"predictors": predictors},
         "optimizations": list(program.optimizations),
         "exported_by": {"portbridge": __version__, "dspy": dspy_version},

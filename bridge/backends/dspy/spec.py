@@ -4,6 +4,11 @@
     {"name": "QA", "instructions": "...",
      "inputs":  {"question": {"type": "str", "desc": "..."}},
      "outputs": {"answer": {"type": "int"}}}
+    {..., "inputs": [{"name": "question", "type": "str", "desc": "..."}], ...}   fields in order
+
+Maps of fields keep their order in Python and in JSON text, but not through every
+client's maps (Elixir's are sorted by key): the list form keeps the order, which
+DSPy's prompts follow. ``ordered`` writes a spec in that form (exports use it).
 
     "question: str, context: list[str] -> answer: Literal['yes', 'no'], n: int | None"
                                                        DSPy's typed string form
@@ -133,11 +138,12 @@ def _from_map(doc: dict) -> dict:
     spec = {"name": name, "instructions": _instructions(doc.get("instructions", ""), "args.signature.instructions")}
     names = []
     for side in ("inputs", "outputs"):
-        fields = doc.get(side)
         where = f"args.signature.{side}"
+        fields = fieldtypes.field_map(doc.get(side), where)
         if not isinstance(fields, dict) or not fields:
             raise validation_error("bad_signature", f"{where}: a non-empty map of field name -> "
-                                   "{\"type\", \"desc\"}", path=where)
+                                   "{\"type\", \"desc\"}, or a list of {\"name\", \"type\", \"desc\"}",
+                                   path=where)
         spec[side] = {}
         for field_name, field in fields.items():
             names.append(field_name)
@@ -150,6 +156,14 @@ def _from_map(doc: dict) -> dict:
                                        path=f"{where}.{field_name}")
     _check_names(spec, names)
     return spec
+
+
+def ordered(spec: dict) -> dict:
+    """The canonical spec with its fields (and every object's) as lists, in order; ``parse_signature``
+    reads it back to the same spec."""
+    side = lambda fields: [{"name": name, "type": fieldtypes.ordered(f["type"]), "desc": f["desc"]}  # noqa: E731
+                           for name, f in fields.items()]
+    return {**spec, "inputs": side(spec["inputs"]), "outputs": side(spec["outputs"])}
 
 
 def _instructions(text, path: str) -> str:
