@@ -113,7 +113,8 @@ TOOL = _object({
 
 TYPE_HELP = ("signature: DSPy's string form 'question, context: list[str] -> answer: int' (a field without a "
              "type is a str; no descriptions), or {\"name\", \"instructions\", \"inputs\": {field: {\"type\", "
-             "\"desc\"}}, \"outputs\": {...}} with types str, int, float, bool, list[T], dict[str, T], "
+             "\"desc\"}}, \"outputs\": {...}} (or lists of {\"name\", \"type\", \"desc\"}, which keep the fields' "
+             "order) with types str, int, float, bool, list[T], dict[str, T], "
              "Optional[T] (or T | None), Literal['a', 1] (or {\"literal\": [...]}), {\"object\": {field: {...}}, "
              "\"name\"}, and for inputs history (dspy.History) and image (dspy.Image); both forms use one whitelist "
              "and nothing is evaluated or imported")

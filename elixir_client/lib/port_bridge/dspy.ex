@@ -74,62 +74,24 @@ defmodule PortBridge.DSPy do
   """
 
   alias PortBridge.{Call, Error, Options, Schema}
+  alias PortBridge.DSPy.Arguments
 
-  # The arguments of each command (sent to the worker, which checks their values
-  # and answers a `validation` error), by function. Request options are added to
-  # each (Options.request_schema/0).
-  @lm_args [
-    model: [
-      required: true,
-      doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"
-    ],
-    api_key: [doc: "the provider's key; never echoed, logged or exported by the worker"],
-    api_base: [doc: "the provider's base URL (an OpenAI-compatible server)"],
-    temperature: [doc: "0 to 2"],
-    max_tokens: [doc: "the longest answer, in tokens"],
-    cache: [default: false, doc: "DSPy's response cache"],
-    num_retries: [doc: "the LM client's own retries of a failed call (0 to 10)"],
-    timeout_s: [doc: "the LM client's timeout per call, in seconds"]
-  ]
-  @create_program_args [
-    signature: [
-      required: true,
-      doc: "`\"question, context -> answer\"` or a typed map, see the module doc"
-    ],
-    module: [default: "Predict", doc: "`\"Predict\"`, `\"ChainOfThought\"`, ... (see `describe`)"],
-    program_id: [default_doc: "generated", doc: "the program's id in its scope"],
-    instructions: [doc: "the signature's instructions"],
-    adapter: [doc: "`\"chat\"`, `\"json\"` or `\"xml\"`"],
-    retrieve: [
-      doc: "retrieve -> generate: `%{index_id:, query:, context:, k:}`, see `create_index/3`"
-    ],
-    tools: [
-      doc:
-        "`module: \"ReAct\"` (or `base_module:`): the tools it may call, as a list of " <>
-          "`%{name:, description:, parameters: <JSON Schema object>}`; run the program " <>
-          "with `tools: %{\"name\" => fun}`"
-    ],
-    max_iters: [doc: "ReAct: at most this many tool calls (default 20)"],
-    base_module: [
-      doc:
-        "`BestOfN`, `Refine`: the module run N times (`\"Predict\"`, `\"ChainOfThought\"`, `\"ReAct\"`)"
-    ],
-    N: [doc: "`BestOfN`, `Refine`: attempts"],
-    reward_fn: [
-      doc: "`BestOfN`, `Refine`: `%{callback: \"reward\"}`; run the program with `reward: fun`"
-    ],
-    threshold: [doc: "`BestOfN`, `Refine`: stop at the first reward at least this"],
-    fail_count: [doc: "`BestOfN`, `Refine`: failed attempts allowed (default N)"],
-    replace: [default: false, doc: "replace a program of the same id"]
-  ]
-  # Elixir functions the worker calls back while a program runs.
-  @run_callbacks [
-    tools: [doc: "`%{\"name\" => fun}`: an agent's tools, each `fun.(args)`"],
-    reward: [
-      doc:
-        "a `BestOfN` or `Refine` program's reward: `fun.(inputs, prediction)` returning a number"
-    ]
-  ]
+  # The arguments of each command come from the worker's own declarations
+  # (priv/dspy_commands.json, generated from `describe` by scripts/sync_protocol.sh):
+  # their names, types, defaults and docs. What is written here is only what reads
+  # better in Elixir terms, the arguments a function takes as parameters, and the
+  # options that exist only in Elixir (functions the worker calls back).
+  @signature_doc """
+  a `PortBridge.DSPy.Signature` module, `"question, context -> answer"` (every field
+  a string), or a typed map (see the module doc)
+  """
+  @tools_doc """
+  the tools a `"ReAct"` agent may call (also with `base_module: "ReAct"`): a list of
+  `%{name: "add", description: "...", parameters: %{...}, fun: &MyApp.add/1}`,
+  `parameters` a JSON Schema object or a keyword list of `PortBridge.DSPy.Signature`
+  types (`[a: :integer, b: :integer]`). Give the same list to `execute_program/4`,
+  which calls each `fun` with the tool's arguments (a map with string keys)
+  """
   @metric_doc """
   `"exact_match"` (the default), a named metric, an LM judge declared as data
   (`%{judge: %{signature: ..., inputs: %{judge_input => "example.<field>" |
@@ -137,54 +99,81 @@ defmodule PortBridge.DSPy do
   `fun.(example, prediction)` returning a number, a boolean or `%{"score" => x,
   "feedback" => "..."}`
   """
-  @optimize_args [
-    optimizer: [
-      required: true,
-      doc: "`\"LabeledFewShot\"`, `\"BootstrapFewShot\"`, `\"MIPROv2\"`, ... (see `describe`)"
-    ],
-    trainset: [required: true, doc: "a list of `%{inputs: %{...}, outputs: %{...}}`"],
-    valset: [doc: "as `:trainset`, for the optimizers that take one"],
-    metric: [doc: @metric_doc],
-    metric_fields: [doc: "the output fields the metric compares"],
-    options: [
-      doc: "the optimizer's options (`k`, `max_bootstrapped_demos`, `max_labeled_demos`, ...)"
-    ],
-    save_as: [doc: "keep the original and save the result under this id"],
-    replace: [default: false, doc: "replace a program of the `:save_as` id"]
+  @metric [
+    type: {:or, [Arguments.type("optimize_program", "metric"), {:fun, [1, 2]}]},
+    doc: @metric_doc
   ]
-  @evaluate_args [
-    devset: [required: true, doc: "a list of `%{inputs: %{...}, outputs: %{...}}`"],
-    metric: [doc: @metric_doc],
-    metric_fields: [doc: "the output fields the metric compares"],
-    num_threads: [default: 1, doc: "examples run at once (1 to 32)"],
-    max_errors: [doc: "failed examples after which the evaluation stops"],
-    return_outputs: [default: true, doc: "each result carries its outputs"]
-  ]
-  @import_args [
-    program_id: [default_doc: "the document's", doc: "the id to import it under"],
-    replace: [default: false, doc: "replace a program of the same id"]
-  ]
-  @embedder_args [
-    model: [
-      required: true,
+
+  # Elixir functions the worker calls back while a program runs.
+  @run_callbacks [
+    tools: [
+      type: {:or, [{:list, :map}, :map]},
       doc: """
-      a provider's embedding model through `dspy.Embedder`, such as
-      `"openai/text-embedding-3-small"`, or `"offline"`: a built-in deterministic
-      embedder, no network
+      the tools of a `"ReAct"` program, as given to `create_program/2` (each with its
+      `:fun`), or `%{"name" => fun}`; each `fun.(args)` gets the tool's arguments
       """
     ],
-    api_key: [doc: "the provider's key; never echoed, logged or exported by the worker"],
-    api_base: [doc: "the provider's base URL"],
-    dimensions: [doc: "the vectors' dimensions, for the models that take it"],
-    batch_size: [default: 200, doc: "texts per embedding call"],
-    num_retries: [doc: "the client's own retries of a failed call"],
-    timeout_s: [doc: "the client's timeout per call, in seconds"]
+    reward: [
+      type: {:fun, [1, 2]},
+      doc:
+        "a `BestOfN` or `Refine` program's reward: `fun.(inputs, prediction)` returning a number"
+    ]
   ]
-  @create_index_args [
-    index_id: [default_doc: "generated", doc: "the index's id in its scope"],
-    k: [default: 5, doc: "passages a search returns"],
-    replace: [default: false, doc: "replace an index of the same id"]
-  ]
+
+  @lm_args Arguments.schema("configure_lm",
+             override: [
+               model: [doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"]
+             ]
+           )
+  @create_program_args Arguments.schema("create_program",
+                         override: [
+                           signature: [type: {:or, [:string, :map, :atom]}, doc: @signature_doc],
+                           program_id: [default_doc: "generated"],
+                           tools: [doc: @tools_doc],
+                           reward_fn: [
+                             doc:
+                               "`BestOfN`, `Refine`: `%{callback: \"reward\"}`; run the program with `reward: fun`"
+                           ]
+                         ]
+                       )
+  @execute_args Arguments.schema("execute_program",
+                  except: ~w(program_id inputs stream),
+                  extra: @run_callbacks
+                )
+  @optimize_args Arguments.schema("optimize_program",
+                   except: ~w(program_id),
+                   override: [
+                     metric: @metric,
+                     options: [
+                       doc: """
+                       the optimizer's options; each optimizer takes some of them
+                       (`PortBridge.request(target, "describe")` lists which, under
+                       `"backends" => %{"dspy" => %{"optimizers" => ...}}`)
+                       """
+                     ]
+                   ],
+                   extra: @run_callbacks
+                 )
+  @evaluate_args Arguments.schema("evaluate_program",
+                   except: ~w(program_id),
+                   override: [metric: @metric],
+                   extra: @run_callbacks
+                 )
+  @import_args Arguments.schema("import_program",
+                 except: ~w(program),
+                 override: [program_id: [default_doc: "the document's"]]
+               )
+  @embedder_args Arguments.schema("configure_embedder")
+  @create_index_args Arguments.schema("create_index",
+                       except: ~w(corpus),
+                       override: [index_id: [default_doc: "generated"]]
+                     )
+  @retrieve_args Arguments.schema("retrieve",
+                   except: ~w(index_id query),
+                   override: [k: [default_doc: "the index's"]]
+                 )
+  @lm_usage_args Arguments.schema("lm_usage")
+  @by_program_id Arguments.schema("get_program", except: ~w(program_id))
 
   @request_schema Options.request_schema()
 
@@ -222,11 +211,13 @@ defmodule PortBridge.DSPy do
 
   Options, besides the request options:
 
-  #{Schema.docs(@run_callbacks)}
+  #{Schema.docs(@execute_args)}
   """
   @spec execute_program(target, String.t(), map, keyword) :: result
   def execute_program(target, program_id, inputs, opts \\ []) do
-    call(target, "execute_program", opts, @run_callbacks, "execute_program/4",
+    inputs!(inputs, "execute_program/4")
+
+    call(target, "execute_program", opts, @execute_args, "execute_program/4",
       program_id: program_id,
       inputs: inputs
     )
@@ -241,7 +232,8 @@ defmodule PortBridge.DSPy do
   """
   @spec stream(target, String.t(), map, keyword) :: Enumerable.t()
   def stream(target, program_id, inputs, opts \\ []) do
-    {args, request_opts} = split!(opts, @run_callbacks, "stream/4")
+    inputs!(inputs, "stream/4")
+    {args, request_opts} = split!(opts, @execute_args, "stream/4")
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
@@ -264,7 +256,7 @@ defmodule PortBridge.DSPy do
 
   Arguments:
 
-  #{Schema.docs(@optimize_args ++ @run_callbacks)}
+  #{Schema.docs(@optimize_args)}
   """
   @spec optimize_program(target, String.t(), keyword) :: result
   def optimize_program(target, program_id, opts) do
@@ -272,7 +264,7 @@ defmodule PortBridge.DSPy do
       target,
       "optimize_program",
       opts,
-      @optimize_args ++ @run_callbacks,
+      @optimize_args,
       "optimize_program/3",
       program_id: program_id
     )
@@ -320,8 +312,6 @@ defmodule PortBridge.DSPy do
   def delete_program(target, program_id, opts \\ []),
     do: by_id(target, "delete_program", program_id, opts)
 
-  @lm_usage_args [reset: [default: false, doc: "zero the counters"]]
-
   @doc """
   Token usage per model of the scope's calls.
 
@@ -352,7 +342,7 @@ defmodule PortBridge.DSPy do
 
   Arguments:
 
-  #{Schema.docs(@evaluate_args ++ @run_callbacks)}
+  #{Schema.docs(@evaluate_args)}
   """
   @spec evaluate_program(target, String.t(), keyword) :: result
   def evaluate_program(target, program_id, opts) do
@@ -360,7 +350,7 @@ defmodule PortBridge.DSPy do
       target,
       "evaluate_program",
       opts,
-      @evaluate_args ++ @run_callbacks,
+      @evaluate_args,
       "evaluate_program/3",
       program_id: program_id
     )
@@ -402,8 +392,6 @@ defmodule PortBridge.DSPy do
   def create_index(target, corpus, opts \\ []) when is_list(corpus) do
     call(target, "create_index", opts, @create_index_args, "create_index/3", corpus: corpus)
   end
-
-  @retrieve_args [k: [default_doc: "the index's", doc: "passages to return"]]
 
   @doc """
   The top passages of an index for a query: `{:ok, %{"passages" => [...], "indices"
@@ -512,11 +500,26 @@ defmodule PortBridge.DSPy do
   def delete_index!(target, index_id, opts \\ []),
     do: unwrap!(delete_index(target, index_id, opts))
 
+  # Inputs are a map (one value per input field); a keyword list would reach the JSON
+  # encoder as a list of tuples and fail there, far from the mistake.
+  defp inputs!(inputs, _function) when is_map(inputs) and not is_struct(inputs), do: :ok
+
+  defp inputs!(inputs, function) do
+    hint =
+      if inputs != [] and Keyword.keyword?(inputs),
+        do: " (a keyword list: pass Map.new(inputs) or write %{...} instead of [...])",
+        else: ""
+
+    raise ArgumentError,
+          "the inputs of PortBridge.DSPy.#{function} are a map with one value per input " <>
+            "field, such as %{question: \"...\"}#{hint}; got: #{inspect(inputs, limit: 5)}"
+  end
+
   defp unwrap!({:ok, value}), do: value
   defp unwrap!({:error, %Error{} = error}), do: raise(error)
 
   defp by_id(target, command, program_id, opts) do
-    call(target, command, opts, [], "#{command}/3", program_id: program_id)
+    call(target, command, opts, @by_program_id, "#{command}/3", program_id: program_id)
   end
 
   # `opts`: the caller's options, checked against the command's arguments (`args`)
@@ -535,23 +538,42 @@ defmodule PortBridge.DSPy do
   end
 
   # Options are the command's arguments or request options; anything else is a
-  # mistake, reported with the valid ones. Elixir functions given as `tools:`,
+  # mistake, reported with the valid ones. `create_program` takes a signature
+  # module and tools as data; elsewhere, Elixir functions given as `tools:`,
   # `metric:` or `reward:` become callbacks the worker calls back.
   defp split!(opts, arg_schema, function) do
     Schema.validate!(opts, arg_schema ++ @request_schema, "PortBridge.DSPy." <> function)
-    opts = elixir_callbacks(opts)
+    opts = if function == "create_program/2", do: as_data(opts), else: elixir_callbacks(opts)
     {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
     {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
+  end
+
+  defp as_data(opts) do
+    opts
+    |> Keyword.replace_lazy(:tools, &PortBridge.DSPy.Tools.declarations/1)
+    |> Keyword.replace_lazy(:signature, fn
+      module when is_atom(module) -> signature_module!(module)
+      signature -> signature
+    end)
+  end
+
+  defp signature_module!(module) do
+    if Code.ensure_loaded?(module) and function_exported?(module, :__signature__, 0),
+      do: module.__signature__(),
+      else:
+        raise(
+          ArgumentError,
+          "#{inspect(module)} is not a signature module (use PortBridge.DSPy.Signature); " <>
+            ":signature takes such a module, a string or a map"
+        )
   end
 
   # Elixir functions given as `tools:`, `metric:` or `reward:` become callbacks the
   # worker calls back (PortBridge.Callbacks), under the names the request declares:
   # a tool's own name, "metric" (the argument becomes {"callback": "metric"}),
   # "reward" (a BestOfN or Refine program created with reward_fn: {"callback": "reward"}).
-  # A list of tools is create_program's declaration of a ReAct program's tools: an argument.
   defp elixir_callbacks(opts) do
-    {tools, opts} = if is_list(opts[:tools]), do: {nil, opts}, else: Keyword.pop(opts, :tools)
-
+    {tools, opts} = Keyword.pop(opts, :tools)
     {reward, opts} = Keyword.pop(opts, :reward)
 
     {metric, opts} =
@@ -565,7 +587,7 @@ defmodule PortBridge.DSPy do
 
     added =
       Map.merge(
-        tools!(tools || %{}),
+        if(tools, do: PortBridge.DSPy.Tools.callbacks(tools), else: %{}),
         Map.reject(
           %{"metric" => adapt(metric, "example"), "reward" => adapt(reward, "inputs")},
           &is_nil(elem(&1, 1))
@@ -576,19 +598,6 @@ defmodule PortBridge.DSPy do
       do: opts,
       else: Keyword.update(opts, :callbacks, added, &Map.merge(added, &1))
   end
-
-  defp tools!(tools) when is_map(tools) do
-    Map.new(tools, fn
-      {name, fun} when is_function(fun, 1) ->
-        {to_string(name), fun}
-
-      other ->
-        raise ArgumentError,
-              ":tools must map tool names to 1-arity functions, got: #{inspect(other)}"
-    end)
-  end
-
-  defp tools!(other), do: raise(ArgumentError, ":tools must be a map, got: #{inspect(other)}")
 
   # A metric (example, prediction) or a reward (inputs, prediction) of arity 2 gets
   # the two parts of the worker's arguments; arity 1 gets them whole.

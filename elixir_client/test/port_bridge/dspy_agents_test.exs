@@ -58,6 +58,58 @@ defmodule PortBridge.DSPyAgentsTest do
     assert answer =~ Integer.to_string(a + b)
   end
 
+  test "one tools list, with functions and typed parameters, serves create and execute", %{
+    worker: w,
+    session: s
+  } do
+    parent = self()
+
+    tools = [
+      %{
+        name: "add",
+        description: "Adds two integers.",
+        parameters: [a: :integer, b: :integer],
+        fun: fn %{"a" => a, "b" => b} = args ->
+          send(parent, {:tool, args})
+          a + b
+        end
+      }
+    ]
+
+    {:ok, %{"tools" => [declared]}} =
+      DSPy.create_program(w,
+        signature: "question -> answer",
+        module: "ReAct",
+        tools: tools,
+        program_id: "agent",
+        session_id: s
+      )
+
+    assert declared["parameters"]["properties"] == %{
+             "a" => %{"type" => "integer"},
+             "b" => %{"type" => "integer"}
+           }
+
+    assert {:ok, %{"outputs" => %{"trajectory" => %{"tool_name_0" => "add"} = trajectory}}} =
+             DSPy.execute_program(w, "agent", %{question: "add"}, tools: tools, session_id: s)
+
+    assert_received {:tool, %{"a" => a, "b" => b}}
+    assert trajectory["observation_0"] == a + b
+
+    assert_raise ArgumentError, ~r/the tool "add" has no :fun/, fn ->
+      DSPy.execute_program(w, "agent", %{question: "add"}, tools: [@add], session_id: s)
+    end
+
+    assert_raise ArgumentError, ~r/parameter :a of the tool "add": unknown type :int/, fn ->
+      DSPy.create_program(w,
+        signature: "question -> answer",
+        module: "ReAct",
+        tools: [%{name: "add", parameters: [a: :int]}],
+        session_id: s
+      )
+    end
+  end
+
   test "streaming interleaves chunk events with the tool's callback", %{worker: w, session: s} do
     {:ok, _} =
       DSPy.create_program(w,
