@@ -180,9 +180,10 @@ def run_concurrency(quick: bool) -> report.Result:
     return r
 
 
-def in_process_child():
-    """benchmarks/inprocess_dspy.py as a child, and ``ask(instruction) -> its JSON answer``."""
-    child = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_dspy"], stdin=subprocess.PIPE,
+def in_process_child(module: str = "benchmarks.inprocess_dspy"):
+    """benchmarks/inprocess_dspy.py (or another such ``module``) as a child, and ``ask(instruction) -> its JSON
+    answer``."""
+    child = subprocess.Popen([PYTHON, "-m", module], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
 
     def ask(instruction: str):

@@ -18,14 +18,12 @@ worker gets it as a ``Pipeline`` declaration, the in-process side
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
 from .. import report
-from ..harness import PYTHON, ROOT, Peer, env, spread
+from ..harness import Peer, spread
 from .common import call
-from .lm import LMServer, check_replies, dspy_worker, execute_frame, sustained
+from .lm import LMServer, check_replies, dspy_worker, execute_frame, in_process_child, sustained
 
 PER_STEP_US = 100  # the target: worker CPU a pipeline adds per step
 LISTED_MODEL = "openai/gpt-4o-mini"  # a name in DSPy's model table: no metadata scan on either side
@@ -56,21 +54,6 @@ def worker_cpu_ns(pid: int) -> int:
     return total
 
 
-def in_process_child():
-    child = subprocess.Popen([PYTHON, "-m", "benchmarks.inprocess_pipeline"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT), text=True)
-
-    def ask(instruction: str):
-        child.stdin.write(instruction + "\n")
-        child.stdin.flush()
-        line = child.stdout.readline()
-        if not line:
-            raise RuntimeError("the in-process pipeline child exited")
-        return json.loads(line)
-
-    return child, ask
-
-
 def sequential_cpu(peer: Peer, program_id: str, n: int, first_id: int) -> int:
     """Worker CPU ns for ``n`` execute_program calls, one after another."""
     before = worker_cpu_ns(peer.pid)
@@ -88,7 +71,7 @@ def run_cpu(quick: bool) -> report.Result:
     table = r.table(f"{rounds} interleaved rounds x {per_round} sequential calls; CPU us per call, median "
                     "[min-max] of the rounds",
                     ["program", "steps", "worker", "in-process", "overhead", "added per step"])
-    child, in_process = in_process_child()
+    child, in_process = in_process_child("benchmarks.inprocess_pipeline")
     peer = dspy_worker({"model": "offline"})
     rows: dict[str, dict] = {}
     try:
@@ -141,7 +124,7 @@ def run_throughput(quick: bool) -> report.Result:
                                              f"{concurrency} threads of plain DSPy (issue 19)")
     table = r.table(f"{rounds} interleaved rounds of {total} calls ({steps} LM calls each); calls per second",
                     ["side", "calls/s: median [min-max]"])
-    child, in_process = in_process_child()
+    child, in_process = in_process_child("benchmarks.inprocess_pipeline")
     worker_rates, inproc_rates = [], []
     try:
         with LMServer(latency_ms) as server:
