@@ -99,6 +99,20 @@ def test_collected_values_and_any_step_output_can_be_pipeline_outputs(worker):
     assert result["outputs"]["reasoning"] == result["trace"][4]["outputs"]["reasoning"]  # the last repetition's
 
 
+@pytest.mark.parametrize("adapter", ["chat", "json"])
+def test_a_repeated_step_streams_on_every_repetition(worker, adapter):
+    s = f"stream-{adapter}"
+    create(worker, s, {"module": "Pipeline", "signature": "question -> answer", "adapter": adapter, "steps": [
+        {"name": "g", "repeat": 3, "collect": {"drafts": "draft.answer"},
+         "steps": [{"name": "draft", "signature": "question -> answer"}]},
+        {"name": "final", "signature": "question, drafts -> answer", "inputs": {"drafts": "g.drafts"}}]})
+    events: list = []
+    worker.call("execute_program", {"program_id": "p", "inputs": {"question": "Hi?"}, "stream": True},
+                session_id=s, on_event=events.append)
+    ends = [e["data"]["predictor"] for e in events if e["event"] == "chunk" and e["data"]["last"]]
+    assert ends == ["draft"] * 3 + ["final"]  # one module, one predictor name, streamed each time
+
+
 def step(i: int, **extra) -> dict:
     return {"name": f"s{i}", "signature": "question -> answer", **extra}
 

@@ -118,7 +118,9 @@ def run(module, inputs: dict, on_chunk: Callable[[dict], None], check: Callable[
         listeners, by_predictor = [], {}
     else:
         splitters = {}
-        listeners = [StreamListener(signature_field_name=field, predict=predictor, predict_name=name)
+        # allow_reuse: a pipeline's repeated step calls the same predictor once per repetition.
+        listeners = [StreamListener(signature_field_name=field, predict=predictor, predict_name=name,
+                                    allow_reuse=True)
                      for name, predictor in predictors for field in predictor.signature.output_fields]
         by_predictor = find_predictor_for_stream_listeners(module, listeners)
 
