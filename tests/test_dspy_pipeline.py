@@ -206,6 +206,8 @@ def test_nothing_reaches_the_lm_before_a_declaration_is_checked(worker):
 OPTIMIZERS = {
     "LabeledFewShot": {"k": 2},
     "BootstrapFewShot": {"max_bootstrapped_demos": 2, "max_labeled_demos": 1},
+    "BootstrapFewShotWithRandomSearch": {"num_candidate_programs": 2, "max_bootstrapped_demos": 1,
+                                         "num_threads": 1},
     "MIPROv2": {"auto": None, "num_candidates": 2, "num_trials": 3, "max_bootstrapped_demos": 1,
                 "max_labeled_demos": 1, "minibatch": False, "num_threads": 1},
     "GEPA": {"max_metric_calls": 30, "reflection_minibatch_size": 2, "num_threads": 1, "component_selector": "all"},
