@@ -6,7 +6,7 @@ adapters would: it reads the output field names from the system message
 last user message (``[[ ## question ## ]]`` or ``<question>`` blocks), and
 answers every output field with ``"<model> says <field> for <first input
 value>"`` in the format the adapter asked for (ChatAdapter's ``[[ ## f ## ]]``
-blocks, a JSON object, or XML tags). The answer names the model, so tests can
+blocks, a JSON object, or XML tags; ``loopback_answers``). The answer names the model, so tests can
 tell which session's LM served a call. ``POST /v1/embeddings`` answers each
 input with a deterministic unit vector of its words. A test can script the
 next answers of a model (``server.script(model, text, ...)``), and every
@@ -28,6 +28,7 @@ Behaviour is chosen by the model name the client sends (the part after
 ``unparseable``        200, a well-formed completion whose text fits no signature
 ``slow-<ms>``          waits <ms> milliseconds, then answers normally
 ``no-usage...``        answers normally, without ``usage`` (also when streaming)
+``throttled-<n>-<ms>``  429 with ``Retry-After: <ms>/1000`` for the first <n> requests, then answers
 anything else          answers normally (after ``--latency-ms``)
 =====================  ===================================================
 
@@ -36,10 +37,19 @@ pieces (``--chunk-chars``, ``--chunk-delay-ms``), with a usage chunk when
 ``stream_options.include_usage`` is set. With ``--api-key`` every request must
 carry ``Authorization: Bearer <key>`` or gets a 401.
 
-As a script (for benchmarks)::
+A provider's rate limit (``--rate-limit N --rate-window-s S``, or
+``rate_limit=``/``rate_window_s=`` in tests): at most N chat completions per
+model start in any S seconds; one more is answered at once with a 429 and a
+``Retry-After`` (decimal seconds). ``GET /stats`` (``server.stats()``) answers
+what the server counted: ``requests`` (POSTs received), ``completions``
+(answered 200), ``responses_429`` (every 429 sent) and ``rate_limited`` (the
+429s of the limit); ``GET /stats?reset=1`` also zeroes them.
 
-    python tests/support/openai_server.py --port 0 --latency-ms 20
+As a script (for benchmarks; Elixir tests start it as a process too)::
+
+    python tests/support/openai_server.py --port 0 --latency-ms 20 --rate-limit 10 --rate-window-s 1
     # prints: listening on http://127.0.0.1:PORT/v1
+    curl http://127.0.0.1:PORT/stats
 
 In tests::
 
@@ -56,10 +66,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
-OUTPUT_FIELDS = re.compile(r"Your output fields are:\n(.*?)(?:\n[A-Z]|\Z)", re.S)
-FIELD_NAME = re.compile(r"^\s*\d+\. `(\w+)`", re.M)
-INPUT_BLOCK = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", re.S)
+try:
+    from tests.support.loopback_answers import EMBEDDING_DIMS, completion_text, embedding, tokens as count_tokens
+    from tests.support.provider_limits import Counters, RequestWindow, retry_after_header
+except ImportError:  # run as a script from anywhere: the modules lie beside this file
+    from loopback_answers import EMBEDDING_DIMS, completion_text, embedding, tokens as count_tokens  # type: ignore[no-redef]
+    from provider_limits import Counters, RequestWindow, retry_after_header  # type: ignore[no-redef]
+
+__all__ = ["OpenAIServer", "Seen", "Settings", "EMBEDDING_DIMS", "completion_text", "embedding"]
+
+THROTTLED = re.compile(r"^throttled-(\d+)-(\d+)$")
 FAILURES = {
     "fail-401": (401, "invalid_api_key", "Incorrect API key provided."),
     "fail-403": (403, "permission_denied", "You are not allowed to use this model."),
@@ -76,6 +94,8 @@ class Settings:
     chunk_chars: int = 8
     chunk_delay_ms: float = 0.0
     api_key: str | None = None
+    rate_limit: int | None = None  # chat completions per model per window (None: no limit)
+    rate_window_s: float = 60.0
 
 
 @dataclass
@@ -88,51 +108,6 @@ class Seen:
     messages: list = field(repr=False, default_factory=list)
     body: dict = field(repr=False, default_factory=dict)  # the whole request, as received
     path: str = "/v1/chat/completions"
-
-
-XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
-EMBEDDING_DIMS = 32
-
-
-def _text(content) -> str:
-    if isinstance(content, list):  # content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return content or ""
-
-
-def completion_text(model: str, messages: list[dict], response_format=None) -> str:
-    """The answer to a conversation, in the format its DSPy adapter asked for (chat, JSON or XML)."""
-    system = _text(next((m.get("content") for m in messages if m.get("role") == "system"), ""))
-    last_user = _text(next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), ""))
-    found = OUTPUT_FIELDS.search(system)
-    outputs = FIELD_NAME.findall(found.group(1)) if found else ["answer"]
-    xml = "wrapped in XML tags" in last_user
-    inputs = XML_BLOCK.findall(last_user) if xml else INPUT_BLOCK.findall(last_user)
-    subject = inputs[0][1].strip() if inputs else "nothing"
-    values = {name: f"{model} says {name} for {subject}" for name in outputs}
-    if response_format is not None or "Outputs will be a JSON object" in system:
-        return json.dumps(values)
-    if xml:
-        return "\n".join(f"<{name}>\n{value}\n</{name}>" for name, value in values.items())
-    blocks = [f"[[ ## {name} ## ]]\n{value}" for name, value in values.items()]
-    return "\n\n".join(blocks + ["[[ ## completed ## ]]"])
-
-
-def embedding(text: str) -> list[float]:
-    """A deterministic unit vector for a text: its words hashed into EMBEDDING_DIMS buckets."""
-    import hashlib
-    import math
-
-    vector = [0.0] * EMBEDDING_DIMS
-    for word in re.findall(r"\w+", text.lower()):
-        digest = hashlib.sha256(word.encode()).digest()
-        vector[digest[0] % EMBEDDING_DIMS] += 1.0 if digest[1] % 2 else -1.0
-    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-    return [v / norm for v in vector]
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text.split()))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -153,9 +128,12 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, code: str, message: str) -> None:
+    def _error(self, status: int, code: str, message: str, retry_after: float = 0.0) -> None:
         kind = "invalid_request_error" if status < 500 else "server_error"
-        headers = {"Retry-After": "0"} if status == 429 else None
+        headers = None
+        if status == 429:
+            headers = {"Retry-After": retry_after_header(retry_after)}
+            self.server.counters.add("responses_429")
         self._json(status, {"error": {"message": message, "type": kind, "code": code, "param": None}}, headers)
 
     def _wait(self, seconds: float) -> bool:
@@ -163,7 +141,11 @@ class Handler(BaseHTTPRequestHandler):
         return not self.server.stopping.wait(seconds) if seconds > 0 else True
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
+        url = urlsplit(self.path)
+        if url.path.rstrip("/").endswith("/stats"):
+            reset = parse_qs(url.query).get("reset", ["0"])[0] not in ("0", "", "false")
+            self._json(200, self.server.stats(reset))
+        elif self.path.rstrip("/").endswith("/models"):
             self._json(200, {"object": "list", "data": [{"id": "echo", "object": "model"}]})
         else:
             self._error(404, "not_found", f"no route {self.path}")
@@ -192,6 +174,13 @@ class Handler(BaseHTTPRequestHandler):
         if route == "/v1/embeddings":
             self._embeddings(model, body)
             return
+        window = self.server.window
+        wait = window.admit(model) if window is not None else None
+        if wait is not None:
+            self.server.counters.add("rate_limited")
+            self._error(429, "rate_limit_exceeded", f"Rate limit reached for {model}: {window.limit} requests per "
+                        f"{window.window_s:g} s. Please try again in {wait:.3f}s.", wait)
+            return
         delay = settings.latency_ms / 1000
         if model.startswith("slow-"):
             delay = float(model[5:] or 0) / 1000
@@ -199,6 +188,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if model in FAILURES:
             self._error(*FAILURES[model])
+            return
+        throttled = THROTTLED.match(model)
+        if throttled and self.server.throttle(model, int(throttled.group(1))):
+            self._error(429, "rate_limit_exceeded", "Rate limit reached for requests.", int(throttled.group(2)) / 1000)
             return
         if model == "garbage":
             page = b"<html><body>502 Bad Gateway (upstream sent garbage)</body></html>"
@@ -216,9 +209,9 @@ class Handler(BaseHTTPRequestHandler):
             text = "I would rather not follow any format today."
         else:
             text = completion_text(model, messages, body.get("response_format"))
-        prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(text),
-                 "total_tokens": prompt_tokens + _tokens(text)}
+        prompt_tokens = sum(count_tokens(str(m.get("content", ""))) for m in messages)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": count_tokens(text),
+                 "total_tokens": prompt_tokens + count_tokens(text)}
         if model.startswith("no-usage"):
             usage = None  # as many OpenAI-compatible servers answer (and stream) without it
         if stream:
@@ -235,13 +228,14 @@ class Handler(BaseHTTPRequestHandler):
         }
         if usage is not None:
             doc["usage"] = usage
+        self.server.counters.add("completions")
         self._json(200, doc)
 
     def _embeddings(self, model: str, body: dict) -> None:
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else list(texts or [])
         data = [{"object": "embedding", "index": i, "embedding": embedding(str(t))} for i, t in enumerate(texts)]
-        tokens = sum(_tokens(str(t)) for t in texts)
+        tokens = sum(count_tokens(str(t)) for t in texts)
         self._json(200, {"object": "list", "model": model, "data": data,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
@@ -260,6 +254,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: " + json.dumps(doc).encode() + b"\n\n")
             self.wfile.flush()
 
+        self.server.counters.add("completions")
         send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                    "finish_reason": None}]})
         step = max(1, settings.chunk_chars)
@@ -282,9 +277,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, settings: Settings) -> None:
         super().__init__(address, Handler)
         self.settings = settings
+        self.counters = Counters()
+        self.window = RequestWindow(settings.rate_limit, settings.rate_window_s) if settings.rate_limit else None
         self.stopping = threading.Event()
         self.seen: list[Seen] = []
         self.scripts: dict[str, list] = {}  # model -> answers still to give (texts or fn(messages) -> text)
+        self.throttled: dict[str, int] = {}  # throttled-<n>-<ms> model -> requests so far
         self._lock = threading.Lock()
         self._count = 0
 
@@ -295,8 +293,13 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
     def record(self, seen: Seen) -> None:
+        self.counters.add("requests")
         with self._lock:
             self.seen.append(seen)
+
+    def stats(self, reset: bool = False) -> dict:
+        window = self.window
+        return {**self.counters.snapshot(reset), "rate_limit": window.describe() if window is not None else None}
 
     def scripted(self, model: str, messages: list) -> str | None:
         """The next scripted answer for ``model``, if a test scripted one (consumed in order)."""
@@ -311,6 +314,12 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             self._count += 1
             return self._count
+
+    def throttle(self, model: str, first: int) -> bool:
+        """Whether this request is one of the first ``first`` of ``model`` (a throttled-<n>-<ms> model)."""
+        with self._lock:
+            seen = self.throttled[model] = self.throttled.get(model, 0) + 1
+        return seen <= first
 
 
 class OpenAIServer:
@@ -335,6 +344,14 @@ class OpenAIServer:
     @property
     def seen(self) -> list[Seen]:
         return list(self._server.seen)
+
+    def stats(self, reset: bool = False) -> dict:
+        """What the server counted (as ``GET /stats``): requests, completions, responses_429, rate_limited."""
+        return self._server.stats(reset)
+
+    def limit_rate(self, limit: int | None, window_s: float = 60.0) -> None:
+        """Enforce (or, with None, stop enforcing) ``limit`` chat completions per model per ``window_s``."""
+        self._server.window = RequestWindow(limit, window_s) if limit else None
 
     def script(self, model: str, *answers) -> None:
         """Answer the next calls to ``model`` with these texts (or ``fn(messages) -> text``), in order."""
@@ -365,9 +382,15 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-chars", type=int, default=8)
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--rate-limit", type=int, default=None,
+                        help="at most this many chat completions per model in any --rate-window-s seconds (429 beyond)")
+    parser.add_argument("--rate-window-s", type=float, default=60.0)
     ns = parser.parse_args(argv)
+    if ns.rate_limit is not None and (ns.rate_limit < 1 or ns.rate_window_s <= 0):
+        parser.error("--rate-limit must be at least 1 and --rate-window-s above 0")
     server = OpenAIServer(ns.port, latency_ms=ns.latency_ms, chunk_chars=ns.chunk_chars,
-                          chunk_delay_ms=ns.chunk_delay_ms, api_key=ns.api_key)
+                          chunk_delay_ms=ns.chunk_delay_ms, api_key=ns.api_key, rate_limit=ns.rate_limit,
+                          rate_window_s=ns.rate_window_s)
     print(f"listening on {server.base_url}", flush=True)
     try:
         server._server.serve_forever()
