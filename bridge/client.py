@@ -18,6 +18,15 @@ requests on this client), and its return value goes back as
 ``callback_result``. A callback that raises answers an ``execution`` error; one
 whose value the format cannot carry, a ``serialization`` error; a name the
 request did not register, ``not_found``.
+
+Admission (protocol 1.2): the worker's built-in ``portbridge.admit`` callback,
+asked before every attempt of an LM configured with ``rate_limit``, is answered
+by the client's ``admission`` (a ``bridge.pacing.Pacer`` by default: each model
+paced to its limits, paused after a provider's 429, waiting no longer than the
+request's budget; ``admission=None`` admits at once), unless the request
+registered a ``portbridge.admit`` callback of its own. The pacer sees the
+``lm_call`` events of every request. ``notify=["lm_call"]`` asks for those
+events on a request whose LM has no rate limit.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from typing import Any, Callable
 
 from . import codecs
 from .framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
+from .lmcalls import ADMIT, EVENT as LM_CALL
+from .pacing import AdmissionError, Pacer
 
 READ_BYTES = 1 << 20
 
@@ -50,6 +61,14 @@ class RemoteError(RuntimeError):
         self.error = error
         self.category = error.get("category")
         self.code = error.get("code")
+
+
+class _CategorisedError(Exception):
+    """A built-in callback's failure in a category of its own (not ``execution``)."""
+
+    def __init__(self, message: str, category: str) -> None:
+        super().__init__(message)
+        self.category = category
 
 
 log = logging.getLogger("portbridge.client")
@@ -141,8 +160,10 @@ class WorkerClient:
         ready_timeout: float = 30.0,
         on_worker_event: Callable[[dict], None] | None = None,
         on_frame: Callable[[dict], None] | None = None,
+        admission: Pacer | None | str = "pace",
     ) -> None:
         self.codec = codecs.get(fmt)
+        self.admission = Pacer() if admission == "pace" else admission  # answers portbridge.admit (None: at once)
         self._on_frame = on_frame  # sees every decoded frame first (tests check them against the schemas)
         self.ready: dict | None = None
         self.worker_events: list[dict] = []  # events with id null (ready, log)
@@ -231,6 +252,8 @@ class WorkerClient:
             pending._event(frame)
             if frame["event"] == "callback":
                 self._runner.run(self._answer_callback, pending, frame.get("data"))
+            elif frame["event"] == LM_CALL and isinstance(self.admission, Pacer):
+                self.admission.observe(frame.get("data"))
         else:
             pending._finish(frame)
 
@@ -241,12 +264,16 @@ class WorkerClient:
             return
         name, answer = data.get("name"), {"callback_id": data["callback_id"]}
         fn = pending.callbacks.get(name) if isinstance(name, str) else None
+        if fn is None and name == ADMIT:
+            fn = self._admitter(data.get("timeout_ms"))
         if fn is None:
             answer["error"] = {"message": f"no callback named {name!r:.100} was given with request {pending.id!r}",
                                "category": "not_found"}
         else:
             try:
                 answer["result"] = fn(data.get("args"))
+            except _CategorisedError as exc:
+                answer["error"] = {"message": str(exc)[:10_000], "category": exc.category}
             except BaseException as exc:  # noqa: BLE001 -- whatever a callback raises becomes its error result
                 answer["error"] = {"message": f"{type(exc).__name__}: {exc}"[:10_000], "category": "execution"}
         def keep(reply: dict | None) -> None:  # the reply is kept, not waited for: this thread is free at once
@@ -263,6 +290,20 @@ class WorkerClient:
                             codec=pending.codec, on_reply=keep)
         except WorkerExited:
             return
+
+    def _admitter(self, timeout_ms) -> Callback:
+        """The built-in answer to ``portbridge.admit``: the pacer's (an error it raises keeps its category)."""
+        pacer = self.admission
+        if pacer is None:
+            return lambda args: {"admitted": True}
+
+        def admit(args):
+            try:
+                return pacer.admit(args, timeout_ms / 1000 if isinstance(timeout_ms, int) else None)
+            except AdmissionError as exc:
+                raise _CategorisedError(str(exc), exc.category) from None
+
+        return admit
 
     # -- writing -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import traceback
 from time import perf_counter_ns
 from typing import Any, Callable
 
-from . import __version__, codecs, envelope
+from . import __version__, codecs, envelope, lmcalls
 from .callbacks import Callbacks
 from .context import Context, Services
 from .envelope import parse_request
@@ -279,6 +279,7 @@ class Dispatcher:
         request, command = job.request, job.command
         ctx = Context(request, job.codec, job.session.store, self._services, job)
         token = enter_request(request)
+        bound = lmcalls.bind(ctx)  # LM calls made on this thread are this request's (admission, lm_call)
         try:
             result, error = command.handler(ctx, request.args), None
         except BaseException as exc:  # noqa: BLE001
@@ -287,6 +288,7 @@ class Dispatcher:
                 return
             result, error = None, self._classify(exc, command.name)
         finally:
+            lmcalls.unbind(bound)
             leave_request(token)
         self.inflight.finish(job, error, result)
 

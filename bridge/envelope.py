@@ -20,8 +20,8 @@ from .errors import protocol_error
 from .limits import ENVELOPE
 
 PROTOCOL_VERSION = 1
-PROTOCOL_MINOR = 1  # 1.1: callbacks (PROTOCOL.md, changelog)
-FEATURES = ("callbacks",)
+PROTOCOL_MINOR = 2  # 1.1: callbacks; 1.2: LM calls (PROTOCOL.md, changelog)
+FEATURES = ("callbacks", "lm_calls")
 FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta", "notify"})
 MAX_ID_CHARS: int = ENVELOPE["max_id_chars"]
 MAX_COMMAND_CHARS: int = ENVELOPE["max_command_chars"]

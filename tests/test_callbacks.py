@@ -46,7 +46,7 @@ def replies_by_id(w, n: int) -> dict:
 @pytest.mark.parametrize("fmt", ["json", "msgpack"])
 def test_a_callback_returns_the_clients_result_to_the_handler(spawn, fmt):
     w = spawn(*CB, fmt=fmt)
-    assert (w.ready["protocol"], w.ready["protocol_minor"], w.ready["features"]) == (1, 1, ["callbacks"])
+    assert w.ready["protocol"] == 1 and w.ready["protocol_minor"] >= 1 and "callbacks" in w.ready["features"]
     p = w.submit("call_back", {"name": "add", "args": {"a": 2, "b": 3}, "times": 3},
                  callbacks={"add": lambda args: args["a"] + args["b"]})
     result = p.wait(10)["result"]
@@ -263,7 +263,7 @@ def test_callback_result_is_described(spawn):
     described = spawn("--backends", "").call("describe")
     command = described["commands"]["callback_result"]
     assert command["control"] and command["args"]["required"] == ["callback_id"]
-    assert (described["protocol_minor"], described["features"]) == (1, ["callbacks"])
+    assert described["protocol_minor"] >= 1 and "callbacks" in described["features"]
     assert described["limits"]["max_callbacks"] == 1024
 
 

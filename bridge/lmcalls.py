@@ -1,0 +1,186 @@
+"""LM calls made for a request: admission before each attempt, the ``lm_call`` event, the bridge's retries.
+
+Framework-agnostic (PROTOCOL.md section 7.2): a backend's LM layer describes
+each configured LM with a ``Policy`` (its model string, its ``rate_limit``, the
+retries the bridge makes for it) and runs every LM call as a ``Call``:
+
+* ``Call.admit`` before each HTTP attempt of an LM with ``rate_limit``: the
+  built-in ``portbridge.admit`` callback on the request that makes the call,
+  waiting within that request's budget;
+* ``Call.attempt_failed`` after an attempt that failed: the ``lm_call`` event
+  with the error, then, for an LM with ``rate_limit``, a pause (the provider's
+  ``Retry-After``, else 1, 2, 4... s) and another attempt while retries are
+  left and the pause ends before the deadline;
+* ``Call.completed`` once the call has its answer: the ``lm_call`` event with
+  tokens, cost, time and whether a cache answered.
+
+The request is found where the call runs: the worker binds the request's
+context to the handler's thread (``bind``, done by the dispatcher), and a
+backend that starts threads of its own carries a ``Caller`` into them (DSPy
+does, through its settings). Events go out only when the request asked for
+them (``notify: ["lm_call"]``) or the LM has a ``rate_limit``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Any
+
+from .errors import BridgeError, overloaded
+
+ADMIT = "portbridge.admit"  # the built-in callback every 1.2 client answers
+EVENT = "lm_call"  # the event's name, and the name a request puts in notify to get it
+MAX_PAUSE_S = 30.0  # the longest pause between attempts without a Retry-After
+CHARS_PER_TOKEN = 4  # the admission estimate's idea of a token
+
+_bound: contextvars.ContextVar[Any] = contextvars.ContextVar("portbridge_lm_request", default=None)
+
+# bind(ctx) makes ``ctx`` the request LM calls of this thread are made for, and returns the
+# token for unbind(token) (the dispatcher does both around every scheduled handler).
+bind = _bound.set
+unbind = _bound.reset
+
+
+def bound():
+    """The context of the request being handled on this thread, or None."""
+    return _bound.get()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the calls of one configured LM are made (kept on the backend's LM object)."""
+
+    model: str
+    rate_limit: dict | None = None  # configure_lm's rate_limit, as given
+    num_retries: int = 0  # the bridge's own retries (only for an LM with rate_limit: DSPy's are off)
+
+
+class Caller:
+    """The request an LM call is made for (its context) and the program whose run makes it."""
+
+    __slots__ = ("ctx", "program_id")
+
+    def __init__(self, ctx, program_id: str | None = None) -> None:
+        self.ctx = ctx
+        self.program_id = program_id
+
+
+def current(carried: Caller | None = None) -> Caller | None:
+    """The caller of an LM call now: the one a backend carried into this thread, else the bound request."""
+    if carried is not None:
+        return carried
+    ctx = _bound.get()
+    return Caller(ctx) if ctx is not None else None
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
+    """What admission is told a call may use: the prompt's characters / 4, rounded up, plus ``max_tokens``."""
+    return math.ceil(prompt_chars / CHARS_PER_TOKEN) + (max_tokens or 0)
+
+
+class Call:
+    """One LM call under ``policy`` for ``caller`` (None: no request, e.g. a thread of its own)."""
+
+    __slots__ = ("policy", "caller", "reports", "attempt_ns", "failure_reported")
+
+    def __init__(self, policy: Policy, caller: Caller | None) -> None:
+        self.policy = policy
+        self.caller = caller
+        self.reports = caller is not None and (policy.rate_limit is not None or EVENT in caller.ctx.notify)
+        self.attempt_ns = 0  # time spent in attempts (not in admission waits or pauses)
+        self.failure_reported = False  # the call's last failure already went out as an event
+
+    @property
+    def admitted(self) -> bool:
+        """Whether attempts ask for admission (and the bridge, not the framework, retries them)."""
+        return self.policy.rate_limit is not None
+
+    @property
+    def watched(self) -> bool:
+        """Whether the backend must see each attempt (to ask admission, or to report failures)."""
+        return self.admitted or self.reports
+
+    def admit(self, estimated_tokens: int) -> None:
+        """Ask the client to let one attempt start (when the LM has ``rate_limit``); raise if it may not."""
+        if not self.admitted:
+            return
+        if self.caller is None:
+            raise BridgeError("execution", "lm_call_outside_request",
+                              f"the LM {self.policy.model!r} has a rate_limit, and this call is made outside any "
+                              "request, so no client can admit it", {"model": self.policy.model})
+        args = {"model": self.policy.model, "limits": self.policy.rate_limit, "estimated_tokens": estimated_tokens}
+        try:
+            answer = self.caller.ctx.callback(ADMIT, args)
+        except BridgeError as exc:
+            if exc.code == "interrupted":  # the request was answered meanwhile: say so, as every wait does
+                raise
+            raise BridgeError(exc.category, "admission_refused", f"the client did not admit a call to "
+                              f"{self.policy.model!r}: {exc.message}"[:2000], {"model": self.policy.model}) from None
+        if not (isinstance(answer, dict) and answer.get("admitted") is True):
+            raise overloaded("admission_refused", f"the client did not admit a call to {self.policy.model!r} "
+                             f"(it answered {answer!r:.200} instead of {{\"admitted\": true}})",
+                             model=self.policy.model)
+
+    def attempt_done(self, started_ns: int) -> None:
+        self.attempt_ns += perf_counter_ns() - started_ns
+
+    def attempt_failed(self, error: BridgeError, retryable: bool, retry_after: float | None,
+                       started_ns: int, attempt: int) -> bool:
+        """Report a failed attempt; True when the caller should make another (after the pause, waited here)."""
+        took = perf_counter_ns() - started_ns
+        self.attempt_ns += took
+        self._report(duration_us=took // 1000, error=error, retry_after=retry_after)
+        self.failure_reported = True
+        if not (self.admitted and retryable and attempt < self.policy.num_retries and self.caller is not None):
+            return False
+        pause = retry_after if retry_after is not None else min(2.0 ** attempt, MAX_PAUSE_S)
+        remaining = self.caller.ctx.remaining()
+        if remaining is not None and pause >= remaining:
+            return False  # no time for another attempt: this failure is the call's
+        if pause > 0:
+            self.caller.ctx.wait(pause)  # raises at once if the request is answered meanwhile
+        self.failure_reported = False
+        return True
+
+    def completed(self, prompt_tokens: int, completion_tokens: int, cost_usd: float | None, cached: bool,
+                  total_ns: int) -> None:
+        """The call has its answer: report it (its attempts' time, or the whole call's when none was made)."""
+        duration_ns = self.attempt_ns if self.attempt_ns else total_ns
+        self._report(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost_usd,
+                     cached=cached, duration_us=duration_ns // 1000)
+
+    def failed(self, error: BridgeError, retry_after: float | None, total_ns: int) -> None:
+        """The call failed without an attempt's event saying so (e.g. before any attempt): report it."""
+        if not self.failure_reported:
+            self._report(duration_us=(self.attempt_ns or total_ns) // 1000, error=error, retry_after=retry_after)
+            self.failure_reported = True
+
+    def _report(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float | None = None,
+                duration_us: int = 0, cached: bool = False, error: BridgeError | None = None,
+                retry_after: float | None = None) -> None:
+        if not self.reports or self.caller is None:
+            return
+        self.caller.ctx.emit(EVENT, {
+            "model": self.policy.model,
+            "prompt_tokens": _count(prompt_tokens),
+            "completion_tokens": _count(completion_tokens),
+            "cost_usd": cost_usd if _price(cost_usd) else None,
+            "duration_us": max(int(duration_us), 0),
+            "cached": bool(cached),
+            "program_id": self.caller.program_id,
+            "error": None if error is None else {
+                "category": error.category, "code": error.code, "message": error.message[:2000],
+                "retry_after_s": retry_after if _price(retry_after) else None},
+        })
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _price(value) -> bool:
+    """A usable non-negative finite number (a cost, a Retry-After)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
