@@ -412,7 +412,7 @@ LM_CALL_DSPY_EXCHANGES = [  # (name, format, request, expect), in order to ONE w
      invalid(7, "args.answers", "required")),
     ("answers_for_another_model", "json",
      {"id": 8, "command": "configure_lm", "args": {"model": "offline", "answers": [{"answer": "x"}]}},
-     invalid(8, "args.answers", "scripted")),
+     invalid(8, "args.answers", "scripted_only")),
     ("too_many_answers", "json",
      {"id": 9, "command": "configure_lm", "args": {"model": "scripted", "answers": [{}] * 1001}},
      invalid(9, "args.answers", "maxItems")),
@@ -432,7 +432,7 @@ LM_CALL_DSPY_EXCHANGES = [  # (name, format, request, expect), in order to ONE w
     ("lm_option_too_many_stops", "json",
      {"id": 14, "command": "execute_program",
       "args": {"program_id": "qa", "inputs": {}, "lm": {"stop": ["a", "b", "c", "d", "e"]}}},
-     invalid(14, "args.lm.stop", "anyOf")),
+     invalid(14, "args.lm.stop", "maxItems")),
 ]
 
 

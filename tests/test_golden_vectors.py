@@ -16,7 +16,8 @@ EXCHANGES = load("exchanges.json")
 CALLBACK_FRAMES = load("callbacks.json", "frames")
 CALLBACK_EXCHANGES = load("callbacks.json")
 LM_CALL_FRAMES = load("lm_calls.json", "frames")
-LM_CALL_EXCHANGES = [c for c in load("lm_calls.json") if c["name"].startswith("notify_")]
+LM_CALL_EXCHANGES = load("lm_calls.json")
+LM_CALL_DSPY_EXCHANGES = load("lm_calls.json", "dspy_cases")
 SHARED = [c for c in BAD if not ({"worker_args", "end_input", "exit_code"} & set(c))]
 SPECIAL = [c for c in BAD if c not in SHARED]
 
@@ -92,6 +93,15 @@ def test_exchange_vector(raw, case):
     reply = worker.read_reply()
     assert matches(case["expect"], reply), reply
     assert reply["id"] == case["request"]["id"]
+
+
+def test_lm_call_dspy_exchanges_in_order_to_one_worker(raw):
+    """Protocol 1.2's DSPy cases (rate_limit, scripted, per-call lm), in order, to one worker with DSPy."""
+    worker = raw()
+    for case in LM_CALL_DSPY_EXCHANGES:
+        worker.send(encode_frame(bytes.fromhex(case["payload_hex"])))
+        reply = worker.read_reply(timeout=30)
+        assert matches(case["expect"], reply), (case["name"], reply)
 
 
 def test_bad_frames_one_worker_keeps_serving(raw):

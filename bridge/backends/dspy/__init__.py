@@ -14,7 +14,9 @@ Modules of this package, in the order a request meets them:
 * ``catalog``    buildable modules, optimisers, limits as data
 * ``build``      specs -> DSPy signatures and modules
 * ``state``      per-scope programs, LM and usage
-* ``lms``        LMs from ``configure_lm``; which LM and timeout a call gets
+* ``lms``        LMs from ``configure_lm``; which LM, timeout and per-call options a call gets
+* ``metering``   each LM call priced, reported (lm_call) and, with a rate limit, admitted
+* ``scripted``   the scripted LM (answers given as data)
 * ``running``, ``streaming``  one program call, plain or as chunk events
 * ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
 * ``programs``   export and import documents
@@ -64,10 +66,27 @@ class DSPyBackend(Backend):
                             {"image": "inputs only: dspy.Image, {\"url\": \"https://...\"} or a data:image/...;"
                                       "base64 URL; never a local path"}],
             "lm": {
-                "models": "any DSPy model string (provider/model), or 'offline': a built-in deterministic LM that "
+                "models": "any DSPy model string (provider/model); 'offline': a built-in deterministic LM that "
                           "fills each output with a type-valid value derived from the prompt, and repeats a "
-                          "demo's outputs for that demo's inputs; it is used only when configured. Providers "
-                          "DSPy's own client does not serve go through litellm, whose first use costs seconds",
+                          "demo's outputs for that demo's inputs; or 'scripted': answers given as data, for "
+                          "tests. The built-in ones are used only when configured. Providers DSPy's own client "
+                          "does not serve go through litellm, whose first use costs seconds",
+                "scripted": "configure_lm {model: 'scripted', answers: [{output field: value}, ...]} (at most "
+                            f"{catalog.MAX_SCRIPTED_ANSWERS}): each LM call of the scope takes the next answer, "
+                            "written in the calling adapter's format (chat, json, xml) as DSPy's DummyLM writes it; "
+                            "a field it lacks fails parsing as a real model's answer would (ChainOfThought wants "
+                            "'reasoning'); when none is left the call fails with "
+                            "execution/scripted_answers_exhausted. Never cached",
+                "rate_limit": "configure_lm rate_limit {requests_per_minute, tokens_per_minute, burst}: before "
+                              "every HTTP attempt the worker asks the client with the portbridge.admit callback "
+                              "({model, limits, estimated_tokens}; answer {admitted: true}), reports every call "
+                              "as an lm_call event, and retries failed attempts itself (DSPy's retries are off) "
+                              "up to num_retries, after the provider's Retry-After, within the deadline",
+                "per_call": "execute_program lm {temperature, max_tokens, top_p, stop, n, rollout_id}: for that "
+                            "run's LM calls only, as DSPy's per-call config",
+                "cost": "every usage entry has cost_usd: DSPy's price of each call, summed; null when DSPy has "
+                        "no price for the model. lm_call events (notify: ['lm_call']) carry each call's tokens, "
+                        "cost, duration, cache hit and program",
                 "scopes": "configure_lm with session_id sets that session's LM; without, the global LM, which "
                           "sessions without their own use",
                 "cache": "off unless configure_lm sets cache: true",
@@ -87,6 +106,7 @@ class DSPyBackend(Backend):
                 **spec.LIMITS,
                 "max_programs_per_scope": MAX_PROGRAMS,
                 "max_trainset": catalog.MAX_TRAINSET,
+                "max_scripted_answers": catalog.MAX_SCRIPTED_ANSWERS,
                 "max_demos_per_predictor": catalog.MAX_DEMOS,
                 "max_corpus_passages": catalog.MAX_CORPUS,
                 "max_passage_chars": catalog.MAX_PASSAGE_CHARS,

@@ -66,6 +66,7 @@ ADAPTERS = {
 }
 MAX_TRAINSET = 1000
 MAX_DEMOS = 128  # per predictor, in optimiser options and imported documents
+MAX_SCRIPTED_ANSWERS = 1000  # per configure_lm of the scripted model
 
 # Retrieval: what one index, one scope and the worker may hold (state.MEMORY keeps the worker's bound).
 MAX_CORPUS = 10_000

@@ -71,7 +71,14 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 def classify(exc: BaseException) -> BridgeError | None:
-    """The wire error for a DSPy exception, or None for anything else."""
+    """The wire error for a DSPy exception, or None for anything else.
+
+    A bridge error raised inside an LM attempt (admission refused, a scripted
+    LM out of answers) reaches here wrapped by DSPy, raised ``from`` it: it keeps
+    its own category.
+    """
+    if isinstance(exc.__cause__, BridgeError) and type(exc).__module__.startswith("dspy"):
+        return exc.__cause__
     match = next((TABLE[c.__name__] for c in type(exc).__mro__
                   if c.__module__.startswith("dspy") and c.__name__ in TABLE), None)
     if match is None:

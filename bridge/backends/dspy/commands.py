@@ -61,7 +61,8 @@ def execute_program(ctx, args):
 
     scope, global_scope = scopes(ctx)
     program = scope.get(args["program_id"])
-    return running.execute(ctx, dspy, scope, global_scope, program, args["inputs"], args["stream"], args["trace"])
+    return running.execute(ctx, dspy, scope, global_scope, program, args["inputs"], args["stream"], args["trace"],
+                           args.get("lm"))
 
 
 def list_programs(ctx, args):
@@ -121,7 +122,9 @@ def lm_usage(ctx, args):
     scope, global_scope = scopes(ctx)
     report = scope.usage_report(reset=args["reset"])
     config = scope.lm or global_scope.lm
-    return {"scope": scope_name(ctx), "models": report, "lm": config.describe() if config else None}
+    costs = [counters["cost_usd"] for counters in report.values() if counters.get("cost_usd") is not None]
+    return {"scope": scope_name(ctx), "models": report, "cost_usd": sum(costs) if costs else None,
+            "lm": config.describe() if config else None}
 
 
 def configure_embedder(ctx, args):

@@ -65,7 +65,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
                                 disable_progress_bar=True, provide_traceback=False, compare_results=True)
     usage: dict = {}
     with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx),
-                      scope_indexes(scope, global_scope), callback_of(ctx)), \
+                      scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id), \
             tracked(dspy, scope, usage), program_errors(dspy):
         outcomes = executor.execute(process, examples)
     results = []

@@ -3,7 +3,8 @@
 * The ``dspy.context`` keys through which code deep inside a DSPy run (a
   ReAct tool, a reward, a metric, a retrieve step) finds what only the
   running request has: the client callback (``CALLBACK``), the scope's
-  indexes (``INDEXES``) and, when asked for, the list a pipeline records its
+  indexes (``INDEXES``), the caller its LM calls are admitted and reported
+  for (``CALLER``) and, when asked for, the list a pipeline records its
   steps in (``STEP_TRACE``). DSPy copies its settings into the threads its
   optimisers and ``Evaluate`` start, so these reach every thread of a run.
 * ``Interrupted``: how the request's end (cancel, deadline, shutdown, a
@@ -24,6 +25,7 @@ from ...errors import BridgeError
 CALLBACK = "portbridge_callback"  # fn(name, args) -> result: the running request's ctx.callback
 INDEXES = "portbridge_indexes"  # fn(index_id) -> retrieval.Index, in the running request's scope
 STEP_TRACE = "portbridge_step_trace"  # a list a pipeline appends {step, inputs, outputs} to (trace: true)
+CALLER = "portbridge_caller"  # bridge.lmcalls.Caller: the request and program LM calls are made for
 
 
 class Interrupted(BaseException):

@@ -12,17 +12,22 @@ Imported after the gate.
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
 from dspy.utils.usage_tracker import UsageTracker
 
+from ... import lmcalls
 from ...errors import BridgeError, validation_error
 from ...redaction import register_secret
+from . import metering, scripted
 from .offline import make_lm
 from .state import LMConfig, Scope
 
 OFFLINE = "offline"
+SCRIPTED = "scripted"
+LOCAL = (OFFLINE, SCRIPTED)  # models that run in the worker
 # A call's LM timeout follows its request's deadline, rounded up to one of these
 # (seconds), so that an LM keeps a handful of connection pools, not one per request.
 DEADLINE_STEPS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -43,6 +48,8 @@ def build(dspy, args: dict) -> LMConfig:
     api_key = args.get("api_key")
     if api_key:
         register_secret(api_key)
+    rate_limit = check_rate_limit(args.get("rate_limit"))
+    check_answers(model, args.get("answers"))
     settings = {
         "temperature": args.get("temperature"),
         "max_tokens": args.get("max_tokens"),
@@ -51,20 +58,28 @@ def build(dspy, args: dict) -> LMConfig:
         "timeout_s": args.get("timeout_s"),
         "api_base": _public_base(args["api_base"]) if args.get("api_base") else None,
         "api_key_set": bool(api_key),
+        "rate_limit": rate_limit,
     }
     settings = {k: v for k, v in settings.items() if v is not None}
-    if model == OFFLINE:
+    if model in LOCAL:
         if api_key or args.get("api_base"):
-            raise validation_error("offline_takes_no_endpoint", "the offline model runs in the worker: "
+            raise validation_error("offline_takes_no_endpoint", f"the {model} model runs in the worker: "
                                    "give it no api_key or api_base")
-        lm = make_lm(args.get("temperature"), args.get("max_tokens"), args["cache"])
+        if model == SCRIPTED:
+            lm = scripted.make_lm(args["answers"], args.get("temperature"), args.get("max_tokens"))
+            settings.update(answers=len(args["answers"]), cache=False)  # two equal prompts get two answers
+        else:
+            lm = make_lm(args.get("temperature"), args.get("max_tokens"), args["cache"])
         settings["num_retries"] = 0
-        return LMConfig(OFFLINE, lm, settings, None, True)
+        metering.attach(lm, lmcalls.Policy(model, rate_limit, 0))
+        return LMConfig(model, lm, settings, None, True)
+    retries = args.get("num_retries", 3)
     kwargs = {
         "temperature": args.get("temperature"),
         "max_tokens": args.get("max_tokens"),
         "cache": args["cache"],
-        "num_retries": args.get("num_retries", 3),
+        # With a rate limit the bridge retries, asking admission before each attempt (metering).
+        "num_retries": 0 if rate_limit else retries,
     }
     for key, value in (("api_key", api_key), ("api_base", args.get("api_base")), ("timeout", args.get("timeout_s"))):
         if value is not None:
@@ -74,8 +89,29 @@ def build(dspy, args: dict) -> LMConfig:
     except (ValueError, TypeError, dspy.LMError) as exc:
         raise validation_error("bad_lm_settings", f"DSPy refused these LM settings: {exc}"[:1000],
                                model=model) from None
-    settings.setdefault("num_retries", kwargs["num_retries"])
+    settings.setdefault("num_retries", retries)
+    metering.attach(lm, lmcalls.Policy(model, rate_limit, retries if rate_limit else 0))
     return LMConfig(model, lm, settings, args.get("timeout_s"), False)
+
+
+def check_rate_limit(rate_limit: dict | None) -> dict | None:
+    """``rate_limit`` (its keys and values checked by the schema) needs a request or a token limit."""
+    if rate_limit is None:
+        return None
+    if "requests_per_minute" not in rate_limit and "tokens_per_minute" not in rate_limit:
+        raise validation_error("invalid_args", "args.rate_limit: give requests_per_minute or tokens_per_minute "
+                               "(burst alone limits nothing)", path="args.rate_limit", reason="anyOf")
+    return dict(rate_limit)
+
+
+def check_answers(model: str, answers: list | None) -> None:
+    """``answers`` belong to the scripted model, which needs them."""
+    if model == SCRIPTED and answers is None:
+        raise validation_error("invalid_args", "args.answers: the scripted model answers each LM call with the next "
+                               "of these maps; give at least one", path="args.answers", reason="required")
+    if model != SCRIPTED and answers is not None:
+        raise validation_error("invalid_args", f"args.answers: only the scripted model takes answers (this is "
+                               f"{model!r})", path="args.answers", reason="scripted_only")
 
 
 def resolve(scope: Scope, global_scope: Scope) -> LMConfig:
@@ -113,6 +149,12 @@ def for_deadline(config: LMConfig, remaining: float | None):
         return lm
 
 
+def with_options(lm, options: dict | None):
+    """``lm`` for one run with per-call options (``execute_program``'s ``lm``): a copy that holds them, so
+    the request body is what plain DSPy sends for ``program(..., config=options)``; never the scope's LM."""
+    return lm.copy(**options) if options else lm
+
+
 class CountingTracker(UsageTracker):
     """DSPy's usage tracker, keeping an (empty) entry for a call that reported no usage.
 
@@ -124,6 +166,7 @@ class CountingTracker(UsageTracker):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self.costs: dict[str, float | None] = {}  # model -> summed price, None while DSPy priced no call
 
     def __deepcopy__(self, memo) -> "CountingTracker":
         return self
@@ -133,15 +176,28 @@ class CountingTracker(UsageTracker):
         with self._lock:
             self.usage_data[lm].append(entry)
 
+    def add_cost(self, lm: str, cost) -> None:
+        """DSPy's price of one call (``metering``), or None when it has none for the model."""
+        with self._lock:
+            total = self.costs.get(lm)
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost):
+                total = (total or 0.0) + cost
+            self.costs[lm] = total
+
 
 def usage_of(tracker) -> dict:
-    """DSPy's usage tracker -> ``{model: {prompt_tokens, completion_tokens, total_tokens, lm_calls}}``."""
+    """DSPy's usage tracker -> ``{model: {lm_calls, prompt_tokens, completion_tokens, total_tokens, cost_usd}}``.
+
+    ``cost_usd`` sums DSPy's price of each call, and stays null when DSPy priced none of the model's calls.
+    """
     report = {}
+    costs = getattr(tracker, "costs", {})
     for model, entries in tracker.usage_data.items():
         counters = {"lm_calls": len(entries)}
         for entry in entries:
             for key, value in entry.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     counters[key] = counters.get(key, 0) + value
+        counters["cost_usd"] = costs.get(model)
         report[model] = counters
     return report

@@ -4,10 +4,14 @@
 DSPy path runs as with a remote model: adapters format and parse, usage is
 counted, streaming goes through DSPy's listeners, optimizers call it. It
 never touches the network and needs no key. It is used only when a client
-asks for it with ``configure_lm {"model": "offline"}``.
+asks for it with ``configure_lm {"model": "offline"}``. ``LocalEngine`` serves
+any model that answers in the worker (``scripted`` too): it is given the
+function that writes the answer to a conversation.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import dspy
 from dspy.lm15 import Message, Response, StreamDeltaEvent, StreamEndEvent, StreamStartEvent, TextDelta, TextPart, Usage
@@ -27,16 +31,24 @@ def _messages(request) -> list[dict]:
     return messages
 
 
-class OfflineEngine:
-    """``complete(Request) -> Response`` and ``stream(Request)``: the engine contract of DSPy 3.4."""
+class LocalEngine:
+    """``complete(Request) -> Response`` and ``stream(Request)``: the engine contract of DSPy 3.4.
+
+    ``answer(messages) -> text`` writes the reply (``messages``: ``[{"role", "content"}]``);
+    tokens are counted as words.
+    """
+
+    def __init__(self, answer: Callable[[list[dict]], str] = offline_model.answer, model: str = MODEL) -> None:
+        self.answer = answer
+        self.model = model
 
     def complete(self, request) -> Response:
         messages = _messages(request)
-        text = offline_model.answer(messages)
+        text = self.answer(messages)
         prompt_tokens = sum(offline_model.count_tokens(m["content"]) for m in messages)
         completion_tokens = offline_model.count_tokens(text)
         return Response(
-            id=None, model=MODEL, message=Message.assistant([TextPart(text)]), finish_reason="stop",
+            id=None, model=self.model, message=Message.assistant([TextPart(text)]), finish_reason="stop",
             usage=Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens,
                         total_tokens=prompt_tokens + completion_tokens),
         )
@@ -44,7 +56,7 @@ class OfflineEngine:
     def stream(self, request):
         response = self.complete(request)
         text = response.message.text or ""
-        yield StreamStartEvent(model=MODEL)
+        yield StreamStartEvent(model=self.model)
         for i in range(0, len(text), STREAM_PIECE_CHARS):
             yield StreamDeltaEvent(delta=TextDelta(text=text[i:i + STREAM_PIECE_CHARS]))
         yield StreamEndEvent(finish_reason="stop", usage=response.usage)
@@ -53,8 +65,8 @@ class OfflineEngine:
         pass
 
 
-class AsyncOfflineEngine:
-    def __init__(self, sync: OfflineEngine) -> None:
+class AsyncLocalEngine:
+    def __init__(self, sync: LocalEngine) -> None:
         self.sync = sync
 
     async def complete(self, request) -> Response:
@@ -68,7 +80,8 @@ class AsyncOfflineEngine:
         pass
 
 
-def make_lm(temperature=None, max_tokens=None, cache: bool = False) -> "dspy.LM":
-    engine = OfflineEngine()
-    return dspy.LM(MODEL, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=0,
-                   engine=engine, async_engine=AsyncOfflineEngine(engine))
+def make_lm(temperature=None, max_tokens=None, cache: bool = False, engine: LocalEngine | None = None) -> "dspy.LM":
+    """A ``dspy.LM`` answered in the worker: by the offline model, or by ``engine``."""
+    engine = engine or LocalEngine()
+    return dspy.LM(engine.model, temperature=temperature, max_tokens=max_tokens, cache=cache, num_retries=0,
+                   engine=engine, async_engine=AsyncLocalEngine(engine))

@@ -74,13 +74,27 @@ def answer(messages: list[dict]) -> str:
               for name, note in notes.items()}
     if AGENT in system and {"next_thought", "next_tool_name", "next_tool_args"} <= set(values):
         values.update(react_step(system, _subject(current, input_names), bool(observed), tag, rng))
-    if "Outputs will be a JSON object" in system:  # JSONAdapter
+    adapter = adapter_of(system, last)
+    if adapter == "json":
         return json.dumps(values, ensure_ascii=False)
-    if "wrapped in XML tags" in last:  # XMLAdapter
+    if adapter == "xml":
         return "\n".join(f"<{name}>\n{render(value)}\n</{name}>" for name, value in values.items())
     parts = [f"[[ ## {name} ## ]]\n{render(value)}" for name, value in values.items()]
     parts.append("[[ ## completed ## ]]")
     return "\n\n".join(parts)
+
+
+JSON_TASK = "Outputs will be a JSON object"  # in JSONAdapter's system message
+XML_TASK = "wrapped in XML tags"  # in XMLAdapter's last user message
+
+
+def adapter_of(system: str, last: str) -> str:
+    """Which DSPy adapter wrote a prompt (its system message, its last user message): chat, json or xml."""
+    if JSON_TASK in system:
+        return "json"
+    if XML_TASK in last:
+        return "xml"
+    return "chat"
 
 
 XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)

@@ -147,7 +147,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
     ctx.emit("progress", progress)
     if uses_lm:
         with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx, activity),
-                          scope_indexes(scope, global_scope), callback_of(ctx)), \
+                          scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id), \
                 tracked(dspy, scope, usage), program_errors(dspy):
             compiled = optimizer.compile(student, trainset=examples, **compile_kwargs)
     else:

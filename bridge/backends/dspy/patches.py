@@ -2,7 +2,7 @@
 
 They are applied by the import gate on its own thread, right after ``import
 dspy`` and before any command can run, so no other thread sees DSPy half
-patched. Neither changes what is sent to an LM or what a program returns.
+patched. None changes what is sent to an LM or what a program returns.
 
 * ``model_info`` cache: DSPy looks up model metadata (capabilities, prices)
   on every LM call. For a model name its table does not list (self-hosted,
@@ -16,6 +16,11 @@ patched. Neither changes what is sent to an LM or what a program returns.
   answer to a wrong ``api_base``) became a bare ``[openai/<model>]``. When
   DSPy found no message, the body's ``detail``/``message``/``error`` string,
   or else the body's text, becomes the message.
+* LM calls metered and admitted (``metering``): DSPy's ``execute`` and
+  ``_engine`` wrapped, for the LMs the bridge built, so each call's price
+  reaches the request's usage although history is off, each call can be
+  reported as an ``lm_call`` event, and each HTTP attempt of an LM with a
+  ``rate_limit`` is admitted by the client and retried by the bridge.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ def apply(dspy) -> None:
     cache_model_info()
     keep_provider_messages()
     silence_progress_bars()
+    from . import metering
+
+    metering.install()
 
 
 def silence_progress_bars() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ... import registry
 from . import metrics, spec
-from .catalog import (ADAPTERS, MAX_CORPUS, MAX_DEMOS, MAX_DIMS, MAX_K, MAX_PASSAGE_CHARS, MAX_TRAINSET, MODULES,
-                      OPTIMIZERS, PIPELINE)
+from .catalog import (ADAPTERS, MAX_CORPUS, MAX_DEMOS, MAX_DIMS, MAX_K, MAX_PASSAGE_CHARS, MAX_SCRIPTED_ANSWERS,
+                      MAX_TRAINSET, MODULES, OPTIMIZERS, PIPELINE)
 
 
 def _object(properties: dict, required=(), description: str = "") -> dict:
@@ -32,8 +32,8 @@ DEMO_COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_DEMOS}
 
 CONFIGURE_LM = _object({
     "model": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^\S+$",
-              "description": "a DSPy model string such as 'openai/gpt-4o-mini', or 'offline' (built-in, "
-                             "deterministic, no network)"},
+              "description": "a DSPy model string such as 'openai/gpt-4o-mini', 'offline' (built-in, "
+                             "deterministic, no network) or 'scripted' (answers given as data, for tests)"},
     "api_key": {"type": "string", "minLength": 1, "maxLength": 8192,
                 "description": "the provider's key; never echoed, logged or exported"},
     "api_base": {"type": "string", "maxLength": 2048, "pattern": r"^https?://\S+$",
@@ -47,6 +47,20 @@ CONFIGURE_LM = _object({
                     "description": "retries of transient LM failures (default 3)"},
     "timeout_s": {"type": "number", "minimum": 0.1, "maximum": 3600,
                   "description": "the LM client's read timeout; a request's timeout_ms shortens it"},
+    "rate_limit": _object({
+        "requests_per_minute": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+        "tokens_per_minute": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+        "burst": {"type": "integer", "minimum": 1, "maximum": 10_000,
+                  "description": "calls allowed to start at once (the client's limiter decides)"},
+    }, (), "the provider's limits, enforced by the client: before every LM HTTP attempt the worker asks it with "
+           "the portbridge.admit callback, reports every call as an lm_call event, and (instead of DSPy) retries "
+           "failed attempts up to num_retries within the request's deadline. Give requests_per_minute or "
+           "tokens_per_minute"),
+    "answers": {"type": "array", "minItems": 1, "maxItems": MAX_SCRIPTED_ANSWERS,
+                "items": {"type": "object", "maxProperties": spec.MAX_FIELDS},
+                "description": "model 'scripted' only: one {output field: value} map per LM call, used in order and "
+                               "written in the calling adapter's format (chat, json, xml), as DSPy's DummyLM; when "
+                               "they run out a call fails with execution/scripted_answers_exhausted"},
 }, ["model"], "with session_id: that session's LM; without: the global LM (used by sessions that have none)")
 
 INDEX_ID = {
@@ -188,6 +202,8 @@ GROUP = _object({
                                "the group: what was collected so far)"},
 }, ["name", "repeat", "steps"], "a group: its steps run repeat times (multi-hop)")
 
+STOP = {"type": "string", "minLength": 1, "maxLength": 256}
+
 EXECUTE_PROGRAM = _object({
     "program_id": PROGRAM_ID,
     "inputs": {"type": "object", "maxProperties": spec.MAX_FIELDS,
@@ -197,6 +213,18 @@ EXECUTE_PROGRAM = _object({
     "trace": {"type": "boolean", "default": False,
               "description": "a Pipeline program: add trace, [{step, inputs, outputs}] for every step run "
                              "(a group's steps add iteration, from 0)"},
+    "lm": _object({
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": {**STOP, "type": ["string", "array"], "minItems": 1, "maxItems": 4, "items": STOP,
+                 "description": "a stop sequence, or a list of up to 4"},
+        "n": {"type": "integer", "minimum": 1, "maximum": 16, "description": "completions per LM call (the first "
+                                                                              "is the output)"},
+        "rollout_id": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,
+                       "description": "tells apart otherwise identical calls in DSPy's cache"},
+    }, (), "LM options for every LM call of this run only, as DSPy's per-call config (program(..., config=...)); "
+           "the scope's LM is unchanged"),
 }, ["program_id", "inputs"])
 
 NO_ARGS = registry.NO_ARGS

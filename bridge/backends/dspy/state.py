@@ -209,13 +209,15 @@ class Scope:
     # -- usage ------------------------------------------------------------------------
 
     def add_usage(self, usage: dict) -> None:
-        """Add one request's usage: ``{model: {counter: n}}``, numbers only."""
+        """Add one request's usage: ``{model: {counter: n}}``, numbers only; ``cost_usd`` stays null
+        until a priced call adds to it."""
         with self.lock:
             for model, counters in usage.items():
                 into = self.usage.setdefault(model, {})
                 for key, value in counters.items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        into[key] = into.get(key, 0) + value
+                        into[key] = (into.get(key) or 0) + value
+                into.setdefault("cost_usd", None)
 
     def usage_report(self, reset: bool = False) -> dict:
         with self.lock:
