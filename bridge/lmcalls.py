@@ -30,6 +30,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from .errors import BridgeError, overloaded
+from .redaction import scrub_text
 
 ADMIT = "portbridge.admit"  # the built-in callback every 1.2 client answers
 EVENT = "lm_call"  # the event's name, and the name a request puts in notify to get it
@@ -172,7 +173,7 @@ class Call:
             "cached": bool(cached),
             "program_id": self.caller.program_id,
             "error": None if error is None else {
-                "category": error.category, "code": error.code, "message": error.message[:2000],
+                "category": error.category, "code": error.code, "message": scrub_text(error.message[:2000]),
                 "retry_after_s": retry_after if _price(retry_after) else None},
         })
 

@@ -167,7 +167,10 @@ def test_admission_waits_come_out_of_the_deadline(worker, server):
     reply, pending = execute(worker, "adm-slow", "Too slow?", Gate(server, lambda args: release.wait(10) and None),
                              timeout_ms=2000)
     release.set()
-    assert (reply["error"]["category"], reply["error"]["code"]) == ("timeout", "deadline_exceeded")
+    # The deadline answers (deadline_exceeded), or the admission's wait, bounded by the same deadline, ends
+    # first (admission_refused): a timeout either way, and nothing was sent to the provider.
+    assert reply["error"]["category"] == "timeout"
+    assert reply["error"]["code"] in ("deadline_exceeded", "admission_refused")
     assert len(server.seen) == start
     (asked,) = [e["data"] for e in pending.events if e["event"] == "callback"]
     assert asked["name"] == ADMIT and asked["timeout_ms"] <= 2000  # it could wait no longer than the request
