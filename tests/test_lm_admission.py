@@ -230,6 +230,21 @@ def test_calls_in_threads_dspy_starts_are_admitted_on_the_request(worker, server
     assert len(events) == 6 and {e["program_id"] for e in events} == {"p"}
 
 
+def test_an_optimiser_on_several_threads_has_every_call_admitted(worker, server):
+    prepare(worker, server, "adm-optimize", "adm-optimize", {"requests_per_minute": 100_000})
+    gate = Gate(server)
+    start = len(server.seen)
+    trainset = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": f"a{i}"}} for i in range(4)]
+    pending = worker.submit("optimize_program", {
+        "program_id": "p", "optimizer": "BootstrapFewShotWithRandomSearch", "trainset": trainset,
+        "options": {"num_candidate_programs": 1, "max_bootstrapped_demos": 1, "num_threads": 2}},
+        session_id="adm-optimize", callbacks={ADMIT: gate}, timeout_ms=120_000)
+    reply = pending.wait(120)
+    assert reply["success"], reply
+    calls = len(server.seen) - start
+    assert calls > 0 and len(gate.seen) == calls == len(lm_calls(pending))
+
+
 def test_lm_call_events_are_opt_in_without_a_rate_limit(worker, server):
     prepare(worker, server, "adm-notify", "adm-notify")
     reply, pending = execute(worker, "adm-notify", "Quiet?")

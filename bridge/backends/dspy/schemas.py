@@ -44,7 +44,8 @@ CONFIGURE_LM = _object({
               "description": "DSPy's response cache; off by default (it is process-wide and keyed "
                              "without api_base or api_key)"},
     "num_retries": {"type": "integer", "minimum": 0, "maximum": 10,
-                    "description": "retries of transient LM failures (default 3)"},
+                    "description": "retries of transient LM failures (default 3); with rate_limit the bridge "
+                                   "makes them, asking admission before each"},
     "timeout_s": {"type": "number", "minimum": 0.1, "maximum": 3600,
                   "description": "the LM client's read timeout; a request's timeout_ms shortens it"},
     "rate_limit": _object({
