@@ -17,7 +17,9 @@ defmodule PortBridge.Application do
       # Sends to other nodes that never block the sender (PortBridge.Courier).
       PortBridge.Courier,
       PortBridge.CircuitBreaker,
-      {Task.Supervisor, name: PortBridge.TaskSupervisor}
+      {Task.Supervisor, name: PortBridge.TaskSupervisor},
+      # PortBridge.Test's stubs (idle unless a test sets one).
+      PortBridge.Test.Stubs
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: PortBridge.Supervisor)
