@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import callbacks, cluster, elixir, lm, memory, payload, ping, pipeline, pool, sdk, startup
+from . import callbacks, cluster, dspy_native, elixir, lm, memory, payload, ping, pipeline, pool, sdk, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -13,6 +13,7 @@ SCENARIOS = {
     "pipeline_cpu": pipeline.run_cpu,
     "pipeline_throughput": pipeline.run_throughput,
     "elixir": elixir.run,
+    "dspy_native": dspy_native.run,
     "pool": pool.run,
     "cluster": cluster.run,
     "sdk": sdk.run,

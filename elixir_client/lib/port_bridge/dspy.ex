@@ -122,7 +122,9 @@ defmodule PortBridge.DSPy do
 
   @lm_args Arguments.schema("configure_lm",
              override: [
-               model: [doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"]
+               model: [
+                 doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"
+               ]
              ]
            )
   @create_program_args Arguments.schema("create_program",
@@ -214,10 +216,17 @@ defmodule PortBridge.DSPy do
   #{Schema.docs(@execute_args)}
   """
   @spec execute_program(target, String.t(), map, keyword) :: result
-  def execute_program(target, program_id, inputs, opts \\ []) do
-    inputs!(inputs, "execute_program/4")
+  def execute_program(target, program_id, inputs, opts \\ []),
+    do: execute_as("PortBridge.DSPy.execute_program/4", target, program_id, inputs, opts)
 
-    call(target, "execute_program", opts, @execute_args, "execute_program/4",
+  @doc false
+  # execute_program/4 on behalf of another public function (a program module's
+  # run/3), which ArgumentErrors name.
+  @spec execute_as(String.t(), target, String.t(), map, keyword) :: result
+  def execute_as(where, target, program_id, inputs, opts) do
+    inputs!(inputs, where)
+
+    call(target, "execute_program", opts, @execute_args, where,
       program_id: program_id,
       inputs: inputs
     )
@@ -231,18 +240,19 @@ defmodule PortBridge.DSPy do
   `execute_program/4` (`:retry` and `:circuit` do not apply to a stream).
   """
   @spec stream(target, String.t(), map, keyword) :: Enumerable.t()
-  def stream(target, program_id, inputs, opts \\ []) do
-    inputs!(inputs, "stream/4")
-    {args, request_opts} = split!(opts, @execute_args, "stream/4")
+  def stream(target, program_id, inputs, opts \\ []),
+    do: stream_as("PortBridge.DSPy.stream/4", target, program_id, inputs, opts)
+
+  @doc false
+  # stream/4 on behalf of another public function (a program module's stream/3).
+  @spec stream_as(String.t(), target, String.t(), map, keyword) :: Enumerable.t()
+  def stream_as(where, target, program_id, inputs, opts) do
+    inputs!(inputs, where)
+    {args, request_opts} = split!(opts, @execute_args, "execute_program", where)
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
-    |> Call.new(
-      "execute_program",
-      args,
-      Keyword.drop(request_opts, [:retry, :circuit]),
-      "PortBridge.DSPy.stream/4"
-    )
+    |> Call.new("execute_program", args, Keyword.drop(request_opts, [:retry, :circuit]), where)
     |> Call.stream()
     |> Stream.map(fn
       {:event, "chunk", data} -> {:chunk, data}
@@ -511,7 +521,7 @@ defmodule PortBridge.DSPy do
         else: ""
 
     raise ArgumentError,
-          "the inputs of PortBridge.DSPy.#{function} are a map with one value per input " <>
+          "the inputs of #{function} are a map with one value per input " <>
             "field, such as %{question: \"...\"}#{hint}; got: #{inspect(inputs, limit: 5)}"
   end
 
@@ -524,8 +534,11 @@ defmodule PortBridge.DSPy do
 
   # `opts`: the caller's options, checked against the command's arguments (`args`)
   # and the request options; `positional`: the arguments given as parameters.
+  # `function`: "name/arity" of a function of this module, or the full name of the
+  # public function that called on its behalf.
   defp call(target, command, opts, args, function, positional \\ []) do
-    {args, request_opts} = split!(opts, args, function)
+    where = if String.contains?(function, "."), do: function, else: "PortBridge.DSPy." <> function
+    {args, request_opts} = split!(opts, args, command, where)
 
     args =
       Map.merge(args, Map.new(positional, fn {key, value} -> {Atom.to_string(key), value} end))
@@ -533,7 +546,7 @@ defmodule PortBridge.DSPy do
     # Through the recorder: on a pool, what builds a session's state is recorded so
     # that a fresh Python gets it back.
     target
-    |> Call.new(command, args, request_opts, "PortBridge.DSPy." <> function)
+    |> Call.new(command, args, request_opts, where)
     |> PortBridge.DSPy.Recorder.run()
   end
 
@@ -541,9 +554,15 @@ defmodule PortBridge.DSPy do
   # mistake, reported with the valid ones. `create_program` takes a signature
   # module and tools as data; elsewhere, Elixir functions given as `tools:`,
   # `metric:` or `reward:` become callbacks the worker calls back.
-  defp split!(opts, arg_schema, function) do
-    Schema.validate!(opts, arg_schema ++ @request_schema, "PortBridge.DSPy." <> function)
-    opts = if function == "create_program/2", do: as_data(opts), else: elixir_callbacks(opts)
+  defp split!(opts, arg_schema, command, where) do
+    Schema.validate!(opts, arg_schema ++ @request_schema, where)
+    opts =
+      case command do
+        "create_program" -> as_data(opts)
+        # Scripted answers may be signature structs (%MyApp.Triage{...}): maps on the wire.
+        "configure_lm" -> Keyword.replace_lazy(opts, :answers, &PortBridge.DSPy.Types.dump/1)
+        _ -> elixir_callbacks(opts)
+      end
     {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
     {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
   end

@@ -45,6 +45,7 @@ defmodule PortBridge.JSONSchema do
   def option_type(%{"enum" => values}), do: {:in, values}
   def option_type(%{"const" => value}), do: {:in, [value]}
   def option_type(%{"anyOf" => schemas}), do: union(Enum.map(schemas, &option_type/1))
+
   def option_type(%{"type" => types} = schema) when is_list(types),
     do: union(Enum.map(types, &option_type(Map.put(schema, "type", &1))))
 
@@ -121,8 +122,9 @@ defmodule PortBridge.JSONSchema do
     end
   end
 
-  defp constraint(%{"type" => "object", "properties" => properties}) when map_size(properties) > 0,
-    do: "a map with " <> keys(properties)
+  defp constraint(%{"type" => "object", "properties" => properties})
+       when map_size(properties) > 0,
+       do: "a map with " <> keys(properties)
 
   defp constraint(%{"type" => "array", "items" => %{"properties" => properties}})
        when map_size(properties) > 0,
@@ -133,5 +135,6 @@ defmodule PortBridge.JSONSchema do
 
   defp constraint(_schema), do: nil
 
-  defp keys(properties), do: properties |> Map.keys() |> Enum.sort() |> Enum.map_join(", ", &"`#{&1}`")
+  defp keys(properties),
+    do: properties |> Map.keys() |> Enum.sort() |> Enum.map_join(", ", &"`#{&1}`")
 end

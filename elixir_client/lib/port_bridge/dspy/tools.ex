@@ -128,7 +128,8 @@ defmodule PortBridge.DSPy.Tools do
 
   defp parameters!(name, params) when is_list(params) do
     unless Keyword.keyword?(params),
-      do: raise(ArgumentError, "the parameters of the tool #{inspect(name)} must be a keyword list")
+      do:
+        raise(ArgumentError, "the parameters of the tool #{inspect(name)} must be a keyword list")
 
     for {param, type} <- params, reason = Types.invalid(type) do
       raise ArgumentError, "parameter #{inspect(param)} of the tool #{inspect(name)}: #{reason}"
@@ -138,7 +139,8 @@ defmodule PortBridge.DSPy.Tools do
 
     %{
       "type" => "object",
-      "properties" => Map.new(params, fn {param, type} -> {"#{param}", Types.json_schema(type)} end),
+      "properties" =>
+        Map.new(params, fn {param, type} -> {"#{param}", Types.json_schema(type)} end),
       "additionalProperties" => false
     }
     |> put_present("required", if(required != [], do: required))

@@ -148,22 +148,25 @@ defmodule PortBridge.DSPy.Types do
   # Casts a decoded JSON value to the type: {:ok, value} or {:error, %Error{}}
   # (`output_parse`) naming the path of the value that did not fit.
   @spec cast(t, term, String.t()) :: {:ok, term} | {:error, Error.t()}
-  def cast(type, value, path) do
-    {:ok, cast!(type, value, path)}
+  def cast(type, value, root) do
+    {:ok, cast!(type, value, [root])}
   catch
     {:bad_value, at, expected, got} -> {:error, cast_error(at, expected, got)}
   end
 
   @doc false
-  # The fields of a struct module from the worker's string-keyed map.
-  @spec cast_fields(module, [{atom, t, String.t()}], map, String.t()) ::
+  # A signature module's struct from the worker's string-keyed map; `fields` are its
+  # `__signature__(:cast)`: [{name, "name", type}].
+  @spec cast_fields(module, [{atom, String.t(), t}], map, String.t()) ::
           {:ok, struct} | {:error, Error.t()}
-  def cast_fields(module, fields, map, path) do
-    {:ok, struct_of(module, fields, map, path)}
+  def cast_fields(module, fields, map, root) do
+    {:ok, struct_of(module, fields, map, [root])}
   catch
     {:bad_value, at, expected, got} -> {:error, cast_error(at, expected, got)}
   end
 
+  # `path`: where the value is, as a list of segments, innermost first; made into
+  # text only for an error (this runs on every result).
   defp cast!(:string, value, _path) when is_binary(value), do: value
   defp cast!(:integer, value, _path) when is_integer(value), do: value
   defp cast!(:float, value, _path) when is_float(value), do: value
@@ -171,15 +174,10 @@ defmodule PortBridge.DSPy.Types do
   defp cast!(:boolean, value, _path) when is_boolean(value), do: value
   defp cast!({:optional, _}, nil, _path), do: nil
   defp cast!({:optional, type}, value, path), do: cast!(type, value, path)
-
-  defp cast!({:list, type}, value, path) when is_list(value) do
-    value
-    |> Enum.with_index()
-    |> Enum.map(fn {item, i} -> cast!(type, item, "#{path}[#{i}]") end)
-  end
+  defp cast!({:list, type}, value, path) when is_list(value), do: cast_list(type, value, path, 0)
 
   defp cast!({:map, type}, value, path) when is_map(value),
-    do: Map.new(value, fn {key, item} -> {key, cast!(type, item, "#{path}.#{key}")} end)
+    do: Map.new(value, fn {key, item} -> {key, cast!(type, item, [{:key, key} | path])} end)
 
   defp cast!({:enum, values} = type, value, path) do
     case Enum.find(values, :none, &(wire_literal(&1) === value)) do
@@ -189,27 +187,43 @@ defmodule PortBridge.DSPy.Types do
   end
 
   defp cast!(module, value, path) when is_atom(module) and is_map(value) and not is_struct(value),
-    do: struct_of(module, module.__signature__(:outputs), value, path)
+    do: struct_of(module, module.__signature__(:cast), value, path)
 
   defp cast!(type, value, path), do: throw({:bad_value, path, type, value})
 
+  defp cast_list(_type, [], _path, _i), do: []
+
+  defp cast_list(type, [item | rest], path, i),
+    do: [cast!(type, item, [{:index, i} | path]) | cast_list(type, rest, path, i + 1)]
+
+  # Every field of the struct is set (a missing optional one to nil), so the map is
+  # built whole, without struct/2's checks.
   defp struct_of(module, fields, map, path) do
     pairs =
-      for {name, type, _opts} <- fields do
-        key = Atom.to_string(name)
-
+      for {name, key, type} <- fields do
         case map do
-          %{^key => value} -> {name, cast!(type, value, path <> "." <> key)}
+          %{^key => value} -> {name, cast!(type, value, [{:key, key} | path])}
           _ when is_tuple(type) and elem(type, 0) == :optional -> {name, nil}
-          _ -> throw({:bad_value, path <> "." <> key, type, :missing})
+          _ -> throw({:bad_value, [{:key, key} | path], type, :missing})
         end
       end
 
-    struct(module, pairs)
+    :maps.from_list([{:__struct__, module} | pairs])
+  end
+
+  defp path_text(path) do
+    path
+    |> Enum.reverse()
+    |> Enum.map_join(fn
+      {:key, key} -> ".#{key}"
+      {:index, i} -> "[#{i}]"
+      root -> root
+    end)
   end
 
   defp cast_error(path, type, got) do
     what = if got == :missing, do: "nothing", else: inspect(got, limit: 10, printable_limit: 200)
+    path = path_text(path)
 
     Error.new(
       :output_parse,
