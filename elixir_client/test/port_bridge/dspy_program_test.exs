@@ -81,6 +81,28 @@ defmodule PortBridge.DSPyProgramTest do
     assert {:ok, %QA{}} = QAThought.run(w, %{question: "Why?"}, session_id: s)
   end
 
+  test "scripted answers, given as the signature's own structs, come back as they were", %{
+    worker: w,
+    session: s
+  } do
+    answer = %Triage{
+      urgent: true,
+      category: "bug",
+      tags: ["crash", "upload"],
+      level: :high,
+      scores: %{"severity" => 0.5},
+      item: %Item{sku: "A-1", qty: nil}
+    }
+
+    {:ok, _} = DSPy.configure_lm(w, model: "scripted", answers: [answer, answer], session_id: s)
+    inputs = %{ticket: "The app crashes", items: []}
+    assert {:ok, ^answer} = TriageProgram.run(w, inputs, session_id: s)
+    assert {:ok, ^answer} = TriageProgram.run(w, inputs, session_id: s)
+
+    assert {:error, %PortBridge.Error{code: "scripted_answers_exhausted"}} =
+             TriageProgram.run(w, inputs, session_id: s)
+  end
+
   test "stream/3 gives the chunks, then the struct; stream!/3 the struct itself", %{
     worker: w,
     session: s
