@@ -89,6 +89,97 @@ defmodule Bench do
     end)
   end
 
+  # Where a Worker ping's BEAM work goes, in counts that do not depend on the machine's
+  # load: reductions of the calling process and the Worker per ping, function calls
+  # per ping (every process: call_count tracing), against a raw Port doing the same;
+  # then :eprof's own-time shares of the Worker path (a profile, so slower than real).
+  def hotpath(n) do
+    {:ok, pid} = PortBridge.Worker.start_link(spawn_opts())
+    {:ok, _} = PortBridge.Worker.await_ready(pid, 30_000)
+    ping = fn -> {:ok, %{"pong" => true}} = PortBridge.Worker.request(pid, "ping", %{}) end
+    for _ <- 1..200, do: ping.()
+
+    [caller_reds, worker_reds] = reductions(n, [self(), pid], ping)
+    worker_calls = calls(n, [self(), pid], ping)
+    profile = eprof(n, [self(), pid], ping)
+    Process.unlink(pid)
+    GenServer.stop(pid)
+
+    port = raw_port(["-m", "bridge", "worker", "--backends", ""])
+    raw_ping = fn -> raw_pings(port, 1) end
+    for _ <- 1..200, do: raw_ping.()
+    [raw_reds] = reductions(n, [self()], raw_ping)
+    raw_calls = calls(n, [self()], raw_ping)
+    close_port(port)
+
+    %{
+      "n" => n,
+      "worker" => %{"caller_reductions" => caller_reds, "worker_reductions" => worker_reds,
+                    "calls" => worker_calls},
+      "raw" => %{"caller_reductions" => raw_reds, "calls" => raw_calls},
+      "eprof" => profile
+    }
+  end
+
+  # Reductions per call of `fun`, for each of `pids`.
+  defp reductions(n, pids, fun) do
+    before = Enum.map(pids, &reds/1)
+    for _ <- 1..n, do: fun.()
+    for {pid, b} <- Enum.zip(pids, before), do: (reds(pid) - b) / n
+  end
+
+  defp reds(pid), do: elem(Process.info(pid, :reductions), 1)
+
+  # Function calls per ping of `pids` (call_count tracing), by function, less what the
+  # same measurement of a function that does nothing counts (the measuring itself).
+  defp calls(n, pids, fun) do
+    base = count_calls(n, pids, fn -> :ok end)
+    counts = count_calls(n, pids, fun)
+
+    counts =
+      for {name, c} <- counts,
+          c = c - Map.get(base, name, 0),
+          c >= 0.99,
+          into: %{},
+          do: {name, Float.round(c, 2)}
+
+    %{"total" => Float.round(Enum.sum(Map.values(counts)), 1), "by_function" => counts}
+  end
+
+  defp count_calls(n, pids, fun) do
+    :erlang.trace_pattern({:_, :_, :_}, true, [:call_count])
+    for pid <- pids, do: :erlang.trace(pid, true, [:call])
+    for _ <- 1..n, do: fun.()
+    for pid <- pids, do: :erlang.trace(pid, false, [:call])
+
+    counts =
+      for {m, _} <- :code.all_loaded(),
+          {f, a} <- m.module_info(:functions),
+          {:call_count, c} = :erlang.trace_info({m, f, a}, :call_count),
+          is_integer(c) and c > 0,
+          into: %{},
+          do: {"#{inspect(m)}.#{f}/#{a}", c / n}
+
+    :erlang.trace_pattern({:_, :_, :_}, false, [:call_count])
+    counts
+  end
+
+  defp eprof(n, pids, fun) do
+    :eprof.start()
+    :eprof.start_profiling(pids)
+    for _ <- 1..n, do: fun.()
+    :eprof.stop_profiling()
+    :eprof.log(String.to_charlist(Path.join(System.tmp_dir!(), "bench_eprof.txt")))
+    :eprof.analyze(:total, sort: :time)
+    text = File.read!(Path.join(System.tmp_dir!(), "bench_eprof.txt"))
+    :eprof.stop()
+
+    for line <- String.split(text, "\n"),
+        [name, calls, pct, us] <- [Regex.run(~r/^(\S+)\s+(\d+)\s+([\d.]+)\s+(\d+)/, line, capture: :all_but_first)],
+        do: %{"function" => name, "calls_per_ping" => String.to_integer(calls) / n,
+              "percent" => String.to_float(pct), "us_per_ping" => String.to_integer(us) / n}
+  end
+
   def pool_throughput(size, callers, calls) do
     with_pool(size, fn name ->
       pings(name, 200)
@@ -153,7 +244,10 @@ throughput =
     []
   end
 
+hotpath = Bench.hotpath(min(n, 2_000))
+
 Bench.Common.print_result(%{
+  "hotpath" => hotpath,
   "latency" => latency,
   "throughput" => throughput,
   "pool" => Bench.pool_available?()

@@ -119,27 +119,38 @@ defmodule PortBridge.Channel do
     end
   end
 
+  # The messages are built only for a frame that fails (this runs for every frame).
   defp decode_payload(format, payload) do
-    Codec.decode(payload, format)
-    |> codec_failure(
-      :communication,
-      "undecodable_frame",
-      "the worker wrote a frame that is not valid #{format}"
-    )
+    case Codec.decode(payload, format) do
+      {:ok, _} = ok ->
+        ok
+
+      {:error, reason} ->
+        codec_error(
+          :communication,
+          "undecodable_frame",
+          "the worker wrote a frame that is not valid #{format}",
+          reason
+        )
+    end
   end
 
   defp encode_payload(format, request) do
-    Codec.encode(request, format)
-    |> codec_failure(
-      :serialization,
-      "unencodable_request",
-      "the request cannot be encoded as #{format}"
-    )
+    case Codec.encode(request, format) do
+      {:ok, _} = ok ->
+        ok
+
+      {:error, reason} ->
+        codec_error(
+          :serialization,
+          "unencodable_request",
+          "the request cannot be encoded as #{format}",
+          reason
+        )
+    end
   end
 
-  defp codec_failure({:ok, _} = ok, _category, _code, _message), do: ok
-
-  defp codec_failure({:error, reason}, category, code, message) do
+  defp codec_error(category, code, message, reason) do
     {:error,
      Error.new(category, code, message, %{
        "reason" => inspect(reason, limit: 10, printable_limit: 200)

@@ -122,6 +122,14 @@ defmodule PortBridge.Protocol do
   def envelope(id, command, args, nil, nil, nil),
     do: %{"id" => id, "command" => command_string(command), "args" => args}
 
+  def envelope(id, command, args, nil, timeout_ms, nil),
+    do: %{
+      "id" => id,
+      "command" => command_string(command),
+      "args" => args,
+      "timeout_ms" => timeout_ms
+    }
+
   def envelope(id, command, args, session_id, timeout_ms, meta) do
     %{"id" => id, "command" => command_string(command), "args" => args}
     |> put_present("session_id", session_id)

@@ -71,7 +71,7 @@ defmodule PortBridge.Request do
   def remaining(:infinity), do: :infinity
   def remaining(deadline), do: max(deadline - now(), 0)
 
-  defp now, do: System.monotonic_time(:millisecond)
+  defp now, do: :erlang.monotonic_time(:millisecond)
 
   @doc """
   Waits for the final reply, passing each event to `on_event` (a 1-arity function
