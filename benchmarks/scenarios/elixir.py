@@ -67,9 +67,28 @@ def run(quick: bool) -> report.Result:
     table.add("Python driver (benchmarks harness) -> worker", report.span(py_p50, report.us), "",
               report.ratio(py_p50["median"] / raw_worker))
     worker = spread(x["p50"] for x in doc["latency"]["PortBridge.Worker"])
+    raw_ratio = worker["median"] / raw_worker
+    r.target("PortBridge.Worker p50 vs a raw Port to the same worker, pinned (issue 22)", "<= 1.5x",
+             f"{raw_ratio:.2f}x ({worker['median'] / 1000:.1f} us vs {raw_worker / 1000:.1f} us)", raw_ratio <= 1.5)
     ratio = worker["median"] / py_p50["median"]
     r.target("PortBridge.Worker p50 vs Python-driver p50", "<= 2x",
              f"{ratio:.2f}x ({worker['median'] / 1000:.1f} us vs {py_p50['median'] / 1000:.1f} us)", ratio <= 2.0)
+    hot = doc.get("hotpath")
+    if hot:
+        t = r.table(f"Where a ping's BEAM work goes ({hot['n']} pings; counts, not times: the machine's "
+                    "load does not change them)", ["path", "reductions: caller", "reductions: Worker",
+                                                    "function calls"])
+        w, raw = hot["worker"], hot["raw"]
+        t.add("PortBridge.Worker.request/4", f"{w['caller_reductions']:.0f}", f"{w['worker_reductions']:.0f}",
+              f"{w['calls']['total']:.0f}")
+        t.add("raw Port (encode, Port.command, receive, decode)", f"{raw['caller_reductions']:.0f}", "",
+              f"{raw['calls']['total']:.0f}")
+        top = [row for row in hot["eprof"] if row["percent"] > 0][-12:][::-1]
+        p = r.table(":eprof of the Worker path (caller and Worker), own time, top 12 (profiled, so slower "
+                    "than unprofiled)", ["function", "calls/ping", "% of time", "us/ping"])
+        for row in top:
+            p.add(row["function"], f"{row['calls_per_ping']:.1f}", f"{row['percent']:.1f}",
+                  f"{row['us_per_ping']:.2f}")
     if doc["throughput"]:
         t = r.table(f"PortBridge.Pool of {doc['schedulers']} workers: pings per second", ["callers", "requests", "req/s"])
         for row in doc["throughput"]:
