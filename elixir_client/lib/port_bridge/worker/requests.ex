@@ -1,12 +1,14 @@
 defmodule PortBridge.Worker.Requests do
   @moduledoc false
   # The requests a PortBridge.Worker holds, as a pure value: each by its ref (the
-  # caller's alias), by the id its frame was sent with, and by the monitor of its
-  # caller. No process, no I/O: the Worker keeps one in its state.
+  # caller's alias), by the id its frame was sent with, and, for a caller on another
+  # node, by the monitor of that caller. No process, no I/O: the Worker keeps one in
+  # its state.
   #
-  # An entry: %{command, args, session_id, meta, timeout, deadline, callbacks,
-  # monitor, timer, id}; `id` is nil until its frame is sent (queued while the Python
-  # starts or replays).
+  # An entry: %{command, args, session_id, meta, timeout, deadline, callbacks, caller,
+  # monitor, id}; `monitor` is nil for a caller on this node (the Worker's sweep sees
+  # it die), `id` nil until its frame is sent (queued while the Python starts or
+  # replays).
 
   defstruct by_ref: %{}, by_id: %{}, by_monitor: %{}
 
@@ -18,8 +20,8 @@ defmodule PortBridge.Worker.Requests do
           required(:timeout) => timeout,
           required(:deadline) => integer | :infinity,
           required(:callbacks) => map,
-          required(:monitor) => reference,
-          required(:timer) => reference | nil,
+          required(:caller) => pid,
+          required(:monitor) => reference | nil,
           required(:id) => integer | nil
         }
   @type t :: %__MODULE__{
@@ -33,6 +35,9 @@ defmodule PortBridge.Worker.Requests do
 
   @doc false
   @spec add(t, reference, entry) :: t
+  def add(%__MODULE__{} = table, ref, %{monitor: nil} = entry),
+    do: %{table | by_ref: Map.put(table.by_ref, ref, entry)}
+
   def add(%__MODULE__{} = table, ref, %{monitor: monitor} = entry) do
     %{
       table
@@ -75,12 +80,17 @@ defmodule PortBridge.Worker.Requests do
         {nil, table}
 
       {entry, by_ref} ->
+        by_monitor =
+          if entry.monitor,
+            do: Map.delete(table.by_monitor, entry.monitor),
+            else: table.by_monitor
+
         {entry,
          %{
            table
            | by_ref: by_ref,
              by_id: Map.delete(table.by_id, entry.id),
-             by_monitor: Map.delete(table.by_monitor, entry.monitor)
+             by_monitor: by_monitor
          }}
     end
   end
@@ -94,6 +104,23 @@ defmodule PortBridge.Worker.Requests do
   # Requests whose frame went out and that have no reply yet.
   @spec in_flight(t) :: non_neg_integer
   def in_flight(%__MODULE__{by_id: by_id}), do: map_size(by_id)
+
+  @doc false
+  # The requests nobody waits for any more, with why: `:timeout` for those whose
+  # deadline (monotonic ms) is `now` or earlier, `:orphaned` for those whose caller on
+  # this node is gone.
+  @spec stale(t, integer) :: [{reference, entry, :timeout | :orphaned}]
+  def stale(%__MODULE__{by_ref: by_ref}, now) do
+    for {ref, entry} <- by_ref, why = staleness(entry, now), do: {ref, entry, why}
+  end
+
+  defp staleness(%{deadline: deadline}, now) when deadline != :infinity and deadline <= now,
+    do: :timeout
+
+  defp staleness(%{monitor: nil, caller: caller}, _now),
+    do: if(Process.alive?(caller), do: nil, else: :orphaned)
+
+  defp staleness(_entry, _now), do: nil
 
   @spec refs(t) :: [reference]
   def refs(%__MODULE__{by_ref: by_ref}), do: Map.keys(by_ref)

@@ -20,6 +20,7 @@ defmodule PortBridge.Worker.State do
   #   rebuild    {started, steps, failed} of the replay, for its telemetry event
   #   callbacks  the callbacks running for requests (PortBridge.Callbacks)
   #   spawned_at when the Python was spawned (monotonic, native units)
+  #   sweep      the timer of the next sweep of overdue requests, or nil
 
   alias PortBridge.{Channel, Outbox}
   alias PortBridge.Worker.Requests
@@ -32,6 +33,7 @@ defmodule PortBridge.Worker.State do
     :timer,
     :rebuild,
     :spawned_at,
+    :sweep,
     status: :idle,
     waiters: [],
     failures: 0,
@@ -57,7 +59,8 @@ defmodule PortBridge.Worker.State do
           replay: %{integer => {String.t(), String.t() | nil}},
           rebuild: {integer, non_neg_integer, non_neg_integer} | nil,
           callbacks: map,
-          spawned_at: integer | nil
+          spawned_at: integer | nil,
+          sweep: reference | nil
         }
 
   @doc false
