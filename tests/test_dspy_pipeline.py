@@ -325,7 +325,18 @@ def test_a_pipeline_survives_a_fresh_python_through_its_export(worker, tmp_path)
         imported = fresh.call("import_program", {"program": doc}, session_id=s)
         assert imported["program_id"] == "p" and imported["demos"] == 2 and imported["steps"] == doc["options"]["steps"]
         after = fresh.call("execute_program", {"program_id": "p", "inputs": question}, session_id=s)
-    assert after["outputs"] == before["outputs"]
+        # A client whose maps keep no order (Elixir's) sends the document back with every map's keys moved.
+        fresh.call("import_program", {"program": reversed_maps(doc), "program_id": "q"}, session_id=s)
+        again = fresh.call("execute_program", {"program_id": "q", "inputs": question}, session_id=s)
+    assert after["outputs"] == again["outputs"] == before["outputs"]
+
+
+def reversed_maps(value):
+    if isinstance(value, dict):
+        return {k: reversed_maps(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [reversed_maps(v) for v in value]
+    return value
 
 
 def tampered(doc: dict, change) -> dict:

@@ -1,7 +1,8 @@
 defmodule PortBridge.DSPyPipelineTest do
   # Pipelines as data from Elixir, against real workers (offline LM and embedder): a
   # multi-hop pipeline runs, traces its steps and streams with each step's predictor
-  # named; bad bindings come back as validation errors naming the path.
+  # named; bad bindings come back as validation errors naming the path; on a pool, a
+  # pipeline (with what it learned) survives the death of its Python.
   use PortBridge.TestCase, async: true
 
   alias PortBridge.DSPy
@@ -56,12 +57,8 @@ defmodule PortBridge.DSPyPipelineTest do
     {:ok, _} = DSPy.create_index(target, @corpus, index_id: "kb", session_id: s)
   end
 
-  # Until PortBridge.DSPy's argument lists come from the worker's schemas, steps: goes
-  # through the command itself.
   defp create(target, s, declaration, id \\ "mh") do
-    PortBridge.request(target, "create_program", Map.put(declaration, :program_id, id),
-      session_id: s
-    )
+    DSPy.create_program(target, Keyword.new(declaration) ++ [program_id: id, session_id: s])
   end
 
   test "a multi-hop pipeline runs, traces its steps and streams", %{worker: w, session: s} do
@@ -71,12 +68,7 @@ defmodule PortBridge.DSPyPipelineTest do
     assert predictors == ["generate_query.predict", "generate_answer.predict"]
 
     assert {:ok, %{"outputs" => %{"answer" => answer}, "trace" => trace}} =
-             PortBridge.request(
-               w,
-               "execute_program",
-               %{program_id: "mh", inputs: @question, trace: true},
-               session_id: s
-             )
+             DSPy.execute_program(w, "mh", @question, trace: true, session_id: s)
 
     assert Enum.map(trace, &{&1["step"], &1["iteration"]}) == [
              {"generate_query", 0},
@@ -108,5 +100,38 @@ defmodule PortBridge.DSPyPipelineTest do
              create(w, s, bad)
 
     assert details["path"] == "args.steps[1].inputs.context"
+  end
+
+  test "on a pool, a pipeline and what it learned survive a killed Python" do
+    name = :"pipeline_pool_#{System.unique_integer([:positive])}"
+    start_supervised!({PortBridge.Pool, [name: name, size: 1] ++ dspy_worker_opts()}, id: name)
+    s = "survivor"
+    scope(name, s)
+    {:ok, _} = create(name, s, @multi_hop)
+
+    # Each program change is recorded as export_program returns it, and replayed by import.
+    trainset = [%{inputs: @question, outputs: %{answer: "The Seine."}}]
+
+    assert {:ok, %{"demos" => 2}} =
+             DSPy.optimize_program(name, "mh",
+               optimizer: "LabeledFewShot",
+               trainset: trainset,
+               session_id: s
+             )
+
+    {:ok, before} = DSPy.execute_program(name, "mh", @question, session_id: s)
+
+    old_pid = ping_pid(name, session_id: s)
+    kill9(old_pid)
+    assert_os_pid_exited(old_pid)
+
+    assert {:ok, after_restart} =
+             DSPy.execute_program(name, "mh", @question, session_id: s, retry: true)
+
+    assert ping_pid(name, session_id: s) != old_pid
+    assert after_restart["outputs"] == before["outputs"]
+
+    assert {:ok, %{"module" => "Pipeline", "demos" => 2, "predictors" => [_, _]}} =
+             DSPy.get_program(name, "mh", session_id: s)
   end
 end

@@ -206,7 +206,8 @@ class _Resolver:
         self.fields[name] = _merged(self.pipeline_fields, types, {n: [t] for n, t in step.produces.items()},
                                     {n: [t] for n, t in build.REACT_FIELDS.items()
                                      if build.base_of(step.module, step.options) == "ReAct"})
-        doc = {"name": name, "module": step.module, "signature": step.signature,
+        # The signature's fields as lists: their order (which the prompts follow) survives any client's maps.
+        doc = {"name": name, "module": step.module, "signature": spec.ordered(step.signature),
                "inputs": {f: ref.text() for f, ref in bindings}, **step.options}
         return ModuleStep(name, tuple(bindings)), doc
 
