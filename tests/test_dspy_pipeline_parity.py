@@ -19,8 +19,8 @@ import pytest
 
 from bridge.backends.dspy import offline_embed
 from tests.support.dspy_workers import dspy_worker
-from tests.support.openai_server import OpenAIServer
 from tests.test_dspy_parity import ADD_TOOL, KEY, REACT_SCRIPT, add, bodies, exact, plain_lm
+from tests.test_dspy_parity import server  # noqa: F401 - the same loopback server fixture
 
 CORPUS = [
     "Paris is the capital of France.",
@@ -99,12 +99,6 @@ CASES = {
     "multi-hop-retrieval": (MultiHop, MULTI_HOP, "Which river flows through the capital of France?", ()),
     "react-then-check": (Checked, CHECKED, "What is 2 + 3?", REACT_SCRIPT),
 }
-
-
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIServer(api_key=KEY, chunk_chars=3) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
