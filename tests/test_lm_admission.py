@@ -13,23 +13,14 @@ import time
 
 import pytest
 
-from tests.support.dspy_workers import dspy_worker
-from tests.support.openai_server import OpenAIServer
+from tests.support.dspy_workers import module_server, module_worker
 
 KEY = "sk-admission"
 ADMIT = "portbridge.admit"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIServer(api_key=KEY) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("lm-admission"), "--expose", "tests.support.lm_commands") as w:
-        yield w
+server = module_server(api_key=KEY)
+worker = module_worker("lm-admission", "--expose", "tests.support.lm_commands")
 
 
 def prepare(worker, server, session: str, model: str, rate_limit: dict | None = None, **lm_args) -> None:

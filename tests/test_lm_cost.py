@@ -12,26 +12,15 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from tests.support.dspy_workers import dspy_worker
-from tests.support.openai_server import OpenAIServer
-from tests.support.workers import worker_env
+from tests.support.dspy_workers import module_server, module_worker
 
 KEY = "sk-cost"
 PRICED = "gpt-4o-mini"  # in DSPy's price list
 UNPRICED = "house-model-7b"  # a self-hosted name no price list knows
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIServer(api_key=KEY) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lm-cost")  # its own DSPy cache: an earlier run answers nothing
-    with dspy_worker(folder, env=worker_env(DSPY_CACHEDIR=str(folder / "dspy-cache"))) as w:
-        yield w
+server = module_server(api_key=KEY)
+worker = module_worker("lm-cost", own_cache=True)
 
 
 def plain_costs(server, model: str, module: str, questions: list[str]) -> list:

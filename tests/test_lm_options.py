@@ -15,23 +15,14 @@ import json
 import dspy
 import pytest
 
-from tests.support.dspy_workers import dspy_worker, error_of
-from tests.support.openai_server import OpenAIServer
+from tests.support.dspy_workers import error_of, module_server, module_worker
 
 KEY = "sk-options"
 BASE = {"temperature": 0.2, "max_tokens": 300}  # the session LM's own settings
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIServer(api_key=KEY) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("lm-options")) as w:
-        yield w
+server = module_server(api_key=KEY)
+worker = module_worker("lm-options")
 
 
 def bodies(server, start: int) -> list[dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dspy_workers import dspy_worker, error_of
+from tests.support.dspy_workers import error_of, module_worker
 
 TYPED = {"name": "Triage", "instructions": "Triage the ticket.",
          "inputs": {"ticket": {"type": "str"}},
@@ -26,10 +26,7 @@ TYPED_ANSWERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("scripted")) as w:
-        yield w
+worker = module_worker("scripted")
 
 
 def script(worker, session: str | None, answers: list[dict]) -> dict:

@@ -9,13 +9,41 @@ gone when the module is done.
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.client import RemoteError, WorkerClient
-from tests.support.workers import checked_client, read_stderr
+from tests.support.openai_server import OpenAIServer
+from tests.support.workers import checked_client, read_stderr, worker_env
 
 SCRIPTED_BACKEND = "tests.support.scripted_lm:backend"
 
 
 dspy_worker = checked_client  # dspy_worker(folder, *worker_args, env=...): one per test module
+
+
+def module_worker(name: str, *worker_args: str, own_cache: bool = False):
+    """A module-scoped ``worker`` fixture (``worker = module_worker("name")``): one real worker for the module;
+    ``own_cache``: a DSPy response cache of its own, so that no earlier run answers its calls."""
+
+    @pytest.fixture(scope="module")
+    def worker(tmp_path_factory):
+        folder = tmp_path_factory.mktemp(name)
+        env = worker_env(DSPY_CACHEDIR=str(folder / "dspy-cache")) if own_cache else None
+        with dspy_worker(folder, *worker_args, env=env) as w:
+            yield w
+
+    return worker
+
+
+def module_server(**settings):
+    """A module-scoped ``server`` fixture (``server = module_server(api_key=KEY)``): the loopback OpenAI server."""
+
+    @pytest.fixture(scope="module")
+    def server():
+        with OpenAIServer(**settings) as s:
+            yield s
+
+    return server
 
 
 def error_of(worker: WorkerClient, command: str, args: dict, **kw) -> dict:
