@@ -120,9 +120,10 @@ def resolve(scope: Scope, global_scope: Scope) -> LMConfig:
     if config is None:
         raise BridgeError(
             "validation", "no_lm_configured",
-            "no LM is configured for this session or globally; send configure_lm first, e.g. "
-            "{\"command\": \"configure_lm\", \"args\": {\"model\": \"openai/gpt-4o-mini\", \"api_key\": \"...\"}} "
-            "or {\"model\": \"offline\"} for the built-in deterministic model",
+            # Neutral words: every client shows this, and says how to call configure_lm in its own terms
+            # (details.hint names the command; the Elixir client rewrites the advice).
+            "no LM is configured for this session or globally: configure one first (configure_lm with a model "
+            "such as 'openai/gpt-4o-mini' and its api_key, or 'offline', the built-in deterministic model)",
             {"hint": "configure_lm"},
         )
     return config

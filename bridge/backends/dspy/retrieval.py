@@ -132,9 +132,9 @@ def resolve_embedder(scope: Scope, global_scope: Scope) -> EmbedderConfig:
     config = scope.embedder or global_scope.embedder
     if config is None:
         raise BridgeError("validation", "no_embedder_configured",
-                          "no embedder is configured for this session or globally; send configure_embedder "
-                          "first, e.g. {\"model\": \"openai/text-embedding-3-small\", \"api_key\": \"...\"} or "
-                          "{\"model\": \"offline\"} for the built-in deterministic embedder",
+                          "no embedder is configured for this session or globally: configure one first "
+                          "(configure_embedder with a model such as 'openai/text-embedding-3-small' and its api_key, "
+                          "or 'offline', the built-in deterministic embedder)",
                           {"hint": "configure_embedder"})
     return config
 

@@ -74,7 +74,7 @@ defmodule PortBridge.DSPy do
   """
 
   alias PortBridge.{Call, Error, Options, Schema}
-  alias PortBridge.DSPy.Arguments
+  alias PortBridge.DSPy.{Advice, Arguments}
 
   # The arguments of each command come from the worker's own declarations
   # (priv/dspy_commands.json, generated from `describe` by scripts/sync_protocol.sh):
@@ -256,6 +256,7 @@ defmodule PortBridge.DSPy do
     |> Call.stream()
     |> Stream.map(fn
       {:event, "chunk", data} -> {:chunk, data}
+      {:error, _} = error -> Advice.elixir(error)
       other -> other
     end)
   end
@@ -548,6 +549,7 @@ defmodule PortBridge.DSPy do
     target
     |> Call.new(command, args, request_opts, where)
     |> PortBridge.DSPy.Recorder.run()
+    |> Advice.elixir()
   end
 
   # Options are the command's arguments or request options; anything else is a
@@ -556,6 +558,7 @@ defmodule PortBridge.DSPy do
   # `metric:` or `reward:` become callbacks the worker calls back.
   defp split!(opts, arg_schema, command, where) do
     Schema.validate!(opts, arg_schema ++ @request_schema, where)
+
     opts =
       case command do
         "create_program" -> as_data(opts)
@@ -563,6 +566,7 @@ defmodule PortBridge.DSPy do
         "configure_lm" -> Keyword.replace_lazy(opts, :answers, &PortBridge.DSPy.Types.dump/1)
         _ -> elixir_callbacks(opts)
       end
+
     {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
     {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
   end

@@ -143,7 +143,7 @@ defmodule PortBridge.DSPyTest do
     worker: worker,
     session: s
   } do
-    assert {:error, %Error{category: :validation, code: "no_lm_configured"}} =
+    assert {:error, %Error{category: :validation, code: "no_lm_configured"} = no_lm} =
              (fn ->
                 fresh = s <> "-no-lm"
 
@@ -156,6 +156,13 @@ defmodule PortBridge.DSPyTest do
 
                 DSPy.execute_program(worker, "p", %{q: "x"}, session_id: fresh)
               end).()
+
+    # Advice in Elixir terms; the worker's own (neutral) words kept in the details.
+    assert no_lm.message =~
+             ~s{call PortBridge.DSPy.configure_lm(target, model: "openai/gpt-4o-mini"}
+
+    assert no_lm.details["worker_message"] =~ "configure one first"
+    refute no_lm.details["worker_message"] =~ ~s({")
 
     assert {:error, %Error{category: :validation}} =
              DSPy.create_program(worker, signature: "not a signature", session_id: s)

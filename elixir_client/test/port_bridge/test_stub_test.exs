@@ -3,7 +3,7 @@ defmodule PortBridge.TestStubTest do
   # for the process that set it and those it starts. No Python anywhere here.
   use PortBridge.TestCase, async: true
 
-  alias PortBridge.{DSPy, Test}
+  alias PortBridge.{DSPy, Error, Test}
 
   # A name nothing runs under: only a stub can answer it.
   @target :"stubbed_#{__MODULE__}"
@@ -122,6 +122,34 @@ defmodule PortBridge.TestStubTest do
 
     assert {:ok, %{"outputs" => %{"answer" => "sum? 5"}}} =
              DSPy.execute_program(@target, "agent", %{question: "sum?"}, tools: tools)
+  end
+
+  test "PortBridge.DSPy tells the worker's errors in Elixir terms" do
+    Test.stub(@target, fn
+      "execute_program", %{"program_id" => id} ->
+        {:error,
+         Error.new(:not_found, "unknown_program", "no program #{inspect(id)} in this scope", %{
+           "program_id" => id
+         })}
+
+      "create_program", %{"program_id" => id} ->
+        {:error, Error.new(:validation, "program_exists", "exists", %{"program_id" => id})}
+    end)
+
+    assert {:error, %Error{code: "unknown_program", message: message, details: details}} =
+             DSPy.execute_program(@target, "qa", %{question: "?"})
+
+    assert message =~ "create it with PortBridge.DSPy.create_program/2"
+    assert details["worker_message"] == ~s{no program "qa" in this scope}
+
+    assert {:error, %Error{message: message}} =
+             DSPy.create_program(@target, signature: "q -> a", program_id: "qa")
+
+    assert message =~ "pass replace: true"
+
+    # PortBridge.request/4 gives the worker's own words.
+    assert {:error, %Error{message: ~s{no program "qa" in this scope}}} =
+             PortBridge.request(@target, "execute_program", %{program_id: "qa"})
   end
 
   test "a stub that answers something else is a mistake, said as such" do
