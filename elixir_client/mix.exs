@@ -4,6 +4,8 @@ defmodule PortBridge.MixProject do
   # The Python package (pyproject.toml) carries the same version: `mix port_bridge.setup`
   # installs portbridge of exactly this version from the package index.
   @version "0.1.0"
+  # Where the sources are published (ex_doc links each function to its source there).
+  @source_url "https://github.com/portbridge/portbridge"
 
   # What an application that depends on :port_bridge gets. Our own machines, which
   # cannot reach hex.pm, build with mix.offline.exs instead (MIX_EXS=mix.offline.exs,
@@ -53,6 +55,7 @@ defmodule PortBridge.MixProject do
     [
       licenses: ["Apache-2.0"],
       links: %{
+        "Source" => @source_url,
         "Changelog" => "https://hexdocs.pm/port_bridge/changelog.html",
         "Python package" => "https://pypi.org/project/portbridge/"
       },
@@ -63,8 +66,47 @@ defmodule PortBridge.MixProject do
   defp docs do
     [
       main: "readme",
-      extras: ["README.md", "CHANGELOG.md", "LICENSE"],
-      source_ref: "v#{@version}"
+      source_url: @source_url,
+      source_ref: "v#{@version}",
+      # The client is a directory of the repository: its files' paths start there.
+      source_url_pattern: "#{@source_url}/blob/v#{@version}/elixir_client/%{path}#L%{line}",
+      extras: [
+        "README.md",
+        "cheatsheet.cheatmd",
+        "notebooks/dspy_native.livemd",
+        "CHANGELOG.md",
+        "LICENSE"
+      ],
+      groups_for_extras: [
+        Guides: ["README.md", "notebooks/dspy_native.livemd"],
+        Cheatsheets: ["cheatsheet.cheatmd"]
+      ],
+      groups_for_modules: [
+        DSPy: [
+          PortBridge.DSPy,
+          PortBridge.DSPy.Signature,
+          PortBridge.DSPy.Program,
+          PortBridge.DSPy.Tools,
+          PortBridge.DSPy.Types
+        ],
+        "Workers, pools, clusters": [
+          PortBridge,
+          PortBridge.Worker,
+          PortBridge.Pool,
+          PortBridge.Cluster,
+          PortBridge.Request,
+          PortBridge.Call,
+          PortBridge.Target
+        ],
+        "Errors and resilience": [PortBridge.Error, PortBridge.Retry, PortBridge.CircuitBreaker],
+        "Callbacks, sessions, telemetry": [
+          PortBridge.Callbacks,
+          PortBridge.Records,
+          PortBridge.Journal,
+          PortBridge.Telemetry
+        ],
+        Testing: [PortBridge.Test]
+      ]
     ]
   end
 end

@@ -67,10 +67,19 @@ defmodule PortBridge.DSPy do
   GenServer.stop(worker)
   ```
 
-  Typed signatures are maps: `%{inputs: %{question: %{type: "str", desc: "..."}},
-  outputs: %{answer: %{type: "int"}, confidence: %{type: "float"}}}`, with types
-  `str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`, `optional[T]`,
-  `%{literal: [...]}` and nested `%{object: %{...}}` (see `describe` on a worker).
+  Typed signatures are best written as modules (`PortBridge.DSPy.Signature`: Elixir
+  types, results cast into a struct), and programs too (`PortBridge.DSPy.Program`: a
+  definition created wherever it runs). `create_program/2` also takes a signature as
+  DSPy's string form (`"question -> answer: int"`) or as a map: `%{inputs:
+  %{question: %{type: "str", desc: "..."}}, outputs: %{answer: %{type: "int"}}}`,
+  with types `str`, `int`, `float`, `bool`, `list[T]`, `dict[str, T]`,
+  `optional[T]`, `%{literal: [...]}` and nested `%{object: %{...}}`; a list of
+  `%{name: ..., type: ..., desc: ...}` instead of a map keeps the fields' order
+  (Elixir's maps sort their keys, and DSPy's prompts follow the fields' order).
+
+  The arguments of every function are the worker's own (its `describe`, compiled in
+  from `priv/dspy_commands.json`): their names, types, defaults and docs below are
+  the worker's, checked here before anything is sent.
   """
 
   alias PortBridge.{Call, Error, Options, Schema}

@@ -5,12 +5,24 @@ defmodule PortBridge.ReadmeTest do
   @readme Path.expand("../../README.md", __DIR__)
   @external_resource @readme
 
+  # A block whose marker says "(continues)" runs after the one above it, in the same
+  # test (it uses what that one defined).
   @blocks Regex.scan(~r/<!-- tested: ([^\n]*?) -->\n```elixir\n(.*?)```/s, File.read!(@readme),
             capture: :all_but_first
           )
+          |> Enum.reduce([], fn
+            [marker, code], [[first, before] | rest] ->
+              if marker =~ "(continues)",
+                do: [[first, before <> code] | rest],
+                else: [[marker, code], [first, before] | rest]
+
+            block, [] ->
+              [block]
+          end)
+          |> Enum.reverse()
 
   test "the README has its tested examples" do
-    assert length(@blocks) == 3
+    assert length(@blocks) == 4
   end
 
   # The top README's "Call your own Python from Elixir": its Python block is written as
@@ -62,7 +74,7 @@ defmodule PortBridge.ReadmeTest do
 
     test "README example #{i} runs in a fresh process" do
       # ExUnit's capture_log does not reach IO.puts: keep the example's output off the report.
-      ExUnit.CaptureIO.capture_io(fn -> Code.eval_string(@code) end)
+      ExUnit.CaptureIO.capture_io(fn -> eval_in_turn(@code) end)
     end
   end
 end

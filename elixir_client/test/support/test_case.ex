@@ -137,6 +137,24 @@ defmodule PortBridge.TestCase do
   @doc "Why a group of suites (:nimble_pool, :dspy) is skipped, or nil (set by test_helper.exs)."
   def skip_reason(group), do: Application.fetch_env!(:port_bridge, :test_skips)[group]
 
+  @doc """
+  Evaluates `code` one top-level expression at a time, as iex (or a Livebook cell
+  after another) would: a module one expression defines is there for the next, its
+  struct included. `binding` and `env` carry on from an earlier call.
+  """
+  def eval_in_turn(code, {binding, env} \\ {[], Code.env_for_eval([])}) do
+    exprs =
+      case Code.string_to_quoted!(code) do
+        {:__block__, _, exprs} -> exprs
+        expr -> [expr]
+      end
+
+    Enum.reduce(exprs, {binding, env}, fn expr, {binding, env} ->
+      {_value, binding, env} = Code.eval_quoted_with_env(expr, binding, env)
+      {binding, env}
+    end)
+  end
+
   defp descend(children, pid) do
     for {child, _, _} = row <- Map.get(children, pid, []),
         found <- [row | descend(children, child)],
