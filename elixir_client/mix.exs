@@ -105,6 +105,7 @@ defmodule PortBridge.MixProject do
           PortBridge.Journal,
           PortBridge.Telemetry
         ],
+        "Your own Python": [PortBridge.Commands],
         Testing: [PortBridge.Test]
       ]
     ]

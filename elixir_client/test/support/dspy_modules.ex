@@ -62,3 +62,13 @@ defmodule PortBridge.TestModules.QAOptimized do
     signature: PortBridge.TestModules.QA,
     optimized: "test/support/fixtures/qa_optimized.json"
 end
+
+defmodule PortBridge.TestModules.Py do
+  # Functions for test/support/python/calc.py's commands, from the snapshot that
+  # `mix port_bridge.commands --expose calc` wrote.
+  use PortBridge.Commands, expose: ["calc"], snapshot: "test/support/fixtures/commands.json"
+end
+
+defmodule PortBridge.TestModules.StalePy do
+  use PortBridge.Commands, expose: ["calc"], snapshot: "test/support/fixtures/commands_stale.json"
+end
