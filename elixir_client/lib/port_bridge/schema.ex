@@ -229,7 +229,8 @@ defmodule PortBridge.Schema do
         "unknown type #{inspect(type)} for #{inspect(key)} in an option schema"
       )
 
-  defp doc_text(spec), do: Keyword.get(spec, :doc, "") |> String.trim() |> String.trim_trailing(".")
+  defp doc_text(spec),
+    do: Keyword.get(spec, :doc, "") |> String.trim() |> String.trim_trailing(".")
 
   defp required_or_default(spec) do
     cond do

@@ -90,18 +90,4 @@ defmodule PortBridge.Target do
       "name of a PortBridge.Pool or PortBridge.Cluster (the :name it was started with), or " <>
       "a PortBridge.Worker's pid or registered name"
   end
-
-  @doc false
-  # The error of a request to a name nothing runs under.
-  @spec not_running(term) :: Error.t()
-  def not_running(target) do
-    Error.new(
-      :communication,
-      "not_running",
-      "nothing runs as #{inspect(target)}: no PortBridge.Pool or PortBridge.Cluster was " <>
-        "started with that :name, and no PortBridge.Worker is registered under it (start one " <>
-        "in your supervision tree, e.g. {PortBridge.Pool, name: #{inspect(target)}}, or it is " <>
-        "restarting)"
-    )
-  end
 end

@@ -96,7 +96,6 @@ defmodule PortBridge.Worker do
     Reaper,
     Request,
     Schema,
-    Target,
     Telemetry
   }
 
@@ -195,7 +194,7 @@ defmodule PortBridge.Worker do
   @impl PortBridge.Target
   def async(worker, %Call{} = call) do
     with pid when is_pid(pid) <-
-           GenServer.whereis(worker) || {:error, Target.not_running(worker)},
+           GenServer.whereis(worker) || {:error, not_running(worker)},
          :ok <- Protocol.check(call.command, call.args, call.session_id, call.meta) do
       ref = :erlang.monitor(:process, pid, alias: :demonitor)
 
@@ -219,6 +218,18 @@ defmodule PortBridge.Worker do
       cancel = fn -> deliver(pid, {@cancel, ref}) end
       Request.new(pid, ref, cancel, call.timeout, call.deadline, nil, span)
     end
+  end
+
+  # The error of a request to a name nothing runs under.
+  defp not_running(target) do
+    Error.new(
+      :communication,
+      "not_running",
+      "nothing runs as #{inspect(target)}: no PortBridge.Pool or PortBridge.Cluster was " <>
+        "started with that :name, and no PortBridge.Worker is registered under it (start one " <>
+        "in your supervision tree, e.g. {PortBridge.Pool, name: #{inspect(target)}}, or it is " <>
+        "restarting)"
+    )
   end
 
   # To a process on this node, a plain send; to one on another node, through

@@ -64,9 +64,11 @@ defmodule PortBridge.DSPyArgumentsTest do
     assert lm[:cache][:type] == :boolean
     assert Arguments.schema("create_program")[:signature][:required]
 
-    assert_raise ArgumentError, ~r/invalid value for the option :model .* expected a string/, fn ->
-      DSPy.configure_lm(@target, model: 4)
-    end
+    assert_raise ArgumentError,
+                 ~r/invalid value for the option :model .* expected a string/,
+                 fn ->
+                   DSPy.configure_lm(@target, model: 4)
+                 end
 
     assert_raise ArgumentError, ~r/:adapter .* expected one of "chat", "json"/, fn ->
       DSPy.create_program(@target, signature: "q -> a", adapter: "yaml")
@@ -97,7 +99,9 @@ defmodule PortBridge.DSPyArgumentsLiveTest do
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
 
   test "the file is what a live worker's describe says" do
-    {:ok, worker} = PortBridge.Worker.start_link(dspy_worker_opts(worker_args: ["--backends", "dspy"]))
+    {:ok, worker} =
+      PortBridge.Worker.start_link(dspy_worker_opts(worker_args: ["--backends", "dspy"]))
+
     {:ok, %{"commands" => commands}} = PortBridge.request(worker, "describe")
     GenServer.stop(worker)
 
