@@ -12,6 +12,7 @@ Modules of this package, in the order a request meets them:
 * ``commands``   the handlers
 * ``spec``, ``fieldtypes``  signatures and field types from data, input checks
 * ``catalog``    buildable modules, optimisers, limits as data
+* ``typesyntax``  annotation text (``list[int]``, ``Literal['a']``) -> map-form types, never evaluated
 * ``build``      specs -> DSPy signatures and modules
 * ``state``      per-scope programs, LM and usage
 * ``lms``        LMs from ``configure_lm``; which LM, timeout and per-call options a call gets
@@ -21,7 +22,7 @@ Modules of this package, in the order a request meets them:
 * ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
 * ``programs``   export and import documents
 * ``retrieval``, ``offline_embed``  embedders, indexes, retrieve -> generate programs
-* ``offline``, ``offline_model``  the built-in deterministic LM
+* ``offline``, ``offline_model``, ``offline_values``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories
 * ``inrequest``  what code inside a run shares with its request (settings keys, Interrupted, JSON values)
 * ``patches``    the two changes made to DSPy itself (a metadata cache, providers' messages)
@@ -60,15 +61,16 @@ class DSPyBackend(Backend):
             "optimizers": catalog.OPTIMIZERS,
             "metrics": metrics.describe(),
             "field_types": ["str", "int", "float", "bool", "list[T]", "dict[str, T]", "optional[T]",
-                            {"literal": ["..."]}, {"object": {"field": {"type": "T", "desc": "..."}}, "name": "..."},
+                            "Literal['a', 1]", {"literal": ["..."]}, {"object": {"field": {"type": "T", "desc": "..."}}, "name": "..."},
                             {"history": "inputs only: dspy.History, {\"messages\": [{field: value}, ...]}, earlier "
                                         "turns of the conversation"},
                             {"image": "inputs only: dspy.Image, {\"url\": \"https://...\"} or a data:image/...;"
                                       "base64 URL; never a local path"}],
             "lm": {
                 "models": "any DSPy model string (provider/model); 'offline': a built-in deterministic LM that "
-                          "fills each output with a type-valid value derived from the prompt, and repeats a "
-                          "demo's outputs for that demo's inputs; or 'scripted': answers given as data, for "
+                          "fills each output with a type-valid value derived from the prompt, in the format of "
+                          "the program's adapter (chat, json, xml, two_step), and repeats a demo's outputs for "
+                          "that demo's inputs; or 'scripted': answers given as data, for "
                           "tests. The built-in ones are used only when configured. Providers DSPy's own client "
                           "does not serve go through litellm, whose first use costs seconds",
                 "scripted": "configure_lm {model: 'scripted', answers: [{output field: value}, ...]} (at most "

@@ -1,18 +1,22 @@
-"""The ``offline`` model's mind: read a ChatAdapter conversation, write a type-valid answer.
+"""The ``offline`` model's mind: read a DSPy conversation, write a type-valid answer in the adapter's format.
 
-It sees only what any LM sees, the messages. DSPy's ChatAdapter spells out
-the task in its system message: the input and output field names, and for
-every output a note saying what the value must be (``a single int value``,
-``True or False``, ``one of: a; b``, ``the JSON schema: {...}``). The model
-answers every output with a value valid for that note:
+It sees only what any LM sees, the messages. Every DSPy adapter spells out
+the task: the input and output field names and, per output, what the value
+must be (``offline_values`` reads each way of saying it). The model answers
+in the format the adapter asked for:
 
-* derived from the inputs: strings quote the first input value, and every
-  value is drawn from a generator seeded by a hash of the whole prompt, so
-  the same prompt always gets the same answer and a different prompt
-  (other inputs, instructions or demos) a different one;
-* from memory: when the inputs are exactly those of a demo in the prompt, the
-  demo's outputs are repeated (a few-shot program answers its training
-  questions as taught, which makes optimisation visible offline).
+* ChatAdapter: ``[[ ## field ## ]]`` sections; JSONAdapter: one JSON object;
+  XMLAdapter: ``<field>`` elements, nested ones as its skeleton shows;
+* TwoStepAdapter: its first call in free text (``field: value`` lines), and
+  its extraction call copies those values verbatim, as it is told to.
+
+Each value is valid for its type, and derived from the inputs: strings quote
+the first input value, and every value is drawn from a generator seeded by a
+hash of the whole prompt, so the same prompt always gets the same answer and
+a different prompt (other inputs, instructions or demos) a different one.
+From memory: when the inputs are exactly those of a demo in the prompt, the
+demo's outputs are repeated (a few-shot program answers its training
+questions as taught, which makes optimisation visible offline).
 
 Pure Python: the engine in ``offline.py`` wraps it for DSPy.
 """
@@ -25,11 +29,20 @@ import json
 import random
 import re
 
+from .offline_values import escape, from_schema, from_skeleton, render, schema_of_name, to_xml, value_for_note
+
 HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]")
-LISTED_FIELD = re.compile(r"^\s*\d+\. `(\w+)`", re.M)
+LISTED_FIELD = re.compile(r"^\s*\d+\. `(\w+)` \((.*?)\):", re.M)  # "1. `name` (type): desc"
 NOTE = re.compile(r"^\{(\w+)\}(?: {8}# note: the value you produce (.*))?$")
+JSON_NOTE = re.compile(r'^\s*"(\w+)": ("(?:[^"\\]|\\.)*"),?$')
+XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
+XML_NESTED = re.compile(r"^<(\w+)>(?!\n).*</\1>$")  # XMLAdapter's one-line skeleton of a nested field
 NOT_SUPPLIED = "Not supplied for this particular example."
 SUBJECT_CHARS = 60
+JSON_TASK = "Outputs will be a JSON object"  # in JSONAdapter's system message
+XML_TASK = "wrapped in XML tags"  # in XMLAdapter's last user message
+TWO_STEP_TASK = "Your outputs must contain:"  # in TwoStepAdapter's system message (its first call)
+TWO_STEP_EXTRACT = "Your job is to extract the fields from the text verbatim."
 
 
 def blocks(text: str) -> dict[str, str]:
@@ -46,59 +59,140 @@ def read_task(system: str) -> tuple[list[str], dict[str, str]]:
     """The system message -> (input names, {output name: note}) in DSPy's order."""
     head, _, structure = system.partition("All interactions will be structured")
     before_outputs, _, outputs_part = head.partition("Your output fields are:")
-    inputs = LISTED_FIELD.findall(before_outputs.partition("Your input fields are:")[2])
-    output_names = LISTED_FIELD.findall(outputs_part)
-    notes = {name: "" for name in output_names}
+    inputs = [name for name, _ in LISTED_FIELD.findall(before_outputs.partition("Your input fields are:")[2])]
+    notes = {name: "" for name, _ in LISTED_FIELD.findall(outputs_part)}
     for line in structure.splitlines():
-        m = NOTE.match(line.strip())
+        m = JSON_NOTE.match(line)
+        text = json.loads(m.group(2)) if m else line.strip()  # JSONAdapter quotes each line's template
+        m = NOTE.match(text)
         if m and m.group(1) in notes:
             notes[m.group(1)] = m.group(2) or ""
     return inputs, notes
 
 
-def answer(messages: list[dict]) -> str:
-    """The assistant's reply, in ChatAdapter's format, to a DSPy ChatAdapter conversation."""
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    input_names, notes = read_task(system)
-    turns = [m for m in messages if m["role"] != "system"]
-    current = _inputs_of(turns[-1]["content"] if turns else "", input_names)
-    remembered = _remembered(turns, current, input_names)
-    rng = random.Random(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest())
-    tag = f"{rng.getrandbits(16):04x}"
-    subject = _subject(current, input_names)
-    last = turns[-1]["content"] if turns else ""
-    observed = [o for o in OBSERVATION.findall(last) if o.strip() != FINISHED]
-    if observed:
-        subject = _line(observed[-1])  # after a tool call, answers build on what the tool said
-    values = {name: remembered[name] if name in remembered else value_for_note(note, name, subject, tag, rng)
-              for name, note in notes.items()}
-    if AGENT in system and {"next_thought", "next_tool_name", "next_tool_args"} <= set(values):
-        values.update(react_step(system, _subject(current, input_names), bool(observed), tag, rng))
-    adapter = adapter_of(system, last)
-    if adapter == "json":
-        return json.dumps(values, ensure_ascii=False)
-    if adapter == "xml":
-        return "\n".join(f"<{name}>\n{render(value)}\n</{name}>" for name, value in values.items())
-    parts = [f"[[ ## {name} ## ]]\n{render(value)}" for name, value in values.items()]
-    parts.append("[[ ## completed ## ]]")
-    return "\n\n".join(parts)
-
-
-JSON_TASK = "Outputs will be a JSON object"  # in JSONAdapter's system message
-XML_TASK = "wrapped in XML tags"  # in XMLAdapter's last user message
-
-
 def adapter_of(system: str, last: str) -> str:
-    """Which DSPy adapter wrote a prompt (its system message, its last user message): chat, json or xml."""
+    """Which DSPy adapter wrote a prompt (its system message, its last user message): chat, json, xml or
+    two_step (the free-text first call of TwoStepAdapter; its extraction call is ChatAdapter's)."""
     if JSON_TASK in system:
         return "json"
     if XML_TASK in last:
         return "xml"
-    return "chat"
+    return "two_step" if TWO_STEP_TASK in system else "chat"
 
 
-XML_BLOCK = re.compile(r"<(\w+)>\n(.*?)\n</\1>", re.S)
+class Prompt:
+    """One conversation, read: the format asked for, the fields, the current inputs, the seeded generator."""
+
+    def __init__(self, messages: list[dict]) -> None:
+        self.system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        self.turns = [m for m in messages if m["role"] != "system"]
+        self.last = self.turns[-1]["content"] if self.turns else ""
+        self.format = adapter_of(self.system, self.last)
+        if self.format == "two_step":
+            head, _, tail = self.system.partition(TWO_STEP_TASK)
+            self.inputs = [n for n, _ in LISTED_FIELD.findall(head)]
+            self.types = dict(LISTED_FIELD.findall(tail))
+            self.notes = {name: "" for name in self.types}
+        else:
+            self.inputs, self.notes = read_task(self.system)
+            self.types = dict(LISTED_FIELD.findall(self.system.partition("Your output fields are:")[2]))
+        self.current = self.inputs_of(self.last)
+        self.rng = random.Random(hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest())
+        self.tag = f"{self.rng.getrandbits(16):04x}"
+
+    def inputs_of(self, content: str) -> dict[str, str]:
+        head = content.split("Respond with ")[0]
+        if self.format == "two_step":
+            found = dict(re.findall(r"^(\w+): (.*)$", head, re.M))
+        else:
+            found = blocks(head) or {name: text.strip() for name, text in XML_BLOCK.findall(head)}
+        return {name: found[name] for name in self.inputs if name in found}
+
+    def outputs_of(self, content: str) -> dict:
+        """A demo's answer in this format -> its values (raw text, or JSON values for JSONAdapter)."""
+        if self.format == "json":
+            try:
+                found = json.loads(content)
+            except ValueError:
+                found = {}
+            found = found if isinstance(found, dict) else {}
+        else:
+            found = blocks(content) if self.format == "chat" else dict(XML_BLOCK.findall(content))
+        return {k: v for k, v in found.items() if k in self.notes and v != NOT_SUPPLIED}
+
+    def remembered(self) -> dict:
+        """The outputs of a demo whose inputs equal the current ones (supplied fields only)."""
+        if not self.current or self.format == "two_step":
+            return {}
+        for user, assistant in zip(self.turns[:-1], self.turns[1:-1]):
+            if user["role"] == "user" and assistant["role"] == "assistant" and \
+                    self.inputs_of(user["content"]) == self.current:
+                return self.outputs_of(assistant["content"])
+        return {}
+
+
+def answer(messages: list[dict]) -> str:
+    """The assistant's reply, in the format of the DSPy adapter that wrote ``messages``."""
+    prompt = Prompt(messages)
+    subject = _subject(prompt.current, prompt.inputs)
+    observed = [o for o in OBSERVATION.findall(prompt.last) if o.strip() != FINISHED]
+    if observed:
+        subject = _line(observed[-1])  # after a tool call, answers build on what the tool said
+    raw = prompt.remembered()  # already in the answer's format
+    if TWO_STEP_EXTRACT in prompt.system:
+        text = prompt.current.get("text", "")
+        raw.update({name: value for name, value in re.findall(r"^(\w+): (.*)$", text, re.M)
+                    if name in prompt.notes})
+    values = {name: _value(prompt, name, subject) for name in prompt.notes if name not in raw}
+    if AGENT in prompt.system and REACT_FIELDS <= set(prompt.notes):
+        values.update(react_step(prompt.system, _subject(prompt.current, prompt.inputs), bool(observed),
+                                 prompt.tag, prompt.rng))
+        raw = {k: v for k, v in raw.items() if k not in REACT_FIELDS}
+    return _written(prompt, raw, values)
+
+
+def _written(prompt: Prompt, raw: dict, values: dict) -> str:
+    """The answer text: ``raw`` values are already in the format (a demo's), ``values`` still to render."""
+    order = [name for name in prompt.notes if name in raw or name in values]
+    if prompt.format == "json":
+        return json.dumps({name: raw[name] if name in raw else values[name] for name in order}, ensure_ascii=False)
+    if prompt.format == "two_step":
+        said = [f"{name}: {render(values[name])}" for name in order if values[name] is not _UNSAID]
+        return "\n".join(said) or f"Worked out from {_subject(prompt.current, prompt.inputs)} {prompt.tag}."
+    if prompt.format == "xml":
+        nested = _nested_skeletons(prompt.system)
+        return "\n".join(to_xml(values[name], name) if name in nested and name not in raw else
+                         f"<{name}>\n{raw[name] if name in raw else escape(render(values[name]))}\n</{name}>"
+                         for name in order)
+    parts = [f"[[ ## {name} ## ]]\n{raw[name] if name in raw else render(values[name])}" for name in order]
+    parts.append("[[ ## completed ## ]]")
+    return "\n\n".join(parts)
+
+
+_UNSAID = object()  # a two-step output whose type the first prompt does not name: left to the extraction
+
+
+def _value(prompt: Prompt, name: str, subject: str):
+    note = prompt.notes.get(name, "")
+    if note or prompt.format in ("chat", "json"):
+        return value_for_note(note, name, subject, prompt.tag, prompt.rng)
+    type_name = prompt.types.get(name, "str")
+    schema = schema_of_name(type_name)
+    if schema is not None:
+        return from_schema(schema, schema, name, subject, prompt.tag, prompt.rng)
+    if prompt.format == "xml":
+        return from_skeleton(_nested_skeletons(prompt.system).get(name, f"<{name}>...</{name}>"), prompt.rng)
+    return _UNSAID
+
+
+def _nested_skeletons(system: str) -> dict[str, str]:
+    """XMLAdapter's one-line skeletons of nested outputs (lists, maps, objects), by field."""
+    structure = system.partition("All interactions will be structured")[2]
+    return {m.group(1): m.group(0) for m in map(XML_NESTED.match, structure.splitlines()) if m}
+
+
 AGENT = "You are an Agent."  # dspy.ReAct's instructions
+REACT_FIELDS = {"next_thought", "next_tool_name", "next_tool_args"}
 FINISHED = "Completed."  # the observation of ReAct's finish tool
 TOOL_LINE = re.compile(r"^\s*\(\d+\) ([A-Za-z_][\w-]*)(?:, whose description is <desc>(.*?)</desc>\.|\.) "
                        r"It takes arguments (\{.*\})\.$", re.M)
@@ -131,23 +225,6 @@ def react_step(system: str, subject: str, observed: bool, tag: str, rng: random.
     return {"next_thought": f"thought {tag}: I will ask {name}.", "next_tool_name": name, "next_tool_args": values}
 
 
-def _inputs_of(content: str, input_names: list[str]) -> dict[str, str]:
-    head = content.split("Respond with ")[0]
-    found = blocks(head) or {name: text.strip() for name, text in XML_BLOCK.findall(head)}
-    return {name: found[name] for name in input_names if name in found}
-
-
-def _remembered(turns: list[dict], current: dict, input_names: list[str]) -> dict[str, str]:
-    """The outputs of a demo whose inputs equal the current ones (supplied fields only)."""
-    if not current:
-        return {}
-    for user, assistant in zip(turns[:-1], turns[1:-1]):
-        if user["role"] == "user" and assistant["role"] == "assistant" and \
-                _inputs_of(user["content"], input_names) == current:
-            return {k: v for k, v in blocks(assistant["content"]).items() if v != NOT_SUPPLIED and k != "completed"}
-    return {}
-
-
 def _subject(current: dict, input_names: list[str]) -> str:
     for name in input_names:
         text = current.get(name, "").strip()
@@ -159,77 +236,6 @@ def _subject(current: dict, input_names: list[str]) -> str:
 def _line(text: str) -> str:
     line = text.strip().splitlines()[0] if text.strip() else "nothing"
     return line if len(line) <= SUBJECT_CHARS else line[: SUBJECT_CHARS - 3] + "..."
-
-
-def render(value) -> str:
-    """A value as the answer text DSPy parses back: strings bare, booleans as True/False, the rest JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def value_for_note(note: str, name: str, subject: str, tag: str, rng: random.Random):
-    """A value valid for one of ChatAdapter's output notes."""
-    if note == "must be True or False":
-        return rng.random() < 0.5
-    if note == "must be a single int value":
-        return rng.randrange(100)
-    if note == "must be a single float value":
-        return round(rng.random() * 100, 2)
-    for prefix in ("must exactly match (no extra characters) one of: ", "must be one of: "):
-        if note.startswith(prefix):
-            options = note[len(prefix):].split("; ")
-            return options[rng.randrange(len(options))]
-    prefix = "must adhere to the JSON schema: "
-    if note.startswith(prefix):
-        try:
-            schema = json.loads(note[len(prefix):])
-        except ValueError:
-            schema = {"type": "string"}
-        return from_schema(schema, schema, name, subject, tag, rng)
-    return f"{name} {tag}: {subject}"
-
-
-def from_schema(schema: dict, root: dict, name: str, subject: str, tag: str, rng: random.Random, depth: int = 0):
-    """A value valid for a (pydantic-generated) JSON schema."""
-    if depth > 20:
-        return None
-    if "$ref" in schema:
-        target = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {})
-        return from_schema(target, root, name, subject, tag, rng, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if "enum" in schema:
-        return schema["enum"][rng.randrange(len(schema["enum"]))]
-    if "anyOf" in schema:
-        options = [s for s in schema["anyOf"] if s.get("type") != "null"] or schema["anyOf"]
-        return from_schema(options[0], root, name, subject, tag, rng, depth + 1)
-    kind = schema.get("type")
-    if kind == "string":
-        return f"{name} {tag}: {subject}" if depth == 0 else f"{name} {tag}"
-    if kind == "integer":
-        return rng.randrange(100)
-    if kind == "number":
-        return round(rng.random() * 100, 2)
-    if kind == "boolean":
-        return rng.random() < 0.5
-    if kind == "null":
-        return None
-    if kind == "array":
-        item = schema.get("items", {"type": "string"})
-        return [from_schema(item, root, name, subject, tag, rng, depth + 1) for _ in range(2)]
-    if kind == "object":
-        props = schema.get("properties")
-        if props:
-            return {key: from_schema(sub, root, key, subject, tag, rng, depth + 1) for key, sub in props.items()}
-        extra = schema.get("additionalProperties")
-        sub = extra if isinstance(extra, dict) else {"type": "string"}
-        return {f"{name}_{i}": from_schema(sub, root, name, subject, tag, rng, depth + 1) for i in (1, 2)}
-    return f"{name} {tag}"
 
 
 def count_tokens(text: str) -> int:
