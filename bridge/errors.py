@@ -78,3 +78,22 @@ def not_found(code: str, message: str, **details) -> BridgeError:
 
 def overloaded(code: str, message: str, **details) -> BridgeError:
     return BridgeError("overloaded", code, message, details)
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The failures inside a (nested) exception group, in order; ``[exc]`` for any other exception."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for child in exc.exceptions for leaf in leaves(child)]
+
+
+def combined(errors: list[BridgeError]) -> BridgeError:
+    """One wire error for several failures (an exception group): the first that is not ``internal`` speaks
+    for the category, and every failure's own message is kept, never "unhandled errors (2 sub-exceptions)"."""
+    lead = next((e for e in errors if e.category != "internal"), errors[0])
+    others = [e for e in errors if e is not lead]
+    messages = [lead.message, *(m for m in dict.fromkeys(e.message for e in others) if m != lead.message)]
+    message = messages[0] if len(messages) == 1 else f"{messages[0]} (and: {'; '.join(messages[1:])})"
+    details = {**lead.details, "errors": [{"category": e.category, "code": e.code, "message": e.message[:500]}
+                                          for e in errors[:8]]}
+    return BridgeError(lead.category, lead.code, message[:2000], details)

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import BridgeError, RegistrationError
+from .errors import BridgeError, RegistrationError, combined, leaves
 from .schema import check_schema, compile_validator
 
 # Core and backend commands: ``execute_program``. Commands of exposed Python modules (bridge.sdk)
@@ -122,6 +122,8 @@ class Registry:
         """The wire error for any exception: its own category, a backend's verdict, else internal."""
         if isinstance(exc, BridgeError):
             return exc
+        if isinstance(exc, BaseExceptionGroup):  # e.g. a task group's: each failure classified, all kept
+            return combined([self.classify(leaf) for leaf in leaves(exc)])
         for fn in self.classifiers:
             try:
                 found = fn(exc)

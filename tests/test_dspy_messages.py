@@ -46,3 +46,17 @@ def test_classified_and_program_failures_go_through_it():
     assert error.message.endswith("openai: no credential given; pass api_key to configure_lm")
     failure = program_failure(ValueError("set a default LM through dspy.configure(lm=...)"))
     assert failure.message == "ValueError: set a default LM through configure_lm"
+
+
+def test_a_task_groups_failures_each_keep_their_own_message_and_category():
+    """Never "ExceptionGroup: unhandled errors in a TaskGroup (2 sub-exceptions)": each leaf is classified."""
+    from dspy.utils.exceptions import LMRateLimitError
+
+    group = ExceptionGroup("unhandled errors in a TaskGroup", [
+        ValueError("the stream was closed"), ExceptionGroup("inner", [LMRateLimitError("slow down", model="m")])])
+    error = program_failure(group)
+    assert (error.category, error.code) == ("execution", "program_failed")  # the first failure speaks
+    assert "ValueError: the stream was closed" in error.message and "slow down" in error.message
+    assert "sub-exception" not in error.message
+    assert [(e["category"], e["code"]) for e in error.details["errors"]] == \
+        [("execution", "program_failed"), ("lm_rate_limit", "rate_limited")]

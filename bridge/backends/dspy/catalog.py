@@ -62,7 +62,7 @@ ADAPTERS = {
     "json": "JSONAdapter: the LM answers one JSON object (structured outputs where the provider supports them)",
     "xml": "XMLAdapter: each output wrapped in <field> tags",
     "two_step": "TwoStepAdapter: the LM answers freely, then the same LM extracts the fields through "
-                "ChatAdapter (two calls; for reasoning models)",
+                "ChatAdapter (two calls; for reasoning models; cannot stream)",
 }
 MAX_TRAINSET = 1000
 MAX_DEMOS = 128  # per predictor, in optimiser options and imported documents
@@ -145,8 +145,11 @@ DIFFERENCES = {
     "cache": "DSPy's response cache is off unless configure_lm sets cache: true (it is process-wide and keyed "
              "without api_base or api_key)",
     "history": "no LM or module history is kept (DSPy keeps 10,000 entries per LM, module and process)",
-    "streaming": "chunks carry field text only and each field ends with last: true; DSPy's StreamListener lets "
-                 "[[ ## field ## ]] markers into chunks when a server streams a few characters per event",
+    "streaming": "chunks carry field text only, for every adapter that streams (chat, json, xml): a field's "
+                 "chunks join to exactly the value the adapter parses (a typed value: its text as the LM wrote "
+                 "it) and each field ends with last: true; DSPy's StreamListener lets [[ ## field ## ]] markers, "
+                 "JSON syntax and the next field into chunks when a server streams a few characters per event. A "
+                 "two_step program cannot stream: a validation error before any LM request",
     "usage": "lm_calls counts every LM call, also those whose response carries no usage; DSPy's tracker "
              "records only calls that reported tokens",
     "tools": "a failed tool call's observation is 'Execution error in <tool>: <message>', without the Python "

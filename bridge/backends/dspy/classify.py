@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ...errors import BridgeError
+from ...errors import BridgeError, combined, leaves
 
 # Most specific first; the first class of the exception's MRO found here wins.
 TABLE = {
@@ -98,6 +98,13 @@ def classify(exc: BaseException) -> BridgeError | None:
 
 
 def program_failure(exc: BaseException) -> BridgeError:
-    """A non-DSPy exception raised while a program ran: the program's failure, not the worker's."""
+    """A non-DSPy exception raised while a program ran: the program's failure, not the worker's.
+
+    An exception group (a task group's) becomes one error that keeps every
+    failure's message, each classified on its own (``errors.combined``).
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        return combined([leaf if isinstance(leaf, BridgeError) else classify(leaf) or program_failure(leaf)
+                         for leaf in leaves(exc)])
     return BridgeError("execution", "program_failed", in_caller_terms(f"{type(exc).__name__}: {exc}")[:MAX_MESSAGE],
                        {"exception": type(exc).__name__})

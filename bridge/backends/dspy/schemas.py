@@ -210,7 +210,8 @@ EXECUTE_PROGRAM = _object({
     "inputs": {"type": "object", "maxProperties": spec.MAX_FIELDS,
                "description": "one value per input field of the signature, of its type"},
     "stream": {"type": "boolean", "default": False,
-               "description": "send chunk events {field, text, predictor, last} as the LM writes"},
+               "description": "send chunk events {field, text, predictor, last} as the LM writes: each field's "
+                              "own text (chat, json and xml adapters; a two_step program cannot stream)"},
     "trace": {"type": "boolean", "default": False,
               "description": "a Pipeline program: add trace, [{step, inputs, outputs}] for every step run "
                              "(a group's steps add iteration, from 0)"},

@@ -11,81 +11,42 @@ So each call gets its own loop (``anyio.run`` on the handler thread), its own
 splitters and its own worker thread; nothing is shared between calls.
 
 Chunks carry field text only, and each field's last chunk says ``last:
-true``. For ChatAdapter programs (the default) the text is split on the
-``[[ ## field ## ]]`` markers here: DSPy's ``StreamListener`` lets markers
-into its chunks when a server sends a few characters per event (one per
-event, as PyPI's mockllm does, gives an ``answer`` of "...\\n\\n[[ ##
-completed ## ]]") and then never marks a last chunk. JSON and XML programs
-keep DSPy's listeners, with the missing ``last`` added at the end.
+true``: the answer of each predictor goes through the splitter of its
+adapter's format (``splitters``: chat, json, xml). DSPy's own
+``StreamListener`` lets markers, JSON syntax and the next field into its
+chunks when a server sends a few characters per event, and then may never
+mark a last chunk. A TwoStepAdapter program cannot stream (its first answer
+is free text; the fields exist only after a second, extracting call): that
+is a ``validation`` error before any LM request.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import anyio
 import dspy
-from dspy.streaming import StreamListener
-from dspy.streaming.streaming_listener import find_predictor_for_stream_listeners
+
+from ...errors import leaves, validation_error
+from .splitters import SPLITTERS
 
 BUFFER = 16  # chunks in flight between the LM thread and the loop
-MARKER = re.compile(r"\[\[ ## (\w+) ## \]\]")
-# The tail of a text that may still grow into a marker: "[", "[[ #", "[[ ## answ", "[[ ## answer ## ]"...
-PARTIAL_MARKER = re.compile(r"\[(?:\[(?: (?:#(?:#(?: (?:\w+(?: (?:#(?:#(?: (?:\])?)?)?)?)?)?)?)?)?)?)?\Z")
-COMPLETED = "completed"
 
 
-class FieldSplitter:
-    """ChatAdapter's answer text, fed as it streams -> ``emit(field, text, last)`` with field text only.
-
-    Text before the first marker and between markers of fields not listed is
-    dropped; a field's leading and trailing whitespace is dropped, as the
-    adapter's parser strips values, so the pieces of a field join to exactly
-    the parsed value of a ``str`` field.
-    """
-
-    def __init__(self, fields, emit: Callable[[str, str, bool], None]) -> None:
-        self.fields = set(fields)
-        self.emit = emit
-        self.field: str | None = None
-        self.pending = ""  # text of the current field not yet sent
-        self.started = False  # the current field's leading whitespace is behind us
-
-    def feed(self, text: str) -> None:
-        self.pending += text
-        while True:
-            found = MARKER.search(self.pending)
-            if found is None:
-                break
-            self._send(self.pending[:found.start()], final=True)
-            name = found.group(1)
-            self.field = name if name in self.fields else None
-            self.pending, self.started = self.pending[found.end():], False
-        hold = PARTIAL_MARKER.search(self.pending)
-        cut = hold.start() if hold else len(self.pending)
-        body = self.pending[:cut]
-        safe = body.rstrip()  # trailing whitespace waits: it may end the field
-        self._send(safe, final=False)
-        self.pending = self.pending[len(safe):]
-
-    def close(self) -> None:
-        """The answer ended: the open field's rest goes out as its last chunk."""
-        self._send(self.pending, final=True)
-        self.field, self.pending = None, ""
-
-    def _send(self, text: str, final: bool) -> None:
-        if self.field is None:
-            return
-        if not self.started:
-            text = text.lstrip()
-            self.started = bool(text)
-        if final:
-            text = text.rstrip()
-        if text or final:
-            self.emit(self.field, text, final)
-        if final:
-            self.field = None
+def answer_format(adapter) -> str:
+    """The splitter an adapter's answers need; raises ``validation`` for one whose answers cannot stream."""
+    if adapter is None:
+        return "chat"
+    if isinstance(adapter, dspy.TwoStepAdapter):
+        raise validation_error(
+            "stream_not_supported", "args.stream: a two_step program cannot stream: its LM answers in free text and "
+            "a second LM call extracts the fields, so no field's text exists before the end; call it without "
+            "stream, or use the chat, json or xml adapter", path="args.stream", adapter="two_step")
+    for kind, cls in (("xml", dspy.XMLAdapter), ("json", dspy.JSONAdapter), ("chat", dspy.ChatAdapter)):
+        if isinstance(adapter, cls):  # XMLAdapter and JSONAdapter are ChatAdapters: the subclasses first
+            return kind
+    raise validation_error("stream_not_supported", f"args.stream: {type(adapter).__name__} programs cannot stream",
+                           path="args.stream")
 
 
 def run(module, inputs: dict, on_chunk: Callable[[dict], None], check: Callable[[], None], adapter=None):
@@ -95,58 +56,46 @@ def run(module, inputs: dict, on_chunk: Callable[[dict], None], check: Callable[
     thread, in order. ``check()`` runs before each chunk is reported and may
     raise to stop the call (the LM thread then fails on its next send).
     """
-    predictors = list(module.named_predictors())
-    chat = adapter is None or type(adapter) is dspy.ChatAdapter
+    splitter = SPLITTERS[answer_format(adapter)]
     outcome: dict = {}
-    open_fields: dict[tuple[str, str], bool] = {}  # (predictor, field) -> its last chunk was sent
 
     def report(predictor: str, field: str, text: str, last: bool) -> None:
         try:
             check()
-            open_fields[(predictor, field)] = last
             on_chunk({"field": field, "text": text, "predictor": predictor, "last": last})
         except BaseException as exc:
             outcome["stopped"] = exc  # the reason wins over the LM thread's failure that follows
             raise
 
-    if chat:
-        splitters = {
-            id(predictor): FieldSplitter(predictor.signature.output_fields,
-                                         lambda f, t, last, name=name: report(name, f, t, last))
-            for name, predictor in predictors
-        }
-        listeners, by_predictor = [], {}
-    else:
-        splitters = {}
-        # allow_reuse: a pipeline's repeated step calls the same predictor once per repetition.
-        listeners = [StreamListener(signature_field_name=field, predict=predictor, predict_name=name,
-                                    allow_reuse=True)
-                     for name, predictor in predictors for field in predictor.signature.output_fields]
-        by_predictor = find_predictor_for_stream_listeners(module, listeners)
+    predictors = {id(predictor): (name, predictor.signature.output_fields)
+                  for name, predictor in module.named_predictors()}
+    splitters: dict = {}  # predictor id -> the splitter of its current LM call
 
     def receive(chunk) -> None:
         predict_id = getattr(chunk, "predict_id", None)
-        splitter = splitters.get(predict_id)
-        if splitter is not None:
-            try:
-                text = chunk.choices[0].delta.content
-            except (AttributeError, IndexError):
-                return
-            if text:
-                splitter.feed(text)
+        if predict_id not in predictors:
             return
-        for listener in by_predictor.get(predict_id, ()):
-            response = listener.receive(chunk)
-            if response is not None:
-                report(response.predict_name, response.signature_field_name, response.chunk,
-                       bool(response.is_last_chunk))
+        try:
+            choice = chunk.choices[0]
+        except (AttributeError, IndexError):
+            return
+        split = splitters.get(predict_id)
+        if split is None:
+            name, fields = predictors[predict_id]
+            split = splitters[predict_id] = splitter(fields, lambda f, t, last, name=name: report(name, f, t, last))
+        text = getattr(choice.delta, "content", None)
+        if text:
+            split.feed(text)
+        if getattr(choice, "finish_reason", None) is not None:  # this call's answer is complete
+            del splitters[predict_id]  # a predictor called again (ReAct, BestOfN, a loop) starts afresh
+            split.close()
 
     async def main():
         send, receive_stream = anyio.create_memory_object_stream(BUFFER)
 
         async def produce():
             async with send:
-                with dspy.context(send_stream=send, stream_listeners=listeners):
+                with dspy.context(send_stream=send, stream_listeners=[]):
                     outcome["prediction"] = await anyio.to_thread.run_sync(lambda: module(**inputs))
 
         async with anyio.create_task_group() as group, receive_stream:
@@ -154,15 +103,8 @@ def run(module, inputs: dict, on_chunk: Callable[[dict], None], check: Callable[
             async for chunk in receive_stream:
                 if not isinstance(chunk, dspy.Prediction):
                     receive(chunk)
-        for splitter in splitters.values():
-            splitter.close()
-        for listener in listeners:
-            final = listener.finalize()
-            if final is not None:
-                report(final.predict_name, final.signature_field_name, final.chunk, bool(final.is_last_chunk))
-        for (predictor, field), last in list(open_fields.items()):
-            if not last:
-                report(predictor, field, "", True)
+        for split in list(splitters.values()):  # a stream that ended without its end event
+            split.close()
         return outcome["prediction"]
 
     try:
@@ -173,19 +115,12 @@ def run(module, inputs: dict, on_chunk: Callable[[dict], None], check: Callable[
         leaf = _single(exc)
         if leaf is not None:
             raise leaf from None
-        raise
+        raise  # several failures: the classifiers keep every one's message (errors.combined)
 
 
 def _single(exc: BaseException) -> BaseException | None:
     """The one failure inside a (nested) exception group, so callers see the LM's own error."""
-    if not hasattr(exc, "exceptions"):
+    if not isinstance(exc, BaseExceptionGroup):
         return None
-    leaves, pending = [], [exc]
-    while pending:
-        current = pending.pop()
-        children = getattr(current, "exceptions", None)
-        if children is None:
-            leaves.append(current)
-        else:
-            pending.extend(children)
-    return leaves[0] if len(leaves) == 1 else None
+    found = leaves(exc)
+    return found[0] if len(found) == 1 else None
