@@ -129,6 +129,27 @@ def test_options_are_checked_per_optimiser(worker, options, path):
     assert err["category"] == "validation" and err["details"]["path"] == path
 
 
+@pytest.mark.parametrize("optimizer, options, extra, option, sizes", [
+    # DSPy 3.4.1 fails these mid-run ("Minibatch size cannot exceed the size of the valset", an assertion)
+    ("MIPROv2", {"auto": None, "num_trials": 2, "num_candidates": 2}, {}, "minibatch_size", ["35", "4", "6"]),
+    ("MIPROv2", {"auto": None, "num_trials": 2, "num_candidates": 2, "minibatch_size": 6},
+     {"valset": TRAIN[:5]}, "minibatch_size", ["6", "5"]),
+    ("MIPROv2", {"auto": "light", "num_trials": 3}, {}, "num_trials", []),
+    ("MIPROv2", {}, {"trainset": TRAIN[:1]}, "trainset", ["1"]),
+    ("SIMBA", {"max_steps": 1}, {}, "bsize", ["32", "6"]),
+    ("SIMBA", {"bsize": 7}, {}, "bsize", ["7", "6"]),
+])
+def test_options_that_cannot_work_with_the_set_sizes_are_refused_before_any_lm_call(worker, optimizer, options,
+                                                                                    extra, option, sizes):
+    s = f"infeasible-{optimizer}-{option}-{options.get('bsize', 0)}-{len(options)}-{len(extra)}"
+    create(worker, s, program_id="p")
+    err = error_of(worker, "optimize_program", {"program_id": "p", "optimizer": optimizer, "trainset": TRAIN,
+                                                "options": options, **extra}, session_id=s)
+    assert (err["category"], err["code"], err["details"]["path"]) == ("validation", "bad_options", "args.options")
+    assert err["details"].get("option") == option and all(size in err["message"] for size in sizes), err
+    assert worker.call("lm_usage", session_id=s)["models"] == {}  # no LM call was made
+
+
 def test_mipro_with_explicit_settings(worker):
     s = "mipro-explicit"
     create(worker, s)

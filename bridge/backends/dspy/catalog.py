@@ -40,7 +40,9 @@ OPTIMIZERS = {
         "options": [*BOOTSTRAP, "num_candidate_programs", "num_threads", "stop_at_score"]},
     "MIPROv2": {"description": "proposes instructions and bootstraps demos, then searches their combinations "
                                "with optuna; auto light/medium/heavy (default light), or auto: null with "
-                               "num_candidates and num_trials",
+                               "num_candidates and num_trials. Without a valset it validates on 80% of the "
+                               "trainset (at least 2 examples needed); with minibatch (auto: null's default), "
+                               "minibatch_size (default 35) must not exceed that valset: checked before any LM call",
                 "options": ["auto", "max_bootstrapped_demos", "max_labeled_demos", "num_candidates", "num_trials",
                             "num_threads", "max_errors", "seed", "init_temperature", "metric_threshold",
                             "minibatch", "minibatch_size"]},
@@ -48,7 +50,8 @@ OPTIMIZERS = {
                              "depth rounds)",
               "options": ["breadth", "depth", "init_temperature", "num_threads"]},
     "SIMBA": {"description": "stochastic mini-batch ascent: the LM writes advice and picks demos from the "
-                             "hardest examples",
+                             "hardest examples; bsize (default 32) must not exceed the trainset (checked before "
+                             "any LM call)",
               "options": ["bsize", "num_candidates", "max_steps", "max_demos", "num_threads", "seed"]},
     "GEPA": {"description": "reflective prompt evolution: a reflection LM reads the metric's textual feedback "
                             "and rewrites instructions (budget: auto light/medium/heavy, max_metric_calls or "

@@ -97,20 +97,70 @@ def build_optimizer(name: str, metric, options: dict, lm, reflection_lm, report)
     raise AssertionError(name)  # the schema allows only the names above
 
 
-def _check_budget(name: str, options: dict) -> None:
-    if name == "MIPROv2" and options.get("auto", "light") is None and not {"num_trials", "num_candidates"} <= \
-            set(options):
-        raise validation_error("bad_options", "args.options: MIPROv2 with auto: null needs num_trials and "
-                               "num_candidates", path="args.options")
+# DSPy 3.4.1's MIPROv2: how it sizes its valset, and the minibatch it draws from it.
+MIPRO_VALSET_SHARE = 0.8  # of the trainset, when no valset is given (at least 1, at most 1000)
+MIPRO_AUTO_VALSET = {"light": 100, "medium": 300, "heavy": 1000}  # auto runs cap the valset at this
+MIPRO_AUTO_MINIBATCH_ABOVE = 50  # auto runs use minibatches only for a valset larger than this
+MIPRO_MINIBATCH_SIZE = 35  # compile's default minibatch_size
+SIMBA_BSIZE = 32  # SIMBA's default bsize
+
+
+def check_settings(name: str, options: dict, trainset: int, valset: int | None) -> None:
+    """Options that cannot work together, or with sets of these sizes: ``validation`` before any LM call.
+
+    DSPy finds these only mid-run (MIPROv2: "Minibatch size cannot exceed the
+    size of the valset"; SIMBA: an assertion), after LM calls were paid for.
+    """
+    if name == "MIPROv2":
+        _check_mipro(options, trainset, valset)
+    if name == "SIMBA":
+        bsize = options.get("bsize", SIMBA_BSIZE)
+        if bsize > trainset:
+            default = "" if "bsize" in options else " (SIMBA's default)"
+            _refuse(f"SIMBA's bsize {bsize}{default} exceeds the trainset of {trainset} examples: it samples "
+                    f"minibatches of bsize examples from it; pass bsize of at most {trainset}, or more examples",
+                    option="bsize", bsize=bsize, trainset=trainset)
     if name == "GEPA" and len({"auto", "max_metric_calls", "max_full_evals"} & set(options)) > 1:
-        raise validation_error("bad_options", "args.options: GEPA takes one of auto, max_metric_calls, "
-                               "max_full_evals", path="args.options")
+        _refuse("GEPA takes one of auto, max_metric_calls, max_full_evals")
+
+
+def _check_mipro(options: dict, trainset: int, valset: int | None) -> None:
+    auto = options.get("auto", "light")
+    explicit = sorted({"num_trials", "num_candidates"} & set(options))
+    if auto is None and len(explicit) < 2:
+        _refuse("MIPROv2 with auto: null needs num_trials and num_candidates", option="auto")
+    if auto is not None and explicit:
+        _refuse(f"MIPROv2 with auto: {auto!r} sets {explicit} itself; pass auto: null to set them",
+                option=explicit[0])
+    if valset is None and trainset < 2:
+        _refuse(f"MIPROv2 without a valset needs at least 2 examples in the trainset, got {trainset}: it keeps "
+                f"{int(MIPRO_VALSET_SHARE * 100)}% of them to validate on", option="trainset", trainset=trainset)
+    given = valset is not None
+    size = valset if given else min(1000, max(1, int(trainset * MIPRO_VALSET_SHARE)))
+    if auto is not None:
+        size = min(size, MIPRO_AUTO_VALSET[auto])
+        minibatch = size > MIPRO_AUTO_MINIBATCH_ABOVE
+    else:
+        minibatch = options.get("minibatch", True)
+    batch = options.get("minibatch_size", MIPRO_MINIBATCH_SIZE)
+    if minibatch and batch > size:
+        default = "" if "minibatch_size" in options else " (MIPROv2's default)"
+        where = f"the valset of {size} examples" if given else \
+            f"the valset of {size} examples ({int(MIPRO_VALSET_SHARE * 100)}% of the {trainset}-example trainset, " \
+            "as MIPROv2 splits it when no valset is given)"
+        _refuse(f"MIPROv2's minibatch_size {batch}{default} exceeds {where}; pass minibatch: false, a "
+                f"minibatch_size of at most {size}, or more examples", option="minibatch_size",
+                minibatch_size=batch, valset=size, trainset=trainset)
+
+
+def _refuse(message: str, **details) -> None:
+    raise validation_error("bad_options", f"args.options: {message}", path="args.options", **details)
 
 
 def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) -> dict:
     name, options = args["optimizer"], args["options"]
     check_options(name, options)
-    _check_budget(name, options)
+    check_settings(name, options, len(args["trainset"]), len(args["valset"]) if args.get("valset") else None)
     examples = build.examples(dspy, program, args["trainset"], "args.trainset")
     valset = build.examples(dspy, program, args["valset"], "args.valset") if args.get("valset") else None
     fields = args.get("metric_fields")
