@@ -18,9 +18,10 @@ Modules of this package, in the order a request meets them:
 * ``lms``        LMs from ``configure_lm``; which LM, timeout and per-call options a call gets
 * ``metering``   each LM call priced, reported (lm_call) and, with a rate limit, admitted
 * ``scripted``   the scripted LM (answers given as data)
-* ``running``, ``streaming``  one program call, plain or as chunk events
+* ``running``, ``streaming``, ``splitters``  one program call, plain or as chunk events (field text only)
 * ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
 * ``programs``   export and import documents
+* ``dspy_state``  DSPy's own saved state (``module.save`` JSON) loaded into an existing program
 * ``retrieval``, ``offline_embed``  embedders, indexes, retrieve -> generate programs
 * ``offline``, ``offline_model``, ``offline_values``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories

@@ -153,6 +153,10 @@ DIFFERENCES = {
                  "it) and each field ends with last: true; DSPy's StreamListener lets [[ ## field ## ]] markers, "
                  "JSON syntax and the next field into chunks when a server streams a few characters per event. A "
                  "two_step program cannot stream: a validation error before any LM request",
+    "dspy_state": "import_program's dspy_state (DSPy's module.save JSON) must fit the program it is loaded into "
+                  "(predictors, fields, descriptions, demo values); DSPy's load_state takes a mismatch silently. "
+                  "An LM saved with a predictor is ignored (reported in dspy_state.ignored): the program runs on "
+                  "its scope's LM",
     "usage": "lm_calls counts every LM call, also those whose response carries no usage; DSPy's tracker "
              "records only calls that reported tokens",
     "tools": "a failed tool call's observation is 'Execution error in <tool>: <message>', without the Python "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from ...errors import validation_error
 from . import schemas, spec
 from .loader import GATE
 from .state import Scope, index_exists, scope_of
@@ -92,6 +93,11 @@ def import_program(ctx, args):
     from . import programs
 
     scope, _ = scopes(ctx)
+    if ("program" in args) == ("dspy_state" in args):
+        raise validation_error("bad_import", "args: give either program (an export_program document) or "
+                               "dspy_state (with the program_id of an existing program)", path="args")
+    if "dspy_state" in args:
+        return _load_dspy_state(dspy, scope, args)
     doc = args["program"]
     program_id = args.get("program_id") or doc.get("program_id")
     if not isinstance(program_id, str) or not re.match(schemas.PROGRAM_ID["pattern"], program_id):
@@ -99,6 +105,18 @@ def import_program(ctx, args):
     program = programs.load(dspy, doc, program_id)
     scope.put(program, args["replace"])
     return program.describe()
+
+
+def _load_dspy_state(dspy, scope: Scope, args: dict) -> dict:
+    from . import dspy_state
+
+    if not args.get("program_id"):
+        raise validation_error("missing_program_id", "args.program_id: dspy_state loads into an existing program; "
+                               "create it first (the same module and signature) and name it here",
+                               path="args.program_id")
+    loaded, report = dspy_state.load_into(dspy, scope.get(args["program_id"]), args["dspy_state"])
+    scope.put(loaded, replace=True)
+    return {**loaded.describe(), "dspy_state": report}
 
 
 def optimize_program(ctx, args):
@@ -183,7 +201,8 @@ COMMANDS = {
     "get_program": (get_program, schemas.BY_ID, "one program's definition and state summary"),
     "delete_program": (delete_program, schemas.BY_ID, "forget a program"),
     "export_program": (export_program, schemas.BY_ID, "a program as a JSON document: definition and learned state"),
-    "import_program": (import_program, schemas.IMPORT_PROGRAM, "rebuild a program from an export_program document"),
+    "import_program": (import_program, schemas.IMPORT_PROGRAM, "rebuild a program from an export_program document, "
+                       "or load DSPy's own saved state (module.save JSON) into an existing program"),
     "optimize_program": (optimize_program, schemas.OPTIMIZE_PROGRAM, "tune a program's demos and instructions "
                          "over a trainset"),
     "evaluate_program": (evaluate_program, schemas.EVALUATE_PROGRAM, "score a program over a labelled devset "

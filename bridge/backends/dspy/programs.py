@@ -117,8 +117,7 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if set(state["predictors"]) != set(named):
         raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but a "
                       f"{module_name} has {sorted(named)}", f"{path}.state.predictors")
-    fields_of = pipeline.demo_fields(options, signature_spec) if module_name == PIPELINE else \
-        _single(build.demo_fields(module_name, signature_spec, options))
+    fields_of = demo_fields_of(program)
     for name, predictor in named.items():
         where = f"{path}.state.predictors.{name}"
         fields = fields_of(name)
@@ -145,8 +144,11 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     return program
 
 
-def _single(fields: dict):
-    """One module's demo fields as ``fields(predictor) -> {field: [types]}`` (every predictor the same)."""
+def demo_fields_of(program: Program):
+    """``fields(predictor name) -> {field: [types]}``: what a demo of each of the program's predictors may hold."""
+    if program.module_name == PIPELINE:
+        return pipeline.demo_fields(program.options, program.spec)
+    fields = build.demo_fields(program.module_name, program.spec, program.options)
     types = {name: [field["type"]] for name, field in fields.items()}
     return lambda predictor: types
 

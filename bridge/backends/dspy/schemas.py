@@ -233,10 +233,15 @@ NO_ARGS = registry.NO_ARGS
 BY_ID = _object({"program_id": PROGRAM_ID}, ["program_id"])
 
 IMPORT_PROGRAM = _object({
-    "program": {"type": "object", "description": "a document from export_program"},
-    "program_id": {**PROGRAM_ID, "description": "the id to import as (default: the document's)"},
+    "program": {"type": "object", "description": "a document from export_program (or give dspy_state)"},
+    "dspy_state": {"type": "object", "description": "instead of program: the JSON that DSPy's module.save(\"x.json\") "
+                                                    "writes, loaded into the existing program program_id (of the same "
+                                                    "structure: predictors, fields and demos are checked): its "
+                                                    "instructions and demos; an LM saved with it is ignored"},
+    "program_id": {**PROGRAM_ID, "description": "the id to import as (default: the document's); with dspy_state, "
+                                                "the existing program to load it into"},
     "replace": REPLACE,
-}, ["program"])
+})
 
 EXAMPLE = _object({"inputs": {"type": "object"}, "outputs": {"type": "object"}}, ["inputs", "outputs"])
 
