@@ -91,8 +91,9 @@ defmodule PortBridge.DSPy do
   # better in Elixir terms, the arguments a function takes as parameters, and the
   # options that exist only in Elixir (functions the worker calls back).
   @signature_doc """
-  a `PortBridge.DSPy.Signature` module, `"question, context -> answer"` (every field
-  a string), or a typed map (see the module doc)
+  a `PortBridge.DSPy.Signature` module, DSPy's string form `"question, context -> answer"`
+  (a field without a type is a string; `"question -> answer: int"`), or a typed map (see
+  the module doc)
   """
   @tools_doc """
   the tools a `"ReAct"` agent may call (also with `base_module: "ReAct"`): a list of
