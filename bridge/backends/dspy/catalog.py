@@ -144,7 +144,8 @@ DIFFERENCES = {
                   "the map form's types: str, int, float, bool, list, dict[str, T], Optional[T] / T | None, "
                   "Literal[...], dspy.History, dspy.Image), never by DSPy's string parser, which imports modules "
                   "named in annotations; 'None | T' reads as Optional[T] (DSPy keeps Union[None, T], whose prompt "
-                  "lists null first), and a Literal may hold negative numbers (DSPy's parser refuses them)",
+                  "lists null first), and a Literal may hold negative numbers and '->' in a string (DSPy's parser "
+                  "refuses both)",
     "cache": "DSPy's response cache is off unless configure_lm sets cache: true (it is process-wide and keyed "
              "without api_base or api_key)",
     "history": "no LM or module history is kept (DSPy keeps 10,000 entries per LM, module and process)",
