@@ -15,7 +15,7 @@ import json
 import pytest
 
 from bridge.backends.dspy import fieldtypes
-from tests.support.dspy_workers import dspy_worker, error_of
+from tests.support.dspy_workers import error_of, module_worker
 from tests.support.openai_server import OpenAIServer
 
 ADAPTERS = ["chat", "json", "xml", "two_step"]
@@ -28,17 +28,18 @@ TYPED = {
 }
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("dspy-adapters")) as w:
-        w.call("configure_lm", {"model": "offline"})
-        yield w
+worker = module_worker("dspy-adapters")
+
+
+def offline(worker, session: str) -> None:
+    worker.call("configure_lm", {"model": "offline"}, session_id=session)
 
 
 @pytest.mark.parametrize("module", ["Predict", "ChainOfThought"])
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_the_offline_lm_answers_every_adapter_with_every_type(worker, adapter, module):
     s = f"offline-{adapter}-{module}"
+    offline(worker, s)
     created = worker.call("create_program", {"signature": TYPED, "adapter": adapter, "module": module,
                                              "program_id": "p"}, session_id=s)
     result = worker.call("execute_program", {"program_id": "p", "inputs": {"ticket": "The app <crashes> & logs"}},
@@ -108,6 +109,7 @@ def test_streamed_chunks_join_to_each_field_over_http(worker, server, adapter, s
 @pytest.mark.parametrize("adapter", STREAMING)
 def test_the_offline_lm_streams_typed_programs_in_every_format(worker, adapter):
     s = f"offline-stream-{adapter}"
+    offline(worker, s)
     created = worker.call("create_program", {"signature": TYPED, "adapter": adapter, "module": "ChainOfThought",
                                              "program_id": "p"}, session_id=s)
     events: list = []

@@ -16,8 +16,7 @@ import json
 import dspy
 import pytest
 
-from tests.support.dspy_workers import dspy_worker, error_of
-from tests.support.openai_server import OpenAIServer
+from tests.support.dspy_workers import error_of, module_server, module_worker
 from tests.test_dspy_parity import KEY, TRAIN, bodies, exact, plain_lm
 from tests.test_dspy_pipeline_parity import TRIAGE, Triage
 
@@ -25,16 +24,8 @@ MODEL = "parity-opt"  # the loopback server's answers to TRAIN's odd questions a
 QUESTIONS = ["Question 1?", "Question 9?"]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with OpenAIServer(api_key=KEY) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("dspy-interop")) as w:
-        yield w
+server = module_server(api_key=KEY)
+worker = module_worker("dspy-interop")
 
 
 def trainset():
