@@ -25,6 +25,18 @@ from tests.support.schemas import FrameChecker, violations
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def scaled(seconds: float) -> float:
+    """``seconds`` for this machine as loaded now: times the 1-minute load average per
+    CPU (at least 1x, at most 20x). A read's timeout bounds how long a busy machine may
+    take to start a worker and answer; what the tests guard against (a worker that never
+    answers) lies beyond any such bound."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        load = 0.0
+    return seconds * min(max(load, 1.0), 20.0)
+
+
 def worker_env(**extra: str) -> dict:
     """Environment for a spawned worker: this checkout first on the path."""
     env = dict(os.environ)
@@ -67,7 +79,9 @@ class RawWorker:
         self.send(encode_frame(codecs.get(fmt).encode(doc)))
 
     def read_frame(self, timeout: float = 10.0) -> bytes | None:
-        """The next payload, or None if stdout ended cleanly between frames."""
+        """The next payload, or None if stdout ended cleanly between frames. ``timeout``
+        is for an idle machine (see ``scaled``)."""
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         fd = self.process.stdout.fileno()
         while not self._frames:
