@@ -6,7 +6,17 @@ defmodule PortBridge.DSPyProgramTest do
   use PortBridge.TestCase, async: true
 
   alias PortBridge.{DSPy, Test}
-  alias PortBridge.TestModules.{Adder, Item, QA, QAOptimized, QAThought, Triage, TriageProgram}
+
+  alias PortBridge.TestModules.{
+    Adder,
+    DraftThenAnswer,
+    Item,
+    QA,
+    QAOptimized,
+    QAThought,
+    Triage,
+    TriageProgram
+  }
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
 
@@ -127,6 +137,14 @@ defmodule PortBridge.DSPyProgramTest do
 
     assert_received {:added, a, b}
     assert trajectory["tool_name_0"] == "add" and answer =~ Integer.to_string(a + b)
+  end
+
+  test "a Pipeline program whose steps name signature modules", %{worker: w, session: s} do
+    assert {:ok, %QA{}, %{"trace" => trace}} =
+             DraftThenAnswer.execute(w, %{question: "Why?"}, session_id: s, trace: true)
+
+    assert Enum.map(trace, & &1["step"]) == ["draft", "answer"]
+    assert %{"draft" => _} = hd(trace)["outputs"]
   end
 
   test "demos and instructions come from the optimised export", %{worker: w, session: s} do

@@ -72,3 +72,25 @@ end
 defmodule PortBridge.TestModules.StalePy do
   use PortBridge.Commands, expose: ["calc"], snapshot: "test/support/fixtures/commands_stale.json"
 end
+
+defmodule PortBridge.TestModules.Draft do
+  use PortBridge.DSPy.Signature
+  input(:question, :string)
+  output(:draft, :string, desc: "a first answer")
+end
+
+defmodule PortBridge.TestModules.DraftThenAnswer do
+  # A pipeline as data whose first step's signature is a module.
+  use PortBridge.DSPy.Program,
+    signature: PortBridge.TestModules.QA,
+    module: "Pipeline",
+    steps: [
+      %{name: "draft", module: "Predict", signature: PortBridge.TestModules.Draft},
+      %{
+        name: "answer",
+        module: "ChainOfThought",
+        signature: "question, draft -> answer",
+        inputs: %{draft: "draft.draft"}
+      }
+    ]
+end
