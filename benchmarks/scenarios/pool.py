@@ -30,12 +30,15 @@ BUILD = HERE / ".elixir_build"
 POOL_SIZE = 2
 
 
-def beam(part: str, pinned: bool, script=SCRIPT, **settings) -> dict:
-    """``mix run`` of a BEAM-side benchmark script (pool.exs by default); its last JSON line."""
+def beam(part: str, pinned: bool, script=SCRIPT, erl_options: str | None = None, **settings) -> dict:
+    """``mix run`` of a BEAM-side benchmark script (pool.exs by default); its last JSON line.
+    ``erl_options``: flags for the BEAM itself (ELIXIR_ERL_OPTIONS)."""
     mix = shutil.which("mix")
     env = dict(os.environ, BENCH_PYTHON=PYTHON, BENCH_ROOT=str(ROOT), BENCH_PART=part,
                BENCH_POOL_SIZE=str(POOL_SIZE), MIX_BUILD_PATH=str(BUILD), MIX_ENV="prod",
                **{f"BENCH_{k.upper()}": str(v) for k, v in settings.items()})
+    if erl_options:
+        env["ELIXIR_ERL_OPTIONS"] = erl_options
     env.setdefault("MIX_EXS", "mix.offline.exs")  # no Hex here: the offline project file
     argv = [mix, "run", str(script)]
     if pinned and shutil.which("taskset"):

@@ -82,7 +82,7 @@ defmodule PortBridge.DSPy do
   the worker's, checked here before anything is sent.
   """
 
-  alias PortBridge.{Call, Error, Options, Schema}
+  alias PortBridge.{Call, Error, Schema}
   alias PortBridge.DSPy.{Advice, Arguments}
 
   # The arguments of each command come from the worker's own declarations
@@ -187,8 +187,6 @@ defmodule PortBridge.DSPy do
   @lm_usage_args Arguments.schema("lm_usage")
   @by_program_id Arguments.schema("get_program", except: ~w(program_id))
 
-  @request_schema Options.request_schema()
-
   @type target :: GenServer.server()
   @type result :: {:ok, map} | {:error, Error.t()}
 
@@ -234,7 +232,7 @@ defmodule PortBridge.DSPy do
   # run/3), which ArgumentErrors name.
   @spec execute_as(String.t(), target, String.t(), map, keyword) :: result
   def execute_as(where, target, program_id, inputs, opts) do
-    inputs!(inputs, where)
+    Arguments.inputs!(inputs, where)
 
     call(target, "execute_program", opts, @execute_args, where,
       program_id: program_id,
@@ -257,8 +255,8 @@ defmodule PortBridge.DSPy do
   # stream/4 on behalf of another public function (a program module's stream/3).
   @spec stream_as(String.t(), target, String.t(), map, keyword) :: Enumerable.t()
   def stream_as(where, target, program_id, inputs, opts) do
-    inputs!(inputs, where)
-    {args, request_opts} = split!(opts, @execute_args, "execute_program", where)
+    Arguments.inputs!(inputs, where)
+    {args, request_opts} = Arguments.split!(opts, @execute_args, "execute_program", where)
     args = Map.merge(args, %{"program_id" => program_id, "inputs" => inputs, "stream" => true})
 
     target
@@ -521,21 +519,6 @@ defmodule PortBridge.DSPy do
   def delete_index!(target, index_id, opts \\ []),
     do: unwrap!(delete_index(target, index_id, opts))
 
-  # Inputs are a map (one value per input field); a keyword list would reach the JSON
-  # encoder as a list of tuples and fail there, far from the mistake.
-  defp inputs!(inputs, _function) when is_map(inputs) and not is_struct(inputs), do: :ok
-
-  defp inputs!(inputs, function) do
-    hint =
-      if inputs != [] and Keyword.keyword?(inputs),
-        do: " (a keyword list: pass Map.new(inputs) or write %{...} instead of [...])",
-        else: ""
-
-    raise ArgumentError,
-          "the inputs of #{function} are a map with one value per input " <>
-            "field, such as %{question: \"...\"}#{hint}; got: #{inspect(inputs, limit: 5)}"
-  end
-
   defp unwrap!({:ok, value}), do: value
   defp unwrap!({:error, %Error{} = error}), do: raise(error)
 
@@ -549,7 +532,7 @@ defmodule PortBridge.DSPy do
   # public function that called on its behalf.
   defp call(target, command, opts, args, function, positional \\ []) do
     where = if String.contains?(function, "."), do: function, else: "PortBridge.DSPy." <> function
-    {args, request_opts} = split!(opts, args, command, where)
+    {args, request_opts} = Arguments.split!(opts, args, command, where)
 
     args =
       Map.merge(args, Map.new(positional, fn {key, value} -> {Atom.to_string(key), value} end))
@@ -561,89 +544,4 @@ defmodule PortBridge.DSPy do
     |> PortBridge.DSPy.Recorder.run()
     |> Advice.elixir()
   end
-
-  # Options are the command's arguments or request options; anything else is a
-  # mistake, reported with the valid ones. `create_program` takes a signature
-  # module and tools as data; elsewhere, Elixir functions given as `tools:`,
-  # `metric:` or `reward:` become callbacks the worker calls back.
-  defp split!(opts, arg_schema, command, where) do
-    Schema.validate!(opts, arg_schema ++ @request_schema, where)
-
-    opts =
-      case command do
-        "create_program" -> as_data(opts)
-        # Scripted answers may be signature structs (%MyApp.Triage{...}): maps on the wire.
-        "configure_lm" -> Keyword.replace_lazy(opts, :answers, &PortBridge.DSPy.Types.dump/1)
-        _ -> elixir_callbacks(opts)
-      end
-
-    {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
-    {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
-  end
-
-  defp as_data(opts) do
-    opts
-    |> Keyword.replace_lazy(:tools, &PortBridge.DSPy.Tools.declarations/1)
-    |> Keyword.replace_lazy(:signature, fn
-      module when is_atom(module) -> signature_module!(module)
-      signature -> signature
-    end)
-  end
-
-  defp signature_module!(module) do
-    if Code.ensure_loaded?(module) and function_exported?(module, :__signature__, 0),
-      do: module.__signature__(),
-      else:
-        raise(
-          ArgumentError,
-          "#{inspect(module)} is not a signature module (use PortBridge.DSPy.Signature); " <>
-            ":signature takes such a module, a string or a map"
-        )
-  end
-
-  # Elixir functions given as `tools:`, `metric:` or `reward:` become callbacks the
-  # worker calls back (PortBridge.Callbacks), under the names the request declares:
-  # a tool's own name, "metric" (the argument becomes {"callback": "metric"}),
-  # "reward" (a BestOfN or Refine program created with reward_fn: {"callback": "reward"}).
-  defp elixir_callbacks(opts) do
-    {tools, opts} = Keyword.pop(opts, :tools)
-    {reward, opts} = Keyword.pop(opts, :reward)
-
-    {metric, opts} =
-      case Keyword.fetch(opts, :metric) do
-        {:ok, fun} when is_function(fun) ->
-          {fun, Keyword.put(opts, :metric, %{"callback" => "metric"})}
-
-        _ ->
-          {nil, opts}
-      end
-
-    added =
-      Map.merge(
-        if(tools, do: PortBridge.DSPy.Tools.callbacks(tools), else: %{}),
-        Map.reject(
-          %{"metric" => adapt(metric, "example"), "reward" => adapt(reward, "inputs")},
-          &is_nil(elem(&1, 1))
-        )
-      )
-
-    if added == %{},
-      do: opts,
-      else: Keyword.update(opts, :callbacks, added, &Map.merge(added, &1))
-  end
-
-  # A metric (example, prediction) or a reward (inputs, prediction) of arity 2 gets
-  # the two parts of the worker's arguments; arity 1 gets them whole.
-  defp adapt(nil, _first), do: nil
-  defp adapt(fun, _first) when is_function(fun, 1), do: fun
-
-  defp adapt(fun, first) when is_function(fun, 2),
-    do: fn args -> fun.(args[first], args["prediction"]) end
-
-  defp adapt(other, _first),
-    do:
-      raise(
-        ArgumentError,
-        "a metric or reward must be a function of 1 or 2 arguments, got: #{inspect(other)}"
-      )
 end
