@@ -1,8 +1,8 @@
 defmodule PortBridge.MixProject do
   use Mix.Project
 
-  # The Python package (pyproject.toml) carries the same version: `mix port_bridge.setup`
-  # installs portbridge of exactly this version from the package index.
+  # The Python package (pyproject.toml) carries the same version, and this package
+  # carries its source (priv/python): `mix port_bridge.setup` installs exactly that.
   @version "0.1.0"
   # Where the sources are published (ex_doc links each function to its source there).
   @source_url "https://github.com/portbridge/portbridge"
@@ -20,6 +20,7 @@ defmodule PortBridge.MixProject do
       deps: deps(),
       description: description(),
       package: package(),
+      aliases: aliases(),
       docs: docs()
     ]
   end
@@ -61,6 +62,39 @@ defmodule PortBridge.MixProject do
       },
       files: ~w(lib priv mix.exs README.md CHANGELOG.md LICENSE)
     ]
+  end
+
+  # The package carries the worker's Python source in priv/python, copied from the
+  # repository (bridge/, protocol/, pyproject.toml, README.md) just before the package
+  # is built, so it is never stale; it is not committed (.gitignore).
+  # PortBridge.Setup.Source decides which files; it is loaded here on its own, so no
+  # dependency needs to be fetched or compiled first.
+  defp aliases do
+    ["hex.build": [&sync_python/1, "hex.build"], "hex.publish": [&sync_python/1, "hex.publish"]]
+  end
+
+  defp sync_python(_args) do
+    source = PortBridge.Setup.Source
+
+    unless Code.ensure_loaded?(source),
+      do: Code.require_file("lib/port_bridge/setup/source.ex", __DIR__)
+
+    root = Path.expand("..", __DIR__)
+
+    unless source.checkout?(root),
+      do: Mix.raise("#{root} is not the portbridge repository: priv/python is made from it")
+
+    if source.version(root) != @version,
+      do:
+        Mix.raise(
+          "#{root}/pyproject.toml is version #{source.version(root)}, this package #{@version}"
+        )
+
+    names = source.sync!(root, Path.join(__DIR__, "priv/python"))
+
+    Mix.shell().info(
+      "priv/python: the worker's Python source, #{length(names)} files from #{root}"
+    )
   end
 
   defp docs do
