@@ -15,6 +15,8 @@ defmodule PortBridge do
     * `PortBridge.DSPy` - configure LMs, create, run, stream, optimize, export and
       import DSPy programs.
     * `PortBridge.Error` - every failure, categorised by `protocol/errors.json`.
+    * `setup!/1`, `mix port_bridge.setup`, `PortBridge.Release` - the Python
+      environment, in Livebook and scripts, in a Mix project, in a release.
 
   The functions here take a worker, a pool or a cluster as `target` (a pid or a
   registered name): a name that a `PortBridge.Pool` or a `PortBridge.Cluster` was
@@ -27,6 +29,15 @@ defmodule PortBridge do
   alias PortBridge.{Call, Error, Options, Request, Schema}
 
   @request_schema Options.request_schema()
+
+  @doc """
+  Makes (or reuses) the Python environment workers run in, and returns its
+  interpreter, for Livebook (`Mix.install/2`) and scripts, where no Mix task runs:
+  `{PortBridge.Pool, name: MyApp.Python, python: PortBridge.setup!()}`. See
+  `PortBridge.Setup.setup!/1` for the options.
+  """
+  @spec setup!(keyword) :: String.t()
+  defdelegate setup!(opts \\ []), to: PortBridge.Setup
 
   @doc "The default `:timeout` of a request, in ms."
   @spec default_timeout() :: pos_integer

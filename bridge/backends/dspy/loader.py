@@ -22,10 +22,10 @@ from ...errors import BridgeError
 
 log = logging.getLogger("portbridge.dspy")
 
-# Said for any client: what the worker's environment lacks, and the Elixir client's
-# one command that installs it (no Python API advice).
-INSTALL_HINT = ("install portbridge[dspy] into the worker's Python environment "
-                "(for an Elixir project: mix port_bridge.setup)")
+# Said for any client: what the worker's environment lacks (no Python API advice). A
+# client adds the command that installs it where it runs (the Elixir client says which
+# in a Mix project, a release or Livebook): the worker cannot know.
+INSTALL_HINT = "install portbridge[dspy] into the worker's Python environment"
 WAIT_S = 120.0  # a command arriving early waits this long at most for the import
 
 

@@ -121,7 +121,7 @@ defmodule PortBridge.Error do
     %__MODULE__{
       category: category,
       code: code,
-      message: message,
+      message: PortBridge.Setup.Lookup.remedy(category, code, message),
       severity: row.severity,
       recovery: row.recovery,
       retryable: row.retryable,

@@ -221,83 +221,22 @@ defmodule PortBridge.Options do
     }
   end
 
-  # Where `mix port_bridge.setup` records the interpreter of the environment it made:
-  # beside the build directories of the project that compiled this module
-  # (`_build/port_bridge/python_path`, whichever MIX_ENV), fixed at compile time, so a
-  # release built from that project reads the same record (on the machine that built
-  # it, or an image that keeps that path).
-  @setup_record (if Code.ensure_loaded?(Mix.Project) and Mix.Project.get() do
-                   Path.join([
-                     Path.dirname(Mix.Project.build_path()),
-                     "port_bridge",
-                     "python_path"
-                   ])
-                 end)
-
-  @doc false
-  # The file `mix port_bridge.setup` writes; nil when compiled without Mix.
-  @spec setup_record() :: String.t() | nil
-  def setup_record, do: @setup_record
-
   @doc """
   The Python a worker runs when `:python` is not given, the first of:
 
     1. `$PORTBRIDGE_PYTHON`
     2. `config :port_bridge, python: "/path/to/bin/python"` (the application
        environment; in a release, `config/runtime.exs`)
-    3. the environment `mix port_bridge.setup` made (it records its interpreter in
-       `_build/port_bridge/python_path`, wherever `--path` put the environment)
+    3. in a release, the environment its `PortBridge.Release.put_python/1` step put
+       in it
+    4. the environment `mix port_bridge.setup` made (it records its interpreter in
+       `_build/port_bridge/python_path`, wherever it put the environment)
 
-  Raises `ArgumentError`, saying how to set one up, when there is none.
+  Raises `ArgumentError` when there is none, saying what to run where the code runs
+  (a Mix project, a release, Livebook or a script).
   """
   @spec python() :: String.t()
-  def python do
-    resolve_python(
-      System.get_env("PORTBRIDGE_PYTHON"),
-      Application.get_env(:port_bridge, :python),
-      @setup_record
-    )
-  end
-
-  @doc false
-  # python/0 with its sources as arguments, for tests that cannot change the
-  # environment of a suite that runs concurrently.
-  @spec resolve_python(String.t() | nil, term, String.t() | nil) :: term
-  def resolve_python(env_var, app_env, record) do
-    cond do
-      env_var not in [nil, ""] -> env_var
-      app_env != nil -> app_env
-      recorded = read_record(record) -> recorded
-      true -> raise ArgumentError, no_python_message(record)
-    end
-  end
-
-  defp read_record(nil), do: nil
-
-  defp read_record(record) do
-    case File.read(record) do
-      {:ok, text} -> recorded_python!(String.trim(text), record)
-      {:error, _} -> nil
-    end
-  end
-
-  defp recorded_python!(python, record) do
-    if File.regular?(python) do
-      python
-    else
-      raise ArgumentError,
-            "the Python environment that mix port_bridge.setup recorded in #{record} " <>
-              "is gone (#{python} does not exist): run mix port_bridge.setup again"
-    end
-  end
-
-  defp no_python_message(record) do
-    where = if record, do: " (it records the interpreter in #{record})", else: ""
-
-    "no Python for the worker: run `mix port_bridge.setup` to create an environment " <>
-      "with portbridge#{where}, or name an interpreter that has portbridge installed: " <>
-      "the :python option, PORTBRIDGE_PYTHON, or config :port_bridge, python: \"...\""
-  end
+  defdelegate python(), to: PortBridge.Setup.Lookup
 
   defp resolve!(path, key) when is_binary(path) and path != "" do
     found =

@@ -34,8 +34,10 @@ defmodule PortBridge.ConfigurationErrorsTest do
                  program_id: "qa#{attempt}"
                )
 
-      # Said in terms of the environment, not of Python's API.
+      # Said in terms of the environment, not of Python's API, with what installs it
+      # where this client runs (here: a Mix project).
       assert error.message =~ "portbridge[dspy]"
+      assert error.message =~ "with this Elixir client: run `mix port_bridge.setup`"
       refute error.message =~ "pip install"
 
       assert {:error, %Error{category: :initialization, code: "dspy_missing"}} =
