@@ -22,8 +22,8 @@ defmodule PortBridge.Setup do
   only when something changed.
   """
 
-  alias PortBridge.{Codec, Schema}
-  alias PortBridge.Setup.{Installer, Source}
+  alias PortBridge.Schema
+  alias PortBridge.Setup.{Environment, Installer, Source}
 
   @schema [
     path: [
@@ -71,8 +71,6 @@ defmodule PortBridge.Setup do
   # The keys the engine's own callers add (the Mix task, the release step).
   @internal [bytecode: [doc: false], log: [doc: false]]
 
-  @stamp "portbridge-setup.json"
-
   @doc false
   @spec schema() :: Schema.t()
   def schema, do: @schema
@@ -112,9 +110,12 @@ defmodule PortBridge.Setup do
     plan = plan!(opts, defaults)
     python = Installer.venv_python(plan.dir)
 
-    case up_to_date(plan, python) do
-      {:ok, probe} -> say(plan, "* #{python} is up to date (#{describe(probe, plan)})")
-      :no -> install!(plan, python)
+    case Environment.current(plan, python) do
+      {:ok, probe} ->
+        say(plan, "* #{python} is up to date (#{Environment.describe(probe, plan)})")
+
+      :no ->
+        install!(plan, python)
     end
 
     python
@@ -128,7 +129,6 @@ defmodule PortBridge.Setup do
     Schema.validate!(opts, @schema ++ @internal, "PortBridge.setup!/1")
     given = Keyword.merge(config, Enum.reject(opts, &match?({_, nil}, &1)))
     opts = Keyword.merge(Schema.defaults(@schema), Keyword.merge(defaults, given))
-    Application.load(:port_bridge)
 
     source = Source.locate()
     {_kind, root} = source
@@ -191,87 +191,6 @@ defmodule PortBridge.Setup do
   defp from(%{source: {:checkout, root}}), do: "the checkout #{root}"
   defp from(%{source: {:package, dir}}), do: "the package (#{dir})"
 
-  ## Is there anything to do?
-
-  # The stamp says what was installed; the probe that it is still there.
-  defp up_to_date(%{force: true}, _python), do: :no
-
-  defp up_to_date(plan, python) do
-    with {:ok, stamp} <- read_stamp(plan.dir),
-         true <-
-           Map.delete(stamp, "base_python") == stamp(plan, nil) |> Map.delete("base_python"),
-         true <- plan.python in [nil, stamp["base_python"]],
-         {:ok, probe} <- probe(python, plan),
-         true <- complete?(probe, plan) do
-      {:ok, probe}
-    else
-      _ -> :no
-    end
-  end
-
-  defp stamp(plan, base_python) do
-    %{
-      "portbridge" => plan.version,
-      "source" => plan.fingerprint,
-      "extras" => plan.extras,
-      "python_deps" => plan.python_deps,
-      "bytecode" => Atom.to_string(plan.bytecode),
-      "base_python" => base_python
-    }
-  end
-
-  defp read_stamp(dir) do
-    with {:ok, text} <- File.read(Path.join(dir, @stamp)),
-         {:ok, %{} = stamp} <- Codec.decode(text, :json) do
-      {:ok, stamp}
-    else
-      _ -> :error
-    end
-  end
-
-  # Run by the environment's interpreter: what is installed, as one JSON line.
-  @probe ~S"""
-  import importlib.metadata as m, importlib.util as u, json, re, sys
-  def version(name):
-      try:
-          return m.version(name)
-      except m.PackageNotFoundError:
-          return None
-  extras = sys.argv[1:]
-  requires = (m.requires("portbridge") or []) if version("portbridge") else []
-  wanted = [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in requires
-            if any(re.search(r"extra\s*==\s*['\"]%s['\"]" % re.escape(e), r) for e in extras)]
-  print(json.dumps({
-      "python": "%d.%d.%d" % sys.version_info[:3],
-      "supported": sys.version_info[:2] >= (3, 11),
-      "portbridge": version("portbridge"),
-      "bridge": u.find_spec("bridge") is not None,
-      "missing": [name for name in wanted if version(name) is None],
-  }))
-  """
-
-  defp probe(python, plan) do
-    if File.regular?(python) do
-      case System.cmd(python, ["-c", @probe | plan.extras], stderr_to_stdout: true) do
-        {out, 0} -> Codec.decode(List.last(String.split(out, "\n", trim: true)) || "", :json)
-        {out, status} -> {:error, {status, out}}
-      end
-    else
-      {:error, :enoent}
-    end
-  end
-
-  defp complete?(probe, plan) do
-    probe["supported"] == true and probe["bridge"] == true and
-      probe["portbridge"] == plan.version and probe["missing"] == []
-  end
-
-  defp describe(probe, plan) do
-    extras = if plan.extras == [], do: "", else: ", with #{Enum.join(plan.extras, ", ")}"
-    deps = if plan.python_deps == [], do: "", else: " and #{Enum.join(plan.python_deps, ", ")}"
-    "portbridge #{probe["portbridge"]}#{extras}#{deps}, Python #{probe["python"]}"
-  end
-
   ## Creating and installing
 
   defp install!(plan, python) do
@@ -292,34 +211,17 @@ defmodule PortBridge.Setup do
       timed(plan, fn -> Installer.compile!(plan, python) end)
     end
 
-    probe =
-      case probe(python, plan) do
-        {:ok, probe} ->
-          probe
-
-        {:error, reason} ->
-          raise PortBridge.SetupError, "#{python} does not run: #{inspect(reason)}"
-      end
-
-    unless complete?(probe, plan) do
-      raise PortBridge.SetupError,
-            "the installation in #{plan.dir} is incomplete: #{inspect(probe)} " <>
-              "(wanted portbridge #{plan.version})"
-    end
-
+    probe = Environment.verify!(plan, python)
     say(plan, "* starting a worker to check it")
-    timed(plan, fn -> check_worker!(python, plan.extras) end)
-
-    {:ok, json} = Codec.encode(stamp(plan, base_python), :json)
-    File.write!(Path.join(plan.dir, @stamp), json)
-    say(plan, "* #{plan.dir} is ready (#{describe(probe, plan)})")
+    timed(plan, fn -> Environment.check_worker!(python, plan.extras) end)
+    Environment.stamp!(plan, base_python)
+    say(plan, "* #{plan.dir} is ready (#{Environment.describe(probe, plan)})")
   end
 
   # Makes the environment unless one is there; returns the Python it was made from
   # (as asked; nil: the installer's default).
   defp create!(plan, python) do
-    previous =
-      with {:ok, stamp} <- read_stamp(plan.dir), do: stamp["base_python"], else: (_ -> nil)
+    previous = Environment.base_python(plan.dir)
 
     cond do
       File.regular?(Path.join(plan.dir, "pyvenv.cfg")) ->
@@ -364,48 +266,6 @@ defmodule PortBridge.Setup do
 
       {out, status} ->
         raise PortBridge.SetupError, "#{python} exited with status #{status}: #{out}"
-    end
-  end
-
-  # A real worker from the new environment answers ping and, with DSPy, a command
-  # that waits for DSPy's import (on the offline LM, in a session of its own): what a
-  # first request would meet, found now.
-  defp check_worker!(python, extras) do
-    {:ok, _} = Application.ensure_all_started(:port_bridge)
-    trap = Process.flag(:trap_exit, true)
-    # Without the dspy extra, the DSPy backend (registered by the package whatever its
-    # extras) would log that it cannot import DSPy.
-    backends = if "dspy" in extras, do: [], else: ["--backends", ""]
-    {:ok, worker} = PortBridge.Worker.start_link(python: python, worker_args: backends)
-
-    try do
-      check_request!(worker, "ping", %{})
-
-      if "dspy" in extras,
-        do:
-          check_request!(worker, "configure_lm", %{model: "offline"},
-            session_id: "port_bridge.setup"
-          )
-    after
-      stop(worker)
-      Process.flag(:trap_exit, trap)
-    end
-  end
-
-  defp stop(worker) do
-    GenServer.stop(worker)
-  catch
-    :exit, _already_gone -> :ok
-  end
-
-  defp check_request!(worker, command, args, opts \\ []) do
-    case PortBridge.request(worker, command, args, [timeout: 120_000] ++ opts) do
-      {:ok, _} ->
-        :ok
-
-      {:error, error} ->
-        raise PortBridge.SetupError,
-              "a worker in the new environment failed `#{command}`: #{Exception.message(error)}"
     end
   end
 
