@@ -100,8 +100,9 @@ defmodule PortBridge.Call do
           where
         )
 
-    # PortBridge.Test stub hook (e2-native): a stubbed target answers from the test's function.
-    {module, config} = served_by || Test.target(target) || Target.resolve!(target, where)
+    # A target stubbed for this process (PortBridge.Test) answers from the test's
+    # function, whichever function the call came through.
+    {module, config} = Test.target(target) || served_by || Target.resolve!(target, where)
     build(target, module, config, command, args, opts)
   end
 
@@ -111,7 +112,6 @@ defmodule PortBridge.Call do
   # recording, cluster members); `:deadline` may be given to spend an existing budget.
   @spec new(term, String.t(), map, keyword, String.t()) :: t
   def new(target, command, args, opts \\ [], where \\ "PortBridge") do
-    # PortBridge.Test stub hook (e2-native): a stubbed target answers from the test's function.
     {module, config} = Test.target(target) || Target.resolve!(target, where)
     build(target, module, config, command, args, opts)
   end

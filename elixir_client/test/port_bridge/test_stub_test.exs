@@ -27,6 +27,19 @@ defmodule PortBridge.TestStubTest do
     assert_raise Error, ~r/validation\/invalid_args/, fn -> PortBridge.request!(@target, "x") end
   end
 
+  test "whichever function a call comes through, a stub answers it" do
+    Test.stub(@target, fn "ping", _ -> {:ok, %{"pong" => "stubbed"}} end)
+
+    for result <- [
+          PortBridge.Worker.request(@target, "ping"),
+          PortBridge.Pool.request(@target, "ping"),
+          PortBridge.Cluster.request(@target, "ping"),
+          PortBridge.Request.await(PortBridge.Pool.async_request(@target, "ping"))
+        ] do
+      assert {:ok, %{"pong" => "stubbed"}} = result
+    end
+  end
+
   test "a stub answers the processes the test starts, and not others" do
     Test.stub(@target, fn "ping", _ -> {:ok, %{"pong" => true}} end)
 

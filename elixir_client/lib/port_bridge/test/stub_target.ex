@@ -16,7 +16,7 @@ defmodule PortBridge.Test.StubTarget do
   alias PortBridge.{Call, Request, Test}
 
   @impl true
-  def default_timeout(_fun), do: PortBridge.default_timeout()
+  def default_timeout(_fun), do: PortBridge.Options.default_timeout()
 
   # Nothing is recorded for a stub: the test's function is the whole worker.
   @impl true
