@@ -269,6 +269,55 @@ defmodule PortBridge.DSPy do
     end)
   end
 
+  @map_args [
+    max_concurrency: [
+      type: :pos_integer,
+      default_doc: "what the target runs at once (1 with `:session_id`)",
+      doc: "items in flight at once"
+    ]
+  ]
+
+  @doc """
+  Runs a program over many inputs: a lazy stream of `{:ok, result}` (as
+  `execute_program/4` returns) or `{:error, %PortBridge.Error{}}`, one per input, in
+  input order. Inputs are read as the stream is consumed, and run as many at once
+  as the target can (a pool's Workers times each Python's `--max-concurrency`, a
+  cluster's live nodes times that); a failed item never stops the batch, and
+  halting the stream (`Enum.take/2`, ...) cancels the items in flight.
+  `PortBridge.DSPy.Batch` has the details and the telemetry events (progress).
+
+  ```elixir
+  {:ok, _} = DSPy.create_program(MyApp.Tickets, signature: "ticket -> category", program_id: "triage")
+
+  ["The app crashes", "Please refund me", "How do I export?"]
+  |> Stream.map(&%{ticket: &1})
+  |> then(&DSPy.map(MyApp.Tickets, "triage", &1, timeout: 30_000))
+  |> Enum.each(fn
+    {:ok, %{"outputs" => %{"category" => category}}} -> IO.puts(category)
+    {:error, error} -> IO.puts("failed: " <> Exception.message(error))
+  end)
+  ```
+
+  Options: `execute_program/4`'s (`:timeout` is each item's), and
+
+  #{Schema.docs(@map_args)}
+  """
+  @spec map(target, String.t(), Enumerable.t(), keyword) :: Enumerable.t()
+  def map(target, program_id, inputs, opts \\ []) do
+    Schema.validate!(
+      opts,
+      @map_args ++ @run_callbacks ++ @request_schema,
+      "PortBridge.DSPy.map/4"
+    )
+
+    {batch_opts, opts} = Keyword.split(opts, Keyword.keys(@map_args))
+    batch_opts = Keyword.put(batch_opts, :session_id, opts[:session_id])
+
+    PortBridge.DSPy.Batch.stream(target, program_id, inputs, batch_opts, fn inputs ->
+      execute_program(target, program_id, inputs, opts)
+    end)
+  end
+
   @doc """
   Optimises a program from labelled examples; `progress` events go to `:on_event`.
   Returns `%{"program_id", "demos", "bootstrapped", ...}`.
