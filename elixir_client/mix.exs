@@ -43,6 +43,8 @@ defmodule PortBridge.MixProject do
       {:nimble_pool, "~> 1.1", optional: true},
       # format: :msgpack
       {:msgpax, "~> 2.4", optional: true},
+      # PortBridge.Telemetry.metrics/0 (for reporters and Phoenix LiveDashboard).
+      {:telemetry_metrics, "~> 1.0", optional: true},
       {:ex_doc, "~> 0.34", only: :dev, runtime: false}
     ]
   end

@@ -27,15 +27,58 @@ defmodule PortBridge.Telemetry do
       back (`PortBridge.Records`): measurements `%{duration, steps, failed}`;
       metadata `%{worker, os_pid, pool}`.
 
+  LLM work:
+
+    * `[:port_bridge, :lm, :call]` - one LM call made by a worker (from its
+      `lm_call` event), emitted on the caller's node, in the caller's process:
+      measurements `%{prompt_tokens, completion_tokens, cost_usd, duration}`
+      (`cost_usd` nil when DSPy has no price for the model; `duration` native
+      units); metadata `%{model, cached, session_id, program_id, command,
+      error_category}` (`error_category` nil for a call that succeeded).
+    * `[:port_bridge, :lm, :admit]` - an LM call's admission under a rate limit
+      (`PortBridge.Limiter`): measurements `%{duration}` (the time it waited, native
+      units); metadata `%{model, result: :admitted | :timeout | :invalid | :error,
+      limiter}`.
+    * `[:port_bridge, :lm, :pause]` - a provider answered 429 with Retry-After:
+      measurements `%{retry_after}` (ms); metadata `%{model, limiter}`.
+    * `[:port_bridge, :batch, :start | :item | :stop]` - `PortBridge.DSPy.map/4`'s
+      progress (`PortBridge.DSPy.Batch` lists their keys).
+
+  `metrics/0` turns them into `Telemetry.Metrics` definitions for a reporter or
+  Phoenix LiveDashboard.
+
   `:telemetry` is an optional dependency: without it these are no-ops and nothing
   else changes.
   """
 
-  @compile {:no_warn_undefined, :telemetry}
+  @compile {:no_warn_undefined, [:telemetry, Telemetry.Metrics]}
   @available Code.ensure_loaded?(:telemetry)
+  @metrics Code.ensure_loaded?(Telemetry.Metrics)
 
   @doc false
-  def __mix_recompile__?, do: Code.ensure_loaded?(:telemetry) != @available
+  def __mix_recompile__?,
+    do:
+      Code.ensure_loaded?(:telemetry) != @available or
+        Code.ensure_loaded?(Telemetry.Metrics) != @metrics
+
+  @events [
+    [:port_bridge, :request, :start],
+    [:port_bridge, :request, :stop],
+    [:port_bridge, :request, :exception],
+    [:port_bridge, :worker, :start],
+    [:port_bridge, :worker, :exit],
+    [:port_bridge, :session, :rebuild],
+    [:port_bridge, :lm, :call],
+    [:port_bridge, :lm, :admit],
+    [:port_bridge, :lm, :pause],
+    [:port_bridge, :batch, :start],
+    [:port_bridge, :batch, :item],
+    [:port_bridge, :batch, :stop]
+  ]
+
+  @doc "Every event the client emits (for `:telemetry.attach_many/4`)."
+  @spec events() :: [[atom]]
+  def events, do: @events
 
   @doc "True when this build emits events (`:telemetry` was compiled in)."
   @spec available?() :: boolean
@@ -108,4 +151,84 @@ defmodule PortBridge.Telemetry do
       Map.merge(metadata, %{kind: kind, reason: reason, stacktrace: stacktrace})
     )
   end
+
+  @doc """
+  The `Telemetry.Metrics` definitions of these events, for a reporter or Phoenix
+  LiveDashboard (`telemetry_metrics` in your dependencies):
+
+      children = [
+        {Telemetry.Metrics.ConsoleReporter, metrics: PortBridge.Telemetry.metrics()}
+      ]
+
+  Durations in milliseconds; LM calls by model: calls, tokens, cost and latency;
+  admission waits and pauses by model; requests by command and outcome; batch
+  items by program and outcome. Raises without `telemetry_metrics`.
+  """
+  @spec metrics() :: [struct]
+  if @metrics do
+    def metrics do
+      import Telemetry.Metrics
+      ms = {:native, :millisecond}
+
+      [
+        counter("port_bridge.request.stop.count", tags: [:command, :result]),
+        summary("port_bridge.request.stop.duration", unit: ms, tags: [:command]),
+        counter("port_bridge.lm.call.count", tags: [:model, :cached]),
+        summary("port_bridge.lm.call.duration", unit: ms, tags: [:model]),
+        sum("port_bridge.lm.call.prompt_tokens", tags: [:model]),
+        sum("port_bridge.lm.call.completion_tokens", tags: [:model]),
+        sum("port_bridge.lm.call.cost_usd", tags: [:model]),
+        counter("port_bridge.lm.call.errors",
+          event_name: [:port_bridge, :lm, :call],
+          keep: &(&1.error_category != nil),
+          tags: [:model, :error_category]
+        ),
+        summary("port_bridge.lm.admit.duration", unit: ms, tags: [:model, :result]),
+        counter("port_bridge.lm.pause.count", tags: [:model]),
+        counter("port_bridge.batch.item.count", tags: [:program_id, :result]),
+        summary("port_bridge.batch.item.duration", unit: ms, tags: [:program_id]),
+        summary("port_bridge.worker.start.duration", unit: ms, tags: [:pool]),
+        counter("port_bridge.worker.exit.count", tags: [:pool]),
+        summary("port_bridge.session.rebuild.duration", unit: ms, tags: [:pool])
+      ]
+    end
+  else
+    def metrics do
+      raise ArgumentError,
+            "PortBridge.Telemetry.metrics/0 needs Telemetry.Metrics: add " <>
+              "{:telemetry_metrics, \"~> 1.0\"} to your dependencies"
+    end
+  end
+
+  @doc false
+  # An `lm_call` event's data (from the worker: untrusted) as the measurements and
+  # metadata of [:port_bridge, :lm, :call]; `context` adds session_id and command.
+  @spec lm_call(map, map) :: :ok
+  def lm_call(data, context) when is_map(data) do
+    error = data["error"]
+
+    execute(
+      [:port_bridge, :lm, :call],
+      %{
+        prompt_tokens: count(data["prompt_tokens"]),
+        completion_tokens: count(data["completion_tokens"]),
+        cost_usd: if(is_number(data["cost_usd"]), do: data["cost_usd"]),
+        duration: System.convert_time_unit(count(data["duration_us"]), :microsecond, :native)
+      },
+      Map.merge(context, %{
+        model: string(data["model"]),
+        cached: data["cached"] == true,
+        program_id: string(data["program_id"]),
+        error_category: (is_map(error) && string(error["category"])) || nil
+      })
+    )
+  end
+
+  def lm_call(_data, _context), do: :ok
+
+  defp count(n) when is_integer(n) and n >= 0, do: n
+  defp count(_), do: 0
+
+  defp string(s) when is_binary(s), do: s
+  defp string(_), do: nil
 end
