@@ -393,7 +393,7 @@ defmodule PortBridge.Limiter do
 
         Courier.deliver(
           owner,
-          {:lease, ref, self(), model, RateLimit.to_wire(m.budget.limits), estimates}
+          {:lease, ref, self(), model, m.budget.limits, estimates}
         )
 
         Process.send_after(self(), {:lease_lost, model, ref}, @lease_wait)
