@@ -23,6 +23,7 @@ defmodule PortBridge.Reaper do
   require Logger
 
   @poll_ms 20
+  @metadata_keys [:portbridge_worker, :portbridge_pool, :portbridge_os_pid]
   @term_wait_ms 500
 
   @doc false
@@ -30,10 +31,16 @@ defmodule PortBridge.Reaper do
   def start_link(opts \\ []),
     do: GenServer.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
 
-  @doc "Watches `os_pid`: reaped if `owner` dies first. `grace_ms` is how long it may take to exit."
+  @doc """
+  Watches `os_pid`: reaped if `owner` dies first. `grace_ms` is how long it may take
+  to exit. What the reaper logs about it carries the caller's `portbridge_*` Logger
+  metadata (a Worker's: its name and pool) and the OS pid.
+  """
   @spec watch(pos_integer, pid, non_neg_integer) :: :ok
-  def watch(os_pid, owner, grace_ms),
-    do: GenServer.call(__MODULE__, {:watch, os_pid, owner, grace_ms})
+  def watch(os_pid, owner, grace_ms) do
+    metadata = for {key, _} = pair <- Logger.metadata(), key in @metadata_keys, do: pair
+    GenServer.call(__MODULE__, {:watch, os_pid, owner, grace_ms, metadata})
+  end
 
   @doc "Sets how long `os_pid` may take to exit once its port is closed (known after `ready`)."
   @spec watch_grace(pos_integer, non_neg_integer) :: :ok
@@ -134,7 +141,8 @@ defmodule PortBridge.Reaper do
   def init(:ok) do
     # owner => os_pid, for whoever asks which OS process serves an owner (telemetry).
     :ets.new(__MODULE__, [:named_table, :protected, :set, read_concurrency: true])
-    {:ok, %{pids: %{}, monitors: %{}}}
+    # os_pid => the Logger metadata of what is logged about it
+    {:ok, %{pids: %{}, monitors: %{}, metadata: %{}}}
   end
 
   @doc "The OS pid watched on behalf of `owner` (a `PortBridge.Worker`), or nil."
@@ -149,15 +157,17 @@ defmodule PortBridge.Reaper do
   end
 
   @impl true
-  def handle_call({:watch, os_pid, owner, grace_ms}, _from, state) do
+  def handle_call({:watch, os_pid, owner, grace_ms, metadata}, _from, state) do
     state = drop(state, os_pid)
     mref = Process.monitor(owner)
     :ets.insert(__MODULE__, {owner, os_pid})
+    metadata = Keyword.merge([portbridge_worker: owner], metadata) ++ [portbridge_os_pid: os_pid]
 
     state = %{
       state
       | pids: Map.put(state.pids, os_pid, {owner, mref, grace_ms}),
-        monitors: Map.put(state.monitors, mref, os_pid)
+        monitors: Map.put(state.monitors, mref, os_pid),
+        metadata: Map.put(state.metadata, os_pid, metadata)
     }
 
     {:reply, :ok, state}
@@ -195,8 +205,14 @@ defmodule PortBridge.Reaper do
   defp start_reaping(state, os_pid, grace_override) do
     case state.pids do
       %{^os_pid => {_owner, _mref, grace_ms}} ->
+        metadata = Map.get(state.metadata, os_pid, portbridge_os_pid: os_pid)
+
         # Unlinked: a reap in progress finishes even if the reaper restarts.
-        spawn(fn -> ensure_exit(os_pid, grace_override || grace_ms) end)
+        spawn(fn ->
+          Logger.metadata(metadata)
+          ensure_exit(os_pid, grace_override || grace_ms)
+        end)
+
         drop(state, os_pid)
 
       %{} ->
@@ -212,7 +228,13 @@ defmodule PortBridge.Reaper do
       {{owner, mref, _grace}, pids} ->
         Process.demonitor(mref, [:flush])
         :ets.delete_object(__MODULE__, {owner, os_pid})
-        %{state | pids: pids, monitors: Map.delete(state.monitors, mref)}
+
+        %{
+          state
+          | pids: pids,
+            monitors: Map.delete(state.monitors, mref),
+            metadata: Map.delete(state.metadata, os_pid)
+        }
     end
   end
 end
