@@ -17,6 +17,8 @@ defmodule PortBridge.Application do
       # Sends to other nodes that never block the sender (PortBridge.Courier).
       PortBridge.Courier,
       PortBridge.CircuitBreaker,
+      # Admits the LM calls of Workers outside a pool (a pool has its own).
+      {PortBridge.Limiter, name: PortBridge.Limiter},
       {Task.Supervisor, name: PortBridge.TaskSupervisor},
       # PortBridge.Test's stubs (idle unless a test sets one).
       PortBridge.Test.Stubs

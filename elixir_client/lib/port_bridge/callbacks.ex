@@ -27,7 +27,7 @@ defmodule PortBridge.Callbacks do
   use GenServer
 
   require Logger
-  alias PortBridge.{Codec, Request}
+  alias PortBridge.{Codec, Request, Telemetry}
 
   @type fun_map :: %{optional(String.t()) => function}
   @type outcome :: {:ok, term} | {:error, String.t(), String.t()}
@@ -105,37 +105,55 @@ defmodule PortBridge.Callbacks do
   @doc false
   # A callback event of request `ref`: start its function in a task under
   # PortBridge.TaskSupervisor (async_nolink: its result and its exit come to the
-  # Worker), or say what to answer at once.
-  @spec start(map, reference, map, term, Codec.format()) ::
+  # Worker), or say what to answer at once. `builtins`: the client's own callbacks,
+  # name => fun.(args, deadline) -> outcome (`portbridge.admit`), which no request
+  # or session registration can replace.
+  @spec start(map, reference, map, term, Codec.format(), map) ::
           {:started, map} | {:answer, String.t(), outcome} | :ignore
-  def start(running, ref, entry, %{"callback_id" => id, "name" => name} = data, format)
+  def start(running, ref, entry, data, format, builtins \\ %{})
+
+  def start(running, ref, entry, %{"callback_id" => id, "name" => name} = data, format, builtins)
       when is_binary(id) and is_binary(name) do
-    case find(entry.callbacks, entry.session_id, name) do
-      {:ok, fun} ->
-        args = Map.get(data, "args", %{})
+    args = Map.get(data, "args", %{})
+    ms = time_allowed(data["timeout_ms"], entry.deadline)
 
-        task =
-          Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, __MODULE__, :run, [
-            fun,
-            args,
-            format
-          ])
+    task =
+      case builtins do
+        %{^name => fun} ->
+          deadline = if ms, do: System.monotonic_time(:millisecond) + ms, else: :infinity
+          Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, fn -> fun.(args, deadline) end)
 
-        ms = time_allowed(data["timeout_ms"], entry.deadline)
-        timer = ms && Process.send_after(self(), {:callback_timeout, task.ref}, ms)
+        %{} ->
+          case find(entry.callbacks, entry.session_id, name) do
+            {:ok, fun} ->
+              span = %{name: name, session_id: entry.session_id, command: entry.command}
 
-        {:started,
-         Map.put(running, task.ref, %{id: id, request: ref, pid: task.pid, timer: timer, ms: ms})}
+              Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, __MODULE__, :run, [
+                fun,
+                args,
+                format,
+                span
+              ])
 
-      :error ->
-        message =
-          "no callback named #{inspect(name)} was registered for this request or its session"
+            :error ->
+              nil
+          end
+      end
 
-        {:answer, id, {:error, "not_found", message}}
+    if task do
+      timer = ms && Process.send_after(self(), {:callback_timeout, task.ref}, ms)
+
+      {:started,
+       Map.put(running, task.ref, %{id: id, request: ref, pid: task.pid, timer: timer, ms: ms})}
+    else
+      message =
+        "no callback named #{inspect(name)} was registered for this request or its session"
+
+      {:answer, id, {:error, "not_found", message}}
     end
   end
 
-  def start(_running, _ref, _entry, data, _format) do
+  def start(_running, _ref, _entry, data, _format, _builtins) do
     Logger.warning(
       "portbridge worker sent a callback event of the wrong shape: " <>
         inspect(data, limit: 10, printable_limit: 200)
@@ -203,9 +221,38 @@ defmodule PortBridge.Callbacks do
   end
 
   @doc false
-  # Runs a callback (in its task): the outcome to send back, never a raise.
-  @spec run(function, term, Codec.format()) :: outcome
-  def run(fun, args, format) do
+  # Runs a callback (in its task): the outcome to send back, never a raise. A span
+  # of telemetry events, [:port_bridge, :callback, :start | :stop] (metadata `span`:
+  # name, session_id and the command of the request that asked).
+  @spec run(function, term, Codec.format(), map) :: outcome
+  def run(fun, args, format, span \\ %{}) do
+    started = System.monotonic_time()
+
+    Telemetry.execute(
+      [:port_bridge, :callback, :start],
+      %{system_time: System.system_time(), monotonic_time: started},
+      span
+    )
+
+    outcome = call(fun, args, format)
+    now = System.monotonic_time()
+
+    {result, category} =
+      case outcome do
+        {:ok, _} -> {:ok, nil}
+        {:error, category, _} -> {:error, category}
+      end
+
+    Telemetry.execute(
+      [:port_bridge, :callback, :stop],
+      %{duration: now - started, monotonic_time: now},
+      Map.merge(span, %{result: result, error_category: category})
+    )
+
+    outcome
+  end
+
+  defp call(fun, args, format) do
     case fun.(args) do
       {:error, message} -> {:error, "execution", text(message)}
       {:ok, value} -> encodable(value, format)

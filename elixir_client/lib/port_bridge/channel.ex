@@ -175,11 +175,21 @@ defmodule PortBridge.Channel do
           map,
           String.t() | nil,
           pos_integer | nil,
-          map | nil
+          map | nil,
+          [String.t()] | nil
         ) ::
           {:ok, iodata} | {:error, Error.t()}
-  def encode(%__MODULE__{} = channel, id, command, args, session_id, timeout_ms, meta) do
-    request = Protocol.envelope(id, command, args, session_id, timeout_ms, meta)
+  def encode(
+        %__MODULE__{} = channel,
+        id,
+        command,
+        args,
+        session_id,
+        timeout_ms,
+        meta,
+        notify \\ nil
+      ) do
+    request = Protocol.envelope(id, command, args, session_id, timeout_ms, meta, notify)
 
     with {:ok, payload} <- encode_payload(channel.format, request) do
       size = IO.iodata_length(payload)

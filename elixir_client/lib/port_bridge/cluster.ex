@@ -182,7 +182,7 @@ defmodule PortBridge.Cluster do
     %{
       name: name,
       pool: pool,
-      pool_opts: [name: pool] ++ pool_opts,
+      pool_opts: [name: pool, limiter_cluster: name] ++ pool_opts,
       membership: Module.concat(name, Membership),
       replication: Module.concat(name, Replication),
       routes: Module.concat(name, Routes),

@@ -277,6 +277,8 @@ defmodule PortBridge.DSPy do
     ]
   ]
 
+  @map_schema @map_args ++ @execute_args ++ PortBridge.Options.request_schema()
+
   @doc """
   Runs a program over many inputs: a lazy stream of `{:ok, result}` (as
   `execute_program/4` returns) or `{:error, %PortBridge.Error{}}`, one per input, in
@@ -304,11 +306,7 @@ defmodule PortBridge.DSPy do
   """
   @spec map(target, String.t(), Enumerable.t(), keyword) :: Enumerable.t()
   def map(target, program_id, inputs, opts \\ []) do
-    Schema.validate!(
-      opts,
-      @map_args ++ @run_callbacks ++ @request_schema,
-      "PortBridge.DSPy.map/4"
-    )
+    Schema.validate!(opts, @map_schema, "PortBridge.DSPy.map/4")
 
     {batch_opts, opts} = Keyword.split(opts, Keyword.keys(@map_args))
     batch_opts = Keyword.put(batch_opts, :session_id, opts[:session_id])

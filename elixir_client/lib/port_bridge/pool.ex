@@ -35,7 +35,10 @@ defmodule PortBridge.Pool do
       default: 3,
       doc: "Worker restarts in `:max_seconds` beyond which the pool itself exits"
     ],
-    max_seconds: [type: :pos_integer, default: 60, doc: "see `:max_restarts`"]
+    max_seconds: [type: :pos_integer, default: 60, doc: "see `:max_restarts`"],
+    # Set by PortBridge.Cluster: the cluster whose nodes share one rate-limit budget
+    # per model (PortBridge.Limiter).
+    limiter_cluster: [type: :atom, doc: false]
   ]
   @schema @pool_schema ++ PortBridge.Options.restart_schema() ++ PortBridge.Options.spawn_schema()
 
@@ -101,7 +104,7 @@ defmodule PortBridge.Pool do
   use Supervisor
   @behaviour PortBridge.Target
 
-  alias PortBridge.{Call, Error, Options, Records, Request, Schema, Target, Worker}
+  alias PortBridge.{Call, Error, Limiter, Options, Records, Request, Schema, Target, Worker}
   alias PortBridge.Journal.Local
   alias PortBridge.Pool.Exclusive
 
@@ -151,7 +154,8 @@ defmodule PortBridge.Pool do
       adopt_records: opts[:adopt_records],
       worker: Keyword.take(opts, Options.restart_keys()) ++ spawn_opts,
       max_restarts: opts[:max_restarts],
-      max_seconds: opts[:max_seconds]
+      max_seconds: opts[:max_seconds],
+      limiter_cluster: opts[:limiter_cluster]
     }
   end
 
@@ -160,6 +164,8 @@ defmodule PortBridge.Pool do
     %{name: name, size: size} = config
     workers = List.to_tuple(for i <- 1..size, do: Module.concat(name, "Worker#{i}"))
     records = if config.recover_sessions, do: Module.concat(name, Records)
+    # Admits the LM calls of every Worker under a rate limit: one budget per model.
+    limiter = Module.concat(name, Limiter)
     # Slots 1..size: requests held by each Worker (its load hook keeps them); size + 1:
     # where the least-loaded scan starts, so that ties spread.
     load = :atomics.new(size + 1, [])
@@ -189,7 +195,8 @@ defmodule PortBridge.Pool do
             name: elem(workers, i - 1),
             pool: name,
             respawn: true,
-            on_load: fn n -> :atomics.put(load, i, n) end
+            on_load: fn n -> :atomics.put(load, i, n) end,
+            limiter: limiter
           ] ++ on_ready ++ config.worker
 
         Supervisor.child_spec({Worker, opts}, id: {:worker, i})
@@ -202,7 +209,10 @@ defmodule PortBridge.Pool do
         do: [{Records, table: records, instance: self(), adopt: config.adopt_records}],
         else: []
 
-    Supervisor.init(records_specs ++ worker_specs ++ Exclusive.child_specs(pool),
+    limiter_spec = {Limiter, name: limiter, cluster: config.limiter_cluster}
+
+    Supervisor.init(
+      records_specs ++ [limiter_spec | worker_specs] ++ Exclusive.child_specs(pool),
       strategy: :one_for_one,
       max_restarts: config.max_restarts,
       max_seconds: config.max_seconds

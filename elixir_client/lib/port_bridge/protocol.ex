@@ -115,14 +115,23 @@ defmodule PortBridge.Protocol do
   end
 
   @doc false
-  # The request map of values already checked (check/4; the id and timeout_ms are the
-  # client's own).
-  @spec envelope(id, String.t() | atom, map, String.t() | nil, pos_integer | nil, map | nil) ::
-          map
-  def envelope(id, command, args, nil, nil, nil),
+  # The request map of values already checked (check/4; the id, timeout_ms and notify
+  # are the client's own: notify (1.2) lists the optional events wanted, ["lm_call"]).
+  @spec envelope(
+          id,
+          String.t() | atom,
+          map,
+          String.t() | nil,
+          pos_integer | nil,
+          map | nil,
+          [String.t()] | nil
+        ) :: map
+  def envelope(id, command, args, session_id, timeout_ms, meta, notify \\ nil)
+
+  def envelope(id, command, args, nil, nil, nil, nil),
     do: %{"id" => id, "command" => command_string(command), "args" => args}
 
-  def envelope(id, command, args, nil, timeout_ms, nil),
+  def envelope(id, command, args, nil, timeout_ms, nil, nil),
     do: %{
       "id" => id,
       "command" => command_string(command),
@@ -130,11 +139,12 @@ defmodule PortBridge.Protocol do
       "timeout_ms" => timeout_ms
     }
 
-  def envelope(id, command, args, session_id, timeout_ms, meta) do
+  def envelope(id, command, args, session_id, timeout_ms, meta, notify) do
     %{"id" => id, "command" => command_string(command), "args" => args}
     |> put_present("session_id", session_id)
     |> put_present("timeout_ms", timeout_ms)
     |> put_present("meta", meta)
+    |> put_present("notify", notify)
   end
 
   defp command_string(command) when is_atom(command) and command not in [nil, true, false],

@@ -102,6 +102,11 @@ defmodule PortBridge.Request do
   # is over (its reply, the death of the process serving it, or its deadline).
   defp next(%__MODULE__{ref: ref, monitor: monitor} = request) do
     receive do
+      # An LM call the request made: telemetry on the caller's node, not an item.
+      {^ref, {:event, "lm_call", data}} ->
+        lm_call(request, data)
+        next(request)
+
       {^ref, {:event, name, data}} ->
         {:event, name, data}
 
@@ -117,6 +122,11 @@ defmodule PortBridge.Request do
         {:done, result}
     end
   end
+
+  defp lm_call(%__MODULE__{span: %{metadata: metadata}}, data),
+    do: Telemetry.lm_call(data, Map.take(metadata, [:session_id, :command]))
+
+  defp lm_call(_request, _data), do: :ok
 
   @doc """
   Asks the worker to cancel the request (its final reply will be a `cancelled`

@@ -118,7 +118,21 @@ defmodule PortBridge.Secret do
   defp reveal!(list) when is_list(list), do: Enum.map(list, &reveal!/1)
   defp reveal!(other), do: other
 
-  @doc "True when `term` holds a secret anywhere (the frame builder's fast path)."
+  @doc """
+  A request's arguments with the secrets among their values resolved (the frame
+  builder's: secrets are top-level arguments, such as `"api_key"`); the same map,
+  untouched, when there are none.
+  """
+  @spec reveal_args(term) :: {:ok, term} | {:error, Error.t()}
+  def reveal_args(args) when is_map(args) do
+    if Enum.any?(args, fn {_, value} -> is_struct(value, __MODULE__) end),
+      do: reveal(args),
+      else: {:ok, args}
+  end
+
+  def reveal_args(args), do: {:ok, args}
+
+  @doc "True when `term` holds a secret anywhere."
   @spec any?(term) :: boolean
   def any?(%__MODULE__{}), do: true
 
@@ -129,16 +143,19 @@ defmodule PortBridge.Secret do
   def any?(_other), do: false
 
   @doc """
-  `term` with every secret replaced by `"**redacted**"`: for `format_status/1` and
-  anything shown that does not go through `inspect/2`.
+  `term` with every secret (in maps, structs, lists and tuples) replaced by its
+  `inspect/2` text, which never holds its value: for `format_status/1`, whose state
+  `:sys.get_status/1` and crash reports show as it is.
   """
   @spec redact(term) :: term
-  def redact(%__MODULE__{}), do: "**redacted**"
+  def redact(%__MODULE__{} = secret), do: inspect(secret)
 
-  def redact(map) when is_map(map) and not is_struct(map),
-    do: Map.new(map, fn {k, v} -> {k, redact(v)} end)
+  def redact(%{__struct__: module} = struct) do
+    struct |> Map.from_struct() |> redact() |> Map.put(:__struct__, module)
+  end
 
-  def redact(list) when is_list(list), do: Enum.map(list, &redact/1)
+  def redact(map) when is_map(map), do: Map.new(map, fn {k, v} -> {k, redact(v)} end)
+  def redact([head | tail]), do: [redact(head) | redact(tail)]
 
   def redact(tuple) when is_tuple(tuple),
     do: tuple |> Tuple.to_list() |> redact() |> List.to_tuple()

@@ -5,12 +5,16 @@ defmodule PortBridge.Telemetry do
   Every request is a span (each attempt of a retried one is a span of its own):
 
     * `[:port_bridge, :request, :start]` - measurements `%{system_time,
-      monotonic_time}`; metadata `%{command, session_id, worker, os_pid, pool,
-      telemetry_span_context}` (`worker`: the `PortBridge.Worker` pid; `os_pid`: its
-      Python process at the start; `pool`: the pool's name, or nil).
+      monotonic_time}`; metadata `%{command, session_id, program_id, worker, os_pid,
+      pool, telemetry_span_context}` (`program_id`: the request's `"program_id"`
+      argument, or nil; `worker`: the `PortBridge.Worker` pid; `os_pid`: its Python
+      process at the start; `pool`: the pool's name, or nil).
     * `[:port_bridge, :request, :stop]` - measurements `%{duration,
       monotonic_time}` (native time units); the start metadata plus `result: :ok |
-      :error | :cancelled` and `error_category` / `error_code` (nil on success).
+      :error | :cancelled`, `error_category` / `error_code` (nil on success), and
+      for a reply that reports what its LM calls used (`execute_program`...)
+      `model` and `usage` (`%{model => %{"lm_calls", "prompt_tokens",
+      "completion_tokens", "total_tokens", "cost_usd"}}`), else nil.
     * `[:port_bridge, :request, :exception]` - when the caller's code raises while
       waiting (an `on_event` function): measurements `%{duration}`; metadata plus
       `kind`, `reason`, `stacktrace`.
@@ -41,6 +45,11 @@ defmodule PortBridge.Telemetry do
       limiter}`.
     * `[:port_bridge, :lm, :pause]` - a provider answered 429 with Retry-After:
       measurements `%{retry_after}` (ms); metadata `%{model, limiter}`.
+    * `[:port_bridge, :callback, :start | :stop]` - an Elixir function the worker
+      called back (`PortBridge.Callbacks`), in the task that runs it: measurements
+      `%{system_time, monotonic_time}`, then `%{duration, monotonic_time}`; metadata
+      `%{name, session_id, command}` (the request that asked), plus on stop
+      `result: :ok | :error` and `error_category`.
     * `[:port_bridge, :batch, :start | :item | :stop]` - `PortBridge.DSPy.map/4`'s
       progress (`PortBridge.DSPy.Batch` lists their keys).
 
@@ -71,6 +80,8 @@ defmodule PortBridge.Telemetry do
     [:port_bridge, :lm, :call],
     [:port_bridge, :lm, :admit],
     [:port_bridge, :lm, :pause],
+    [:port_bridge, :callback, :start],
+    [:port_bridge, :callback, :stop],
     [:port_bridge, :batch, :start],
     [:port_bridge, :batch, :item],
     [:port_bridge, :batch, :stop]
@@ -83,6 +94,15 @@ defmodule PortBridge.Telemetry do
   @doc "True when this build emits events (`:telemetry` was compiled in)."
   @spec available?() :: boolean
   def available?, do: @available
+
+  @doc false
+  # True when a handler is attached to `event` (something to emit it for).
+  @spec wanted?([atom]) :: boolean
+  if @available do
+    def wanted?(event), do: :telemetry.list_handlers(event) != []
+  else
+    def wanted?(_event), do: false
+  end
 
   @doc false
   @spec execute([atom], map, map) :: :ok
@@ -131,10 +151,23 @@ defmodule PortBridge.Telemetry do
         :cancelled -> {:cancelled, nil, nil}
       end
 
+    # What a program's run used (execute_program and the commands that report usage).
+    {model, usage} =
+      case result do
+        {:ok, %{"usage" => usage} = reply} when is_map(usage) -> {reply["model"], usage}
+        _ -> {nil, nil}
+      end
+
     execute(
       [:port_bridge, :request, :stop],
       %{duration: now - start, monotonic_time: now},
-      Map.merge(metadata, %{result: outcome, error_category: category, error_code: code})
+      Map.merge(metadata, %{
+        result: outcome,
+        error_category: category,
+        error_code: code,
+        model: model,
+        usage: usage
+      })
     )
   end
 
@@ -185,6 +218,7 @@ defmodule PortBridge.Telemetry do
         ),
         summary("port_bridge.lm.admit.duration", unit: ms, tags: [:model, :result]),
         counter("port_bridge.lm.pause.count", tags: [:model]),
+        summary("port_bridge.callback.stop.duration", unit: ms, tags: [:name, :result]),
         counter("port_bridge.batch.item.count", tags: [:program_id, :result]),
         summary("port_bridge.batch.item.duration", unit: ms, tags: [:program_id]),
         summary("port_bridge.worker.start.duration", unit: ms, tags: [:pool]),

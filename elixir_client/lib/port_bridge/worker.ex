@@ -24,7 +24,10 @@ defmodule PortBridge.Worker do
     # metadata), and a function told how many requests the Worker holds each time
     # that changes (the pool's least-loaded choice).
     pool: [doc: false],
-    on_load: [type: {:fun, 1}, doc: false]
+    on_load: [type: {:fun, 1}, doc: false],
+    # Set by PortBridge.Pool: the PortBridge.Limiter that admits this Worker's LM
+    # calls (its pool's); a Worker of its own shares the node's.
+    limiter: [doc: false]
   ]
   @schema @worker_schema ++
             PortBridge.Options.restart_schema() ++ PortBridge.Options.spawn_schema()
@@ -90,12 +93,14 @@ defmodule PortBridge.Worker do
     Channel,
     Courier,
     Error,
+    Limiter,
     Options,
     Outbox,
     Protocol,
     Reaper,
     Request,
     Schema,
+    Secret,
     Telemetry
   }
 
@@ -136,7 +141,8 @@ defmodule PortBridge.Worker do
       replay_timeout: opts[:replay_timeout],
       on_load: opts[:on_load],
       name: name,
-      pool: opts[:pool]
+      pool: opts[:pool],
+      limiter: opts[:limiter] || PortBridge.Limiter
     }
   end
 
@@ -205,7 +211,8 @@ defmodule PortBridge.Worker do
             session_id: call.session_id,
             worker: pid,
             os_pid: Reaper.os_pid_of(pid),
-            pool: call.pool
+            pool: call.pool,
+            program_id: program_id(call.args)
           }
         end)
 
@@ -236,6 +243,10 @@ defmodule PortBridge.Worker do
   # PortBridge.Courier, which never blocks the sender.
   defp deliver(dest, message) when node(dest) == node(), do: send(dest, message)
   defp deliver(dest, message), do: Courier.deliver(dest, message)
+
+  defp program_id(%{"program_id" => id}) when is_binary(id), do: id
+  defp program_id(%{program_id: id}) when is_binary(id), do: id
+  defp program_id(_args), do: nil
 
   @doc """
   Waits until the worker has sent its `ready` event (and replayed its `:on_ready`
@@ -464,6 +475,16 @@ defmodule PortBridge.Worker do
   # Exits of linked processes (a replaced writer) and messages of closed ports.
   def handle_info(_other, state), do: {:noreply, state}
 
+  # :sys.get_status/1 and crash reports show the state as it is: the secrets in the
+  # requests it holds (a plain-string api_key) are shown as their inspect text.
+  @doc false
+  def format_status(status) do
+    Map.new(status, fn
+      {key, value} when key in [:state, :message, :log] -> {key, Secret.redact(value)}
+      pair -> pair
+    end)
+  end
+
   @impl true
   def terminate(reason, state) do
     stopped =
@@ -502,16 +523,52 @@ defmodule PortBridge.Worker do
 
   ## Frames out: every frame this process writes is built here.
 
-  # Sends `command` with `args`, in `session_id` (or nil), with `timeout_ms` and
-  # `meta` (or nil), under the next id; `tag` marks the frame while it waits in the
-  # outbox (a request's ref, or nil). {:ok, id, state} or {:error, error, state}.
-  defp send_frame(state, tag, command, args, session_id \\ nil, timeout_ms \\ nil, meta \\ nil) do
+  # Sends `command` with `args`, in `session_id` (or nil), with `timeout_ms`, `meta`
+  # and `notify` (or nil), under the next id; `tag` marks the frame while it waits in
+  # the outbox (a request's ref, or nil). {:ok, id, state} or {:error, error, state}.
+  #
+  # Secrets (`PortBridge.Secret`, an `api_key:`) are resolved here and nowhere else:
+  # their values live only in the frame, which goes to the Port (through the outbox
+  # while the pipe is full) and is dropped; what the request table, the records and
+  # the replays keep is the reference.
+  defp send_frame(
+         state,
+         tag,
+         command,
+         args,
+         session_id \\ nil,
+         timeout_ms \\ nil,
+         meta \\ nil,
+         notify \\ nil
+       ) do
     id = state.next_id
     state = %{state | next_id: id + 1}
 
-    case Channel.encode(state.channel, id, command, args, session_id, timeout_ms, meta) do
-      {:ok, frame} -> {:ok, id, %{state | outbox: Outbox.write(state.outbox, tag, frame)}}
-      {:error, error} -> {:error, error, state}
+    case Secret.reveal_args(args) do
+      {:ok, revealed} ->
+        case Channel.encode(
+               state.channel,
+               id,
+               command,
+               revealed,
+               session_id,
+               timeout_ms,
+               meta,
+               notify
+             ) do
+          {:ok, frame} ->
+            {:ok, id, %{state | outbox: Outbox.write(state.outbox, tag, frame)}}
+
+          {:error, error} when revealed == args ->
+            {:error, error, state}
+
+          {:error, error} ->
+            # An encoding failure's details may quote the arguments: never with a key.
+            {:error, %{error | details: Map.delete(error.details, "reason")}, state}
+        end
+
+      {:error, error} ->
+        {:error, error, state}
     end
   end
 
@@ -724,6 +781,10 @@ defmodule PortBridge.Worker do
     # The worker's own deadline trails ours: ours comes first and sends cancel.
     timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
 
+    # The worker reports each LM call when asked (always under a rate limit): asked
+    # when someone listens to [:port_bridge, :lm, :call].
+    notify = if lm_calls?(state), do: ["lm_call"]
+
     case send_frame(
            state,
            ref,
@@ -731,12 +792,18 @@ defmodule PortBridge.Worker do
            entry.args,
            entry.session_id,
            timeout_ms,
-           entry.meta
+           entry.meta,
+           notify
          ) do
       {:ok, id, state} -> %{state | requests: Requests.sent(state.requests, ref, id)}
       {:error, error, state} -> finish(state, ref, {:error, error})
     end
   end
+
+  defp lm_calls?(%State{channel: %{ready: %{"features" => features}}}) when is_list(features),
+    do: "lm_calls" in features and Telemetry.wanted?([:port_bridge, :lm, :call])
+
+  defp lm_calls?(_state), do: false
 
   defp reply(state, id, result) do
     case Requests.ref_of_id(state.requests, id) do
@@ -767,8 +834,26 @@ defmodule PortBridge.Worker do
   defp event(state, id, name, data) do
     case Requests.ref_of_id(state.requests, id) do
       {:ok, ref} ->
-        deliver(ref, {ref, {:event, name, data}})
-        if name == "callback", do: callback(state, ref, data), else: state
+        case {name, data} do
+          # Admission to an LM call is the client's own business, not the caller's.
+          {"callback", %{"name" => "portbridge.admit"}} ->
+            callback(state, ref, data)
+
+          {"callback", _} ->
+            deliver(ref, {ref, {:event, name, data}})
+            callback(state, ref, data)
+
+          # What an LM call used: for the limiter here, and for the caller's telemetry
+          # (PortBridge.Request turns it into [:port_bridge, :lm, :call]).
+          {"lm_call", %{}} ->
+            Limiter.report(state.config.limiter, data)
+            deliver(ref, {ref, {:event, name, data}})
+            state
+
+          _ ->
+            deliver(ref, {ref, {:event, name, data}})
+            state
+        end
 
       :error ->
         state
@@ -780,11 +865,16 @@ defmodule PortBridge.Worker do
   defp callback(state, ref, data) do
     {:ok, entry} = Requests.fetch(state.requests, ref)
 
-    case Callbacks.start(state.callbacks, ref, entry, data, state.channel.format) do
+    case Callbacks.start(state.callbacks, ref, entry, data, state.channel.format, builtins(state)) do
       {:started, callbacks} -> %{state | callbacks: callbacks}
       {:answer, callback_id, outcome} -> callback_result(state, callback_id, outcome)
       :ignore -> state
     end
+  end
+
+  # The callbacks every request has: admission to an LM call under a rate limit.
+  defp builtins(%State{config: %{limiter: limiter}}) do
+    %{"portbridge.admit" => &Limiter.admit(limiter, &1, &2)}
   end
 
   defp callback_done(state, task_ref, outcome) do

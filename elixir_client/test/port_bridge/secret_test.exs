@@ -104,7 +104,11 @@ defmodule PortBridge.SecretTest do
     assert Secret.any?(args)
     refute Secret.any?(%{"model" => "m", "list" => [%{"x" => 1}]})
     assert Secret.reveal(args) == {:ok, %{args | "api_key" => @key}}
-    assert Secret.redact({:state, args}) == {:state, %{args | "api_key" => "**redacted**"}}
+
+    assert Secret.redact({:state, [args]}) ==
+             {:state, [%{args | "api_key" => inspect(args["api_key"])}]}
+
+    assert %Error{details: %{}} = Secret.redact(%Error{details: %{"k" => Secret.new!(@key, :k)}})
 
     System.delete_env(var)
     assert {:error, %Error{code: "secret_unavailable"}} = Secret.reveal(args)

@@ -48,6 +48,15 @@ defmodule PortBridge.TelemetryMetricsTest do
     end
   end
 
+  @repo_support Path.expand("../../../tests/support", __DIR__)
+
+  defp callback_worker_opts(extra) do
+    pythonpath = Enum.join([Path.expand("../support/python", __DIR__), @repo_support], ":")
+
+    worker_opts(worker_args: ["--backend-module", "callback_backend:backend"])
+    |> Keyword.merge([env: %{"PYTHONPATH" => pythonpath}] ++ extra)
+  end
+
   test "every metric is about an event the client documents" do
     for metric <- PBTelemetry.metrics() do
       assert metric.__struct__ in [
@@ -66,8 +75,13 @@ defmodule PortBridge.TelemetryMetricsTest do
     # Requests, Pythons and a batch (of commands the worker has no backend for: each
     # item an error, which is what this needs).
     pool = :"metrics_#{System.unique_integer([:positive])}"
-    start_supervised!({Pool, worker_opts(name: pool, size: 1)}, id: :pool)
+    start_supervised!({Pool, callback_worker_opts(name: pool, size: 1)}, id: :pool)
     {:ok, _} = PortBridge.request(pool, "ping")
+
+    # A callback (tests/support/callback_backend.py calls back the function named).
+    {:ok, _} =
+      PortBridge.request(pool, "call_back", %{name: "f", args: %{x: 1}}, callbacks: %{"f" => & &1})
+
     [{:error, _}] = pool |> DSPy.map("p", [%{q: 1}]) |> Enum.to_list()
     stop_supervised!(:pool)
 

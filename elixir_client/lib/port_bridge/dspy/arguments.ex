@@ -93,6 +93,7 @@ defmodule PortBridge.DSPy.Arguments do
   # `metric:` or `reward:` become callbacks the worker calls back.
   @spec split!(keyword, PortBridge.Schema.t(), String.t(), String.t()) :: {map, keyword}
   def split!(opts, arg_schema, command, where) do
+    opts = rate_limit(opts)
     Schema.validate!(opts, arg_schema ++ @request_schema, where)
 
     opts =
@@ -104,7 +105,36 @@ defmodule PortBridge.DSPy.Arguments do
       end
 
     {args, request_opts} = Keyword.split(opts, Keyword.keys(arg_schema))
-    {Map.new(args, fn {key, value} -> {Atom.to_string(key), value} end), request_opts}
+    request_opts = Keyword.replace_lazy(request_opts, :on_event, &without_lm_calls/1)
+    {Map.new(args, fn {key, value} -> {Atom.to_string(key), arg(key, value)} end), request_opts}
+  end
+
+  # An argument whose Elixir form is not the wire's: a key given by reference (kept as
+  # such in records and replays, resolved only when its frame is built).
+  defp arg(:api_key, value) when value != nil, do: PortBridge.Secret.new!(value, :api_key)
+  defp arg(_key, value), do: value
+
+  # `rate_limit:` as a keyword list (or a map with atom keys) becomes the wire's map,
+  # checked here: a limit that is not a positive integer is an ArgumentError naming it.
+  defp rate_limit(opts) do
+    case Keyword.get(opts, :rate_limit) do
+      nil ->
+        opts
+
+      limits ->
+        wire = limits |> PortBridge.RateLimit.limits!() |> PortBridge.RateLimit.to_wire()
+        Keyword.put(opts, :rate_limit, wire)
+    end
+  end
+
+  # An LM call is telemetry ([:port_bridge, :lm, :call]), not an event for on_event.
+  defp without_lm_calls(nil), do: nil
+
+  defp without_lm_calls(on_event) do
+    fn
+      {"lm_call", _data} -> :ok
+      event -> on_event.(event)
+    end
   end
 
   defp as_data(opts) do
