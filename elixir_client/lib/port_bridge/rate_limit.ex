@@ -1,4 +1,8 @@
 defmodule PortBridge.RateLimit do
+  @minute_us 60_000_000
+  # Percent of the limits the pace runs at (see the moduledoc).
+  @pace_percent 95
+
   @moduledoc """
   The pace of one model's LM calls, as a provider counts them: `requests_per_minute`
   and `tokens_per_minute`, paced rather than burst.
@@ -7,23 +11,29 @@ defmodule PortBridge.RateLimit do
   tokens_per_minute: 200_000, burst: 1])` (at least one of the first two; every
   value a positive integer):
 
-    * `requests_per_minute: n` - calls start at least `60/n` s apart, so no more
-      than `n/60` start in any one-second window (a provider that allows 600 a
-      minute also refuses 20 in the same second).
+    * `requests_per_minute: n` - calls start at least `60/n` s apart (a little
+      more, see below), so no more than `n/60` start in any one-second window (a
+      provider that allows 600 a minute also refuses 20 in the same second).
     * `tokens_per_minute: t` - each call is charged the worker's estimate of its
       tokens when it starts, and the next one waits until those tokens are paid
-      for at `t/60` a second; the real figures, reported after the call, correct
+      for at (a little under) `t/60` a second; the real figures, reported after the call, correct
       the charge (a call that used fewer tokens gives the difference back).
     * `burst: b` (default 1) - up to `b` calls may start back to back before the
-      pace applies (the budget may run `b - 1` intervals ahead: `(b - 1) * 60/n` s,
-      or `b - 1` s without `requests_per_minute`).
+      pace applies (the budget may run `b - 1` intervals ahead, or `b - 1` s
+      without `requests_per_minute`).
+
+  The pace is #{@pace_percent}% of the limits: a provider counts a request when it
+  arrives, and the time from admission to arrival (the worker building the
+  request, the network) varies from call to call. Running #{100 - @pace_percent}% below the
+  limit leaves that much of every window for it (50 ms of each second at 10 calls a
+  second), so that a provider counting to the millisecond still sees no more than
+  its limit.
 
   This module is the arithmetic, pure (a generic cell rate algorithm: one
   "theoretical arrival time" per budget); `PortBridge.Limiter` is the process that
   queues calls on it. Times are monotonic microseconds.
   """
 
-  @minute_us 60_000_000
   @keys [:requests_per_minute, :tokens_per_minute, :burst]
 
   @type limits :: %{
@@ -163,7 +173,7 @@ defmodule PortBridge.RateLimit do
     token_tat =
       case limits.tokens_per_minute do
         nil -> budget.token_tat
-        tpm -> later(at, budget.token_tat) + token_cost(tokens, tpm)
+        tpm -> later(at, budget.token_tat) + token_time(tokens, tpm)
       end
 
     %{budget | request_tat: request_tat, token_tat: token_tat}
@@ -178,7 +188,7 @@ defmodule PortBridge.RateLimit do
   def correct(%__MODULE__{limits: %{tokens_per_minute: nil}} = budget, _delta), do: budget
 
   def correct(%__MODULE__{limits: %{tokens_per_minute: tpm}} = budget, delta) do
-    %{budget | token_tat: budget.token_tat + token_cost(delta, tpm)}
+    %{budget | token_tat: budget.token_tat + token_time(delta, tpm)}
   end
 
   @doc "No call starts before `until` (a provider asked to wait: Retry-After)."
@@ -199,9 +209,21 @@ defmodule PortBridge.RateLimit do
     }
   end
 
-  @doc "Microseconds between two calls at `requests_per_minute` (rounded up)."
+  @doc "Microseconds between two calls paced under `requests_per_minute` (rounded up)."
   @spec interval(pos_integer) :: pos_integer
-  def interval(rpm), do: div(@minute_us + rpm - 1, rpm)
+  def interval(rpm), do: token_time(1, rpm)
+
+  @doc """
+  Microseconds `tokens` take paced under `tokens_per_minute`: rounded up when
+  charged, down when given back (negative).
+  """
+  @spec token_time(integer, pos_integer) :: integer
+  def token_time(tokens, tpm) when tokens >= 0 do
+    per = tpm * @pace_percent
+    div(tokens * @minute_us * 100 + per - 1, per)
+  end
+
+  def token_time(tokens, tpm), do: -div(-tokens * @minute_us * 100, tpm * @pace_percent)
 
   # How far ahead the budget may run: burst - 1 intervals (a second each without a
   # request rate).
@@ -210,10 +232,6 @@ defmodule PortBridge.RateLimit do
   defp tolerance(%{burst: burst, requests_per_minute: rpm}) do
     (burst - 1) * if(rpm, do: interval(rpm), else: 1_000_000)
   end
-
-  # Microseconds `tokens` take at `tpm`: rounded up when charged, down when given back.
-  defp token_cost(tokens, tpm) when tokens >= 0, do: div(tokens * @minute_us + tpm - 1, tpm)
-  defp token_cost(tokens, tpm), do: -div(-tokens * @minute_us, tpm)
 
   defp later(a, nil), do: a
   defp later(a, b), do: max(a, b)

@@ -101,6 +101,13 @@ defmodule PortBridge.RateLimitTest do
     end
   end
 
+  test "the pace runs a little under the limit, never over it" do
+    # 95%: 600 a minute are 105.3 ms apart, 6,000 tokens a minute 10.5 ms a token.
+    assert RateLimit.interval(600) == 105_264
+    assert RateLimit.token_time(1, 6_000) == 10_527
+    assert RateLimit.token_time(-1, 6_000) == -10_526
+  end
+
   test "burst: b calls may start at once, and the pace holds after them" do
     limits = %{requests_per_minute: 600, tokens_per_minute: nil, burst: 4}
     starts = starts(limits, List.duplicate(0, 20))
@@ -110,35 +117,37 @@ defmodule PortBridge.RateLimitTest do
     gaps =
       starts |> Enum.drop(3) |> then(&Enum.zip_with(Enum.drop(&1, 1), &1, fn a, b -> a - b end))
 
-    assert Enum.uniq(gaps) == [100_000]
+    assert Enum.uniq(gaps) == [RateLimit.interval(600)]
   end
 
   test "tokens: each call is charged its estimate, and corrections move the next start" do
-    # 6,000 tokens a minute: 100 a second, 10 ms a token.
-    limits = %{requests_per_minute: nil, tokens_per_minute: 6_000, burst: 1}
+    tpm = 6_000
+    t = &RateLimit.token_time(&1, tpm)
+    limits = %{requests_per_minute: nil, tokens_per_minute: tpm, burst: 1}
     budget = RateLimit.new(limits)
     assert RateLimit.next_at(budget, 0, 50) == 0
     budget = RateLimit.take(budget, 0, 50)
-    assert RateLimit.next_at(budget, 0, 50) == 500_000
+    assert RateLimit.next_at(budget, 0, 50) == t.(50)
 
-    # The call used 10 tokens, not 50: the next one may start after 100 ms.
-    assert RateLimit.next_at(RateLimit.correct(budget, -40), 0, 50) == 100_000
-    # It used 80: after 800 ms.
-    assert RateLimit.next_at(RateLimit.correct(budget, 30), 0, 50) == 800_000
+    # The call used 10 tokens, not 50: the next one may start after those 10.
+    assert RateLimit.next_at(RateLimit.correct(budget, -40), 0, 50) == t.(50) + t.(-40)
+    assert_in_delta t.(50) + t.(-40), t.(10), 2
+    # It used 80: after 80.
+    assert RateLimit.next_at(RateLimit.correct(budget, 30), 0, 50) == t.(50) + t.(30)
     # Tokens given back never make room before now.
     assert RateLimit.next_at(RateLimit.correct(budget, -1_000), 0, 50) == 0
 
     # A budget of tokens alone paces calls by their estimates.
-    starts = starts(limits, List.duplicate(0, 5), 100)
-    assert starts == [0, 1_000_000, 2_000_000, 3_000_000, 4_000_000]
+    assert starts(limits, List.duplicate(0, 5), 100) == for(i <- 0..4, do: i * t.(100))
   end
 
   test "both limits: the stricter one sets the pace" do
     limits = %{requests_per_minute: 6_000, tokens_per_minute: 60_000, burst: 1}
-    # 10 ms per request, 1 ms per token: 50-token calls go every 50 ms.
-    assert starts(limits, List.duplicate(0, 4), 50) == [0, 50_000, 100_000, 150_000]
-    # 2-token calls every 10 ms.
-    assert starts(limits, List.duplicate(0, 4), 2) == [0, 10_000, 20_000, 30_000]
+    # 50-token calls: the tokens are the stricter limit; 2-token calls: the requests.
+    per_call = RateLimit.token_time(50, 60_000)
+    assert starts(limits, List.duplicate(0, 4), 50) == for(i <- 0..3, do: i * per_call)
+    interval = RateLimit.interval(6_000)
+    assert starts(limits, List.duplicate(0, 4), 2) == for(i <- 0..3, do: i * interval)
   end
 
   test "a pause holds every start until it ends; hold_until as if admitted up to then" do
