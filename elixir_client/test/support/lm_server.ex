@@ -1,10 +1,10 @@
 defmodule PortBridge.LMServer do
   @moduledoc """
-  The repository's loopback OpenAI-compatible server (`python -m
-  benchmarks.lm_server`, serving `tests/support/openai_server.py`) as a Port of
-  the test process: a real HTTP provider for DSPy's LM client, with models that
-  answer slowly (`slow-<ms>`) or fail (`fail-429`...). It stops when its stdin
-  closes, so it never outlives the test that started it.
+  The repository's loopback OpenAI-compatible server
+  (`tests/support/openai_server.py`, run as a script) as a process of the current
+  test: a real HTTP provider for DSPy's LM client, with models that answer slowly
+  (`slow-<ms>`) or fail (`fail-429`...), `--api-key KEY` (a request without it
+  gets a 401) and the options its docstring lists. Stopped when the test ends.
   """
 
   import ExUnit.Callbacks, only: [on_exit: 1]
@@ -19,15 +19,15 @@ defmodule PortBridge.LMServer do
         :binary,
         {:line, 1_024},
         :exit_status,
-        args: ["-m", "benchmarks.lm_server" | args],
+        args: ["tests/support/openai_server.py", "--port", "0" | args],
         cd: @root
       ])
 
     {:os_pid, os_pid} = Port.info(port, :os_pid)
 
     on_exit(fn ->
-      # Its stdin closes with the port: it stops by itself; the kill is for a stuck one.
-      if Port.info(port), do: Port.close(port)
+      # It serves until it is told to stop: closing its stdin is not enough.
+      System.cmd("kill", ["-TERM", Integer.to_string(os_pid)], stderr_to_stdout: true)
       PortBridge.TestCase.assert_os_pid_exited(os_pid)
     end)
 
