@@ -453,7 +453,9 @@ defmodule PortBridge.Limiter do
   end
 
   defp owner_node(%{cluster: nil}, _model), do: node()
-  defp owner_node(state, model), do: Cluster.owner_of({__MODULE__, model}, state.nodes) || node()
+
+  defp owner_node(state, model),
+    do: Cluster.owner_of("rate limit of " <> model, state.nodes) || node()
 
   defp route(%{cluster: nil}, _model), do: :local
 
