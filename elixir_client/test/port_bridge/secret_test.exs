@@ -122,7 +122,7 @@ defmodule PortBridge.SecretTest do
         {:ok, pid} = Agent.start(fn -> %{lm: %{"api_key" => secret}} end)
         ref = Process.monitor(pid)
         Agent.cast(pid, fn _ -> raise "boom" end)
-        assert_receive {:DOWN, ^ref, _, _, _}
+        assert_receive {:DOWN, ^ref, _, _, _}, 5_000
         Logger.flush()
       end)
 
