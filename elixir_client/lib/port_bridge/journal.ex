@@ -60,7 +60,9 @@ defmodule PortBridge.Journal do
 
             {:error, error} ->
               Logger.warning(
-                "portbridge: #{command} did not reach #{inspect(worker)}: #{Exception.message(error)}"
+                "portbridge: #{command} did not reach #{inspect(worker)}: #{Exception.message(error)}",
+                portbridge_worker: worker,
+                portbridge_session_id: opts[:session_id]
               )
           end
         end

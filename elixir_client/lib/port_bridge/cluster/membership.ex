@@ -61,6 +61,8 @@ defmodule PortBridge.Cluster.Membership do
 
   @impl true
   def init(cluster) do
+    Logger.metadata(portbridge_cluster: cluster.name, portbridge_pool: cluster.pool)
+
     state = %{
       cluster: cluster,
       pg: nil,

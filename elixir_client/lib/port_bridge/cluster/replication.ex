@@ -52,6 +52,8 @@ defmodule PortBridge.Cluster.Replication do
 
   @impl true
   def init(cluster) do
+    Logger.metadata(portbridge_cluster: cluster.name, portbridge_pool: cluster.pool)
+
     state = %{
       cluster: cluster,
       nodes: [],

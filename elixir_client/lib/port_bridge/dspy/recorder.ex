@@ -56,7 +56,8 @@ defmodule PortBridge.DSPy.Recorder do
        when code in @lost_codes do
     if module.rebuild(journal, call) == :ok do
       Logger.info(
-        "portbridge: #{describe(call.session_id)} was gone from its worker; rebuilt it from the records"
+        "portbridge: #{describe(call.session_id)} was gone from its worker; rebuilt it from the records",
+        log_metadata(call)
       )
 
       Call.run(%{call | retry: nil})
@@ -114,7 +115,8 @@ defmodule PortBridge.DSPy.Recorder do
       other ->
         Logger.warning(
           "portbridge: cannot record program #{inspect(id)} of #{describe(call.session_id)} " <>
-            "for recovery: #{inspect(other, limit: 5)}"
+            "for recovery: #{inspect(other, limit: 5)}",
+          log_metadata(call)
         )
 
         nil
@@ -124,6 +126,12 @@ defmodule PortBridge.DSPy.Recorder do
   defp change(_at, _call, _value), do: nil
 
   defp key(kind, item), do: {Map.fetch!(@order, kind), item}
+
+  # Logged from the caller's process: the pool (or cluster) it named, and the session.
+  defp log_metadata(call) do
+    target = if is_atom(call.target), do: [portbridge_pool: call.target], else: []
+    [portbridge_session_id: call.session_id] ++ target
+  end
 
   defp describe(nil), do: "the global scope"
   defp describe(session_id), do: "session #{inspect(session_id)}"

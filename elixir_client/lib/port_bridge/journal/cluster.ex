@@ -39,7 +39,9 @@ defmodule PortBridge.Journal.Cluster do
   defp warn_unrecorded(cluster, {:error, error}, scope, node) do
     Logger.warning(
       "portbridge: cluster #{inspect(cluster.name)}: a change of #{scope} was not recorded on " <>
-        "#{node}: #{Exception.message(error)}"
+        "#{node}: #{Exception.message(error)}",
+      portbridge_cluster: cluster.name,
+      portbridge_pool: cluster.pool
     )
   end
 
