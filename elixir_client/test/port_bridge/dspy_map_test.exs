@@ -75,11 +75,22 @@ defmodule PortBridge.DSPyMapTest do
   end
 
   # The global LM, for one test: one that answers after `ms` (tests of a module run
-  # one after another).
+  # one after another). Calls still running in the Python when the test ends
+  # (cancelled ones too: an HTTP call cannot be interrupted) hold the worker's
+  # threads until the server stops; without retries they then fail at once.
   defp slow_global_lm(worker, ms) do
+    # on_exit callbacks run last first: the server stops (the calls still running
+    # fail), then the worker, with its threads free again, gets the offline LM back.
+    on_exit(fn -> {:ok, _} = DSPy.configure_lm(worker, model: "offline") end)
     url = LMServer.start!()
-    {:ok, _} = DSPy.configure_lm(worker, model: "openai/slow-#{ms}", api_base: url, api_key: "k")
-    on_exit(fn -> DSPy.configure_lm(worker, model: "offline") end)
+
+    {:ok, _} =
+      DSPy.configure_lm(worker,
+        model: "openai/slow-#{ms}",
+        api_base: url,
+        api_key: "k",
+        num_retries: 0
+      )
   end
 
   test "concurrency: what the target runs at once, 1 in a session, or :max_concurrency", %{
@@ -98,20 +109,36 @@ defmodule PortBridge.DSPyMapTest do
   end
 
   test "halting the stream cancels the items in flight", %{worker: worker} do
-    slow_global_lm(worker, 30_000)
+    # An LM that answers after a minute: cancelled items end long before.
+    slow_global_lm(worker, 60_000)
     inputs = for i <- 1..3, do: %{question: "#{i}?"}
 
-    # The consumer goes away (it exits, or is killed) with three items waiting on a
-    # 30 s LM: their requests are cancelled at once.
+    # The consumer goes away (it exits, or is killed) with three items waiting on the
+    # LM: their requests are cancelled at once.
     consumer = spawn(fn -> worker |> DSPy.map("qa", inputs) |> Enum.to_list() end)
-    wait_until(fn -> Worker.info(worker).in_flight == 3 end, 5_000, "three items in flight")
+
+    wait_until(
+      fn -> Worker.info(worker).in_flight == 3 end,
+      tolerance(5_000),
+      "three items in flight"
+    )
+
     Process.exit(consumer, :kill)
-    wait_until(fn -> Worker.info(worker).in_flight == 0 end, 5_000, "the items to be cancelled")
+
+    wait_until(
+      fn -> Worker.info(worker).in_flight == 0 end,
+      tolerance(5_000),
+      "the items to be cancelled"
+    )
 
     # Halting it: the first item fails at once, the others are cancelled.
     assert [{:error, %Error{code: "invalid_item"}}] =
              worker |> DSPy.map("qa", ["not a map" | inputs]) |> Enum.take(1)
 
-    wait_until(fn -> Worker.info(worker).in_flight == 0 end, 5_000, "the items to be cancelled")
+    wait_until(
+      fn -> Worker.info(worker).in_flight == 0 end,
+      tolerance(5_000),
+      "the items to be cancelled"
+    )
   end
 end
