@@ -17,23 +17,15 @@ defmodule PortBridge.TelemetryTest do
     :ok
   end
 
-  @events [
-    [:port_bridge, :request, :start],
-    [:port_bridge, :request, :stop],
-    [:port_bridge, :request, :exception],
-    [:port_bridge, :worker, :start],
-    [:port_bridge, :worker, :exit],
-    [:port_bridge, :session, :rebuild]
-  ]
-
-  # Events of this test's pool only (other tests run at the same time).
+  # Events of this test's pool only (other tests run at the same time), of every
+  # event the client emits.
   defp attach(pool) do
     me = self()
     id = "telemetry-test-#{inspect(pool)}"
 
     apply(:telemetry, :attach_many, [
       id,
-      @events,
+      Telemetry.events(),
       fn event, measurements, metadata, _ ->
         if metadata[:pool] == pool, do: send(me, {:telemetry, event, measurements, metadata})
       end,
