@@ -130,11 +130,20 @@ defmodule PortBridge.DSPy do
     ]
   ]
 
+  # An API key, by value or by reference (PortBridge.Secret checks which).
+  @api_key [
+    type: :any,
+    doc:
+      "the provider's key: `{:system, \"VAR\"}`, a zero-arity function, `{module, function, args}` " <>
+        "(resolved only into the frame that carries it, see `PortBridge.Secret`), or a string"
+  ]
+
   @lm_args Arguments.schema("configure_lm",
              override: [
                model: [
                  doc: "a DSPy model string such as `\"openai/gpt-4o-mini\"`, or `\"offline\"`"
-               ]
+               ],
+               api_key: @api_key
              ]
            )
   @create_program_args Arguments.schema("create_program",
@@ -175,7 +184,7 @@ defmodule PortBridge.DSPy do
                  except: ~w(program),
                  override: [program_id: [default_doc: "the document's"]]
                )
-  @embedder_args Arguments.schema("configure_embedder")
+  @embedder_args Arguments.schema("configure_embedder", override: [api_key: @api_key])
   @create_index_args Arguments.schema("create_index",
                        except: ~w(corpus),
                        override: [index_id: [default_doc: "generated"]]
