@@ -7,7 +7,8 @@ defmodule PortBridge.DSPy.Batch do
   `:timeout` is each item's own budget, `retry:` retries an item) in a task linked
   to the process that consumes the stream: halting the stream (`Enum.take/2`, the
   consumer exiting) kills the items in flight, and their Workers cancel their
-  requests. A failed item is an `{:error, %PortBridge.Error{}}` element and the
+  requests. Inputs are read as the stream is consumed: at most twice the
+  concurrency of them are read and not yet given out, however slow one item is. A failed item is an `{:error, %PortBridge.Error{}}` element and the
   batch goes on; an item that is not a map is one too (`validation`, code
   `invalid_item`, naming its index).
 
@@ -32,7 +33,8 @@ defmodule PortBridge.DSPy.Batch do
       program_id, total, halted}` (`halted`: the consumer stopped before the end).
   """
 
-  alias PortBridge.{Cluster, Error, Pool, Protocol, Telemetry, Worker}
+  alias PortBridge.{Cluster, Error, Pool, Protocol, Target, Telemetry, Worker}
+  alias PortBridge.DSPy.Batch.Window
 
   @doc false
   # `run` executes one item's inputs: `{:ok, result} | {:error, error}`.
@@ -51,13 +53,11 @@ defmodule PortBridge.DSPy.Batch do
         Map.put(meta, :max_concurrency, concurrency)
       )
 
+      # Results wait in input order behind a slow item: at most two rounds of
+      # `concurrency` items are read and not yet emitted.
       inputs
       |> Stream.with_index()
-      |> Task.async_stream(&item(&1, run),
-        max_concurrency: concurrency,
-        ordered: true,
-        timeout: :infinity
-      )
+      |> Window.stream(&item(&1, run), concurrency, 2 * concurrency)
       |> Stream.transform(
         fn -> %{done: 0, failed: 0, index: 0} end,
         fn outcome, counts -> emit(outcome, counts, meta) end,
@@ -147,15 +147,15 @@ defmodule PortBridge.DSPy.Batch do
   def capacity(_target, session_id) when is_binary(session_id), do: 1
 
   def capacity(target, nil) do
-    with :error <- Pool.lookup(target),
-         :error <- Cluster.lookup(target) do
-      worker_capacity(target)
-    else
-      {:ok, %{member: _} = cluster} ->
+    case Target.lookup(target) do
+      {:ok, {Cluster, cluster}} ->
         max(length(Cluster.members(cluster.name)), 1) * pool_capacity(cluster.pool)
 
-      {:ok, pool} ->
+      {:ok, {Pool, pool}} ->
         pool_capacity(pool.name)
+
+      _worker ->
+        worker_capacity(target)
     end
   end
 
