@@ -219,7 +219,7 @@ defmodule PortBridge.Worker do
       deliver(
         pid,
         {@request, ref, self(), call.command, call.args, call.session_id, call.meta, call.timeout,
-         call.deadline, call.callbacks}
+         call.deadline, call.callbacks, notify(call.command)}
       )
 
       cancel = fn -> deliver(pid, {@cancel, ref}) end
@@ -243,6 +243,15 @@ defmodule PortBridge.Worker do
   # PortBridge.Courier, which never blocks the sender.
   defp deliver(dest, message) when node(dest) == node(), do: send(dest, message)
   defp deliver(dest, message), do: Courier.deliver(dest, message)
+
+  # The worker reports each LM call (always under a rate limit) when the caller wants
+  # it: someone on the caller's node listens to [:port_bridge, :lm, :call]. Asking
+  # costs a look at the handlers (~4 us): not for the core commands, which call no LM.
+  @no_lm_calls ~w(ping echo sleep describe stats health cancel list_sessions end_session shutdown)
+  @no_lm_calls @no_lm_calls ++ Enum.map(@no_lm_calls, &String.to_atom/1)
+
+  defp notify(command) when command in @no_lm_calls, do: nil
+  defp notify(_command), do: if(Telemetry.wanted?([:port_bridge, :lm, :call]), do: ["lm_call"])
 
   defp program_id(%{"program_id" => id}) when is_binary(id), do: id
   defp program_id(%{program_id: id}) when is_binary(id), do: id
@@ -326,7 +335,8 @@ defmodule PortBridge.Worker do
 
   @impl true
   def handle_info(
-        {@request, ref, caller, command, args, session_id, meta, timeout, deadline, callbacks},
+        {@request, ref, caller, command, args, session_id, meta, timeout, deadline, callbacks,
+         notify},
         state
       ) do
     entry = %{
@@ -334,6 +344,7 @@ defmodule PortBridge.Worker do
       args: args,
       session_id: session_id,
       meta: meta,
+      notify: notify,
       timeout: timeout,
       deadline: deadline,
       callbacks: callbacks,
@@ -781,9 +792,8 @@ defmodule PortBridge.Worker do
     # The worker's own deadline trails ours: ours comes first and sends cancel.
     timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
 
-    # The worker reports each LM call when asked (always under a rate limit): asked
-    # when someone listens to [:port_bridge, :lm, :call].
-    notify = if lm_calls?(state), do: ["lm_call"]
+    # Only a worker that speaks 1.2 knows the envelope's notify.
+    notify = if entry.notify && lm_calls?(state), do: entry.notify
 
     case send_frame(
            state,
@@ -801,7 +811,7 @@ defmodule PortBridge.Worker do
   end
 
   defp lm_calls?(%State{channel: %{ready: %{"features" => features}}}) when is_list(features),
-    do: "lm_calls" in features and Telemetry.wanted?([:port_bridge, :lm, :call])
+    do: "lm_calls" in features
 
   defp lm_calls?(_state), do: false
 

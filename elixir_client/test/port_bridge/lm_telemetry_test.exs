@@ -60,4 +60,50 @@ defmodule PortBridge.LMTelemetryTest do
     assert_received {:telemetry, [:port_bridge, :request, :stop], _,
                      %{command: "ping", model: nil, usage: nil}}
   end
+
+  test "every LM call is an event in the caller's process, never a stream item", %{
+    worker: worker
+  } do
+    listen([[:port_bridge, :lm, :call]])
+    session = "lm-#{System.unique_integer([:positive])}"
+    url = PortBridge.LMServer.start!()
+
+    {:ok, _} =
+      DSPy.configure_lm(worker,
+        model: "openai/loopback",
+        api_base: url,
+        api_key: "k",
+        session_id: session
+      )
+
+    {:ok, _} =
+      DSPy.create_program(worker,
+        signature: "question -> answer",
+        program_id: "qa",
+        session_id: session
+      )
+
+    {:ok, %{"usage" => %{"openai/loopback" => usage}}} =
+      DSPy.execute_program(worker, "qa", %{question: "Hi?"}, session_id: session)
+
+    assert_received {:telemetry, [:port_bridge, :lm, :call],
+                     %{prompt_tokens: prompt, completion_tokens: completion, duration: duration},
+                     %{
+                       model: "openai/loopback",
+                       cached: false,
+                       session_id: ^session,
+                       program_id: "qa"
+                     } = metadata}
+
+    assert prompt == usage["prompt_tokens"] and completion == usage["completion_tokens"]
+    assert duration > 0 and metadata.error_category == nil
+
+    # Streamed: chunks and the result, and the LM call as telemetry only.
+    items =
+      worker |> DSPy.stream("qa", %{question: "Again?"}, session_id: session) |> Enum.to_list()
+
+    refute Enum.any?(items, &match?({:event, "lm_call", _}, &1))
+    assert {:ok, _} = List.last(items)
+    assert_received {:telemetry, [:port_bridge, :lm, :call], _, %{session_id: ^session}}
+  end
 end

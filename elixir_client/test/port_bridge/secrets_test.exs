@@ -10,6 +10,7 @@ defmodule PortBridge.SecretsTest do
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
   @moduletag timeout: 120_000
+  @compile {:no_warn_undefined, :telemetry}
 
   defp new_key,
     do: "sk-pbtest-#{System.unique_integer([:positive])}-#{:rand.uniform(1_000_000_000_000)}"
@@ -153,9 +154,30 @@ defmodule PortBridge.SecretsTest do
         session_id: session
       )
 
+    # The LM call is made on the peer; its telemetry comes on this node, to the caller.
+    lm_calls = listen_lm_calls()
     assert {:ok, _} = run(name, session)
+
+    if lm_calls,
+      do: assert_received({:lm_call, %{model: "openai/loopback", session_id: ^session}})
 
     assert SecretScan.holders(key) == []
     assert :erpc.call(peer, SecretScan, :holders, [key, []]) == []
   end
+
+  # [:port_bridge, :lm, :call] in this process, when telemetry is compiled in (nil if not).
+  defp listen_lm_calls do
+    if PortBridge.Telemetry.available?() do
+      {:ok, _} = Application.ensure_all_started(:telemetry)
+      id = "secrets-lm-#{inspect(self())}"
+      event = [:port_bridge, :lm, :call]
+      :ok = apply(:telemetry, :attach, [id, event, &__MODULE__.lm_call/4, self()])
+      on_exit(fn -> apply(:telemetry, :detach, [id]) end)
+      id
+    end
+  end
+
+  @doc false
+  def lm_call(_event, _measurements, metadata, test),
+    do: if(self() == test, do: send(test, {:lm_call, metadata}))
 end
