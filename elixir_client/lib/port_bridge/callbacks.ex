@@ -106,8 +106,9 @@ defmodule PortBridge.Callbacks do
   # A callback event of request `ref`: start its function in a task under
   # PortBridge.TaskSupervisor (async_nolink: its result and its exit come to the
   # Worker), or say what to answer at once. `builtins`: the client's own callbacks,
-  # name => fun.(args, deadline) -> outcome (`portbridge.admit`), which no request
-  # or session registration can replace.
+  # name => fun.(args, deadline) -> outcome (`portbridge.admit`), which only the
+  # request's own `callbacks:` replace (as the Python client lets a request answer
+  # its own admissions), never a session's registrations.
   @spec start(map, reference, map, term, Codec.format(), map) ::
           {:started, map} | {:answer, String.t(), outcome} | :ignore
   def start(running, ref, entry, data, format, builtins \\ %{})
@@ -119,7 +120,7 @@ defmodule PortBridge.Callbacks do
 
     task =
       case builtins do
-        %{^name => fun} ->
+        %{^name => fun} when not is_map_key(entry.callbacks, name) ->
           deadline = if ms, do: System.monotonic_time(:millisecond) + ms, else: :infinity
           Task.Supervisor.async_nolink(PortBridge.TaskSupervisor, fn -> fun.(args, deadline) end)
 

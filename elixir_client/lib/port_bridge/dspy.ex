@@ -271,10 +271,12 @@ defmodule PortBridge.DSPy do
     target
     |> Call.new("execute_program", args, Keyword.drop(request_opts, [:retry, :circuit]), where)
     |> Call.stream()
-    |> Stream.map(fn
-      {:event, "chunk", data} -> {:chunk, data}
-      {:error, _} = error -> Advice.elixir(error)
-      other -> other
+    |> Stream.flat_map(fn
+      {:event, "chunk", data} -> [{:chunk, data}]
+      # An LM call is telemetry ([:port_bridge, :lm, :call]), not an item.
+      {:event, "lm_call", _data} -> []
+      {:error, _} = error -> [Advice.elixir(error)]
+      other -> [other]
     end)
   end
 

@@ -102,10 +102,11 @@ defmodule PortBridge.Request do
   # is over (its reply, the death of the process serving it, or its deadline).
   defp next(%__MODULE__{ref: ref, monitor: monitor} = request) do
     receive do
-      # An LM call the request made: telemetry on the caller's node, not an item.
+      # An LM call the request made: telemetry on the caller's node, and an event
+      # like any other (PortBridge.DSPy keeps it out of its streams and on_event).
       {^ref, {:event, "lm_call", data}} ->
         lm_call(request, data)
-        next(request)
+        {:event, "lm_call", data}
 
       {^ref, {:event, name, data}} ->
         {:event, name, data}

@@ -38,7 +38,10 @@ defmodule PortBridge.Telemetry do
       measurements `%{prompt_tokens, completion_tokens, cost_usd, duration}`
       (`cost_usd` nil when DSPy has no price for the model; `duration` native
       units); metadata `%{model, cached, session_id, program_id, command,
-      error_category}` (`error_category` nil for a call that succeeded).
+      error_category}` (`error_category` nil for a call that succeeded). A
+      request asks its worker for these only while a handler is attached on the
+      caller's node (a worker sends them anyway under a rate limit);
+      `PortBridge.DSPy` never shows them as stream items or `on_event` events.
     * `[:port_bridge, :lm, :admit]` - an LM call's admission under a rate limit
       (`PortBridge.Limiter`): measurements `%{duration}` (the time it waited, native
       units); metadata `%{model, result: :admitted | :timeout | :invalid | :error,
@@ -96,10 +99,15 @@ defmodule PortBridge.Telemetry do
   def available?, do: @available
 
   @doc false
-  # True when a handler is attached to `event` (something to emit it for).
+  # True when a handler is attached to `event` (something to emit it for). Before
+  # the :telemetry application runs (compiled in but not started) nothing is: its
+  # handler table (telemetry 1.x's) does not exist yet, and asking would log.
   @spec wanted?([atom]) :: boolean
   if @available do
-    def wanted?(event), do: :telemetry.list_handlers(event) != []
+    def wanted?(event) do
+      :ets.whereis(:telemetry_handler_table) != :undefined and
+        :telemetry.list_handlers(event) != []
+    end
   else
     def wanted?(_event), do: false
   end

@@ -17,6 +17,7 @@ defmodule PortBridge.Worker.Requests do
           required(:args) => map,
           required(:session_id) => String.t() | nil,
           required(:meta) => map | nil,
+          required(:notify) => [String.t()] | nil,
           required(:timeout) => timeout,
           required(:deadline) => integer | :infinity,
           required(:callbacks) => map,
