@@ -7,7 +7,7 @@ already answered. It is also the one context user code gets: ``bridge.sdk``
 hands this very type to ``@command`` functions and ``@program`` modules,
 scoped to their module's namespace (``scoped``), whose ``state`` is that
 namespace's dict in the scope. A handler never
-sees the dispatcher, the scheduler or another request; commands that manage the
+sees the runtime, the scheduler or another request; commands that manage the
 worker itself (cancel, end_session, shutdown...) are given a control interface
 when they are registered (``core_commands``), not through the context.
 

@@ -7,8 +7,10 @@ any size, any format) and sleep (waits like a slow backend call, honouring
 deadlines and cancel).
 
 The commands that manage the worker get the narrow ``Control`` interface when
-they are registered (the dispatcher provides it); like every handler they see
-their request only through the ``Context``.
+they are registered (the worker's runtime provides it); like every handler they
+see their request only through the ``Context``. ``ready_data`` is what the
+worker announces itself with: the part of ``describe`` known before backends
+register.
 """
 
 from __future__ import annotations
@@ -107,6 +109,30 @@ def sleep(ctx: Context, args: dict) -> dict:
     return {"slept_ms": args["ms"]}
 
 
+def _identity(limits: Limits) -> dict:
+    """What ``ready`` and ``describe`` both say of the worker."""
+    return {
+        "protocol": envelope.PROTOCOL_VERSION,
+        "protocol_minor": envelope.PROTOCOL_MINOR,
+        "features": list(envelope.FEATURES),
+        "version": __version__,
+        "formats": list(codecs.FORMATS),
+        "limits": limits.describe(),
+    }
+
+
+def ready_data(registry: Registry, limits: Limits, fmt: str) -> dict:
+    """The data of the ``ready`` event (``fmt``: the worker's --format)."""
+    return {
+        **_identity(limits),
+        "pid": PID,
+        "format": fmt,
+        # The commands answerable now: the core ones. Backends register just
+        # after ready (see worker.py); ``describe`` lists everything.
+        "commands": registry.names(),
+    }
+
+
 def register(registry: Registry, control: Control) -> None:
     """Register the core commands; those that manage the worker do it through ``control``."""
     command = registry.command
@@ -116,14 +142,9 @@ def register(registry: Registry, control: Control) -> None:
         """Commands with their argument schemas, backends, formats and limits."""
         registry.complete.wait(REGISTRATION_WAIT_S)
         return {
-            "protocol": envelope.PROTOCOL_VERSION,
-            "protocol_minor": envelope.PROTOCOL_MINOR,
-            "features": list(envelope.FEATURES),
-            "version": __version__,
-            "formats": list(codecs.FORMATS),
+            **_identity(control.limits),
             "commands": {name: registry.commands[name].describe() for name in registry.names()},
             "backends": {name: {"name": name, **b.describe()} for name, b in control.backends.items()},
-            "limits": control.limits.describe(),
         }
 
     @command("stats", control=True)

@@ -65,18 +65,6 @@ class Empty:
     """A frame of length zero."""
 
 
-def whole_frame(data, max_frame_bytes: int):
-    """The payload (a view) if ``data`` is exactly one whole frame of 1 to ``max_frame_bytes`` bytes, else
-    None. The usual read of a request-reply peer; a reader whose FrameDecoder holds nothing may take it
-    instead of ``split``."""
-    n = len(data)
-    if n > HEADER_SIZE:
-        (length,) = HEADER.unpack_from(data)
-        if length == n - HEADER_SIZE and length <= max_frame_bytes:
-            return data[HEADER_SIZE:]
-    return None
-
-
 def encode_header(length: int) -> bytes:
     if not 0 <= length <= MAX_LENGTH:
         raise ValueError(f"frame payload of {length} bytes does not fit a 4-byte length")

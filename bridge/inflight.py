@@ -11,7 +11,8 @@ request was answered, and its result is dropped.
 ``InFlight`` is the table of those jobs: add, finish, expire, cancel, and the
 drain at shutdown, which waits for every reply still to be written (control
 replies produced on the reading thread included) and fails the rest. It writes
-nothing itself: the dispatcher gives it ``answer(job, error, result)``.
+nothing itself: it is given ``answer(codec, request, error, result)``, the
+worker's one way to send a final reply (``Replies.final``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class _Sessions(Protocol):
     def release(self, session: Session) -> None: ...
 
 
-Answer = Callable[[Job, "BridgeError | None", Any], None]
+Answer = Callable[[Any, "Request", "BridgeError | None", Any], None]  # (codec, request, error, result)
 
 
 class InFlight:
@@ -175,7 +176,7 @@ class InFlight:
             self._scheduler.withdraw(job)
         self._sessions.release(job.session)
         try:
-            self._answer(job, error, result)
+            self._answer(job.codec, job.request, error, result)
         finally:
             with self._lock:
                 self._unwritten -= 1

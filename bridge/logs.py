@@ -1,7 +1,8 @@
 """Logging to stderr (text or JSON lines), optionally forwarded as ``log`` events.
 
 Every record carries the id, trace id and session of the request being handled
-on its thread (set by the dispatcher through ``enter_request``). Secrets are
+on its thread (set by the runtime through ``enter_request`` on handler threads,
+and by the dispatcher in ``READING`` on the reading thread). Secrets are
 scrubbed from every line. stdout is never touched: it carries frames only.
 """
 
