@@ -1,6 +1,6 @@
 """The scenarios of issue 5, by id, in run order. Each is ``fn(quick: bool) -> report.Result``."""
 
-from . import callbacks, cluster, dspy_native, elixir, lm, memory, payload, ping, pipeline, pool, sdk, startup
+from . import callbacks, cluster, dspy_native, elixir, lm, memory, payload, ping, pipeline, pool, rate_limit, sdk, startup
 
 SCENARIOS = {
     "ping": ping.run_sequential,
@@ -19,4 +19,5 @@ SCENARIOS = {
     "sdk": sdk.run,
     "memory": memory.run,
     "callbacks": callbacks.run,
+    "rate_limit": rate_limit.run,
 }

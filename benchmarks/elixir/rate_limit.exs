@@ -1,0 +1,157 @@
+# Scenario "rate_limit", the BEAM side (issue 21): rate limits the client enforces for
+# every Python. Run by benchmarks/scenarios/rate_limit.py inside elixir_client (`mix
+# run`); prints one JSON document on its last line. BENCH_PART says which part:
+#
+#   overhead  what admission adds to an LM call under the limit: execute_program on
+#             one Worker with the offline LM (no HTTP), sequentially, in alternating
+#             blocks without and with a rate_limit it never reaches (every call asks
+#             portbridge.admit and reports an lm_call event), answered by the
+#             Worker's PortBridge.Limiter ("limited") or by a function the request
+#             registers ("callback": the callback round trip without the limiter);
+#             p50/p99 per side
+#   limit     the issue's scenario: a pool of two Pythons, BENCH_CALLS calls at once
+#             (DSPy.map) against the loopback provider at BENCH_LM_URL, which allows
+#             BENCH_LIMIT calls a second and counts its 429s; with the pool told that
+#             limit (rate_limit) and without (each Python on its own, DSPy's retries):
+#             wall time, calls served and the provider's counts per run
+#
+# BENCH_N, BENCH_ROUNDS: calls per block and rounds (overhead), rounds (limit).
+
+Code.require_file("common.exs", __DIR__)
+
+defmodule Bench do
+  import Bench.Common
+  alias PortBridge.DSPy
+
+  @sides ["free", "limited", "callback"]
+
+  def overhead(n, rounds) do
+    {:ok, worker} = PortBridge.Worker.start_link(spawn_opts([]))
+    Process.unlink(worker)
+    {:ok, _} = PortBridge.Worker.await_ready(worker, 60_000)
+    settle(worker)
+
+    # Two sessions on the same Python: the same offline LM, one under a rate limit it
+    # never reaches (10,000,000 a minute, the most the worker takes).
+    {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: "free")
+
+    {:ok, _} =
+      DSPy.configure_lm(worker,
+        model: "offline",
+        session_id: "limited",
+        rate_limit: [requests_per_minute: 10_000_000]
+      )
+
+    # The same limit, admissions answered by an Elixir function of the request's own
+    # instead of the pool's limiter: the callback's round trip alone.
+    {:ok, _} =
+      DSPy.configure_lm(worker,
+        model: "offline",
+        session_id: "callback",
+        rate_limit: [requests_per_minute: 10_000_000]
+      )
+
+    for s <- @sides do
+      {:ok, _} = DSPy.create_program(worker, signature: "question -> answer", program_id: "qa", session_id: s)
+    end
+
+    admit = %{"portbridge.admit" => fn _args -> %{"admitted" => true} end}
+
+    call = fn s ->
+      opts = [session_id: s] ++ if(s == "callback", do: [callbacks: admit], else: [])
+      ns(fn -> {:ok, _} = DSPy.execute_program(worker, "qa", %{question: "Is it fast?"}, opts) end)
+    end
+
+    for s <- @sides, _ <- 1..div(n, 5), do: call.(s)
+
+    runs =
+      for round <- 1..rounds do
+        sides = if rem(round, 2) == 1, do: @sides, else: Enum.reverse(@sides)
+
+        samples =
+          Enum.reduce(1..4, Map.new(@sides, &{&1, []}), fn _block, acc ->
+            Enum.reduce(sides, acc, fn s, acc ->
+              Map.update!(acc, s, &(for(_ <- 1..n, do: call.(s)) ++ &1))
+            end)
+          end)
+
+        Map.new(samples, fn {s, ns} -> {s, summary(ns)} end)
+      end
+
+    GenServer.stop(worker)
+    %{"runs" => runs}
+  end
+
+  def limit(url, limit, calls, rounds) do
+    runs =
+      for _ <- 1..rounds, limited <- [true, false] do
+        name = :"bench_limit_#{System.unique_integer([:positive])}"
+
+        {:ok, sup} =
+          PortBridge.Pool.start_link(
+            [name: name, size: 2] ++ spawn_opts(["--log-level", "critical"])
+          )
+
+        Process.unlink(sup)
+
+        for w <- PortBridge.Pool.workers(name) do
+          {:ok, _} = PortBridge.Worker.await_ready(w, 60_000)
+          settle(w)
+        end
+
+        # A model of its own per run: the provider counts per model, and the calls of
+        # the run before are still in its window.
+        model = "openai/bench-limit-#{System.unique_integer([:positive])}"
+        lm = [model: model, api_base: url, api_key: "bench-key", timeout: 60_000]
+        lm = if limited, do: lm ++ [rate_limit: [requests_per_minute: limit * 60]], else: lm
+        {:ok, _} = DSPy.configure_lm(name, lm)
+        {:ok, _} = DSPy.create_program(name, signature: "question -> answer", program_id: "qa")
+        _ = stats(url, true)
+
+        inputs = for i <- 1..calls, do: %{question: "ticket #{i}"}
+
+        {wall, results} =
+          timed(fn ->
+            name |> DSPy.map("qa", inputs, max_concurrency: calls, timeout: 120_000) |> Enum.to_list()
+          end)
+
+        served = Enum.count(results, &match?({:ok, _}, &1))
+        Supervisor.stop(sup)
+
+        %{
+          "limited" => limited,
+          "wall_ns" => wall,
+          "served" => served,
+          "failed" => calls - served,
+          "provider" => stats(url, false)
+        }
+      end
+
+    %{"runs" => runs, "limit" => limit, "calls" => calls}
+  end
+
+  # The provider's counts (GET /stats), optionally zeroed.
+  defp stats(url, reset) do
+    path = String.replace(url, "/v1", "/stats") <> if(reset, do: "?reset=1", else: "")
+    {:ok, {{_, 200, _}, _, body}} = :httpc.request(:get, {String.to_charlist(path), []}, [], [])
+    :jiffy.decode(body, [:return_maps])
+  end
+end
+
+{:ok, _} = Application.ensure_all_started(:inets)
+
+doc =
+  case System.fetch_env!("BENCH_PART") do
+    "overhead" ->
+      Bench.overhead(Bench.Common.int("BENCH_N"), Bench.Common.int("BENCH_ROUNDS"))
+
+    "limit" ->
+      Bench.limit(
+        System.fetch_env!("BENCH_LM_URL"),
+        Bench.Common.int("BENCH_LIMIT"),
+        Bench.Common.int("BENCH_CALLS"),
+        Bench.Common.int("BENCH_ROUNDS")
+      )
+  end
+
+Bench.Common.print_result(doc)

@@ -1,0 +1,110 @@
+"""Scenario "rate_limit" (issue 21): rate limits the Elixir client enforces for every Python.
+
+Two parts, each a ``mix run`` of benchmarks/elixir/rate_limit.exs in elixir_client:
+
+- overhead: what admission adds to an LM call under the limit. ``execute_program``
+  on one ``PortBridge.Worker`` with the offline LM (no HTTP, so the bridge is all
+  that is measured), sequentially, alternating blocks of a session without and a
+  session with a ``rate_limit`` it never reaches: under it every LM call asks the
+  client (the ``portbridge.admit`` callback, answered by ``PortBridge.Limiter``) and
+  is reported (an ``lm_call`` event); a third session answers its admissions with a
+  function of the request's own, which shows the callback round trip apart from the
+  limiter. BEAM and Python pinned to one CPU. Target: the p50 difference at most
+  50 us.
+- limit: the issue's scenario. A pool of two Pythons, 36 calls at once
+  (``DSPy.map``) against the loopback provider (benchmarks/lm_server.py), which lets
+  10 chat completions a second start and answers the others 429 with a Retry-After,
+  counting them. With the pool told the limit (``rate_limit: [requests_per_minute:
+  600]``) and, as the baseline, without (each Python on its own, DSPy's retries).
+  Targets: with the limit, throughput at least 0.9x the limit and no 429.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from .. import report
+from ..harness import HERE, PYTHON, ROOT, env, spread
+from .pool import beam
+
+SCRIPT = HERE / "elixir" / "rate_limit.exs"
+LIMIT = 10  # calls a second the provider allows
+CALLS = 36
+
+
+class LimitedServer:
+    """The loopback provider with a rate limit, as a child process (stops when its stdin closes)."""
+
+    def __init__(self, per_second: int) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "benchmarks.lm_server", "--rate-limit", str(per_second), "--rate-window-s", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT))
+        line = self.process.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            self.close()
+            raise RuntimeError(f"the loopback LM server did not start: {line!r}")
+        self.url = line.split()[-1]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def __enter__(self) -> "LimitedServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run(quick: bool) -> report.Result:
+    r = report.Result("rate_limit", "rate limits the Elixir client enforces for every Python (issue 21)")
+    n, rounds = (300, 2) if quick else (1000, 5)
+
+    doc = beam("overhead", pinned=True, script=SCRIPT, n=n, rounds=rounds)
+    runs = doc["runs"]
+    diffs = [(x["limited"]["p50"] - x["free"]["p50"]) for x in runs]
+    t = r.table(f"admission under the limit: execute_program on one Worker, offline LM, {rounds} rounds x 4 "
+                f"alternating blocks of {n}; BEAM and Python pinned to CPU 0; us",
+                ["LM", "p50: median [min-max]", "p99: median [min-max]"])
+    for key, label in (("free", "no rate_limit"),
+                       ("limited", "rate_limit never reached: admitted by PortBridge.Limiter, lm_call reported"),
+                       ("callback", "the same, admitted by the request's own callback (no limiter)")):
+        t.add(label, report.span(spread(x[key]["p50"] for x in runs), report.us),
+              report.span(spread(x[key]["p99"] for x in runs), report.us))
+    d = spread(diffs)
+    t.add("difference with the limiter (p50)", report.span(d, report.us), "")
+    own = spread(x["limited"]["p50"] - x["callback"]["p50"] for x in runs)
+    t.add("of which the limiter (p50, limiter - own callback)", report.span(own, report.us), "")
+    r.target("admission added to an LM call under the limit (p50, end to end)", "<= 50 us",
+             report.span(d, report.us), d["median"] <= 50_000)
+    r.target("of which the client's limiter (p50, vs the request's own callback)", "<= 50 us",
+             report.span(own, report.us), own["median"] <= 50_000)
+
+    with LimitedServer(LIMIT) as server:
+        doc = beam("limit", pinned=False, script=SCRIPT, lm_url=server.url, limit=LIMIT, calls=CALLS,
+                   rounds=1 if quick else 3)
+    limited = [x for x in doc["runs"] if x["limited"]]
+    free = [x for x in doc["runs"] if not x["limited"]]
+    t = r.table(f"at the limit: a pool of 2 Pythons, {CALLS} calls at once, the provider allows {LIMIT} a second "
+                f"(sliding window); {len(limited)} run(s) each",
+                ["pool", "calls/s: median [min-max]", "/ limit", "served", "provider 429s"])
+
+    def rate(x: dict) -> float:
+        return x["served"] / (x["wall_ns"] / 1e9)
+
+    for rows, label in ((limited, f"rate_limit: [requests_per_minute: {LIMIT * 60}]"),
+                        (free, "no rate_limit (each Python retries its own 429s)")):
+        s = spread(rate(x) for x in rows)
+        t.add(label, report.span(s, lambda v: f"{v:.2f}"), report.ratio(s["median"] / LIMIT),
+              "/".join(str(x["served"]) for x in rows) + f" of {CALLS}",
+              "/".join(str(x["provider"]["responses_429"]) for x in rows))
+    s = spread(rate(x) for x in limited)
+    r.target("throughput at the limit, two Pythons, 36 calls", ">= 0.9x the limit",
+             report.ratio(s["median"] / LIMIT), s["min"] >= 0.9 * LIMIT)
+    sent = sum(x["provider"]["responses_429"] for x in limited)
+    r.target("provider 429s at the limit", "0", str(sent), sent == 0)
+    r.data = {"overhead": runs, "limit": doc}
+    return r
