@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bridge import codecs
-from bridge.client import worker_command
+from bridge.devtools.client import worker_command
 from bridge.processes import kill_process
 from bridge.framing import HEADER, encode_frame
 

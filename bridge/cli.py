@@ -8,6 +8,8 @@
     portbridge demo                         a DSPy program driven through real frames, offline
 
 ``call``, ``repl`` and ``demo`` pass everything after ``--`` to the worker they spawn.
+Every command but ``worker`` is a developer tool of ``bridge.devtools``, imported
+only when it runs.
 """
 
 from __future__ import annotations
@@ -238,23 +240,23 @@ def _main(argv: list[str] | None) -> int:
             print(f"portbridge worker: {exc}", file=sys.stderr)
             return EXIT_USAGE
     if ns.cmd == "call":
-        from .interactive import call
+        from .devtools.interactive import call
 
         return call(ns.command, ns.args, ns.session, ns.format, ns.timeout_ms, ns.wait, worker_args)
     if ns.cmd == "repl":
-        from .interactive import repl
+        from .devtools.interactive import repl
 
         return repl(ns.format, ns.pipeline, worker_args)
     if ns.cmd == "encode":
-        from .framecat import main_encode
+        from .devtools.framecat import main_encode
 
         return main_encode(ns.format)
     if ns.cmd == "decode":
-        from .framecat import main_decode
+        from .devtools.framecat import main_decode
 
         return main_decode(ns.file, ns.verbose)
     if ns.cmd == "demo":
-        from .demo import main as demo_main
+        from .devtools.demo import main as demo_main
 
         return demo_main(ns.model, ns.api_base, worker_args)
     raise AssertionError(ns.cmd)

@@ -1,8 +1,7 @@
 """Processes and their trees: is one alive, what is below it, ending them so none outlives its owner.
 
-Used by the worker (at shutdown it ends every process its handlers started),
-by ``bridge.client`` (it kills and reaps the worker it spawned) and by the
-tests and benchmarks (no worker may outlive its test). Linux reads ``/proc``;
+Used by the worker (at shutdown it ends every process its handlers started)
+and by the tests and benchmarks (no worker may outlive its test). Linux reads ``/proc``;
 elsewhere no descendants are found and a pid counts as alive while signal 0
 reaches it.
 """

@@ -18,7 +18,7 @@ import struct
 import msgpack
 import orjson
 
-from bridge.framecat import from_readable
+from bridge.devtools.framecat import from_readable
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "protocol", "vectors")
 B64_FF00 = {"$bytes": "/wA="}  # b"\xff\x00"

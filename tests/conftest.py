@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from bridge.client import WorkerClient
+from bridge.devtools.client import WorkerClient
 from bridge.processes import alive as pid_alive
 from tests.support.workers import RawWorker, checked_client
 

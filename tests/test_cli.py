@@ -12,7 +12,7 @@ import sys
 import time
 
 from bridge import cli, codecs
-from bridge.framecat import from_readable
+from bridge.devtools.framecat import from_readable
 from bridge.framing import FrameDecoder, encode_frame
 from bridge.processes import alive as pid_alive
 from tests.support.workers import worker_env

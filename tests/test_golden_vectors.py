@@ -6,7 +6,7 @@ import pytest
 
 from bridge import codecs
 from bridge.framing import FrameDecoder, encode_frame
-from bridge.framecat import to_readable
+from bridge.devtools.framecat import to_readable
 from tests.support.schemas import VALIDATORS
 from tests.support.vectors import flat_error, from_readable, ids, load, matches
 

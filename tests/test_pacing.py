@@ -1,4 +1,4 @@
-"""The pacing limiter the Python client answers ``portbridge.admit`` with (bridge.pacing), on a fake clock."""
+"""The pacing limiter the Python client answers ``portbridge.admit`` with (bridge.devtools.pacing), on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.pacing import AdmissionError, Pacer
+from bridge.devtools.pacing import AdmissionError, Pacer
 
 
 class Clock:

@@ -34,3 +34,21 @@ def test_wheel_contains_the_protocol_and_the_entry_points(tmp_path):
         assert f"bridge/_protocol/{path}" in names
     assert "portbridge = bridge.cli:main" in entry_points
     assert "dspy = bridge.backends.dspy:backend" in entry_points
+
+
+def test_no_runtime_module_imports_the_developer_tools():
+    """bridge.devtools (client, repl, demo, framecat) stays out of every other module's imports."""
+    bridge_dir = os.path.join(ROOT, "bridge")
+    modules = []
+    for d, dirs, files in os.walk(bridge_dir):
+        dirs[:] = [x for x in dirs if x not in ("devtools", "__pycache__")]
+        package = os.path.relpath(d, ROOT).replace(os.sep, ".")
+        modules += [f"{package}.{f[:-3]}".removesuffix(".__init__") for f in files
+                    if f.endswith(".py") and f != "__main__.py"]
+    script = ("import importlib, sys\n"
+              f"for name in {sorted(modules)!r}:\n"
+              "    importlib.import_module(name)\n"
+              "print(sorted(m for m in sys.modules if m.startswith('bridge.devtools')))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from bridge import codecs
-from bridge.client import RemoteError
+from bridge.devtools.client import RemoteError
 from tests.support.waiting import until
 
 CORE = {"ping", "describe", "stats", "health", "cancel", "list_sessions", "end_session", "shutdown", "callback_result",

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bridge.client import RemoteError
+from bridge.devtools.client import RemoteError
 from bridge.processes import alive as pid_alive, kill_process
 from bridge.worker import PARENT_POLL_S, SHUTDOWN_MARGIN_S
 from tests.support.waiting import until

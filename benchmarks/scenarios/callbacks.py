@@ -1,6 +1,6 @@
 """Scenario 9: a callback's round trip (worker -> client -> worker) against a plain ``echo``.
 
-Measured with the Python client (``bridge.client.WorkerClient``) on one worker,
+Measured with the Python client (``bridge.devtools.client.WorkerClient``) on one worker,
 in alternating blocks:
 
 * ``echo {"x": 1}``, as the client sees it (call to reply);
@@ -24,7 +24,7 @@ import time
 
 from .. import report
 from ..harness import env, pct, placement, spread
-from bridge.client import WorkerClient
+from bridge.devtools.client import WorkerClient
 
 ARGS = ("--backends", "", "--backend-module", "tests.support.callback_backend:backend")
 

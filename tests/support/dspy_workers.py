@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.client import RemoteError, WorkerClient
+from bridge.devtools.client import RemoteError, WorkerClient
 from tests.support.openai_server import OpenAIServer
 from tests.support.workers import checked_client, read_stderr, worker_env
 

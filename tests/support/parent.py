@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 
-from bridge.client import worker_command
+from bridge.devtools.client import worker_command
 from bridge.framing import FrameDecoder
 
 

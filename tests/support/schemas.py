@@ -9,7 +9,7 @@ import jsonschema
 from referencing import Registry, Resource
 
 from bridge.contract import protocol_dir
-from bridge.framecat import to_readable
+from bridge.devtools.framecat import to_readable
 
 
 def _load() -> dict:

@@ -6,7 +6,7 @@ import json
 import os
 
 from bridge.contract import protocol_dir
-from bridge.framecat import from_readable, to_readable
+from bridge.devtools.framecat import from_readable, to_readable
 
 
 def load(name: str, part: str = "cases") -> list[dict]:

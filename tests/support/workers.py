@@ -1,7 +1,7 @@
 """Real worker processes for tests: a byte-level one and the request-level client.
 
 ``RawWorker`` talks to ``python -m bridge worker`` with bytes (for framing and
-bad-frame tests); ``bridge.client.WorkerClient`` is the request-level client.
+bad-frame tests); ``bridge.devtools.client.WorkerClient`` is the request-level client.
 Both are started by the fixtures in ``tests/conftest.py``, which also check
 that no worker process outlives its test.
 """
@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from bridge import codecs
-from bridge.client import WorkerClient, worker_command
+from bridge.devtools.client import WorkerClient, worker_command
 from bridge.processes import alive as pid_alive, kill_process
 from bridge.framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, encode_frame
 from tests.support.schemas import FrameChecker, violations

@@ -21,7 +21,7 @@ request did not register, ``not_found``.
 
 Admission (protocol 1.2): the worker's built-in ``portbridge.admit`` callback,
 asked before every attempt of an LM configured with ``rate_limit``, is answered
-by the client's ``admission`` (a ``bridge.pacing.Pacer`` by default: each model
+by the client's ``admission`` (a ``bridge.devtools.pacing.Pacer`` by default: each model
 paced to its limits, paused after a provider's 429, waiting no longer than the
 request's budget; ``admission=None`` admits at once), unless the request
 registered a ``portbridge.admit`` callback of its own. The pacer sees the
@@ -41,9 +41,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import codecs
-from .framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
-from .lmcalls import ADMIT, EVENT as LM_CALL
+from .. import codecs
+from ..framing import MAX_LENGTH, Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
+from ..lmcalls import ADMIT, EVENT as LM_CALL
 from .pacing import AdmissionError, Pacer
 
 READ_BYTES = 1 << 20

@@ -17,8 +17,8 @@ import sys
 import msgpack
 import orjson
 
-from . import codecs
-from .framing import Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
+from .. import codecs
+from ..framing import Empty, FrameDecoder, Oversized, StreamDesync, encode_frame
 
 
 def to_readable(value):
