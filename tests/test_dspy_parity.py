@@ -20,6 +20,7 @@ import pytest
 
 from tests.support.dspy_workers import dspy_worker
 from tests.support.openai_server import OpenAIServer
+from tests.support.sdk_programs import MultiHop, local_search
 
 KEY = "sk-parity"
 OWNER_ANSWER = '[[ ## owner ## ]]\n{"team": "core", "backup": null}\n\n[[ ## level ## ]]\nhigh\n\n' \
@@ -46,7 +47,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
-    with dspy_worker(tmp_path_factory.mktemp("dspy-parity")) as w:
+    with dspy_worker(tmp_path_factory.mktemp("dspy-parity"), "--expose", "tests.support.sdk_programs") as w:
         yield w
 
 
@@ -265,3 +266,50 @@ def test_react_with_client_tools_sends_and_returns_what_plain_dspy_with_python_t
                          session_id=session, callbacks={"add": lambda args: add(**args)})
     assert bodies(server, start) == plain_requests and len(plain_requests) == 3
     assert result["outputs"] == plain_outputs and plain_outputs["trajectory"]["observation_0"] == 5
+
+
+# -- the operator's own dspy.Module (bridge.sdk's @program), in plain DSPy and through the worker -----------
+
+def own_module_session(worker, server, model: str, session: str, hops: int) -> None:
+    worker.call("configure_lm", {"model": f"openai/{model}", "api_base": server.base_url, "api_key": KEY,
+                                 "num_retries": 0}, session_id=session)
+    worker.call("create_program", {"module": "sdk_programs.MultiHop", "init": {"hops": hops}, "program_id": "mh"},
+                session_id=session)
+
+
+SEARCH = {"search": lambda args: local_search(args["query"])}  # in plain DSPy the module searches itself
+
+
+def test_an_exposed_dspy_module_sends_and_returns_what_it_does_in_plain_dspy(worker, server):
+    model = "parity-own-module"
+    plain_requests, plain_outputs = run_plain(server, model, MultiHop(hops=2), {"question": "Who wrote DSPy?"})
+    own_module_session(worker, server, model, "parity-own", 2)
+    start = len(server.seen)
+    result = worker.call("execute_program", {"program_id": "mh", "inputs": {"question": "Who wrote DSPy?"}},
+                         session_id="parity-own", callbacks=SEARCH)
+    assert bodies(server, start) == plain_requests and len(plain_requests) == 3
+    assert result["outputs"] == plain_outputs
+
+
+def test_an_exposed_dspy_module_optimises_every_predictor_as_plain_dspy_does(worker, server):
+    model = "parity-own-opt"
+    trainset = [{"question": f"Question {i}?", "answer": "anything"} for i in range(3)]
+    start = len(server.seen)
+    with dspy.context(lm=plain_lm(server, model), adapter=dspy.ChatAdapter()):
+        compiled = dspy.teleprompt.BootstrapFewShot(
+            metric=lambda example, prediction, trace=None: True, max_bootstrapped_demos=2, max_labeled_demos=0,
+        ).compile(MultiHop(hops=2), trainset=[dspy.Example(**e).with_inputs("question") for e in trainset])
+    plain_requests = sorted(bodies(server, start))
+    own_module_session(worker, server, model, "parity-own-opt", 2)
+    start = len(server.seen)
+    worker.call("optimize_program", {
+        "program_id": "mh", "optimizer": "BootstrapFewShot", "metric": {"callback": "metric"},
+        "options": {"max_bootstrapped_demos": 2, "max_labeled_demos": 0},
+        "trainset": [{"inputs": {"question": e["question"]}, "outputs": {"answer": e["answer"]}} for e in trainset]},
+        session_id="parity-own-opt", callbacks={**SEARCH, "metric": lambda args: True}, timeout_ms=120_000)
+    assert plain_requests and sorted(bodies(server, start)) == plain_requests
+    learned = worker.call("export_program", {"program_id": "mh"}, session_id="parity-own-opt")["program"]["state"]
+    plain_state = {name: {"instructions": p.signature.instructions, "demos": [dict(d) for d in p.demos]}
+                   for name, p in compiled.named_predictors()}
+    assert learned["predictors"] == json.loads(json.dumps(plain_state))
+

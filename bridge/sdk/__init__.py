@@ -1,4 +1,4 @@
-"""Your own Python functions as worker commands.
+"""Your own Python as worker commands (``@command``) and DSPy programs (``@program``).
 
     from bridge.sdk import command
 
@@ -40,11 +40,26 @@ call what was exposed and nothing else.
   ``describe`` says so, so that a client can send it to a pool of Python
   processes that each run one request at a time (the Elixir ``PortBridge.Pool``
   with ``strategy: :exclusive``).
+
+Your own ``dspy.Module`` classes are programs the same way (``bridge.sdk.programs``)::
+
+    @program
+    class MultiHop(dspy.Module):
+        \"\"\"Answer with several searches.\"\"\"
+        def __init__(self, hops: int = 2): ...
+        def forward(self, question: str, ctx: Context | None = None): ...
+
+``create_program {"module": "myprogs.MultiHop", "init": {"hops": 2}}`` builds
+one on a worker that exposes ``myprogs`` (``init`` checked against the hints of
+``__init__``, inputs against those of ``forward``), and every program command
+(execute, stream, evaluate, optimise, export/import) takes it. ``describe``
+lists exposed programs under ``backends.dspy.exposed_programs``.
 """
 
 from ..context import Context
 from ..errors import BridgeError
 from .commands import command
 from .hints import Schema
+from .programs import program
 
-__all__ = ["command", "Context", "Schema", "BridgeError"]
+__all__ = ["command", "program", "Context", "Schema", "BridgeError"]

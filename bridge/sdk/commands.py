@@ -62,7 +62,7 @@ def build(fn: Callable, namespace: str, backend: str) -> Command:
     params = parameters(fn, where)
     handler = _handler(fn, params, namespace)
     return Command(f"{namespace}.{marks['name']}", handler, params.schema, backend=backend,
-                   description=description(fn), cpu_bound=marks["cpu_bound"])
+                   description=description(inspect.getdoc(fn) or ""), cpu_bound=marks["cpu_bound"])
 
 
 def _handler(fn: Callable, params: Parameters, namespace: str) -> Callable:

@@ -1,5 +1,9 @@
 """Exposing modules: which Python code a worker serves, as the operator chose it.
 
+A module's ``@command`` functions become commands (``namespace.function``),
+its ``@program`` classes DSPy programs (``namespace.Class``, built by
+``create_program``; ``bridge.sdk.programs``).
+
 Two sources, both in the operator's hands (never the client's):
 
 - ``portbridge worker --expose mypkg.mathcmds`` (repeatable, or comma-separated;
@@ -27,6 +31,7 @@ from typing import Callable
 
 from ..backends import Backend
 from ..errors import RegistrationError
+from . import programs
 from .commands import build, declared
 
 GROUP = "portbridge.commands"
@@ -41,21 +46,32 @@ class Exposed(Backend):
         self.name = namespace
         self.module = module
         self.commands: list[str] = []
+        self.programs: list[str] = []
         # The working directory is where modules are found first, as with ``python -m bridge worker``
         # (what the Elixir client runs), also when the ``portbridge`` script runs the worker.
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
+        # A module of @program classes imports DSPy, which reads its environment (cache folder, price
+        # list) as it imports: the worker's settings first, as the DSPy backend's import gate makes them.
+        from ..backends.dspy.loader import prepare_environment
+
+        prepare_environment()
         importlib.import_module(module)  # here, where the loader reports any failure as a failed backend
 
     def register(self, registry) -> None:
-        functions = declared(self.module)
-        if not functions:
-            raise RegistrationError(f"module {self.module} (exposed as {self.name}) has no @command functions")
+        functions, classes = declared(self.module), programs.declared(self.module)
+        if not functions and not classes:
+            raise RegistrationError(f"module {self.module} (exposed as {self.name}) has no @command functions "
+                                    "and no @program classes")
+        found = [programs.expose(cls, self.name) for cls in classes]  # every class read before any is served
         for fn in functions:
             self.commands.append(registry.add(build(fn, self.name, self.name)).name)
+        for program in found:
+            programs.PROGRAMS.add(program)
+            self.programs.append(program.name)
 
     def describe(self) -> dict:
-        return {"state": "ready", "module": self.module, "commands": self.commands}
+        return {"state": "ready", "module": self.module, "commands": self.commands, "programs": self.programs}
 
 
 def parse(values: list[str]) -> list[tuple[str, str]]:

@@ -28,13 +28,14 @@ class Parameters:
     context: str | None  # the name of the Context parameter, if any
 
 
-def parameters(fn: Callable, where: str, skip: int = 0) -> Parameters:
-    """The parameters of ``fn`` (the first ``skip`` left out: ``self``), described as a schema."""
+def parameters(fn: Callable, where: str, skip: int = 0, doc: str | None = None) -> Parameters:
+    """The parameters of ``fn`` (the first ``skip`` left out: ``self``), described as a schema;
+    ``doc``: the docstring whose ``Args:`` describe them (default: ``fn``'s own)."""
     try:
         hints = get_type_hints(fn, include_extras=True)
     except Exception as exc:  # a hint naming something undefined
         raise RegistrationError(f"{where}: its type hints cannot be resolved: {exc}") from exc
-    notes = arg_docs(inspect.getdoc(fn) or "")
+    notes = arg_docs(inspect.getdoc(fn) or "" if doc is None else doc)
     props: dict[str, dict] = {}
     required: list[str] = []
     converters: dict[str, Callable] = {}
@@ -90,9 +91,10 @@ _ARGS_SECTION = re.compile(r"^(Args|Arguments|Parameters):[ \t]*\n(?:[ \t]+\S.*\
 _ARG = re.compile(r"^(\*{0,2}\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
 
 
-def description(obj: Any) -> str:
-    """The docstring of a function or class without its ``Args:`` section (that went into the schema)."""
-    return _ARGS_SECTION.sub("", inspect.getdoc(obj) or "").strip()
+def description(doc: str) -> str:
+    """A docstring (cleaned, as ``inspect.getdoc`` gives it) without its ``Args:`` section: that went
+    into the schema."""
+    return _ARGS_SECTION.sub("", doc).strip()
 
 
 def arg_docs(doc: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ Modules of this package, in the order a request meets them:
 * ``optimize``, ``metrics``   LabeledFewShot / BootstrapFewShot, named metrics
 * ``programs``   export and import documents
 * ``dspy_state``  DSPy's own saved state (``module.save`` JSON) loaded into an existing program
+* ``exposed``    programs of the operator's own dspy.Module classes (bridge.sdk @program)
 * ``retrieval``, ``offline_embed``  embedders, indexes, retrieve -> generate programs
 * ``offline``, ``offline_model``, ``offline_values``  the built-in deterministic LM
 * ``classify``   DSPy exceptions -> error categories
@@ -32,6 +33,7 @@ Modules of this package, in the order a request meets them:
 from __future__ import annotations
 
 from .. import Backend
+from ...sdk.programs import PROGRAMS
 from . import catalog, classify, commands, metrics, schemas, spec
 from .loader import GATE
 from .state import MAX_INDEXES, MAX_PROGRAMS, MEMORY, STORE
@@ -46,6 +48,9 @@ class DSPyBackend(Backend):
     def register(self, registry) -> None:
         commands.register(registry)
         registry.classifier(classify.classify)
+        # Modules exposed with @program classes register after this backend: a create_program that
+        # arrives while they still import waits for them rather than finding nothing.
+        PROGRAMS.settled = registry.complete
 
     def start(self) -> None:
         self.gate.start()
@@ -59,6 +64,7 @@ class DSPyBackend(Backend):
             "modules": catalog.MODULES,
             "adapters": catalog.ADAPTERS,
             "not_buildable": catalog.NOT_BUILDABLE,
+            "exposed_programs": PROGRAMS.describe(),
             "optimizers": catalog.OPTIMIZERS,
             "metrics": metrics.describe(),
             "field_types": ["str", "int", "float", "bool", "list[T]", "dict[str, T]", "optional[T]",

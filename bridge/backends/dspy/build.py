@@ -130,15 +130,14 @@ def adapter(dspy, name: str, lm):
 
 def examples(dspy, program, items: list, path: str) -> list:
     """Checked ``[{"inputs", "outputs"}]`` -> ``dspy.Example``s with their inputs marked (raises ``validation``)."""
-    outputs = output_fields(program.module_name, program.spec, program.options)  # reasoning may be labelled
     found = []
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
-        spec.check_inputs(program.input_spec(), item["inputs"], f"{where}.inputs")
+        program.check_inputs(item["inputs"], f"{where}.inputs")
         if not item["outputs"]:
             raise validation_error("unlabelled_example", f"{where}.outputs: label at least one output",
                                    path=f"{where}.outputs")
-        spec.check_outputs(outputs, item["outputs"], f"{where}.outputs")
-        values = python_inputs(program, item["inputs"])
+        program.check_labels(item["outputs"], f"{where}.outputs")  # reasoning may be labelled
+        values = program.python_inputs(item["inputs"])
         found.append(dspy.Example(**values, **item["outputs"]).with_inputs(*values))
     return found

@@ -17,6 +17,7 @@ import re
 import uuid
 
 from ...errors import validation_error
+from ...sdk.programs import is_exposed_name
 from . import schemas, spec
 from .loader import GATE
 from .state import Scope, index_exists, scope_of
@@ -45,13 +46,24 @@ def configure_lm(ctx, args):
 
 
 def create_program(ctx, args):
-    signature_spec = spec.parse_signature(args["signature"], args.get("instructions"))
+    own = is_exposed_name(args["module"])  # a dspy.Module class the operator exposed (bridge.sdk @program)
+    if not own and "signature" not in args:
+        raise validation_error("missing_signature", f"args.signature: a {args['module']} program is built from a "
+                               "signature", path="args.signature")
+    if not own and "init" in args:
+        raise validation_error("option_not_applicable", f"args.init: only a dspy.Module class the worker exposes "
+                               f"takes init, not {args['module']}", path="args.init")
+    signature_spec = None if own else spec.parse_signature(args["signature"], args.get("instructions"))
     dspy = GATE.require()
-    from . import programs
+    from . import exposed, programs
 
     scope, _ = scopes(ctx)
-    program = programs.create(dspy, args.get("program_id") or scope.new_id(), args["module"], signature_spec,
-                              programs.options_of(args, args["module"], signature_spec))
+    program_id = args.get("program_id") or scope.new_id()
+    if own:
+        program = exposed.create(args, program_id)
+    else:
+        program = programs.create(dspy, program_id, args["module"], signature_spec,
+                                  programs.options_of(args, args["module"], signature_spec))
     scope.put(program, args["replace"])
     return program.describe()
 
@@ -82,15 +94,16 @@ def delete_program(ctx, args):
 
 def export_program(ctx, args):
     GATE.require()  # programs.py imports pydantic: never while DSPy imports on another thread
-    from . import programs
+    from . import exposed, programs
 
     program = scopes(ctx)[0].get(args["program_id"])
-    return {"program": programs.export(program, GATE.version)}
+    document = exposed.export if isinstance(program, exposed.ExposedProgram) else programs.export
+    return {"program": document(program, GATE.version)}
 
 
 def import_program(ctx, args):
     dspy = GATE.require()
-    from . import programs
+    from . import exposed, programs
 
     scope, _ = scopes(ctx)
     if ("program" in args) == ("dspy_state" in args):
@@ -102,7 +115,8 @@ def import_program(ctx, args):
     program_id = args.get("program_id") or doc.get("program_id")
     if not isinstance(program_id, str) or not re.match(schemas.PROGRAM_ID["pattern"], program_id):
         program_id = scope.new_id()
-    program = programs.load(dspy, doc, program_id)
+    load = exposed.load if is_exposed_name(doc.get("module")) else programs.load
+    program = load(dspy, doc, program_id)
     scope.put(program, args["replace"])
     return program.describe()
 

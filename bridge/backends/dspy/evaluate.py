@@ -20,7 +20,6 @@ from dspy.utils.parallelizer import ParallelExecutor
 from ...errors import BridgeError
 from . import build, lms, scoring
 from .classify import classify, program_failure
-from .inrequest import json_fields
 from .running import Guard, call_context, callback_of, program_errors, scope_indexes, tracked
 from .state import Program, Scope
 
@@ -65,7 +64,8 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
                                 disable_progress_bar=True, provide_traceback=False, compare_results=True)
     usage: dict = {}
     with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx),
-                      scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id), \
+                      scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id,
+                      context=program.context_for(ctx)), \
             tracked(dspy, scope, usage), program_errors(dspy):
         outcomes = executor.execute(process, examples)
     results = []
@@ -79,7 +79,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
             prediction, score = outcome
             entry = {"index": i, "score": score}
             if args["return_outputs"]:
-                entry["outputs"] = json_fields(prediction)
+                entry["outputs"] = program.outputs_of(prediction)
         results.append(entry)
     mean = sum(r["score"] for r in results) / total
     return {

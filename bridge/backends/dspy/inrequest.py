@@ -4,9 +4,11 @@
   ReAct tool, a reward, a metric, a retrieve step) finds what only the
   running request has: the client callback (``CALLBACK``), the scope's
   indexes (``INDEXES``), the caller its LM calls are admitted and reported
-  for (``CALLER``) and, when asked for, the list a pipeline records its
-  steps in (``STEP_TRACE``). DSPy copies its settings into the threads its
-  optimisers and ``Evaluate`` start, so these reach every thread of a run.
+  for (``CALLER``), the request context the ``forward`` of an exposed
+  ``dspy.Module`` class receives (``CONTEXT``, ``bridge.sdk.programs``) and,
+  when asked for, the list a pipeline records its steps in (``STEP_TRACE``).
+  DSPy copies its settings into the threads its optimisers and ``Evaluate``
+  start, so these reach every thread of a run.
 * ``Interrupted``: how the request's end (cancel, deadline, shutdown, a
   callback that cannot be answered) stops DSPy's work.
 * ``json_value``: how DSPy's values (pydantic models included) become wire data.
@@ -21,6 +23,7 @@ from __future__ import annotations
 from pydantic_core import to_jsonable_python
 
 from ...errors import BridgeError
+from ...sdk.programs import SETTING as CONTEXT  # noqa: F401 -- the SDK reads it: one name for both sides
 
 CALLBACK = "portbridge_callback"  # fn(name, args) -> result: the running request's ctx.callback
 INDEXES = "portbridge_indexes"  # fn(index_id) -> retrieval.Index, in the running request's scope

@@ -164,7 +164,8 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
     examples = build.examples(dspy, program, args["trainset"], "args.trainset")
     valset = build.examples(dspy, program, args["valset"], "args.valset") if args.get("valset") else None
     fields = args.get("metric_fields")
-    unknown = sorted(set(fields or ()) - set(program.spec["outputs"]))
+    outputs = program.output_names()
+    unknown = sorted(set(fields or ()) - set(outputs)) if outputs is not None else []
     if unknown:
         raise validation_error("unknown_output", f"args.metric_fields: unknown output(s) {unknown}",
                                path="args.metric_fields")
@@ -197,7 +198,8 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
     ctx.emit("progress", progress)
     if uses_lm:
         with call_context(dspy, lm, build.adapter(dspy, program.adapter, lm), Guard(ctx, activity),
-                          scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id), \
+                          scope_indexes(scope, global_scope), callback_of(ctx), program_id=program.program_id,
+                          context=program.context_for(ctx)), \
                 tracked(dspy, scope, usage), program_errors(dspy):
             compiled = optimizer.compile(student, trainset=examples, **compile_kwargs)
     else:
@@ -206,8 +208,7 @@ def run(ctx, scope: Scope, global_scope: Scope, program: Program, args: dict) ->
     target = args.get("save_as") or program.program_id
     record = {"optimizer": name, "metric": metric.__name__ if uses_lm else None, "trainset": total,
               "at": round(time.time(), 3)}
-    optimized = Program(target, program.module_name, program.spec, compiled,
-                        optimizations=[*program.optimizations, record][-100:], options=dict(program.options))
+    optimized = program.derive(target, compiled, [*program.optimizations, record][-100:])
     scope.put(optimized, replace=target == program.program_id or args["replace"])
     demos = optimized.demo_count()
     ctx.emit("progress", {**progress, "done": total, "demos": demos})

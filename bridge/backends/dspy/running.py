@@ -16,10 +16,10 @@ from dspy.utils.callback import BaseCallback
 
 from ... import lmcalls
 from ...errors import BridgeError, validation_error
-from . import build, lms, spec, streaming
-from .classify import program_failure
+from . import build, lms, streaming
 from .catalog import PIPELINE
-from .inrequest import CALLBACK, CALLER, INDEXES, STEP_TRACE, Interrupted, json_fields
+from .classify import program_failure
+from .inrequest import CALLBACK, CALLER, CONTEXT, INDEXES, STEP_TRACE, Interrupted
 from .state import Program, Scope
 
 
@@ -68,21 +68,22 @@ class Guard(BaseCallback):
 
 @contextlib.contextmanager
 def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None, steps=None,
-                 program_id: str | None = None):
+                 program_id: str | None = None, context=None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``).
 
     ``indexes`` (``index_id -> Index``) serves the retrieve step of retrieving programs;
     ``callback`` (the request's ``ctx.callback``) the tools, rewards and metrics the client answers;
     ``steps``, a list, collects a pipeline's steps as they run (``trace: true``); the caller of its LM
     calls (the request bound to this thread, and ``program_id``) reaches every thread DSPy starts, so
-    each call is admitted and reported on the request (``metering``).
+    each call is admitted and reported on the request (``metering``); ``context`` (the program's
+    ``context_for`` the request) is what the ``forward`` of an exposed class receives.
     """
     caller = lmcalls.current()
     if caller is not None:
         caller = lmcalls.Caller(caller.ctx, program_id)
     with dspy.context(lm=lm, adapter=adapter or dspy.ChatAdapter(), disable_history=True, trace=None,
                       warn_on_type_mismatch=False, callbacks=[guard] if guard is not None else [],
-                      **{INDEXES: indexes, CALLBACK: callback, STEP_TRACE: steps, CALLER: caller}):
+                      **{INDEXES: indexes, CALLBACK: callback, STEP_TRACE: steps, CALLER: caller, CONTEXT: context}):
         try:
             yield
         except Interrupted as exc:
@@ -124,22 +125,23 @@ def execute(ctx, dspy, scope: Scope, global_scope: Scope, program: Program, inpu
     if trace and program.module_name != PIPELINE:
         raise validation_error("trace_not_applicable", f"args.trace: a trace lists a Pipeline program's steps; "
                                f"{program.program_id!r} is a {program.module_name}", path="args.trace")
-    spec.check_inputs(program.input_spec(), inputs)
+    program.check_inputs(inputs)
     config = lms.resolve(scope, global_scope)
-    values = build.python_inputs(program, inputs)
+    values = program.python_inputs(inputs)
     lm = lms.with_options(lms.for_deadline(config, ctx.remaining()), lm_options)
     adapter = build.adapter(dspy, program.adapter, lm)
     ctx.check()
     usage: dict = {}
     steps: list | None = [] if trace else None
     with call_context(dspy, lm, adapter, indexes=scope_indexes(scope, global_scope), callback=callback_of(ctx),
-                      steps=steps, program_id=program.program_id), tracked(dspy, scope, usage), program_errors(dspy):
+                      steps=steps, program_id=program.program_id, context=program.context_for(ctx)), \
+            tracked(dspy, scope, usage), program_errors(dspy):
         if stream:
             prediction = streaming.run(program.module, values, lambda chunk: ctx.emit("chunk", chunk), ctx.check,
                                        adapter)
         else:
             prediction = program.module(**values)
-    outputs = json_fields(prediction)
+    outputs = program.outputs_of(prediction)
     result = {"program_id": program.program_id, "outputs": outputs, "usage": usage, "model": config.model}
     retrieved = getattr(prediction, "_portbridge_retrieved", None)
     if retrieved is not None:

@@ -134,10 +134,18 @@ TYPE_HELP = ("signature: DSPy's string form 'question, context: list[str] -> ans
              "\"name\"}, and for inputs history (dspy.History) and image (dspy.Image); both forms use one whitelist "
              "and nothing is evaluated or imported")
 
+EXPOSED_MODULE = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]{0,63}\.[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                  "description": "'<namespace>.<Class>': a dspy.Module class the worker's operator exposed "
+                                 "(describe: backends.dspy.exposed_programs)"}
+
 CREATE_PROGRAM = _object({
     "signature": {"anyOf": [{"type": "string", "minLength": 3, "maxLength": spec.MAX_STRING_CHARS},
-                            {"type": "object"}], "description": TYPE_HELP},
-    "module": {"enum": list(MODULES), "default": "Predict"},
+                            {"type": "object"}], "description": TYPE_HELP + " (every module but an exposed one)"},
+    "module": {"anyOf": [{"enum": list(MODULES)}, EXPOSED_MODULE], "default": "Predict",
+               "description": "a module built from the signature (" + ", ".join(MODULES) + "), or "
+                              "'<namespace>.<Class>', a dspy.Module class the worker's operator exposed"},
+    "init": {"type": "object", "description": "module '<namespace>.<Class>': the arguments of its __init__, checked "
+                                              "against the schema describe lists for it"},
     "adapter": {"enum": list(ADAPTERS), "default": "chat",
                 "description": "how prompts and answers are formatted: " + "; ".join(
                     f"{name}: {text}" for name, text in ADAPTERS.items())},
@@ -167,7 +175,7 @@ CREATE_PROGRAM = _object({
                 "description": "module Pipeline: each output of the signature -> a reference 'step.field' "
                                "(default: the same-named output of the last step that has one)"},
     "replace": REPLACE,
-}, ["signature"])
+})
 
 STEP_NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]{0,63}$",
              "description": "unique in the pipeline; a module step's predictors are named after it "

@@ -66,11 +66,11 @@ def resolve(dspy, metric, fields: list[str] | None, program, feedback: bool = Fa
 
 
 def _compared(example, fields, outputs) -> list[str]:
-    return fields or [k for k in example.labels().keys() if k in outputs]
+    return fields or [k for k in example.labels().keys() if outputs is None or k in outputs]
 
 
 def _named(name: str, fields, program, feedback: bool) -> Metric:
-    outputs = list(program.spec["outputs"])
+    outputs = program.output_names()
     compare = metrics.METRICS[name][0]
 
     def grade(example, prediction):
@@ -87,7 +87,7 @@ def _named(name: str, fields, program, feedback: bool) -> Metric:
     return Metric(name, grade, metrics.METRICS[name][1], feedback)
 
 
-def check_judge(doc: dict, program_spec: dict, path: str = "args.metric.judge") -> dict:
+def check_judge(doc: dict, program, path: str = "args.metric.judge") -> dict:
     """The judge declaration, checked against its own signature and the program's fields."""
     judge_spec = spec.parse_signature(doc["signature"], doc.get("instructions"))
     module = doc.get("module", "Predict")
@@ -97,11 +97,12 @@ def check_judge(doc: dict, program_spec: dict, path: str = "args.metric.judge") 
     if set(sources) != set(judge_spec["inputs"]):
         raise validation_error("bad_judge", f"{path}.inputs: say where each judge input comes from: "
                                f"{sorted(judge_spec['inputs'])}", path=f"{path}.inputs")
-    known = {"example": set(program_spec["inputs"]) | set(program_spec["outputs"]) | {"reasoning"},
-             "prediction": set(program_spec["outputs"]) | {"reasoning"}}
+    outputs = program.output_names()  # None: the program's outputs are not known before it runs
+    outputs = None if outputs is None else {*outputs, "reasoning"}
+    known = {"example": None if outputs is None else set(program.input_names()) | outputs, "prediction": outputs}
     for name, source in sources.items():
         where, _, field = source.partition(".")
-        if where not in SOURCES or field not in known[where]:
+        if where not in SOURCES or not field or (known[where] is not None and field not in known[where]):
             raise validation_error("bad_judge", f"{path}.inputs.{name}: 'example.<field>' or "
                                    f"'prediction.<output>' of the program, got {source!r}",
                                    path=f"{path}.inputs.{name}")
@@ -114,7 +115,7 @@ def check_judge(doc: dict, program_spec: dict, path: str = "args.metric.judge") 
 
 
 def _judge(dspy, doc: dict, program, feedback: bool) -> Metric:
-    checked = check_judge(doc, program.spec)
+    checked = check_judge(doc, program)
     judge = build.module(dspy, checked["module"], checked["signature"])
     score_field = checked["score"]
     outputs = checked["signature"]["outputs"]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ...errors import not_found, overloaded, validation_error
+from . import spec
 from .catalog import PIPELINE
 from .spec import summary
 
@@ -64,6 +65,49 @@ class Program:
 
     def demo_count(self) -> int:
         return sum(len(p.demos) for _, p in self.predictors())
+
+    # -- how a request's values reach the module and come back -----------------------------
+    # A program of an exposed dspy.Module class (exposed.ExposedProgram) answers these from the
+    # class's hints instead of a signature. The after-gate modules are imported where they are
+    # used: this module is imported when the backend registers, before DSPy.
+
+    def check_inputs(self, inputs: dict, path: str = "args.inputs") -> None:
+        """Missing, unknown or mistyped inputs are validation errors (before any LM call)."""
+        spec.check_inputs(self.input_spec(), inputs, path)
+
+    def python_inputs(self, inputs: dict) -> dict:
+        """Checked JSON inputs -> the values the module is called with."""
+        from .build import python_inputs
+
+        return python_inputs(self, inputs)
+
+    def check_labels(self, outputs: dict, path: str) -> None:
+        """Labelled outputs of a trainset or devset example: unknown or mistyped ones are refused."""
+        from .build import output_fields
+
+        spec.check_outputs(output_fields(self.module_name, self.spec, self.options), outputs, path)
+
+    def input_names(self) -> list[str]:
+        return list(self.spec["inputs"])
+
+    def output_names(self) -> list[str] | None:
+        """The outputs a named metric compares (None: whichever the examples label)."""
+        return list(self.spec["outputs"])
+
+    def outputs_of(self, prediction) -> dict:
+        """What the module returned, as the result's ``outputs``."""
+        from .inrequest import json_fields
+
+        return json_fields(prediction)
+
+    def context_for(self, ctx):
+        """The request context code inside the module sees (``bridge.sdk``'s, for exposed classes)."""
+        return ctx
+
+    def derive(self, program_id: str, module, optimizations: list) -> Program:
+        """The same program with another module (optimised), under ``program_id``."""
+        return replace(self, program_id=program_id, module=module, optimizations=optimizations,
+                       options=dict(self.options), created_at=time.time(), _predictors=None, converters={})
 
     def describe(self) -> dict:
         doc = {

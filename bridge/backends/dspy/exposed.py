@@ -1,0 +1,182 @@
+"""Programs of the operator's own ``dspy.Module`` classes (``bridge.sdk``'s ``@program``), after the gate.
+
+    create_program {"module": "myprogs.MultiHop", "init": {"hops": 2}, "program_id": "mh"}
+
+builds ``MultiHop(hops=2)`` when the worker exposes ``myprogs`` (the class is
+looked up in ``bridge.sdk.programs.PROGRAMS``, never imported: a name nobody
+exposed is ``not_found``). ``init`` is JSON checked against the schema of
+``__init__``'s hints, never evaluated. The program is then like any other:
+its inputs are checked against ``forward``'s hints, its predictors are the
+module's own (``named_predictors``), which optimisers tune and exports carry:
+
+    {"format": "portbridge.dspy.program", "version": 1, "program_id": "mh",
+     "module": "myprogs.MultiHop", "options": {"adapter": "chat", "init": {"hops": 2}},
+     "state": {"predictors": {"hop.predict": {"instructions": "...", "demos": [...]}}},
+     "optimizations": [...], "exported_by": {...}}
+
+Importing one builds the module again from ``init`` and loads each
+predictor's instructions and demos, after checking that the predictors and
+the demos' fields are the ones the class makes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ... import __version__
+from ...errors import BridgeError, validation_error
+from ...sdk.programs import PROGRAMS, ProgramClass
+from ...wire import to_wire
+from .catalog import ADAPTERS, MAX_DEMOS
+from .inrequest import json_fields
+from .spec import MAX_INSTRUCTIONS_CHARS
+from .state import Program
+
+FORMAT, VERSION = "portbridge.dspy.program", 1  # programs.export's document, without a signature
+DOC_KEYS = {"format", "version", "program_id", "module", "options", "state", "optimizations", "exported_by"}
+CREATE_KEYS = {"module", "init", "adapter", "program_id", "replace"}
+AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
+
+
+@dataclass
+class ExposedProgram(Program):
+    source: ProgramClass | None = None  # the exposed class it was built from
+
+    @property
+    def signature(self):
+        raise AttributeError("a program of an exposed class has no signature of its own")
+
+    def check_inputs(self, inputs: dict, path: str = "args.inputs") -> None:
+        self.source.check_inputs(inputs, path)
+
+    def python_inputs(self, inputs: dict) -> dict:
+        return self.source.python_inputs(inputs)
+
+    def check_labels(self, outputs: dict, path: str) -> None:
+        self.source.check_outputs(outputs, path)
+
+    def input_names(self) -> list[str]:
+        return list(self.source.inputs.schema["properties"])
+
+    def output_names(self) -> list[str] | None:
+        return self.source.output_names()
+
+    def outputs_of(self, prediction) -> dict:
+        if hasattr(prediction, "items") or isinstance(prediction, Mapping):
+            return json_fields(prediction)
+        if hasattr(prediction, "__dataclass_fields__"):
+            return to_wire(prediction)
+        raise BridgeError("execution", "bad_forward_result", f"{self.module_name}.forward returned a "
+                          f"{type(prediction).__name__}; return a dspy.Prediction (or a map) of the outputs",
+                          {"module": self.module_name})
+
+    def context_for(self, ctx):
+        scoped = getattr(ctx, "scoped", None)  # a test's own context may have none
+        return scoped(self.source.namespace) if scoped is not None else ctx
+
+    def describe(self) -> dict:
+        return {
+            "program_id": self.program_id,
+            "module": self.module_name,
+            **self.options,
+            "description": self.source.description,
+            "inputs": self.source.inputs.schema,
+            "outputs": self.source.outputs,
+            "predictors": [name for name, _ in self.predictors()],
+            "demos": self.demo_count(),
+            "created_at": round(self.created_at, 3),
+            "optimizations": list(self.optimizations),
+        }
+
+
+def create(args: dict, program_id: str, path: str = "args") -> ExposedProgram:
+    """A program from ``create_program``'s arguments (``module`` names an exposed class)."""
+    wrong = sorted(set(args) - CREATE_KEYS)
+    if wrong:
+        raise validation_error("option_not_applicable", f"{path}: {wrong} do not apply to {args['module']}, a "
+                               "dspy.Module class of the worker's own (it takes init and adapter)", path=path,
+                               options=wrong)
+    return build(PROGRAMS.get(args["module"]), program_id, args.get("init") or {},
+                 args.get("adapter", "chat"), f"{path}.init")
+
+
+def build(source: ProgramClass, program_id: str, init: dict, adapter: str, path: str) -> ExposedProgram:
+    module = source.instantiate(init, path)
+    if not list(module.named_predictors()):
+        raise validation_error("no_predictors", f"{source.name} has no predictors: nothing DSPy could run or "
+                               "tune", module=source.name)
+    return ExposedProgram(program_id, source.name, None, module, options={"adapter": adapter, "init": init},
+                          source=source)
+
+
+def export(program: ExposedProgram, dspy_version: str | None) -> dict:
+    predictors = {name: {"instructions": p.signature.instructions, "demos": [json_fields(d) for d in p.demos]}
+                  for name, p in program.predictors()}
+    return {"format": FORMAT, "version": VERSION, "program_id": program.program_id, "module": program.module_name,
+            "options": dict(program.options), "state": {"predictors": predictors},
+            "optimizations": list(program.optimizations),
+            "exported_by": {"portbridge": __version__, "dspy": dspy_version}}
+
+
+def _refuse(code: str, message: str, path: str):
+    return validation_error(code, f"{path}: {message}", path=path)
+
+
+def load(dspy, doc: dict, program_id: str) -> ExposedProgram:
+    """Rebuild a program of an exposed class from its export document (``validation`` when it does not fit)."""
+    path = "args.program"
+    unknown = sorted(set(doc) - DOC_KEYS)
+    if unknown:
+        raise _refuse("bad_program_document", f"unknown key(s) {unknown}", path)
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise _refuse("bad_program_document", f"format {FORMAT!r}, version {VERSION} (a document from "
+                      "export_program)", path)
+    source = PROGRAMS.get(doc["module"])
+    options = doc.get("options")
+    if not isinstance(options, dict) or set(options) - {"adapter", "init"} or \
+            options.get("adapter", "chat") not in ADAPTERS or not isinstance(options.get("init", {}), dict):
+        raise _refuse("bad_program_document", f"options is {{adapter: one of {sorted(ADAPTERS)}, init: a map}}",
+                      f"{path}.options")
+    program = build(source, program_id, options.get("init", {}), options.get("adapter", "chat"),
+                    f"{path}.options.init")
+    load_state(dspy, program, doc.get("state"), f"{path}.state")
+    optimizations = doc.get("optimizations", [])
+    if not isinstance(optimizations, list) or not all(isinstance(o, dict) for o in optimizations):
+        raise _refuse("bad_program_document", "optimizations must be a list of maps", f"{path}.optimizations")
+    program.optimizations = optimizations[-100:]
+    program.created_at = time.time()
+    return program
+
+
+def load_state(dspy, program: Program, state, path: str) -> None:
+    """Each predictor's learned instructions and demos, checked against the predictors the module has."""
+    named = dict(program.predictors())
+    if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
+        raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", path)
+    if set(state["predictors"]) != set(named):
+        raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but "
+                      f"{program.module_name} has {sorted(named)}", f"{path}.predictors")
+    for name, predictor in named.items():
+        where = f"{path}.predictors.{name}"
+        learned = state["predictors"][name]
+        if not isinstance(learned, dict) or set(learned) != {"instructions", "demos"}:
+            raise _refuse("bad_program_document", "a predictor's state is {\"instructions\", \"demos\"}", where)
+        instructions, demos = learned["instructions"], learned["demos"]
+        if not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS_CHARS:
+            raise _refuse("bad_program_document", f"instructions must be a string of at most "
+                          f"{MAX_INSTRUCTIONS_CHARS} characters", f"{where}.instructions")
+        if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
+            raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
+        fields = set(predictor.signature.fields)
+        for i, demo in enumerate(demos):
+            if not isinstance(demo, dict) or not demo:
+                raise _refuse("bad_demo", "a demo is a non-empty map of field -> value", f"{where}.demos[{i}]")
+            wrong = sorted(set(demo) - fields - {AUGMENTED})
+            if wrong or not isinstance(demo.get(AUGMENTED, False), bool):
+                raise _refuse("bad_demo", f"{wrong or [AUGMENTED]}: a demo of {name} has the fields "
+                              f"{sorted(fields)} (and augmented: true or false)", f"{where}.demos[{i}]")
+        if instructions != predictor.signature.instructions:
+            predictor.signature = predictor.signature.with_instructions(instructions)
+        predictor.demos = [dspy.Example(**demo) for demo in demos]
