@@ -238,6 +238,22 @@ def test_optimise_tunes_every_predictor_and_the_export_imports_anywhere(worker):
     assert error_of(worker, "get_program", {"program_id": "mh"}, session_id=other)["category"] == "not_found"
 
 
+def test_labelled_demos_on_every_predictor_export_and_import(worker):
+    # LabeledFewShot gives each predictor the whole example: fields a predictor lacks ride along.
+    s = "labelled"
+    create(worker, s, init={"hops": 1})
+    trainset = [{"inputs": {"question": f"Q{i}?"}, "outputs": {"answer": f"A{i}"}} for i in range(2)]
+    assert worker.call("optimize_program", {"program_id": "mh", "optimizer": "LabeledFewShot", "trainset": trainset},
+                       session_id=s)["demos"] == 4
+    doc = worker.call("export_program", {"program_id": "mh"}, session_id=s)["program"]
+    assert {"question": "Q0?", "answer": "A0"} in doc["state"]["predictors"]["generate_query.predict"]["demos"]
+    assert worker.call("import_program", {"program": doc, "program_id": "copy"}, session_id=s)["demos"] == 4
+    bad = [{"inputs": {"question": "Q?"}, "outputs": {"not a name": "A"}}]
+    error = error_of(worker, "optimize_program", {"program_id": "mh", "optimizer": "LabeledFewShot",
+                                                  "trainset": bad}, session_id=s)
+    assert (error["category"], error["details"]["path"]) == ("validation", "args.trainset[0].outputs")
+
+
 def test_documents_that_do_not_fit_the_class_are_refused(worker):
     s = "documents"
     create(worker, s, init={"hops": 1})
@@ -249,8 +265,14 @@ def test_documents_that_do_not_fit_the_class_are_refused(worker):
         ({**doc, "state": {"predictors": {"other.predict": predictors["generate_query.predict"]}}},
          "args.program.state.predictors"),
         ({**doc, "state": {"predictors": {**predictors, "generate_query.predict": {
-            "instructions": "x", "demos": [{"question": "q", "password": "p"}]}}}},
+            "instructions": "x", "demos": [{"question": "q", "not a field": "p"}]}}}},
          "args.program.state.predictors.generate_query.predict.demos[0]"),
+        ({**doc, "state": {"predictors": {**predictors, "generate_query.predict": {
+            "instructions": "x", "demos": [{"question": "q", "augmented": "yes"}]}}}},
+         "args.program.state.predictors.generate_query.predict.demos[0].augmented"),
+        ({**doc, "state": {"predictors": {**predictors, "generate_query.predict": {
+            "instructions": 3, "demos": []}}}},
+         "args.program.state.predictors.generate_query.predict.instructions"),
         ({**doc, "signature": "question -> answer"}, "args.program"),
     ]
     for bad, path in cases:

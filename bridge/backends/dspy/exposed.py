@@ -15,8 +15,11 @@ module's own (``named_predictors``), which optimisers tune and exports carry:
      "optimizations": [...], "exported_by": {...}}
 
 Importing one builds the module again from ``init`` and loads each
-predictor's instructions and demos, after checking that the predictors and
-the demos' fields are the ones the class makes.
+predictor's instructions and demos, after checking that the predictors are
+the ones the class makes. A demo may carry fields its predictor does not
+have (LabeledFewShot gives every predictor the whole labelled example; DSPy
+formats a demo's own fields only), so its keys are only checked to be field
+names.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from ...errors import BridgeError, validation_error
 from ...sdk.programs import PROGRAMS, ProgramClass
 from ...wire import to_wire
 from .catalog import ADAPTERS, MAX_DEMOS
+from .fieldtypes import NAME
 from .inrequest import json_fields
-from .spec import MAX_INSTRUCTIONS_CHARS
+from .spec import MAX_FIELDS, MAX_INSTRUCTIONS_CHARS
 from .state import Program
 
 FORMAT, VERSION = "portbridge.dspy.program", 1  # programs.export's document, without a signature
@@ -56,6 +60,7 @@ class ExposedProgram(Program):
 
     def check_labels(self, outputs: dict, path: str) -> None:
         self.source.check_outputs(outputs, path)
+        _check_names(outputs, path)  # they become demo fields (LabeledFewShot, bootstrapped traces)
 
     def input_names(self) -> list[str]:
         return list(self.source.inputs.schema["properties"])
@@ -169,14 +174,21 @@ def load_state(dspy, program: Program, state, path: str) -> None:
                           f"{MAX_INSTRUCTIONS_CHARS} characters", f"{where}.instructions")
         if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
             raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
-        fields = set(predictor.signature.fields)
         for i, demo in enumerate(demos):
             if not isinstance(demo, dict) or not demo:
                 raise _refuse("bad_demo", "a demo is a non-empty map of field -> value", f"{where}.demos[{i}]")
-            wrong = sorted(set(demo) - fields - {AUGMENTED})
-            if wrong or not isinstance(demo.get(AUGMENTED, False), bool):
-                raise _refuse("bad_demo", f"{wrong or [AUGMENTED]}: a demo of {name} has the fields "
-                              f"{sorted(fields)} (and augmented: true or false)", f"{where}.demos[{i}]")
+            _check_names(demo, f"{where}.demos[{i}]")
+            if not isinstance(demo.get(AUGMENTED, False), bool):
+                raise _refuse("bad_demo", "augmented must be true or false", f"{where}.demos[{i}].{AUGMENTED}")
         if instructions != predictor.signature.instructions:
             predictor.signature = predictor.signature.with_instructions(instructions)
         predictor.demos = [dspy.Example(**demo) for demo in demos]
+
+
+def _check_names(fields: dict, path: str) -> None:
+    """A demo's (or a label's) keys: field names, at most MAX_FIELDS + a few of DSPy's own."""
+    wrong = sorted(k for k in fields if not NAME.match(k))[:5]
+    if wrong or len(fields) > 2 * MAX_FIELDS:
+        raise _refuse("bad_demo", f"{wrong or len(fields)}: fields are names ({NAME.pattern}), at most "
+                      f"{2 * MAX_FIELDS} of them", path)
+

@@ -25,9 +25,9 @@ defmodule PortBridge.ReadmeTest do
     assert length(@blocks) == 4
   end
 
-  # The top README's "Call your own Python from Elixir": its Python block is written as
-  # the file its marker names, and its Elixir block runs as written in a fresh BEAM
-  # started in that directory (the worker's working directory, where Python finds it).
+  # The top README's "Call your own Python from Elixir": its Python blocks are written as
+  # the files their markers name, and each Elixir block runs as written in a fresh BEAM
+  # started in that directory (the worker's working directory, where Python finds them).
   @top_readme Path.expand("../../../README.md", __DIR__)
   @external_resource @top_readme
   @top File.read!(@top_readme)
@@ -38,32 +38,39 @@ defmodule PortBridge.ReadmeTest do
                 capture: :all_but_first
               )
 
-  test "the top README has its example, under 15 lines of Python and 5 of Elixir" do
-    assert [["mathcmds.py", python]] = @python_files
-    assert [[elixir]] = @top_blocks
+  test "the top README has its examples, the first under 15 lines of Python and 5 of Elixir" do
+    assert [["mathcmds.py", python], ["myprogs.py", _]] = @python_files
+    assert [[elixir], [_programs]] = @top_blocks
     assert length(String.split(String.trim(python), "\n")) < 15
     assert length(String.split(String.trim(elixir), "\n")) < 5 + 1
   end
 
-  test "the top README's Elixir example runs as written, next to its Python module" do
-    dir = Path.join(System.tmp_dir!(), "portbridge-readme-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    on_exit(fn -> File.rm_rf!(dir) end)
-    for [name, code] <- @python_files, do: File.write!(Path.join(dir, name), code)
-    [[code]] = @top_blocks
+  for {[code], i} <- Enum.with_index(@top_blocks, 1) do
+    @code code
+    # The @program example builds a DSPy program: it needs the DSPy backend.
+    if code =~ "DSPy" and skip_reason(:dspy), do: @tag(skip: skip_reason(:dspy))
 
-    paths = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
-    # The one line of harness: a fresh `elixir -e` does not start applications by itself.
-    script = "{:ok, _} = Application.ensure_all_started(:port_bridge)\n" <> code
+    test "the top README's Elixir example #{i} runs as written, next to its Python modules" do
+      dir =
+        Path.join(System.tmp_dir!(), "portbridge-readme-#{System.unique_integer([:positive])}")
 
-    {output, status} =
-      System.cmd("elixir", Enum.flat_map(paths, &["-pa", &1]) ++ ["-e", script],
-        cd: dir,
-        env: [{"PORTBRIDGE_PYTHON", python()}],
-        stderr_to_stdout: true
-      )
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf!(dir) end)
+      for [name, code] <- @python_files, do: File.write!(Path.join(dir, name), code)
 
-    assert status == 0, output
+      paths = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
+      # The one line of harness: a fresh `elixir -e` does not start applications by itself.
+      script = "{:ok, _} = Application.ensure_all_started(:port_bridge)\n" <> @code
+
+      {output, status} =
+        System.cmd("elixir", Enum.flat_map(paths, &["-pa", &1]) ++ ["-e", script],
+          cd: dir,
+          env: [{"PORTBRIDGE_PYTHON", python()}],
+          stderr_to_stdout: true
+        )
+
+      assert status == 0, output
+    end
   end
 
   for {[marker, code], i} <- Enum.with_index(@blocks, 1) do
