@@ -94,11 +94,10 @@ def delete_program(ctx, args):
 
 def export_program(ctx, args):
     GATE.require()  # programs.py imports pydantic: never while DSPy imports on another thread
-    from . import exposed, programs
+    from . import programs
 
     program = scopes(ctx)[0].get(args["program_id"])
-    document = exposed.export if isinstance(program, exposed.ExposedProgram) else programs.export
-    return {"program": document(program, GATE.version)}
+    return {"program": programs.export(program, GATE.version)}
 
 
 def import_program(ctx, args):

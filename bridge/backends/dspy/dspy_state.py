@@ -33,7 +33,7 @@ import time
 from dspy.signatures.signature import infer_prefix
 
 from ...errors import validation_error
-from . import programs, spec
+from . import spec
 from .catalog import MAX_DEMOS
 from .state import Program
 
@@ -63,7 +63,6 @@ def load_into(dspy, program: Program, state) -> tuple[Program, dict]:
                       (f"; not in the program: {unexpected}" if unexpected else ""),
                       ROOT, missing=missing, unexpected=unexpected)
     module = program.module.deepcopy()
-    fields_of = programs.demo_fields_of(program)
     ignored, demos = [], 0
     for name, predictor in module.named_predictors():
         where = ROOT if flat else f"{ROOT}.{name}"
@@ -76,14 +75,13 @@ def load_into(dspy, program: Program, state) -> tuple[Program, dict]:
         if not isinstance(found, list) or len(found) > MAX_DEMOS:
             raise _refuse("bad_dspy_state", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
         for i, demo in enumerate(found):
-            programs.check_demo(demo, fields_of(name), f"{where}.demos[{i}]")
+            program.check_demo(demo, name, f"{where}.demos[{i}]")
         if instructions != predictor.signature.instructions:
             predictor.signature = predictor.signature.with_instructions(instructions)
         predictor.demos = [dspy.Example(**demo) for demo in found]
         demos += len(found)
     record = {"imported": "dspy_state", "dspy": saved_by.get("dspy"), "at": round(time.time(), 3)}
-    loaded = Program(program.program_id, program.module_name, program.spec, module,
-                     optimizations=[*program.optimizations, record][-100:], options=dict(program.options))
+    loaded = program.derive(program.program_id, module, [*program.optimizations, record][-100:])
     return loaded, {"predictors": len(names), "demos": demos, "ignored": ignored, "saved_by": saved_by}
 
 

@@ -24,22 +24,20 @@ names.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ... import __version__
 from ...errors import BridgeError, validation_error
 from ...sdk.programs import PROGRAMS, ProgramClass
 from ...wire import to_wire
-from .catalog import ADAPTERS, MAX_DEMOS
+from . import programs
+from .catalog import ADAPTERS
 from .fieldtypes import NAME
 from .inrequest import json_fields
-from .spec import MAX_FIELDS, MAX_INSTRUCTIONS_CHARS
+from .spec import MAX_FIELDS
 from .state import Program
 
-FORMAT, VERSION = "portbridge.dspy.program", 1  # programs.export's document, without a signature
-DOC_KEYS = {"format", "version", "program_id", "module", "options", "state", "optimizations", "exported_by"}
+DOC_KEYS = programs.DOC_KEYS - {"signature"}  # programs.export's document: an exposed class has no signature
 CREATE_KEYS = {"module", "init", "adapter", "program_id", "replace"}
 AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
@@ -61,6 +59,13 @@ class ExposedProgram(Program):
     def check_labels(self, outputs: dict, path: str) -> None:
         self.source.check_outputs(outputs, path)
         _check_names(outputs, path)  # they become demo fields (LabeledFewShot, bootstrapped traces)
+
+    def check_demo(self, demo, predictor: str, path: str) -> None:
+        if not isinstance(demo, dict) or not demo:
+            raise validation_error("bad_demo", f"{path}: a demo is a non-empty map of field -> value", path=path)
+        _check_names(demo, path)
+        if not isinstance(demo.get(AUGMENTED, False), bool):
+            raise validation_error("bad_demo", f"{path}.{AUGMENTED}: true or false", path=f"{path}.{AUGMENTED}")
 
     def input_names(self) -> list[str]:
         return list(self.source.inputs.schema["properties"])
@@ -116,79 +121,27 @@ def build(source: ProgramClass, program_id: str, init: dict, adapter: str, path:
                           source=source)
 
 
-def export(program: ExposedProgram, dspy_version: str | None) -> dict:
-    predictors = {name: {"instructions": p.signature.instructions, "demos": [json_fields(d) for d in p.demos]}
-                  for name, p in program.predictors()}
-    return {"format": FORMAT, "version": VERSION, "program_id": program.program_id, "module": program.module_name,
-            "options": dict(program.options), "state": {"predictors": predictors},
-            "optimizations": list(program.optimizations),
-            "exported_by": {"portbridge": __version__, "dspy": dspy_version}}
-
-
-def _refuse(code: str, message: str, path: str):
-    return validation_error(code, f"{path}: {message}", path=path)
-
-
 def load(dspy, doc: dict, program_id: str) -> ExposedProgram:
     """Rebuild a program of an exposed class from its export document (``validation`` when it does not fit)."""
     path = "args.program"
-    unknown = sorted(set(doc) - DOC_KEYS)
-    if unknown:
-        raise _refuse("bad_program_document", f"unknown key(s) {unknown}", path)
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise _refuse("bad_program_document", f"format {FORMAT!r}, version {VERSION} (a document from "
-                      "export_program)", path)
+    programs.check_document(doc, DOC_KEYS, path)
     source = PROGRAMS.get(doc["module"])
     options = doc.get("options")
     if not isinstance(options, dict) or set(options) - {"adapter", "init"} or \
             options.get("adapter", "chat") not in ADAPTERS or not isinstance(options.get("init", {}), dict):
-        raise _refuse("bad_program_document", f"options is {{adapter: one of {sorted(ADAPTERS)}, init: a map}}",
-                      f"{path}.options")
+        raise validation_error("bad_program_document", f"{path}.options: {{adapter: one of {sorted(ADAPTERS)}, "
+                               "init: a map}", path=f"{path}.options")
     program = build(source, program_id, options.get("init", {}), options.get("adapter", "chat"),
                     f"{path}.options.init")
-    load_state(dspy, program, doc.get("state"), f"{path}.state")
-    optimizations = doc.get("optimizations", [])
-    if not isinstance(optimizations, list) or not all(isinstance(o, dict) for o in optimizations):
-        raise _refuse("bad_program_document", "optimizations must be a list of maps", f"{path}.optimizations")
-    program.optimizations = optimizations[-100:]
-    program.created_at = time.time()
+    programs.load_state(dspy, program, doc.get("state"), f"{path}.state")
+    programs.load_history(program, doc, path)
     return program
 
 
-def load_state(dspy, program: Program, state, path: str) -> None:
-    """Each predictor's learned instructions and demos, checked against the predictors the module has."""
-    named = dict(program.predictors())
-    if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
-        raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", path)
-    if set(state["predictors"]) != set(named):
-        raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but "
-                      f"{program.module_name} has {sorted(named)}", f"{path}.predictors")
-    for name, predictor in named.items():
-        where = f"{path}.predictors.{name}"
-        learned = state["predictors"][name]
-        if not isinstance(learned, dict) or set(learned) != {"instructions", "demos"}:
-            raise _refuse("bad_program_document", "a predictor's state is {\"instructions\", \"demos\"}", where)
-        instructions, demos = learned["instructions"], learned["demos"]
-        if not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS_CHARS:
-            raise _refuse("bad_program_document", f"instructions must be a string of at most "
-                          f"{MAX_INSTRUCTIONS_CHARS} characters", f"{where}.instructions")
-        if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
-            raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
-        for i, demo in enumerate(demos):
-            if not isinstance(demo, dict) or not demo:
-                raise _refuse("bad_demo", "a demo is a non-empty map of field -> value", f"{where}.demos[{i}]")
-            _check_names(demo, f"{where}.demos[{i}]")
-            if not isinstance(demo.get(AUGMENTED, False), bool):
-                raise _refuse("bad_demo", "augmented must be true or false", f"{where}.demos[{i}].{AUGMENTED}")
-        if instructions != predictor.signature.instructions:
-            predictor.signature = predictor.signature.with_instructions(instructions)
-        predictor.demos = [dspy.Example(**demo) for demo in demos]
-
-
 def _check_names(fields: dict, path: str) -> None:
-    """A demo's (or a label's) keys: field names, at most MAX_FIELDS + a few of DSPy's own."""
+    """A demo's (or a label's) keys: field names, at most twice MAX_FIELDS (DSPy adds its own)."""
     wrong = sorted(k for k in fields if not NAME.match(k))[:5]
     if wrong or len(fields) > 2 * MAX_FIELDS:
-        raise _refuse("bad_demo", f"{wrong or len(fields)}: fields are names ({NAME.pattern}), at most "
-                      f"{2 * MAX_FIELDS} of them", path)
+        raise validation_error("bad_demo", f"{path}: {wrong or len(fields)}: fields are names ({NAME.pattern}), "
+                               f"at most {2 * MAX_FIELDS} of them", path=path)
 

@@ -82,7 +82,8 @@ def export(program: Program, dspy_version: str | None) -> dict:
         "program_id": program.program_id,
         "module": program.module_name,
         "options": dict(program.options),
-        "signature": spec.ordered(program.spec),
+        # A program of an exposed dspy.Module class has no signature of its own (exposed.py).
+        **({"signature": spec.ordered(program.spec)} if program.spec is not None else {}),
         "state": {"predictors": predictors},
         "optimizations": list(program.optimizations),
         "exported_by": {"portbridge": __version__, "dspy": dspy_version},
@@ -96,7 +97,21 @@ def _refuse(code: str, message: str, path: str):
 def load(dspy, doc: dict, program_id: str) -> Program:
     """Rebuild a program from an export document; raises ``validation`` for anything malformed or mismatched."""
     path = "args.program"
-    unknown = sorted(set(doc) - DOC_KEYS)
+    check_document(doc, DOC_KEYS, path)
+    module_name = doc.get("module")
+    if module_name not in MODULES:
+        raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
+    signature_spec = spec.parse_signature(doc.get("signature"))
+    options = check_options(doc.get("options"), f"{path}.options", module_name, signature_spec)
+    program = create(dspy, program_id, module_name, signature_spec, options)
+    load_state(dspy, program, doc.get("state"), f"{path}.state")
+    load_history(program, doc, path)
+    return program
+
+
+def check_document(doc: dict, keys: set, path: str) -> None:
+    """An export document's keys, format and version."""
+    unknown = sorted(set(doc) - keys)
     if unknown:
         raise _refuse("bad_program_document", f"unknown key(s) {unknown}", path)
     if doc.get("format") != FORMAT:
@@ -104,23 +119,19 @@ def load(dspy, doc: dict, program_id: str) -> Program:
     if doc.get("version") != VERSION:
         raise _refuse("unsupported_version", f"version {doc.get('version')!r} is not supported (this worker "
                       f"reads version {VERSION})", path)
-    module_name = doc.get("module")
-    if module_name not in MODULES:
-        raise _refuse("bad_program_document", f"module must be one of {sorted(MODULES)}", f"{path}.module")
-    signature_spec = spec.parse_signature(doc.get("signature"))
-    options = check_options(doc.get("options"), f"{path}.options", module_name, signature_spec)
-    program = create(dspy, program_id, module_name, signature_spec, options)
-    state = doc.get("state")
+
+
+def load_state(dspy, program: Program, state, path: str) -> None:
+    """Each predictor's learned instructions and demos into ``program`` (just built), after checking
+    that the document names exactly its predictors, and each demo (``program.check_demo``)."""
     if not isinstance(state, dict) or set(state) != {"predictors"} or not isinstance(state["predictors"], dict):
-        raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", f"{path}.state")
+        raise _refuse("bad_program_document", "state must be {\"predictors\": {name: {...}}}", path)
     named = dict(program.predictors())
     if set(state["predictors"]) != set(named):
         raise _refuse("program_mismatch", f"state names predictors {sorted(state['predictors'])}, but a "
-                      f"{module_name} has {sorted(named)}", f"{path}.state.predictors")
-    fields_of = demo_fields_of(program)
+                      f"{program.module_name} has {sorted(named)}", f"{path}.predictors")
     for name, predictor in named.items():
-        where = f"{path}.state.predictors.{name}"
-        fields = fields_of(name)
+        where = f"{path}.predictors.{name}"
         learned = state["predictors"][name]
         if not isinstance(learned, dict) or set(learned) != {"instructions", "demos"}:
             raise _refuse("bad_program_document", "a predictor's state is {\"instructions\", \"demos\"}", where)
@@ -132,16 +143,19 @@ def load(dspy, doc: dict, program_id: str) -> Program:
         if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
             raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
         for i, demo in enumerate(demos):
-            check_demo(demo, fields, f"{where}.demos[{i}]")
+            program.check_demo(demo, name, f"{where}.demos[{i}]")
         if instructions != predictor.signature.instructions:
             predictor.signature = predictor.signature.with_instructions(instructions)
         predictor.demos = [dspy.Example(**demo) for demo in demos]
+
+
+def load_history(program: Program, doc: dict, path: str) -> None:
+    """What optimisers did to the exported program (the last 100), kept by the imported one."""
     optimizations = doc.get("optimizations", [])
     if not isinstance(optimizations, list) or not all(isinstance(o, dict) for o in optimizations):
         raise _refuse("bad_program_document", "optimizations must be a list of maps", f"{path}.optimizations")
     program.optimizations = optimizations[-100:]
     program.created_at = time.time()
-    return program
 
 
 def demo_fields_of(program: Program):

@@ -87,6 +87,12 @@ class Program:
 
         spec.check_outputs(output_fields(self.module_name, self.spec, self.options), outputs, path)
 
+    def check_demo(self, demo, predictor: str, path: str) -> None:
+        """A demo of one of its predictors (an import's), checked against what that predictor holds."""
+        from .programs import check_demo, demo_fields_of
+
+        check_demo(demo, demo_fields_of(self)(predictor), path)
+
     def input_names(self) -> list[str]:
         return list(self.spec["inputs"])
 
