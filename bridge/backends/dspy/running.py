@@ -67,7 +67,7 @@ class Guard(BaseCallback):
 
 
 @contextlib.contextmanager
-def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None, steps=None,
+def call_context(dspy, lm, adapter=None, guard: Guard | None = None, indexes=None, callback=None, *, steps=None,
                  program_id: str | None = None, context=None):
     """The settings one request runs under, in this thread only (never ``dspy.configure``).
 
