@@ -161,6 +161,31 @@ def test_a_module_nobody_exposed_is_never_imported(tmp_path, spawn):
     assert w.call(NS + "searches") == {} and not marker.exists()
 
 
+def test_installed_program_modules_are_exposed_through_the_entry_point_group(tmp_path, spawn):
+    write_module(tmp_path, "qa_dist.progs", """
+        import dspy
+        from bridge.sdk import program
+
+        @program
+        class Answer(dspy.Module):
+            \"\"\"Answer a question.\"\"\"
+            def __init__(self):
+                super().__init__()
+                self.answer = dspy.Predict("question -> answer")
+
+            def forward(self, question: str):
+                return self.answer(question=question)
+    """)
+    info = tmp_path / "qa_dist-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qa-dist\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[portbridge.commands]\nqa = qa_dist.progs\n")
+    w = spawn(env=worker_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"))  # every installed backend and module
+    w.call("configure_lm", {"model": "offline"})
+    assert w.call("create_program", {"module": "qa.Answer", "program_id": "a"})["description"] == "Answer a question."
+    assert "answer" in w.call("execute_program", {"program_id": "a", "inputs": QUESTION})["outputs"]
+
+
 def test_what_forward_raises_or_returns_is_categorised_and_the_worker_keeps_serving(worker):
     s = "picky"
     create(worker, s, "Picky", "p")
