@@ -1,8 +1,9 @@
 defmodule PortBridge.DSPyProgramsTest do
   # A dspy.Module the worker's operator exposed (bridge.sdk's @program, in
   # test/support/python/pb_programs.py), driven from Elixir through a real pool:
-  # created by name with an `init`, run with an Elixir callback and progress events,
-  # optimised, and rebuilt on a fresh Python from the pool's records (export -> import).
+  # created by name with an `init` (DSPy.create_program, whose options come from the
+  # worker's schemas), run with an Elixir callback and progress events, optimised, and
+  # rebuilt on a fresh Python from the pool's records (export -> import).
   use PortBridge.TestCase, async: true
 
   alias PortBridge.{DSPy, Pool}
@@ -41,14 +42,19 @@ defmodule PortBridge.DSPyProgramsTest do
     session = "multi-hop"
     {:ok, _} = DSPy.configure_lm(pool, model: "offline", session_id: session)
 
-    args = %{module: "pb_programs.MultiHop", init: %{hops: 3}, program_id: "mh"}
-
+    # Recorded by PortBridge.DSPy: the program as export_program returns it (module, init, demos).
     assert {:ok,
             %{
               "module" => "pb_programs.MultiHop",
               "init" => %{"hops" => 3},
               "predictors" => predictors
-            }} = PortBridge.request(pool, "create_program", args, session_id: session)
+            }} =
+             DSPy.create_program(pool,
+               module: "pb_programs.MultiHop",
+               init: %{hops: 3},
+               program_id: "mh",
+               session_id: session
+             )
 
     assert predictors == ["generate_query.predict", "generate_answer.predict"]
 
@@ -57,7 +63,6 @@ defmodule PortBridge.DSPyProgramsTest do
 
     for hop <- 1..3, do: assert_received({:event, {"progress", %{"done" => ^hop, "total" => 3}}})
 
-    # Recorded by PortBridge.DSPy: the program as export_program returns it (module, init, demos).
     trainset = for i <- 1..2, do: %{inputs: %{question: "Q#{i}?"}, outputs: %{answer: "A#{i}"}}
 
     assert {:ok, %{"demos" => 4}} =
@@ -93,21 +98,19 @@ defmodule PortBridge.DSPyProgramsTest do
 
     assert {:error,
             %PortBridge.Error{category: :validation, details: %{"path" => "args.init.hops"}}} =
-             PortBridge.request(
-               pool,
-               "create_program",
-               %{module: "pb_programs.MultiHop", init: %{hops: "two"}},
+             DSPy.create_program(pool,
+               module: "pb_programs.MultiHop",
+               init: %{hops: "two"},
                session_id: session
              )
 
     assert {:error, %PortBridge.Error{category: :not_found, code: "unknown_module"}} =
-             PortBridge.request(
-               pool,
-               "create_program",
-               %{module: "pb_test_backend.ElixirTestBackend"},
+             DSPy.create_program(pool,
+               module: "pb_test_backend.ElixirTestBackend",
                session_id: session
              )
 
+    # The wire command as PortBridge.DSPy sends it, for any client.
     {:ok, _} =
       PortBridge.request(
         pool,
