@@ -62,7 +62,10 @@ defmodule PortBridge.DSPyArgumentsTest do
     assert lm[:cache][:default] == cache["default"]
     assert lm[:cache][:doc] =~ cache["description"]
     assert lm[:cache][:type] == :boolean
-    assert Arguments.schema("create_program")[:signature][:required]
+    assert lm[:model][:required]
+    # An exposed dspy.Module class takes init, not a signature: the worker requires neither.
+    refute Arguments.schema("create_program")[:signature][:required]
+    assert Arguments.schema("create_program")[:init][:type] == :map
 
     assert_raise ArgumentError,
                  ~r/invalid value for the option :model .* expected a string/,
