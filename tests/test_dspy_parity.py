@@ -291,6 +291,22 @@ def test_an_exposed_dspy_module_sends_and_returns_what_it_does_in_plain_dspy(wor
     assert result["outputs"] == plain_outputs
 
 
+def test_per_call_lm_options_reach_every_predictor_of_an_exposed_module_as_in_plain_dspy(worker, server):
+    model = "parity-own-options"
+    options = {"temperature": 0.3, "max_tokens": 300}
+    start = len(server.seen)
+    with dspy.context(lm=plain_lm(server, model).copy(**options), adapter=dspy.ChatAdapter()):
+        MultiHop(hops=1)(question="Who wrote DSPy?")
+    plain_requests = bodies(server, start)
+    own_module_session(worker, server, model, "parity-own-options", 1)
+    start = len(server.seen)
+    worker.call("execute_program", {"program_id": "mh", "inputs": {"question": "Who wrote DSPy?"}, "lm": options},
+                session_id="parity-own-options", callbacks=SEARCH)
+    requests = bodies(server, start)
+    assert requests == plain_requests and len(requests) == 2
+    assert all(json.loads(r)["temperature"] == 0.3 for r in requests)
+
+
 def test_an_exposed_dspy_module_optimises_every_predictor_as_plain_dspy_does(worker, server):
     model = "parity-own-opt"
     trainset = [{"question": f"Question {i}?", "answer": "anything"} for i in range(3)]
