@@ -127,6 +127,10 @@ defmodule PortBridge.DSPySignatureTest do
           {"signature: String", ~r/String is not a PortBridge.DSPy.Signature module/},
           {"signature: PortBridge.TestModules.QA, module: \"Guess\"",
            ~r/:module .*expected one of/},
+          # An exposed dspy.Module class has no signature: DSPy.create_program/2 builds it.
+          {"signature: PortBridge.TestModules.QA, module: \"myprogs.MultiHop\"",
+           ~r/:module .*expected one of/},
+          {"signature: PortBridge.TestModules.QA, init: %{hops: 2}", ~r/unknown option :init/},
           {"signature: PortBridge.TestModules.Triage, optimized: \"test/support/fixtures/qa_optimized.json\"",
            ~r/qa_optimized.json has the inputs \["question"\]/},
           {"signature: PortBridge.TestModules.QA, module: \"ChainOfThought\", optimized: \"test/support/fixtures/qa_optimized.json\"",

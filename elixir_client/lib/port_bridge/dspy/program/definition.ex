@@ -19,12 +19,26 @@ defmodule PortBridge.DSPy.Program.Definition do
     reward: [type: {:fun, [1, 2]}, doc: "a `BestOfN` or `Refine` program's reward"]
   ]
   @taken ~w(signature program_id replace tools)
+  # A program module has a signature, so its module is one the worker builds from one; an
+  # exposed dspy.Module class ("namespace.Class", with init:) is created with
+  # PortBridge.DSPy.create_program/2.
+  @built_in for(
+              %{"enum" => names} <-
+                Arguments.commands()["create_program"]["args"]["properties"]["module"]["anyOf"],
+              do: names
+            )
+            |> List.flatten()
 
   @doc false
   # The program's definition from the evaluated options of `use`.
   @spec build!(module, keyword, Macro.Env.t()) :: map
   def build!(module, opts, env) do
-    schema = @own ++ Arguments.schema("create_program", except: @taken)
+    schema =
+      @own ++
+        Arguments.schema("create_program",
+          except: ["init" | @taken],
+          override: [module: [type: {:in, @built_in}]]
+        )
 
     try do
       Schema.validate!(opts, schema, "use PortBridge.DSPy.Program in #{inspect(module)}")
