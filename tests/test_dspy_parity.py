@@ -329,3 +329,19 @@ def test_an_exposed_dspy_module_optimises_every_predictor_as_plain_dspy_does(wor
                    for name, p in compiled.named_predictors()}
     assert learned["predictors"] == json.loads(json.dumps(plain_state))
 
+    # DSPy's own saved state of the plain module loads into a fresh one of the worker's, which then
+    # sends what the plain optimised module sends.
+    worker.call("create_program", {"module": "sdk_programs.MultiHop", "init": {"hops": 2}, "program_id": "saved"},
+                session_id="parity-own-opt")
+    state = json.loads(json.dumps(compiled.dump_state()))
+    loaded = worker.call("import_program", {"program_id": "saved", "dspy_state": state}, session_id="parity-own-opt")
+    assert loaded["demos"] == 4 and loaded["dspy_state"]["predictors"] == 2
+    start = len(server.seen)
+    with dspy.context(lm=plain_lm(server, model), adapter=dspy.ChatAdapter()):
+        expected = compiled(question="Who wrote DSPy?")
+    plain_requests = bodies(server, start)
+    start = len(server.seen)
+    result = worker.call("execute_program", {"program_id": "saved", "inputs": {"question": "Who wrote DSPy?"}},
+                         session_id="parity-own-opt", callbacks=SEARCH)
+    assert bodies(server, start) == plain_requests and result["outputs"]["answer"] == expected.answer
+
