@@ -53,7 +53,8 @@ defmodule PortBridge.Limiter do
   `"limits"`, `"estimated_tokens"`), `deadline` the request's (monotonic ms, or
   `:infinity`). Returns `{:ok, %{"admitted" => true}}`, or `{:error, category,
   message}` (`timeout` at the deadline, `validation` for arguments a worker should
-  never send). Emits `[:port_bridge, :lm, :admit]`.
+  never send, `overloaded` when the limiter is gone). Emits `[:port_bridge, :lm,
+  :admit]`.
   """
   @spec admit(GenServer.server(), map, integer | :infinity) :: outcome
   def admit(limiter, args, deadline) do
@@ -65,8 +66,9 @@ defmodule PortBridge.Limiter do
           try do
             GenServer.call(limiter, {:admit, model, limits, tokens, deadline}, :infinity)
           catch
+            # Retryable, and no reason to replace the Python (an internal error would).
             :exit, reason ->
-              {:error, "internal", "the rate limiter is gone: #{inspect(reason, limit: 5)}"}
+              {:error, "overloaded", "the rate limiter is gone: #{inspect(reason, limit: 5)}"}
           end
 
         {:error, message} ->

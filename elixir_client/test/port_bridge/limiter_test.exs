@@ -153,4 +153,13 @@ defmodule PortBridge.LimiterTest do
     :ok = Limiter.report(limiter, "junk")
     assert {:ok, _} = Limiter.admit(limiter, args("m", %{"requests_per_minute" => 10}), :infinity)
   end
+
+  test "a limiter that is gone is an overloaded error (retryable), not an internal one" do
+    {:ok, limiter} = Limiter.start_link([])
+    Process.unlink(limiter)
+    GenServer.stop(limiter)
+    a = args("m", %{"requests_per_minute" => 10})
+    assert {:error, "overloaded", message} = Limiter.admit(limiter, a, :infinity)
+    assert message =~ "the rate limiter is gone"
+  end
 end
