@@ -24,8 +24,8 @@ defmodule PortBridge.Limiter do
 
   use GenServer
 
-  alias PortBridge.{Cluster, Courier, RateLimit, Telemetry}
-  alias PortBridge.Limiter.Queue
+  alias PortBridge.{Courier, RateLimit, Telemetry}
+  alias PortBridge.Limiter.{Membership, Queue}
 
   @max_retry_after_s 600
   @max_model_bytes 512
@@ -154,7 +154,7 @@ defmodule PortBridge.Limiter do
     cluster = opts[:cluster]
     horizon = Keyword.get(opts, :lease_horizon, 1_000) * 1_000
 
-    if cluster, do: :ok = :pg.join(Cluster.scope(), group(cluster), self())
+    if cluster, do: Membership.join(cluster)
 
     {:ok,
      %{
@@ -171,10 +171,10 @@ defmodule PortBridge.Limiter do
   @impl true
   def handle_call({:admit, model, limits, tokens, deadline}, from, state) do
     now = now()
-    state = state |> members(now) |> ensure(model, limits, now)
+    state = state |> Membership.refresh(now) |> ensure(model, limits, now)
     m = state.models[model]
 
-    case Queue.admit_now(m, tokens, now, route(state, model) == :local) do
+    case Queue.admit_now(m, tokens, now, Membership.route(state, model) == :local) do
       {:ok, m} ->
         {:reply, {:ok, %{"admitted" => true}}, put_in(state.models[model], m)}
 
@@ -194,7 +194,7 @@ defmodule PortBridge.Limiter do
   end
 
   def handle_call(:info, _from, state) do
-    state = members(state, now())
+    state = Membership.refresh(state, now())
 
     info =
       Map.new(state.models, fn {model, m} ->
@@ -202,7 +202,7 @@ defmodule PortBridge.Limiter do
          %{
            limits: m.budget.limits,
            waiting: Queue.waiting(m),
-           owner: owner_node(state, model),
+           owner: Membership.owner(state, model),
            paused_until: m.budget.paused_until
          }}
       end)
@@ -217,7 +217,7 @@ defmodule PortBridge.Limiter do
         {delta, m} = Queue.used(m, tokens)
         state = put_in(state.models[model], m)
 
-        case route(state, model) do
+        case Membership.route(state, model) do
           :local -> {:noreply, update_in(state.models[model], &Queue.correct(&1, delta))}
           {:remote, owner} -> {:noreply, forward(state, owner, {:correct, model, delta})}
         end
@@ -231,7 +231,7 @@ defmodule PortBridge.Limiter do
     do: {:noreply, paused(state, model, ms)}
 
   def handle_cast({:pause, model, ms}, state) do
-    for pid <- :pg.get_members(Cluster.scope(), group(state.cluster)),
+    for pid <- Membership.limiters(state.cluster),
         do: Courier.deliver(pid, {:paused, model, ms})
 
     {:noreply, state}
@@ -251,7 +251,7 @@ defmodule PortBridge.Limiter do
   # node's budget, at most the horizon ahead.
   def handle_info({:lease, ref, from, model, limits, estimates}, state) do
     now = now()
-    state = state |> members(now) |> ensure(model, limits, now)
+    state = state |> Membership.refresh(now) |> ensure(model, limits, now)
     {grants, retry_in, m} = Queue.grant(state.models[model], estimates, now, state.horizon)
     Courier.deliver(from, {:leased, ref, model, grants, retry_in})
     {:noreply, pump(put_in(state.models[model], m), model, now)}
@@ -325,8 +325,6 @@ defmodule PortBridge.Limiter do
 
   defp now, do: System.monotonic_time(:microsecond)
 
-  defp group(cluster), do: {__MODULE__, cluster}
-
   defp timeout(model) do
     {:error, "timeout",
      "the rate limit of #{model} admits no more calls before this request's deadline " <>
@@ -344,7 +342,7 @@ defmodule PortBridge.Limiter do
 
       %{} ->
         m = Queue.new(limits)
-        m = %{m | owner: owner_node(state, model)}
+        m = %{m | owner: Membership.owner(state, model)}
         # A budget born just after the members changed may have been another
         # node's, whose leases can still run: start it past them.
         m =
@@ -359,9 +357,9 @@ defmodule PortBridge.Limiter do
   # Admits what may start now, answers what cannot start before its deadline, and
   # arms the model's timer for the next moment something can change.
   defp pump(state, model, now) do
-    state = members(state, now)
-    m = takeover(state, model, state.models[model])
-    route = route(state, model)
+    state = Membership.refresh(state, now)
+    m = Membership.takeover(state, model, state.models[model])
+    route = Membership.route(state, model)
     {admitted, expired, m} = Queue.run(m, state.waiters, now, route == :local)
 
     for ref <- admitted, do: answer(state, ref, {:ok, %{"admitted" => true}})
@@ -403,27 +401,6 @@ defmodule PortBridge.Limiter do
     end
   end
 
-  # This node took the model's budget over from another: it starts past the
-  # leases the previous owner may have granted.
-  defp takeover(%{cluster: nil}, _model, m), do: m
-
-  defp takeover(state, model, m) do
-    case owner_node(state, model) do
-      owner when owner == m.owner ->
-        m
-
-      owner when owner == node() ->
-        %{
-          m
-          | owner: owner,
-            budget: RateLimit.hold_until(m.budget, state.changed_at + state.horizon)
-        }
-
-      owner ->
-        %{m | owner: owner}
-    end
-  end
-
   defp paused(state, model, ms) do
     case state.models do
       %{^model => m} ->
@@ -438,37 +415,5 @@ defmodule PortBridge.Limiter do
   defp forward(state, owner, message) do
     Courier.deliver(owner, message)
     state
-  end
-
-  ## Membership (cluster only)
-
-  defp members(%{cluster: nil} = state, _now), do: state
-
-  defp members(state, now) do
-    nodes =
-      :pg.get_members(Cluster.scope(), group(state.cluster))
-      |> Enum.map(&node/1)
-      |> Enum.uniq()
-      |> Enum.sort()
-
-    if nodes == state.nodes, do: state, else: %{state | nodes: nodes, changed_at: now}
-  end
-
-  defp owner_node(%{cluster: nil}, _model), do: node()
-
-  defp owner_node(state, model),
-    do: Cluster.owner_of("rate limit of " <> model, state.nodes) || node()
-
-  defp route(%{cluster: nil}, _model), do: :local
-
-  defp route(state, model) do
-    case owner_node(state, model) do
-      owner when owner == node() -> :local
-      owner -> {:remote, member_on(state, owner)}
-    end
-  end
-
-  defp member_on(state, owner) do
-    Enum.find(:pg.get_members(Cluster.scope(), group(state.cluster)), &(node(&1) == owner))
   end
 end
