@@ -36,11 +36,11 @@ MB = 1 << 20
 
 
 class LMServer:
-    """benchmarks/lm_server.py as a child process; ``url`` is its base URL."""
+    """benchmarks/lm_server.py as a child process (``options``: more of its options); ``url`` is its base URL."""
 
-    def __init__(self, latency_ms: float) -> None:
+    def __init__(self, latency_ms: float, *options: str) -> None:
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "benchmarks.lm_server", "--latency-ms", str(latency_ms)],
+            [PYTHON, "-m", "benchmarks.lm_server", "--latency-ms", str(latency_ms), *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT))
         line = self.process.stdout.readline().decode()
         if not line.startswith("listening on "):

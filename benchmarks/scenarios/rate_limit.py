@@ -21,42 +21,14 @@ Two parts, each a ``mix run`` of benchmarks/elixir/rate_limit.exs in elixir_clie
 
 from __future__ import annotations
 
-import subprocess
-
 from .. import report
-from ..harness import HERE, PYTHON, ROOT, env, spread
+from ..harness import HERE, spread
+from .lm import LMServer
 from .pool import beam
 
 SCRIPT = HERE / "elixir" / "rate_limit.exs"
 LIMIT = 10  # calls a second the provider allows
 CALLS = 36
-
-
-class LimitedServer:
-    """The loopback provider with a rate limit, as a child process (stops when its stdin closes)."""
-
-    def __init__(self, per_second: int) -> None:
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "benchmarks.lm_server", "--rate-limit", str(per_second), "--rate-window-s", "1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env(), cwd=str(ROOT))
-        line = self.process.stdout.readline().decode()
-        if not line.startswith("listening on "):
-            self.close()
-            raise RuntimeError(f"the loopback LM server did not start: {line!r}")
-        self.url = line.split()[-1]
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-    def __enter__(self) -> "LimitedServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def run(quick: bool) -> report.Result:
@@ -83,7 +55,7 @@ def run(quick: bool) -> report.Result:
     r.target("of which the client's limiter (p50, vs the request's own callback)", "<= 50 us",
              report.span(own, report.us), own["median"] <= 50_000)
 
-    with LimitedServer(LIMIT) as server:
+    with LMServer(0, "--rate-limit", str(LIMIT), "--rate-window-s", "1") as server:
         doc = beam("limit", pinned=False, script=SCRIPT, lm_url=server.url, limit=LIMIT, calls=CALLS,
                    rounds=1 if quick else 3)
     limited = [x for x in doc["runs"] if x["limited"]]

@@ -4,8 +4,8 @@ defmodule PortBridge.RateLimitsTest do
   # answering, and a loopback provider that enforces a limit and counts its 429s.
   use PortBridge.TestCase, async: true
 
-  import PortBridge.ClusterCase, only: [start_peer: 1, stop_peer: 1, connect_all: 1]
-  alias PortBridge.{Cluster, DSPy, Limiter, LMServer, Pool, RateLimit}
+  import PortBridge.ClusterCase, only: [two_node_cluster: 3]
+  alias PortBridge.{DSPy, Limiter, LMServer, Pool, RateLimit}
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
   @moduletag timeout: 180_000
@@ -108,17 +108,9 @@ defmodule PortBridge.RateLimitsTest do
   if reason = skip_reason(:cluster), do: @tag(skip: reason)
 
   test "in a cluster, the nodes share one budget" do
-    {peer_pid, peer} = start_peer("limits")
-    on_exit(fn -> stop_peer(peer_pid) end)
-    connect_all([node(), peer])
-
     url = provider(20)
     name = :"limits_cluster_#{System.unique_integer([:positive])}"
-    opts = [name: name, pool: dspy_worker_opts(size: 1) ++ @quiet]
-    start_supervised!({Cluster, opts}, id: name)
-    sup = PortBridge.ClusterCase.start_cluster(peer, opts)
-    on_exit(fn -> :erpc.call(peer, Supervisor, :stop, [sup]) end)
-    PortBridge.ClusterCase.await_members([node(), peer], name, [node(), peer])
+    peer = two_node_cluster("limits", name, dspy_worker_opts(size: 1) ++ @quiet)
 
     {:ok, _} = DSPy.configure_lm(name, lm(url, requests_per_minute: 20 * 60))
     {:ok, _} = DSPy.create_program(name, signature: "question -> answer", program_id: "qa")

@@ -5,7 +5,7 @@ defmodule PortBridge.SecretsTest do
   # (and of a cluster's second node) is searched for the key.
   use PortBridge.TestCase, async: true
 
-  import PortBridge.ClusterCase, only: [start_peer: 1, stop_peer: 1, connect_all: 1]
+  import PortBridge.ClusterCase, only: [two_node_cluster: 3]
   alias PortBridge.{Cluster, DSPy, LMServer, Pool, SecretScan}
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
@@ -127,22 +127,13 @@ defmodule PortBridge.SecretsTest do
   if reason = skip_reason(:cluster), do: @tag(skip: reason)
 
   test "in a cluster, neither node keeps the key: the copy of the records holds the reference" do
-    {peer_pid, peer} = start_peer("secrets")
-    on_exit(fn -> stop_peer(peer_pid) end)
-    connect_all([node(), peer])
-
     key = new_key()
     url = LMServer.start!(["--api-key", key])
     var = env_var(key)
+    name = :"secrets_cluster_#{System.unique_integer([:positive])}"
+    peer = two_node_cluster("secrets", name, dspy_worker_opts(size: 1))
     # The Worker that builds the frame is on the session's owner: its environment.
     :ok = :erpc.call(peer, System, :put_env, [var, key])
-
-    name = :"secrets_cluster_#{System.unique_integer([:positive])}"
-    opts = [name: name, pool: dspy_worker_opts(size: 1)]
-    start_supervised!({Cluster, opts}, id: name)
-    sup = PortBridge.ClusterCase.start_cluster(peer, opts)
-    on_exit(fn -> :erpc.call(peer, Supervisor, :stop, [sup]) end)
-    PortBridge.ClusterCase.await_members([node(), peer], name, [node(), peer])
 
     session = Enum.find(1..100, &(Cluster.owner(name, "u#{&1}") == peer)) |> then(&"u#{&1}")
     {:ok, _} = DSPy.configure_lm(name, lm(url, {:system, var}, session))

@@ -131,6 +131,22 @@ defmodule PortBridge.ClusterCase do
   @doc "The OS pid of a node's BEAM."
   def os_pid(node), do: :erpc.call(node, System, :pid, []) |> String.to_integer()
 
+  @doc """
+  From a test: a peer node connected to this one, and cluster `name` with the pool
+  options `pool` on both (this node's supervised by the test, the peer stopped when
+  the test ends); returns the peer's node once both are members.
+  """
+  def two_node_cluster(prefix, name, pool) do
+    {peer_pid, peer} = start_peer(prefix)
+    ExUnit.Callbacks.on_exit(fn -> stop_peer(peer_pid) end)
+    connect_all([node(), peer])
+    opts = [name: name, pool: pool]
+    ExUnit.Callbacks.start_supervised!({PortBridge.Cluster, opts}, id: name)
+    start_cluster(peer, opts)
+    await_members([node(), peer], name, [node(), peer])
+    peer
+  end
+
   @doc "Starts `PortBridge.Cluster` with `opts` on `node`, not linked to the caller."
   def start_cluster(node, opts), do: :erpc.call(node, __MODULE__, :start_cluster_here, [opts])
 

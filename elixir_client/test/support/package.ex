@@ -121,7 +121,7 @@ defmodule PortBridge.Test.Package do
     set = Map.new(extra, fn {name, value} -> {to_string(name), value} end)
 
     unset =
-      ~w(MIX_EXS MIX_ENV MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH PORTBRIDGE_PYTHON NIMBLE_POOL_PATH TELEMETRY_PATH RELEASE_ROOT RELEASE_NAME)
+      ~w(MIX_EXS MIX_ENV MIX_BUILD_PATH MIX_BUILD_ROOT MIX_DEPS_PATH PORTBRIDGE_PYTHON NIMBLE_POOL_PATH TELEMETRY_PATH TELEMETRY_METRICS_PATH RELEASE_ROOT RELEASE_NAME)
 
     Enum.map(unset -- Map.keys(set), &{&1, nil}) ++ Enum.to_list(set)
   end
