@@ -13,7 +13,11 @@ defmodule PortBridge.Secret do
   Python, a cluster's copies on other nodes) is the reference, never the key: a key
   that rotates is read anew on each rebuild, and no process state or ETS table
   holds it. A plain string is accepted too, and then is what is kept (in memory, on
-  the nodes that hold the session's records); prefer a reference.
+  the nodes that hold the session's records); prefer a reference. So is a function
+  that closes over the value (`fn -> key end` keeps `key` in its environment): name
+  a function instead (`&MyApp.Vault.openai_key/0`, an MFA). The reference is
+  resolved on the node that runs the Python: a variable must be set there, a
+  function's module loaded there.
 
   `inspect/2` (and so logs, crash reports, `:sys.get_status`) shows where the
   secret comes from, never its value: `#PortBridge.Secret<api_key: {:system,
