@@ -63,7 +63,9 @@ defmodule PortBridge.ConfigurationErrorsTest do
     python = Path.join(dir, "python-without-portbridge")
     File.write!(python, "#!/bin/sh\nexec #{String.trim(base)} -I -S \"$@\"\n")
     File.chmod!(python, 0o755)
-    {:ok, worker} = Worker.start_link(python: python, cd: dir)
+    # lazy: the Python starts with the first request, which is then sure to be there to
+    # get the error (a Worker whose Python exits at once may be gone before a later call).
+    {:ok, worker} = Worker.start_link(python: python, cd: dir, lazy: true)
 
     assert {:error, %Error{category: :initialization, code: "worker_start_failed"} = error} =
              PortBridge.request(worker, "ping")
@@ -79,19 +81,21 @@ defmodule PortBridge.ConfigurationErrorsTest do
     Process.flag(:trap_exit, true)
 
     {:ok, worker} =
-      Worker.start_link(python: python(), worker_args: ["--max-concurrency", "zero"])
+      Worker.start_link(python: python(), worker_args: ["--max-concurrency", "zero"], lazy: true)
 
     assert {:error, %Error{code: "worker_start_failed", details: %{"exit_status" => 2} = details}} =
-             Worker.await_ready(worker)
+             PortBridge.request(worker, "ping")
 
     assert details["stderr"] =~ "--max-concurrency"
   end
 
   test "an executable of the caller's own is not run a second time: its stderr stays on the BEAM's" do
     Process.flag(:trap_exit, true)
-    {:ok, worker} = Worker.start_link(executable: stand_in("exit_at_once"))
+    {:ok, worker} = Worker.start_link(executable: stand_in("exit_at_once"), lazy: true)
 
-    assert {:error, %Error{code: "worker_start_failed"} = error} = Worker.await_ready(worker)
+    assert {:error, %Error{code: "worker_start_failed"} = error} =
+             PortBridge.request(worker, "ping")
+
     refute Map.has_key?(error.details, "stderr")
     assert error.message =~ "see its stderr"
   end

@@ -120,7 +120,7 @@ defmodule PortBridge.DSPyMapTest do
 
     wait_until(
       fn -> Worker.info(worker).in_flight == 3 end,
-      tolerance(5_000),
+      5_000,
       "three items in flight"
     )
 
@@ -128,7 +128,7 @@ defmodule PortBridge.DSPyMapTest do
 
     wait_until(
       fn -> Worker.info(worker).in_flight == 0 end,
-      tolerance(5_000),
+      5_000,
       "the items to be cancelled"
     )
 
@@ -138,7 +138,7 @@ defmodule PortBridge.DSPyMapTest do
 
     wait_until(
       fn -> Worker.info(worker).in_flight == 0 end,
-      tolerance(5_000),
+      5_000,
       "the items to be cancelled"
     )
   end

@@ -256,7 +256,7 @@ defmodule PortBridge.PoolTest do
       # All 20 run in the Python at once (one at a time, only one would).
       wait_until(
         fn -> match?({:ok, %{"running" => 20}}, PortBridge.request(pool, "stats")) end,
-        tolerance(5_000),
+        5_000,
         "20 requests running at once"
       )
 

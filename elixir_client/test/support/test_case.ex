@@ -64,9 +64,12 @@ defmodule PortBridge.TestCase do
     {System.monotonic_time(:millisecond) - t0, result}
   end
 
-  @doc "Waits until `fun` returns a truthy value; fails after `timeout` ms."
+  @doc """
+  Waits until `fun` returns a truthy value; fails after `timeout` ms (on an idle
+  machine: see `tolerance/1`).
+  """
   def wait_until(fun, timeout \\ 5_000, what \\ "condition") do
-    deadline = System.monotonic_time(:millisecond) + timeout
+    deadline = System.monotonic_time(:millisecond) + tolerance(timeout)
     do_wait_until(fun, deadline, what)
   end
 
