@@ -47,6 +47,7 @@ from ..lmcalls import ADMIT, EVENT as LM_CALL
 from .pacing import AdmissionError, Pacer
 
 READ_BYTES = 1 << 20
+READER_EXIT_S = 10.0  # how long __exit__ waits for the reader thread to see the end of a gone worker's output
 
 
 class WorkerExited(RuntimeError):
@@ -404,7 +405,12 @@ class WorkerClient:
                 self.close()
             except subprocess.TimeoutExpired:
                 pass
-        for stream in (self.process.stdout, self.process.stderr):
+        # The reader thread reads stdout by descriptor number: closing it under the reader would let
+        # it read whatever the process opens next under that number (the next worker's stdout, whose
+        # ready it would steal). The worker is gone, so the reader meets the end of input and ends.
+        self._reader.join(READER_EXIT_S)
+        streams = [self.process.stderr] if self._reader.is_alive() else [self.process.stdout, self.process.stderr]
+        for stream in streams:
             if stream is not None:
                 stream.close()
 
