@@ -36,6 +36,7 @@ examples:
   portbridge worker --backends ''                    # the core commands only, no DSPy
   portbridge worker --backend-module mypkg.mod:backend   # also load a backend you are writing
   portbridge worker --expose mypkg.mathcmds          # serve mypkg/mathcmds.py's @command functions
+  portbridge worker --log-frames --quiet-stderr      # logs only as 'log' frames (a quiet test suite)
   printf '{"id":1,"command":"ping"}\\n' | portbridge encode | portbridge worker | portbridge decode""",
     "call": """\
 examples:
@@ -119,6 +120,10 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="stderr log lines as text or as one JSON object each (default %(default)s)")
     p.add_argument("--log-frames", action="store_true", help="also forward log records as 'log' events")
+    p.add_argument("--quiet-stderr", action="store_true",
+                   help="write no log record to stderr (for test suites; with --log-frames they still go out "
+                        "as 'log' events): the worker's own, Python warnings, uncaught exceptions, and lines "
+                        "Python code prints (sys.stdout as info, sys.stderr as warning records)")
     p.add_argument("--backends", default=None, metavar="NAMES",
                    help="comma-separated installed plug-ins to load: backends, and modules of @command functions "
                         "by namespace (default: every installed one; '' for none)")
@@ -199,6 +204,7 @@ def _worker_config(ns: argparse.Namespace) -> Any:
         log_level=ns.log_level,
         log_format=ns.log_format,
         log_frames=ns.log_frames,
+        quiet_stderr=ns.quiet_stderr,
         backends=backends,
         backend_modules=ns.backend_module,
         expose=ns.expose,

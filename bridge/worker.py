@@ -73,6 +73,7 @@ class WorkerConfig:
     log_level: str = "warning"
     log_format: str = "text"
     log_frames: bool = False
+    quiet_stderr: bool = False  # no log record on stderr (logs.configure's quiet)
     backends: list[str] | None = None
     backend_modules: list[str] = field(default_factory=list)
     expose: list[str] = field(default_factory=list)  # modules of @command functions (bridge.sdk)
@@ -126,8 +127,8 @@ class Worker:
             self.backends.update(load_backends(self.registry, names, config.backend_modules, exposed))
         except RegistrationError as exc:
             self._usage_error = str(exc)
-            sys.stderr.write(f"portbridge worker: {exc}\n")  # one line, whatever the log format
-            sys.stderr.flush()
+            # One line on the process's stderr, whatever the log format, even --quiet-stderr: why it exits 2.
+            os.write(2, f"portbridge worker: {exc}\n".encode("utf-8", "replace"))
             self.begin_shutdown(f"backend registration failed: {exc}", EXIT_USAGE)
             return
         finally:
@@ -328,5 +329,5 @@ def _noted_by_watcher(signum, frame) -> None:
 
 def serve(config: WorkerConfig) -> int:
     in_fd, out_fd = guard_stdio()
-    logs.configure(config.log_level, config.log_format)
+    logs.configure(config.log_level, config.log_format, quiet=config.quiet_stderr)
     return Worker(config, Transport(in_fd, out_fd)).run()

@@ -1,7 +1,7 @@
 """A backend that misbehaves on purpose, loaded with ``--backend-module``.
 
 Each command does one thing a real backend or library might do wrong: print to
-stdout, spawn a child that writes to stdout or reads stdin, raise any kind of
+stdout, make noise every other way Python code can (``noise``), spawn a child that writes to stdout or reads stdin, raise any kind of
 exception, hang forever, log, emit many events, return values the frame format
 cannot carry; with ``PORTBRIDGE_TEST_SHUTDOWN_HANGS=1`` in its environment, its
 ``shutdown()`` never returns. The tests prove the worker survives each.
@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 
 from bridge.backends import Backend
 from bridge.errors import BridgeError
@@ -64,6 +65,7 @@ class Misbehaving(Backend):
     def register(self, registry) -> None:
         cmd = lambda name, schema=ANY_ARGS: registry.command(name, schema=schema, backend=self.name)  # noqa: E731
         cmd("print_stdout")(print_stdout)
+        cmd("noise")(noise)
         cmd("raise", {
             "type": "object",
             "properties": {"kind": {"enum": sorted(EXCEPTIONS)}},
@@ -95,6 +97,24 @@ def print_stdout(ctx, args):
         timeout=10,
     )
     return {"printed": True, "child_exit": child.returncode}
+
+
+class _FailingFinalizer:
+    def __del__(self):
+        raise RuntimeError("a finaliser failed")
+
+
+def noise(ctx, args):
+    """Say things every way Python code does besides logging, without touching a descriptor."""
+    print("print() from a handler")
+    sys.stderr.write("a progress bar\r 50%\r100% done\n")
+    warnings.warn("a library's warning", UserWarning, stacklevel=1)
+    log.warning("a library's record")
+    thread = threading.Thread(target=lambda: 1 / 0, name="noisy-thread")
+    thread.start()
+    thread.join()
+    _FailingFinalizer()  # collected at once: its __del__ raises where nobody can catch it
+    return {"noisy": True}
 
 
 def raise_(ctx, args):
