@@ -112,6 +112,25 @@ defmodule PortBridge.Telemetry do
     def wanted?(_event), do: false
   end
 
+  # Whether any handler is attached to a request span's events: a request whose span
+  # nobody listens to builds no metadata (this runs for every request). One lookup per
+  # event in telemetry's handler table, as :telemetry.execute/3 itself does
+  # (telemetry_handler_table, keyed by event name, in every telemetry 1.x); when the
+  # :telemetry application is not running, nothing is attached.
+  if @available do
+    @span_events [
+      [:port_bridge, :request, :start],
+      [:port_bridge, :request, :stop],
+      [:port_bridge, :request, :exception]
+    ]
+
+    defp span_wanted? do
+      Enum.any?(@span_events, &(:ets.lookup(:telemetry_handler_table, &1) != []))
+    rescue
+      ArgumentError -> false
+    end
+  end
+
   @doc false
   @spec execute([atom], map, map) :: :ok
   if @available do
@@ -127,7 +146,9 @@ defmodule PortBridge.Telemetry do
   # emitted: nothing is looked up for a build without telemetry).
   @spec start(map | (() -> map)) :: map | nil
   if @available do
-    def start(metadata) when is_function(metadata, 0), do: start(metadata.())
+    def start(metadata) when is_function(metadata, 0) do
+      if span_wanted?(), do: start(metadata.()), else: nil
+    end
 
     def start(metadata) do
       metadata = Map.put(metadata, :telemetry_span_context, make_ref())
