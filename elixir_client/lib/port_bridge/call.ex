@@ -132,6 +132,21 @@ defmodule PortBridge.Call do
     }
   end
 
+  # (Every call made with no options: one struct, built once.)
+  defp build(target, module, config, command, args, []) do
+    timeout = module.default_timeout(config)
+
+    %__MODULE__{
+      target: target,
+      module: module,
+      config: config,
+      command: command,
+      args: args,
+      timeout: timeout,
+      deadline: Request.deadline(timeout)
+    }
+  end
+
   defp build(target, module, config, command, args, opts) do
     call = %__MODULE__{
       target: target,

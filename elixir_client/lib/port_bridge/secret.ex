@@ -128,13 +128,18 @@ defmodule PortBridge.Secret do
   untouched, when there are none.
   """
   @spec reveal_args(term) :: {:ok, term} | {:error, Error.t()}
+  def reveal_args(args) when map_size(args) == 0, do: {:ok, args}
+
   def reveal_args(args) when is_map(args) do
-    if Enum.any?(args, fn {_, value} -> is_struct(value, __MODULE__) end),
-      do: reveal(args),
-      else: {:ok, args}
+    # (Every frame passes here: a plain walk of the values, no protocol dispatch.)
+    if secret_among?(:maps.values(args)), do: reveal(args), else: {:ok, args}
   end
 
   def reveal_args(args), do: {:ok, args}
+
+  defp secret_among?([%__MODULE__{} | _]), do: true
+  defp secret_among?([_ | rest]), do: secret_among?(rest)
+  defp secret_among?([]), do: false
 
   @doc "True when `term` holds a secret anywhere."
   @spec any?(term) :: boolean

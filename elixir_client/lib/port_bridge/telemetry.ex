@@ -112,16 +112,19 @@ defmodule PortBridge.Telemetry do
     def wanted?(_event), do: false
   end
 
-  # Whether any handler is attached to a request span's events: a request whose span
-  # nobody listens to builds no metadata (this runs for every request). One lookup per
+  # Whether any handler is attached to an event a request span serves: a request
+  # whose span nobody listens to builds no metadata (this runs for every request). One lookup per
   # event in telemetry's handler table, as :telemetry.execute/3 itself does
   # (telemetry_handler_table, keyed by event name, in every telemetry 1.x); when the
   # :telemetry application is not running, nothing is attached.
   if @available do
+    # The span's own events, and the LM calls it gives their context (session,
+    # command: see lm_call/2).
     @span_events [
       [:port_bridge, :request, :start],
       [:port_bridge, :request, :stop],
-      [:port_bridge, :request, :exception]
+      [:port_bridge, :request, :exception],
+      [:port_bridge, :lm, :call]
     ]
 
     defp span_wanted? do

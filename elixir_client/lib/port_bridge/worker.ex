@@ -362,18 +362,15 @@ defmodule PortBridge.Worker do
       id: nil
     }
 
-    state = load_changed(%{state | requests: Requests.add(state.requests, ref, entry)})
-    state = sweep_later(state)
-
     case state.status do
       :ready ->
-        {:noreply, send_request(state, ref)}
+        {:noreply, dispatch(state, ref, entry)}
 
       :idle ->
-        restart_python(%{state | queue: :queue.in(ref, state.queue)})
+        restart_python(%{hold(state, ref, entry) | queue: :queue.in(ref, state.queue)})
 
       _starting_replaying_draining_or_down ->
-        {:noreply, %{state | queue: :queue.in(ref, state.queue)}}
+        {:noreply, %{hold(state, ref, entry) | queue: :queue.in(ref, state.queue)}}
     end
   end
 
@@ -668,7 +665,7 @@ defmodule PortBridge.Worker do
         queue: :queue.new()
     }
 
-    Enum.reduce(queued, state, &send_request(&2, &1))
+    Enum.reduce(queued, state, &send_queued(&2, &1))
   end
 
   defp replayed(state, id, result) do
@@ -794,27 +791,49 @@ defmodule PortBridge.Worker do
 
   ## Requests
 
-  defp send_request(state, ref) do
+  # A request that arrives while the Python serves: sent at once, then held.
+  defp dispatch(state, ref, entry) do
+    case send_entry(state, ref, entry) do
+      {:ok, id, state} ->
+        hold(state, ref, %{entry | id: id})
+
+      {:error, error, state} ->
+        if entry.monitor, do: Process.demonitor(entry.monitor, [:flush])
+        deliver(ref, {ref, {:reply, {:error, error}}})
+        state
+    end
+  end
+
+  # A request that waited for a ready Python (held since it came).
+  defp send_queued(state, ref) do
     {:ok, entry} = Requests.fetch(state.requests, ref)
-    # The worker's own deadline trails ours: ours comes first and sends cancel.
-    timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
 
-    # Only a worker that speaks 1.2 knows the envelope's notify.
-    notify = if entry.notify && lm_calls?(state), do: entry.notify
-
-    case send_frame(
-           state,
-           ref,
-           entry.command,
-           entry.args,
-           entry.session_id,
-           timeout_ms,
-           entry.meta,
-           notify
-         ) do
+    case send_entry(state, ref, entry) do
       {:ok, id, state} -> %{state | requests: Requests.sent(state.requests, ref, id)}
       {:error, error, state} -> finish(state, ref, {:error, error})
     end
+  end
+
+  defp send_entry(state, ref, entry) do
+    # The worker's own deadline trails ours: ours comes first and sends cancel.
+    timeout_ms = Protocol.worker_timeout_ms(Request.remaining(entry.deadline))
+    # Only a worker that speaks 1.2 knows the envelope's notify.
+    notify = if entry.notify && lm_calls?(state), do: entry.notify
+
+    send_frame(
+      state,
+      ref,
+      entry.command,
+      entry.args,
+      entry.session_id,
+      timeout_ms,
+      entry.meta,
+      notify
+    )
+  end
+
+  defp hold(state, ref, entry) do
+    sweep_later(load_changed(%{state | requests: Requests.add(state.requests, ref, entry)}))
   end
 
   defp lm_calls?(%State{channel: %{ready: %{"features" => features}}}) when is_list(features),

@@ -35,16 +35,12 @@ defmodule PortBridge.Worker.Requests do
   def new, do: %__MODULE__{}
 
   @doc false
+  # A request held, sent (its id set) or not yet.
   @spec add(t, reference, entry) :: t
-  def add(%__MODULE__{} = table, ref, %{monitor: nil} = entry),
-    do: %{table | by_ref: Map.put(table.by_ref, ref, entry)}
-
-  def add(%__MODULE__{} = table, ref, %{monitor: monitor} = entry) do
-    %{
-      table
-      | by_ref: Map.put(table.by_ref, ref, entry),
-        by_monitor: Map.put(table.by_monitor, monitor, ref)
-    }
+  def add(%__MODULE__{} = table, ref, %{monitor: monitor, id: id} = entry) do
+    by_id = if id, do: Map.put(table.by_id, id, ref), else: table.by_id
+    by_monitor = if monitor, do: Map.put(table.by_monitor, monitor, ref), else: table.by_monitor
+    %{table | by_ref: Map.put(table.by_ref, ref, entry), by_id: by_id, by_monitor: by_monitor}
   end
 
   @doc false
