@@ -53,7 +53,8 @@ defmodule PortBridge.Options do
       default: true,
       doc: """
       the worker's log records (at its `--log-level`, `warning` by default) reach
-      Logger as well as its stderr, with Logger metadata (`--log-frames`; not added
+      Logger as well as its stderr (only Logger with `worker_args: ["--quiet-stderr"]`),
+      with Logger metadata (`--log-frames`; not added
       with `:executable`)
       """
     ]

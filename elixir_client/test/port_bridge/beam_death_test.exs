@@ -15,7 +15,7 @@ defmodule PortBridge.BeamDeathTest do
     code = """
     {:ok, _} = Application.ensure_all_started(:port_bridge)
     {:ok, w} = PortBridge.Worker.start_link(python: #{inspect(python())},
-      worker_args: ["--backends", "", "--backend-module", "pb_hang_backend:backend", "--shutdown-grace", "0.5"],
+      worker_args: ["--backends", "", "--backend-module", "pb_hang_backend:backend", "--shutdown-grace", "0.5", "--quiet-stderr"],
       env: %{"PYTHONPATH" => #{inspect(@support)}})
     {:ok, %{"pid" => os_pid}} = PortBridge.Worker.await_ready(w, 30_000)
     IO.puts("os_pid=\#{os_pid}")

@@ -14,7 +14,9 @@ defmodule PortBridge.CommandsTest do
     worker =
       start_supervised!(
         {PortBridge.Worker,
-         python: python(), worker_args: ["--backends", "", "--expose", "calc"], cd: @python_dir}
+         python: python(),
+         worker_args: ["--backends", "", "--expose", "calc", "--quiet-stderr"],
+         cd: @python_dir}
       )
 
     %{worker: worker}

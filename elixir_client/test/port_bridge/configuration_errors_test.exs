@@ -24,7 +24,7 @@ defmodule PortBridge.ConfigurationErrorsTest do
   test "a Python without DSPy: every DSPy call gets the initialization error from the same Python, which is never restarted",
        %{tmp_dir: dir} do
     name = :"no_dspy_#{System.unique_integer([:positive])}"
-    start_supervised!({Pool, name: name, size: 1, python: python(), env: without_dspy(dir)})
+    start_supervised!({Pool, dspy_worker_opts(name: name, size: 1, env: without_dspy(dir))})
     {:ok, %{"pid" => os_pid}} = PortBridge.request(name, "ping")
 
     for attempt <- 1..4 do
@@ -60,9 +60,7 @@ defmodule PortBridge.ConfigurationErrorsTest do
     # isolated (-I: no PYTHONPATH, no user site) and without site-packages (-S), so
     # `python -m bridge` fails at once.
     {base, 0} = System.cmd(python(), ["-c", "import sys; print(sys._base_executable)"])
-    python = Path.join(dir, "python-without-portbridge")
-    File.write!(python, "#!/bin/sh\nexec #{String.trim(base)} -I -S \"$@\"\n")
-    File.chmod!(python, 0o755)
+    python = quiet_interpreter(dir, "#{String.trim(base)} -I -S")
     # lazy: the Python starts with the first request, which is then sure to be there to
     # get the error (a Worker whose Python exits at once may be gone before a later call).
     {:ok, worker} = Worker.start_link(python: python, cd: dir, lazy: true)
@@ -77,11 +75,12 @@ defmodule PortBridge.ConfigurationErrorsTest do
     assert_receive {:EXIT, ^worker, {:shutdown, {:worker_start_failed, 1}}}
   end
 
-  test "a bad worker option: status 2 and the worker's own usage line", %{tmp_dir: _dir} do
+  test "a bad worker option: status 2 and the worker's own usage line", %{tmp_dir: dir} do
     Process.flag(:trap_exit, true)
+    python = quiet_interpreter(dir, python())
 
     {:ok, worker} =
-      Worker.start_link(python: python(), worker_args: ["--max-concurrency", "zero"], lazy: true)
+      Worker.start_link(python: python, worker_args: ["--max-concurrency", "zero"], lazy: true)
 
     assert {:error, %Error{code: "worker_start_failed", details: %{"exit_status" => 2} = details}} =
              PortBridge.request(worker, "ping")
@@ -98,5 +97,20 @@ defmodule PortBridge.ConfigurationErrorsTest do
 
     refute Map.has_key?(error.details, "stderr")
     assert error.message =~ "see its stderr"
+  end
+
+  # An interpreter (`command`) whose stderr, when a Port spawns it (stdin a pipe), goes
+  # nowhere instead of between the suite's dots; the Worker's second run, which reads
+  # it for the error (stdin from /dev/null), still gets it.
+  defp quiet_interpreter(dir, command) do
+    path = Path.join(dir, "quiet-python")
+
+    File.write!(
+      path,
+      "#!/bin/sh\n[ -p /dev/stdin ] && exec 2>/dev/null\nexec #{command} \"$@\"\n"
+    )
+
+    File.chmod!(path, 0o755)
+    path
   end
 end

@@ -15,6 +15,11 @@ defmodule PortBridge.TestCase do
 
   @support Path.expand(".", __DIR__)
 
+  # The workers' log records reach the suite as `log` frames (forward_logs), where
+  # ExUnit's capture_log keeps them and shows them only for a test that fails: not
+  # also on the BEAM's stderr, between the dots.
+  @quiet ["--quiet-stderr"]
+
   @doc "The Python that has portbridge installed: $PORTBRIDGE_PYTHON, else the repository's .venv."
   def python do
     System.get_env("PORTBRIDGE_PYTHON") || Path.expand("../../../.venv/bin/python", __DIR__)
@@ -32,13 +37,18 @@ defmodule PortBridge.TestCase do
 
     [
       python: python(),
-      worker_args: ["--backends", "", "--backend-module", "pb_test_backend:backend" | worker_args],
+      worker_args:
+        ["--backends", "", "--backend-module", "pb_test_backend:backend"] ++
+          @quiet ++ worker_args,
       env: %{"PYTHONPATH" => Path.join(@support, "python")}
     ] ++ extra
   end
 
   @doc "Options for a real worker with its installed backends (DSPy)."
-  def dspy_worker_opts(extra \\ []), do: [python: python()] ++ extra
+  def dspy_worker_opts(extra \\ []) do
+    {worker_args, extra} = Keyword.pop(extra, :worker_args, [])
+    [python: python(), worker_args: @quiet ++ worker_args] ++ extra
+  end
 
   @doc """
   A bound of `ms` for this machine as loaded now: `ms` times the 1-minute load
