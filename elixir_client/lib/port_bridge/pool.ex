@@ -302,28 +302,22 @@ defmodule PortBridge.Pool do
   def journal(%{journal: journal}), do: {Local, journal}
 
   @impl PortBridge.Target
-  def call(nil, %Call{target: name}), do: {:error, not_running(name)}
-
-  def call(pool, %Call{} = call) do
-    index = pick(pool, call.session_id)
-    call = %{call | pool: pool.name}
-
-    case pool.strategy do
-      :multiplexed -> Worker.call(elem(pool.workers, index), call)
-      :exclusive -> Exclusive.call(pool, index, call)
-    end
-  end
+  def call(pool, %Call{} = call), do: serve(pool, call, :call)
 
   @impl PortBridge.Target
-  def async(nil, %Call{target: name}), do: {:error, not_running(name)}
+  def async(pool, %Call{} = call), do: serve(pool, call, :async)
 
-  def async(pool, %Call{} = call) do
+  # The call on the session's Worker (or the least loaded), waited for (`:call`) or
+  # not (`:async`); a nil pool: the call named a pool that does not run.
+  defp serve(nil, %Call{target: name}, _how), do: {:error, not_running(name)}
+
+  defp serve(pool, call, how) do
     index = pick(pool, call.session_id)
     call = %{call | pool: pool.name}
 
     case pool.strategy do
-      :multiplexed -> Worker.async(elem(pool.workers, index), call)
-      :exclusive -> Exclusive.async(pool, index, call)
+      :multiplexed -> apply(Worker, how, [elem(pool.workers, index), call])
+      :exclusive -> apply(Exclusive, how, [pool, index, call])
     end
   end
 

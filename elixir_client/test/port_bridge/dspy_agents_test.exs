@@ -18,15 +18,9 @@ defmodule PortBridge.DSPyAgentsTest do
     }
   }
 
-  setup_all do
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
-  setup %{worker: worker} do
-    s = "a-#{System.unique_integer([:positive])}"
-    {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: s)
-    %{session: s}
-  end
+  setup :offline_session
 
   test "a ReAct agent calls an Elixir tool and returns its trajectory", %{worker: w, session: s} do
     {:ok, %{"module" => "ReAct", "tools" => [%{"name" => "add"}]}} =

@@ -10,9 +10,7 @@ defmodule PortBridge.DSPyEvaluateTest do
   @train for i <- 0..5,
              do: %{inputs: %{question: "What is #{i} + #{i}?"}, outputs: %{answer: "#{2 * i}"}}
 
-  setup_all do
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
   setup %{worker: worker} do
     session = "t-#{System.unique_integer([:positive])}"

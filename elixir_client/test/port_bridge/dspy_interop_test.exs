@@ -9,15 +9,9 @@ defmodule PortBridge.DSPyInteropTest do
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
 
-  setup_all do
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
-  setup %{worker: worker} do
-    session = "t-#{System.unique_integer([:positive])}"
-    {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: session)
-    %{session: session}
-  end
+  setup :offline_session
 
   test "a typed string signature gives typed outputs; code in a type is a validation error",
        %{worker: worker, session: s} do

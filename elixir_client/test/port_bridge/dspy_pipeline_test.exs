@@ -42,9 +42,7 @@ defmodule PortBridge.DSPyPipelineTest do
   }
   @question %{question: "What flows through the capital of France?"}
 
-  setup_all do
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
   setup do
     %{session: "pipe-#{System.unique_integer([:positive])}"}

@@ -14,9 +14,7 @@ defmodule PortBridge.DSPyRetrievalTest do
     "The Elixir language runs on the BEAM virtual machine."
   ]
 
-  setup_all do
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
   setup do
     %{session: "r-#{System.unique_integer([:positive])}"}

@@ -7,16 +7,9 @@ defmodule PortBridge.DSPyTest do
 
   if reason = skip_reason(:dspy), do: @moduletag(skip: reason)
 
-  setup_all do
-    # One worker for the module (DSPy takes ~1 s to import); tests use their own sessions.
-    %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
-  end
+  setup_all :start_dspy_worker
 
-  setup %{worker: worker} do
-    session = "t-#{System.unique_integer([:positive])}"
-    {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: session)
-    %{session: session}
-  end
+  setup :offline_session
 
   test "the moduledoc's example runs as written" do
     {:docs_v1, _, _, _, %{"en" => moduledoc}, _, _} = Code.fetch_docs(DSPy)

@@ -44,6 +44,20 @@ defmodule PortBridge.TestCase do
     ] ++ extra
   end
 
+  @doc """
+  For `setup_all`: one real worker with DSPy for a test module (DSPy takes about a
+  second to import), as `%{worker: pid}`; its tests keep apart by session.
+  """
+  def start_dspy_worker(_context),
+    do: %{worker: start_supervised!({PortBridge.Worker, dspy_worker_opts()})}
+
+  @doc "For `setup`: a session of its own, on the offline LM, as `%{session: id}`."
+  def offline_session(%{worker: worker}) do
+    session = "t-#{System.unique_integer([:positive])}"
+    {:ok, _} = PortBridge.DSPy.configure_lm(worker, model: "offline", session_id: session)
+    %{session: session}
+  end
+
   @doc "Options for a real worker with its installed backends (DSPy)."
   def dspy_worker_opts(extra \\ []) do
     {worker_args, extra} = Keyword.pop(extra, :worker_args, [])
