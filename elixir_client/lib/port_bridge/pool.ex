@@ -89,9 +89,17 @@ defmodule PortBridge.Pool do
   pool itself exits and the failure reaches your supervision tree.
 
   A fresh Python gets the recorded state of its sessions (and of the global scope)
-  before any request reaches it: `PortBridge.DSPy` records what builds state
-  (`configure_lm`, programs) in the pool's `PortBridge.Records`, and each Worker
-  replays it when its Python is ready (`recover_sessions: false` turns this off).
+  before any request reaches it: `PortBridge.DSPy` hands what builds state
+  (`configure_lm`, programs) to the pool's journal (`PortBridge.Journal.Local`, over a
+  `PortBridge.Records` table), and each Worker replays it when its Python is ready
+  (`recover_sessions: false` turns this off).
+
+  The records outlive the process that holds them (the pool restarts it and it takes
+  them back), not the pool: a pool started again under the same name starts clean,
+  so boot code that creates its programs runs again as on the first boot, and tests
+  that start a pool of the same name do not inherit the last one's programs. Start it
+  with `adopt_records: true` to take the previous pool's records instead (kept for a
+  minute after it ended).
 
   ## Options
 
