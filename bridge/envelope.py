@@ -20,8 +20,8 @@ from .errors import protocol_error
 from .limits import ENVELOPE
 
 PROTOCOL_VERSION = 1
-PROTOCOL_MINOR = 2  # 1.1: callbacks; 1.2: LM calls (PROTOCOL.md, changelog)
-FEATURES = ("callbacks", "lm_calls")
+PROTOCOL_MINOR = 3  # 1.1: callbacks; 1.2: LM calls; 1.3: admission leases (PROTOCOL.md, changelog)
+FEATURES = ("callbacks", "lm_calls", "lm_leases")
 FIELDS = frozenset({"id", "command", "args", "session_id", "timeout_ms", "meta", "notify"})
 MAX_ID_CHARS: int = ENVELOPE["max_id_chars"]
 MAX_COMMAND_CHARS: int = ENVELOPE["max_command_chars"]

@@ -310,10 +310,11 @@ CALLBACK_EXCHANGES = [  # (name, format, request, expect), replayed against a co
 ]
 
 
-def callback_frames() -> list[dict]:
+def frames_of(conversation) -> list[dict]:
+    """A conversation's frames (name, schema, value) in both formats, each with its payload's bytes."""
     return [{"name": f"{n}_{f}", "schema": schema, "format": f, "value": value,
              "payload_hex": (jbytes(value) if f == "json" else pack(value)).hex()}
-            for f in ("json", "msgpack") for n, schema, value in CALLBACK_CONVERSATION]
+            for f in ("json", "msgpack") for n, schema, value in conversation]
 
 
 # -- lm_calls.json: protocol 1.2 --------------------------------------------------------
@@ -374,8 +375,6 @@ def invalid(rid, path, reason):
 
 
 LM_CALL_EXCHANGES = [  # (name, format, request, expect), each to a fresh core worker
-    ("describe_says_1_2", "json", {"id": 1, "command": "describe"},
-     {"id": 1, "success": True, "result": {"protocol": 1, "protocol_minor": 2, "features": ["callbacks", "lm_calls"]}}),
     notify_case("notify_known_and_unknown_names", 2, ["lm_call", "an_event_of_the_future"], True),
     notify_case("notify_null", 3, None, True),
     notify_case("notify_empty_list", 4, [], True),
@@ -436,6 +435,51 @@ LM_CALL_DSPY_EXCHANGES = [  # (name, format, request, expect), in order to ONE w
 ]
 
 
+# -- leases.json: protocol 1.3 --------------------------------------------------------
+
+LEASED_ARGS = {"model": "openai/gpt-4o-mini", "limits": RATE_LIMIT, "estimated_tokens": 412}
+LEASE_CONVERSATION = [  # (name, schema, value): an admission with a lease, and the calls started on it
+    ("ready_1_3", "event", {"id": None, "event": "ready", "data": {
+        "protocol": 1, "protocol_minor": 3, "features": ["callbacks", "lm_calls", "lm_leases"], "pid": 4242,
+        "version": "0.1.0", "formats": ["json", "msgpack"], "format": "auto", "commands": ["callback_result", "ping"],
+        "limits": {"max_frame_bytes": 67108864, "max_callbacks": 1024}}}),
+    ("admit_event", "event", {"id": 7, "event": "callback", "data": {
+        "callback_id": "cb-1", "name": "portbridge.admit", "args": LEASED_ARGS, "timeout_ms": 29870}}),
+    # The call admitted now, and 2 more that may start within 500 ms of the event above, their
+    # estimates together within 824 tokens.
+    ("admitted_with_a_lease", "request", {"id": 8, "command": "callback_result", "args": {
+        "callback_id": "cb-1", "result": {"admitted": True,
+                                          "lease": {"starts": 2, "valid_ms": 500, "tokens": 824}}}}),
+    ("lm_call_admitted", "event", {"id": 7, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 180, "completion_tokens": 22, "cost_usd": 4.1e-05,
+        "duration_us": 398000, "cached": False, "program_id": "qa", "estimated_tokens": 412, "error": None}}),
+    # Request 9's call started on the lease: no callback event before its lm_call.
+    ("lm_call_leased", "event", {"id": 9, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 176, "completion_tokens": 30, "cost_usd": 4.3e-05,
+        "duration_us": 405000, "cached": False, "program_id": "qa", "estimated_tokens": 409, "error": None}}),
+    # A leased attempt refused by the provider: the lease is void, the retry asks again.
+    ("lm_call_leased_429", "event", {"id": 10, "event": "lm_call", "data": {
+        "model": "openai/gpt-4o-mini", "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
+        "duration_us": 2900, "cached": False, "program_id": "qa", "estimated_tokens": 415,
+        "error": {"category": "lm_rate_limit", "code": "rate_limited", "message": "Rate limit reached for requests.",
+                  "retry_after_s": 1.5}}}),
+    ("admit_event_after_the_429", "event", {"id": 10, "event": "callback", "data": {
+        "callback_id": "cb-2", "name": "portbridge.admit", "args": {**LEASED_ARGS, "estimated_tokens": 415},
+        "timeout_ms": 28100}}),
+    ("admitted_without_a_lease", "request", {"id": 11, "command": "callback_result", "args": {
+        "callback_id": "cb-2", "result": {"admitted": True}}}),
+    ("lm_call_without_admission", "event", {"id": 12, "event": "lm_call", "data": {
+        "model": "openai/unlimited", "prompt_tokens": 90, "completion_tokens": 12, "cost_usd": None,
+        "duration_us": 120000, "cached": False, "program_id": None, "estimated_tokens": 0, "error": None}}),
+]
+
+LEASE_EXCHANGES = [  # (name, format, request, expect), each to a fresh core worker
+    ("describe_says_1_3", "json", {"id": 1, "command": "describe"},
+     {"id": 1, "success": True, "result": {"protocol": 1, "protocol_minor": 3,
+                                           "features": ["callbacks", "lm_calls", "lm_leases"]}}),
+]
+
+
 def exchange_case(n, f, req, exp) -> dict:
     return {"name": n, "format": f, "request": req, "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(),
             "expect": exp}
@@ -471,7 +515,7 @@ if __name__ == "__main__":
           [{"name": n, "format": f, "request": req,
             "payload_hex": (jbytes(req) if f == "json" else pack(req)).hex(), "expect": exp}
            for n, f, req, exp in CALLBACK_EXCHANGES],
-          protocol_minor=1, frames=callback_frames())
+          protocol_minor=1, frames=frames_of(CALLBACK_CONVERSATION))
     write("lm_calls.json",
           "Protocol 1.2 (LM calls). frames: a rate-limited call admitted, refused by the provider once and "
           "retried, in both formats; each payload_hex decodes to value, which its schema accepts (a "
@@ -481,8 +525,14 @@ if __name__ == "__main__":
           "the same way.",
           [exchange_case(*case) for case in LM_CALL_EXCHANGES],
           protocol_minor=2,
-          frames=[{"name": f"{n}_{f}", "schema": schema, "format": f, "value": value,
-                   "payload_hex": (jbytes(value) if f == "json" else pack(value)).hex()}
-                  for f in ("json", "msgpack") for n, schema, value in LM_CALL_CONVERSATION],
+          frames=frames_of(LM_CALL_CONVERSATION),
           dspy_cases=[exchange_case(*case) for case in LM_CALL_DSPY_EXCHANGES])
-    print("wrote codec.json, bad_frames.json, exchanges.json, callbacks.json, lm_calls.json")
+    write("leases.json",
+          "Protocol 1.3 (admission leases). frames: an admission whose result carries a lease, lm_call events "
+          "of calls started on it (with estimated_tokens), a leased attempt refused by the provider and the "
+          "admission asked again, in both formats; each payload_hex decodes to value, which its schema accepts "
+          "(a callback_result's result also schemas/admit.schema.json#/$defs/result, an lm_call event's data "
+          "also schemas/lm_call.schema.json). cases: requests sent to a fresh worker, as in exchanges.json.",
+          [exchange_case(*case) for case in LEASE_EXCHANGES],
+          protocol_minor=3, frames=frames_of(LEASE_CONVERSATION))
+    print("wrote codec.json, bad_frames.json, exchanges.json, callbacks.json, lm_calls.json, leases.json")

@@ -18,6 +18,8 @@ CALLBACK_EXCHANGES = load("callbacks.json")
 LM_CALL_FRAMES = load("lm_calls.json", "frames")
 LM_CALL_EXCHANGES = load("lm_calls.json")
 LM_CALL_DSPY_EXCHANGES = load("lm_calls.json", "dspy_cases")
+LEASE_FRAMES = load("leases.json", "frames")
+LEASE_EXCHANGES = load("leases.json")
 SHARED = [c for c in BAD if not ({"worker_args", "end_input", "exit_code"} & set(c))]
 SPECIAL = [c for c in BAD if c not in SHARED]
 
@@ -47,9 +49,10 @@ def test_callback_frame_vector(case):
         assert not list(VALIDATORS["callback_result"].iter_errors(case["value"]["args"]))
 
 
-@pytest.mark.parametrize("case", LM_CALL_FRAMES, ids=ids(LM_CALL_FRAMES))
+@pytest.mark.parametrize("case", LM_CALL_FRAMES + LEASE_FRAMES, ids=ids(LM_CALL_FRAMES + LEASE_FRAMES))
 def test_lm_call_frame_vector(case):
-    """Protocol 1.2: each frame of the admitted, retried LM call decodes to its value, which its schemas accept."""
+    """Protocol 1.2 and 1.3: each frame of the admitted, retried (leased) LM calls decodes to its value, which its
+    schemas accept."""
     codec = codecs.get(case["format"])
     value = codec.decode(bytes.fromhex(case["payload_hex"]))
     assert to_readable(value) == case["value"]
@@ -59,6 +62,15 @@ def test_lm_call_frame_vector(case):
         assert not list(VALIDATORS["lm_call"].iter_errors(data))
     if data.get("name") == "portbridge.admit":
         assert not list(VALIDATORS["admit"].iter_errors(data["args"]))
+    if case["value"].get("command") == "callback_result" and "result" in case["value"]["args"]:
+        assert not list(VALIDATORS["admit_result"].iter_errors(case["value"]["args"]["result"]))
+
+
+def test_admit_result_schema_refuses_leases_a_worker_ignores():
+    for lease in ({"starts": 0, "valid_ms": 500}, {"starts": 2}, {"starts": 2, "valid_ms": 60_001},
+                  {"starts": 1001, "valid_ms": 5}, {"starts": 2, "valid_ms": 5, "tokens": -1}, {"starts": "2", "valid_ms": 5}):
+        assert list(VALIDATORS["admit_result"].iter_errors({"admitted": True, "lease": lease})), lease
+    assert not list(VALIDATORS["admit_result"].iter_errors({"admitted": True, "waited_ms": 3}))
 
 
 def test_event_schema_checks_lm_call_and_admit_frames():
@@ -85,8 +97,8 @@ def test_callback_result_schema_refuses_what_the_worker_refuses():
         assert list(VALIDATORS["callback_result"].iter_errors(args)), args
 
 
-@pytest.mark.parametrize("case", EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES,
-                         ids=ids(EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES))
+@pytest.mark.parametrize("case", EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES + LEASE_EXCHANGES,
+                         ids=ids(EXCHANGES + CALLBACK_EXCHANGES + LM_CALL_EXCHANGES + LEASE_EXCHANGES))
 def test_exchange_vector(raw, case):
     worker = raw()
     worker.send(encode_frame(bytes.fromhex(case["payload_hex"])))

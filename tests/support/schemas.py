@@ -29,6 +29,9 @@ VALIDATORS = {
     name: jsonschema.Draft202012Validator(SCHEMAS[f"{name}.schema.json"], registry=REGISTRY)
     for name in ("request", "response", "event", "callback_result", "lm_call", "admit")
 }
+# What a client answers to portbridge.admit (admit.schema.json's $defs/result, with its 1.3 lease).
+VALIDATORS["admit_result"] = jsonschema.Draft202012Validator(
+    {"$ref": SCHEMAS["admit.schema.json"]["$id"] + "#/$defs/result"}, registry=REGISTRY)
 
 
 def violations(frame: dict) -> list[str]:
