@@ -4,11 +4,12 @@ Framework-agnostic (PROTOCOL.md section 7.2): a backend's LM layer describes
 each configured LM with a ``Policy`` (its model string, its ``rate_limit``, the
 retries the bridge makes for it) and runs every LM call as a ``Call``:
 
-* ``Call.admit`` before each HTTP attempt of an LM with ``rate_limit``: the
-  built-in ``portbridge.admit`` callback on the request that makes the call,
-  waiting within that request's budget;
+* ``Call.admit`` before each HTTP attempt of an LM with ``rate_limit``: a
+  start from the lease the client granted (``bridge.leases``, protocol 1.3)
+  when one is left, else the built-in ``portbridge.admit`` callback on the
+  request that makes the call, waiting within that request's budget;
 * ``Call.attempt_failed`` after an attempt that failed: the ``lm_call`` event
-  with the error, then, for an LM with ``rate_limit``, a pause (the provider's
+  with the error (a provider's 429 voids the model's lease), then, for an LM with ``rate_limit``, a pause (the provider's
   ``Retry-After``, else 1, 2, 4... s) and another attempt while retries are
   left and the pause ends before the deadline;
 * ``Call.completed`` once the call has its answer: the ``lm_call`` event with
@@ -17,8 +18,12 @@ retries the bridge makes for it) and runs every LM call as a ``Call``:
 The request is found where the call runs: the worker binds the request's
 context to the handler's thread (``bind``, done by the dispatcher), and a
 backend that starts threads of its own carries a ``Caller`` into them (DSPy
-does, through its settings). Events go out only when the request asked for
-them (``notify: ["lm_call"]``) or the LM has a ``rate_limit``.
+does, through its settings). Events go out when the request asked for them
+(``notify: ["lm_call"]``), and for an LM with ``rate_limit`` when its client
+needs them: after every failed attempt (a 429 pauses the model), and after
+every call when the limits count tokens (the real tokens correct the
+estimate). A successful call under a request limit alone tells the client
+nothing, and its event would cost more than a leased admission.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from time import perf_counter_ns
 from typing import Any
 
 from .errors import BridgeError, overloaded
+from .leases import Leases
 from .redaction import scrub_text
 
 ADMIT = "portbridge.admit"  # the built-in callback every 1.2 client answers
 EVENT = "lm_call"  # the event's name, and the name a request puts in notify to get it
 MAX_PAUSE_S = 30.0  # the longest pause between attempts without a Retry-After
 CHARS_PER_TOKEN = 4  # the admission estimate's idea of a token
+
+LEASES = Leases()  # the starts this worker process may make without asking, per model
 
 _bound: contextvars.ContextVar[Any] = contextvars.ContextVar("portbridge_lm_request", default=None)
 
@@ -85,14 +93,18 @@ def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
 class Call:
     """One LM call under ``policy`` for ``caller`` (None: no request, e.g. a thread of its own)."""
 
-    __slots__ = ("policy", "caller", "reports", "attempt_ns", "failure_reported")
+    __slots__ = ("policy", "caller", "reports", "reports_success", "attempt_ns", "failure_reported", "estimated")
 
     def __init__(self, policy: Policy, caller: Caller | None) -> None:
         self.policy = policy
         self.caller = caller
-        self.reports = caller is not None and (policy.rate_limit is not None or EVENT in caller.ctx.notify)
+        wanted = caller is not None and EVENT in caller.ctx.notify
+        # Which events go out: failed attempts, and also completed calls (PROTOCOL.md section 7.2).
+        self.reports = wanted or (caller is not None and policy.rate_limit is not None)
+        self.reports_success = wanted or (caller is not None and "tokens_per_minute" in (policy.rate_limit or ()))
         self.attempt_ns = 0  # time spent in attempts (not in admission waits or pauses)
         self.failure_reported = False  # the call's last failure already went out as an event
+        self.estimated = 0  # estimated_tokens admitted for the attempts the next event reports
 
     @property
     def admitted(self) -> bool:
@@ -105,16 +117,26 @@ class Call:
         return self.admitted or self.reports
 
     def admit(self, estimated_tokens: int) -> None:
-        """Ask the client to let one attempt start (when the LM has ``rate_limit``); raise if it may not."""
-        if not self.admitted:
+        """Let one attempt start (when the LM has ``rate_limit``): on the lease, else asking the client;
+        raise if it may not."""
+        model, limits = self.policy.model, self.policy.rate_limit
+        if limits is None:
             return
         if self.caller is None:
             raise BridgeError("execution", "lm_call_outside_request",
-                              f"the LM {self.policy.model!r} has a rate_limit, and this call is made outside any "
-                              "request, so no client can admit it", {"model": self.policy.model})
-        args = {"model": self.policy.model, "limits": self.policy.rate_limit, "estimated_tokens": estimated_tokens}
+                              f"the LM {model!r} has a rate_limit, and this call is made outside any "
+                              "request, so no client can admit it", {"model": model})
+        ctx = self.caller.ctx
+        # A leased start only for a request still running within its deadline: otherwise asking
+        # fails (or waits) as it always did.
+        remaining = ctx.remaining()
+        if not ctx.cancelled and (remaining is None or remaining > 0) and LEASES.take(model, limits, estimated_tokens):
+            self.estimated += estimated_tokens
+            return
+        args = {"model": model, "limits": limits, "estimated_tokens": estimated_tokens}
+        asked = LEASES.now()  # before the event goes out: the lease's window starts no later than the client's
         try:
-            answer = self.caller.ctx.callback(ADMIT, args)
+            answer = ctx.callback(ADMIT, args)
         except BridgeError as exc:
             if exc.code == "interrupted":  # the request was answered meanwhile: say so, as every wait does
                 raise
@@ -124,6 +146,8 @@ class Call:
             raise overloaded("admission_refused", f"the client did not admit a call to {self.policy.model!r} "
                              f"(it answered {answer!r:.200} instead of {{\"admitted\": true}})",
                              model=self.policy.model)
+        LEASES.grant(model, limits, answer, asked)
+        self.estimated += estimated_tokens
 
     def attempt_done(self, started_ns: int) -> None:
         self.attempt_ns += perf_counter_ns() - started_ns
@@ -133,6 +157,8 @@ class Call:
         """Report a failed attempt; True when the caller should make another (after the pause, waited here)."""
         took = perf_counter_ns() - started_ns
         self.attempt_ns += took
+        if error.category == "lm_rate_limit" and self.admitted:
+            LEASES.void(self.policy.model)  # the provider disagrees: the client must see the next attempt
         self._report(duration_us=took // 1000, error=error, retry_after=retry_after)
         self.failure_reported = True
         if not (self.admitted and retryable and attempt < self.policy.num_retries and self.caller is not None):
@@ -162,7 +188,8 @@ class Call:
     def _report(self, *, prompt_tokens: int = 0, completion_tokens: int = 0, cost_usd: float | None = None,
                 duration_us: int = 0, cached: bool = False, error: BridgeError | None = None,
                 retry_after: float | None = None) -> None:
-        if not self.reports or self.caller is None:
+        estimated, self.estimated = self.estimated, 0  # the next event reports the attempts after these
+        if self.caller is None or not (self.reports_success if error is None else self.reports):
             return
         self.caller.ctx.emit(EVENT, {
             "model": self.policy.model,
@@ -172,6 +199,7 @@ class Call:
             "duration_us": max(int(duration_us), 0),
             "cached": bool(cached),
             "program_id": self.caller.program_id,
+            "estimated_tokens": estimated,
             "error": None if error is None else {
                 "category": error.category, "code": error.code, "message": scrub_text(error.message[:2000]),
                 "retry_after_s": retry_after if _price(retry_after) else None},

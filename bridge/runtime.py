@@ -116,6 +116,7 @@ class Runtime:
             "sessions": len(self.sessions),
             "timers": len(self.timers),
             "callbacks": self.callbacks.describe(),
+            "leases": lmcalls.LEASES.describe(),  # admission leases of LMs with rate_limit (1.3)
         }
 
     def cancel(self, rid: Any) -> str:

@@ -17,6 +17,9 @@ from tests.support.dspy_workers import module_server, module_worker
 
 KEY = "sk-admission"
 ADMIT = "portbridge.admit"
+# A token limit never reached: with one, every call is reported (its tokens correct the estimate); under a
+# request limit alone only failed attempts are, unless the request asks (notify).
+TOKENS = {"tokens_per_minute": 100_000_000}
 
 
 server = module_server(api_key=KEY)
@@ -57,7 +60,7 @@ def lm_calls(pending) -> list[dict]:
 
 
 def test_every_attempt_is_admitted_first_and_reported_after(worker, server):
-    prepare(worker, server, "adm-basic", "adm-basic", {"requests_per_minute": 600, "burst": 2})
+    prepare(worker, server, "adm-basic", "adm-basic", {"requests_per_minute": 600, "burst": 2, **TOKENS})
     gate = Gate(server)
     start = len(server.seen)
     reply, pending = execute(worker, "adm-basic", "Admit me?", gate, timeout_ms=30_000)
@@ -65,23 +68,24 @@ def test_every_attempt_is_admitted_first_and_reported_after(worker, server):
     assert [n for _, n in gate.seen] == [start]  # asked before the server saw anything
     assert len(server.seen) == start + 1
     args = gate.seen[0][0]
-    assert args["model"] == "openai/adm-basic" and args["limits"] == {"requests_per_minute": 600, "burst": 2}
+    assert args["model"] == "openai/adm-basic" and args["limits"] == {"requests_per_minute": 600, "burst": 2, **TOKENS}
     prompt_chars = sum(len(m["content"]) for m in server.seen[-1].messages)
     assert args["estimated_tokens"] == -(-prompt_chars // 4)
     callback = next(e["data"] for e in pending.events if e["event"] == "callback")
     assert callback["name"] == ADMIT and 0 < callback["timeout_ms"] <= 30_000  # out of the request's budget
-    (event,) = lm_calls(pending)  # sent without notify: the LM has a rate limit
+    (event,) = lm_calls(pending)  # sent without notify: the LM has a token limit
     usage = reply["result"]["usage"]["openai/adm-basic"]
     assert event == {"model": "openai/adm-basic", "prompt_tokens": usage["prompt_tokens"],
                      "completion_tokens": usage["completion_tokens"], "cost_usd": None,
-                     "duration_us": event["duration_us"], "cached": False, "program_id": "p", "error": None}
+                     "duration_us": event["duration_us"], "cached": False, "program_id": "p",
+                     "estimated_tokens": args["estimated_tokens"], "error": None}
     assert event["duration_us"] > 0
     kinds = [e["event"] for e in pending.events]
     assert kinds.index("callback") < kinds.index("lm_call")
 
 
 def test_each_of_n_completions_and_a_streamed_call_are_admitted(worker, server):
-    prepare(worker, server, "adm-n", "adm-n", {"requests_per_minute": 100_000})
+    prepare(worker, server, "adm-n", "adm-n", {"requests_per_minute": 100_000, **TOKENS})
     gate = Gate(server)
     start = len(server.seen)
     pending = worker.submit("execute_program", {"program_id": "p", "inputs": {"question": "three?"}, "lm": {"n": 3}},
@@ -91,6 +95,7 @@ def test_each_of_n_completions_and_a_streamed_call_are_admitted(worker, server):
     assert [n - start for _, n in gate.seen] == [0, 1, 2]
     (event,) = lm_calls(pending)  # one call, its three completions together
     assert event["prompt_tokens"] == reply["result"]["usage"]["openai/adm-n"]["prompt_tokens"] > 0
+    assert event["estimated_tokens"] == sum(args["estimated_tokens"] for args, _ in gate.seen)
     gate = Gate(server)
     pending = worker.submit("execute_program", {"program_id": "p", "inputs": {"question": "streamed?"},
                                                 "stream": True}, session_id="adm-n", callbacks={ADMIT: gate})
@@ -126,7 +131,7 @@ def test_other_retryable_failures_are_retried_by_the_bridge_only(worker, server)
 
 def test_a_providers_retry_after_is_waited_out_and_the_call_succeeds(worker, server):
     """The provider refuses the first 2 attempts with Retry-After 0.2 s: the bridge waits, asks, tries again."""
-    prepare(worker, server, "adm-throttled", "throttled-2-200", {"requests_per_minute": 100_000}, num_retries=2)
+    prepare(worker, server, "adm-throttled", "throttled-2-200", TOKENS, num_retries=2)
     gate = Gate(server)
     started = time.monotonic()
     reply, pending = execute(worker, "adm-throttled", "Patience?", gate)
@@ -210,7 +215,7 @@ def test_an_admission_error_fails_the_call_with_its_category(worker, server):
 
 
 def test_calls_in_threads_dspy_starts_are_admitted_on_the_request(worker, server):
-    prepare(worker, server, "adm-evaluate", "adm-evaluate", {"requests_per_minute": 100_000})
+    prepare(worker, server, "adm-evaluate", "adm-evaluate", {"requests_per_minute": 100_000, **TOKENS})
     gate = Gate(server)
     devset = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": "x"}} for i in range(6)]
     pending = worker.submit("evaluate_program", {"program_id": "p", "devset": devset, "num_threads": 3},
@@ -222,7 +227,7 @@ def test_calls_in_threads_dspy_starts_are_admitted_on_the_request(worker, server
 
 
 def test_an_optimiser_on_several_threads_has_every_call_admitted(worker, server):
-    prepare(worker, server, "adm-optimize", "adm-optimize", {"requests_per_minute": 100_000})
+    prepare(worker, server, "adm-optimize", "adm-optimize", {"requests_per_minute": 100_000, **TOKENS})
     gate = Gate(server)
     start = len(server.seen)
     trainset = [{"inputs": {"question": f"q{i}"}, "outputs": {"answer": f"a{i}"}} for i in range(4)]
@@ -236,6 +241,17 @@ def test_an_optimiser_on_several_threads_has_every_call_admitted(worker, server)
     assert calls > 0 and len(gate.seen) == calls == len(lm_calls(pending))
 
 
+def test_a_successful_call_under_a_request_limit_alone_is_reported_only_when_asked(worker, server):
+    """Its event would tell the client nothing it paces on (no tokens to correct, no 429): a failed attempt is
+    always reported, a successful call only for a request that asks (notify)."""
+    prepare(worker, server, "adm-quiet", "adm-quiet", {"requests_per_minute": 100_000})
+    reply, pending = execute(worker, "adm-quiet", f"quiet {time.time_ns()}?", Gate(server))
+    assert reply["success"] and lm_calls(pending) == []
+    reply, pending = execute(worker, "adm-quiet", f"asked {time.time_ns()}?", Gate(server), notify=["lm_call"])
+    (event,) = lm_calls(pending)
+    assert event["error"] is None and event["estimated_tokens"] > 0
+
+
 def test_lm_call_events_are_opt_in_without_a_rate_limit(worker, server):
     prepare(worker, server, "adm-notify", "adm-notify")
     reply, pending = execute(worker, "adm-notify", "Quiet?")
@@ -247,7 +263,7 @@ def test_lm_call_events_are_opt_in_without_a_rate_limit(worker, server):
 
 def test_an_sdk_command_using_the_session_lm_asks_too(worker, server):
     """Admission lives in the LM layer: no DSPy program is needed for a call to be admitted and reported."""
-    prepare(worker, server, "adm-sdk", "adm-sdk", {"requests_per_minute": 600})
+    prepare(worker, server, "adm-sdk", "adm-sdk", {"requests_per_minute": 600, **TOKENS})
     gate = Gate(server)
     pending = worker.submit("lm_commands.ask", {"prompt": "Hello from a command"}, session_id="adm-sdk",
                             callbacks={ADMIT: gate})
@@ -280,3 +296,129 @@ def test_the_python_clients_pacer_keeps_a_provider_limit_with_no_429(worker, ser
     assert all(r["success"] for r in replies)
     assert stats["responses_429"] == 0 and stats["completions"] == 12
     assert took >= 1.0  # 12 starts paced at 10 a second (the first at once) span at least 1.1 s
+
+
+# -- leases (protocol 1.3): the client lets the next calls of a model start without asking ----------------------
+
+
+def leasing(server, lease: dict) -> Gate:
+    """A gate that admits and grants ``lease`` each time it is asked."""
+    return Gate(server, lambda args: {"admitted": True, "lease": dict(lease)})
+
+
+def run_many(worker, session: str, gate: Gate, n: int, prefix: str, **kw) -> list[dict]:
+    """``n`` calls one after the other, each its own request (a lease outlives the request that got it)."""
+    replies = []
+    for i in range(n):
+        reply, pending = execute(worker, session, f"{prefix} {i:03d}?", gate, **kw)
+        assert reply["success"], reply
+        replies.append((reply, pending))
+    return replies
+
+
+def stats_leases(worker) -> dict:
+    return worker.call("stats")["leases"]
+
+
+def test_a_lease_lets_the_next_calls_start_without_asking(worker, server):
+    prepare(worker, server, "lease-basic", "lease-basic", {"requests_per_minute": 100_000, **TOKENS})
+    gate = leasing(server, {"starts": 3, "valid_ms": 60_000})
+    before = stats_leases(worker)
+    start = len(server.seen)
+    done = run_many(worker, "lease-basic", gate, 6, f"leased {time.time_ns()}")
+    assert len(server.seen) - start == 6
+    # Asked by the 1st call (leased 3 more), and the 5th (its lease used up).
+    assert [n - start for _, n in gate.seen] == [0, 4]
+    asked = [any(e["event"] == "callback" for e in pending.events) for _, pending in done]
+    assert asked == [True, False, False, False, True, False]
+    # Every call is still reported, with the estimate it was admitted (or leased) under.
+    estimates = [lm_calls(pending)[0]["estimated_tokens"] for _, pending in done]
+    assert all(e > 0 for e in estimates) and estimates[0] == gate.seen[0][0]["estimated_tokens"]
+    after = stats_leases(worker)
+    assert (after["granted"] - before["granted"], after["taken"] - before["taken"]) == (6, 4)
+
+
+def test_a_lease_ends_when_it_expires(worker, server):
+    prepare(worker, server, "lease-expiry", "lease-expiry", {"requests_per_minute": 100_000})
+    gate = leasing(server, {"starts": 5, "valid_ms": 1})
+    for i in range(3):
+        reply, _ = execute(worker, "lease-expiry", f"expiring {time.time_ns()} {i}?", gate)
+        assert reply["success"]
+        time.sleep(0.002)  # the lease's millisecond passes (counted from when the worker asked)
+    assert len(gate.seen) == 3
+
+
+def test_leased_calls_stay_within_the_leased_tokens(worker, server):
+    prepare(worker, server, "lease-tokens", "lease-tokens", {"tokens_per_minute": 1_000_000})
+    # Questions of one length make calls of one estimate: a lease of 2 starts' worth of tokens and
+    # 5 starts covers 2 calls.
+    probe = Gate(server, lambda args: {"admitted": True})
+    reply, _ = execute(worker, "lease-tokens", f"tokens {time.time_ns() % 10**8:08d} x?", probe)
+    estimate = probe.seen[0][0]["estimated_tokens"]
+    gate = leasing(server, {"starts": 5, "valid_ms": 60_000, "tokens": 2 * estimate})
+    for i in range(4):
+        reply, _ = execute(worker, "lease-tokens", f"tokens {time.time_ns() % 10**8:08d} {i}?", gate)
+        assert reply["success"]
+    assert [args["estimated_tokens"] for args, _ in gate.seen] == [estimate, estimate]
+
+
+@pytest.mark.parametrize("lease", [
+    {"starts": 0, "valid_ms": 60_000}, {"starts": 3}, {"starts": 3, "valid_ms": 0}, {"starts": True, "valid_ms": 9},
+    {"starts": 3, "valid_ms": 60_001}, {"starts": 3, "valid_ms": 100, "tokens": -1}, "three", None,
+])
+def test_a_lease_of_another_shape_is_ignored_and_the_call_admitted(worker, server, lease):
+    prepare(worker, server, "lease-bad", "lease-bad", {"requests_per_minute": 100_000})
+    gate = Gate(server, lambda args: {"admitted": True, "lease": lease})
+    run_many(worker, "lease-bad", gate, 2, f"bad lease {time.time_ns()}")
+    assert len(gate.seen) == 2
+
+
+def test_a_lease_is_for_the_limits_it_was_granted_under(worker, server):
+    prepare(worker, server, "lease-limits-a", "lease-limits", {"requests_per_minute": 100_000})
+    prepare(worker, server, "lease-limits-b", "lease-limits", {"requests_per_minute": 50_000})
+    gate = leasing(server, {"starts": 5, "valid_ms": 60_000})
+    execute(worker, "lease-limits-a", f"limits {time.time_ns()}?", gate)
+    reply, _ = execute(worker, "lease-limits-b", f"limits {time.time_ns()}?", gate)
+    assert reply["success"] and len(gate.seen) == 2  # same model, other limits: asked
+
+
+def test_a_providers_429_voids_the_lease(worker, server):
+    """A leased call refused by the provider: the worker's next attempt of that model asks the client again."""
+    prepare(worker, server, "lease-429", "lease-429", {"requests_per_minute": 100_000}, num_retries=0)
+    gate = leasing(server, {"starts": 10, "valid_ms": 60_000})
+    server.limit_rate(1, 60)
+    try:
+        start = len(server.seen)
+        first, _ = execute(worker, "lease-429", f"first {time.time_ns()}?", gate)
+        second, pending = execute(worker, "lease-429", f"second {time.time_ns()}?", gate)  # leased: refused
+        third, _ = execute(worker, "lease-429", f"third {time.time_ns()}?", gate)
+    finally:
+        server.limit_rate(None)
+    assert first["success"] and second["error"]["category"] == third["error"]["category"] == "lm_rate_limit"
+    assert len(server.seen) - start == 3
+    assert [n - start for _, n in gate.seen] == [0, 2]  # the second was leased; the third asked
+    assert not [e for e in pending.events if e["event"] == "callback"]
+
+
+def test_a_call_of_a_request_already_answered_takes_no_leased_start(worker, server):
+    """A command sends two prompts in turn to a slow model; the request's deadline passes during the first. The
+    second call finds its request answered: it takes no leased start (it asks, and asking fails at once), and the
+    provider never sees it."""
+    prepare(worker, server, "lease-late", "slow-1000", {"requests_per_minute": 100_000})
+    gate = leasing(server, {"starts": 10, "valid_ms": 60_000})
+    assert execute(worker, "lease-late", f"warm {time.time_ns()}?", gate)[0]["success"]  # holds a lease of 10
+    taken = stats_leases(worker)["taken"]
+    start = len(server.seen)
+    tag = time.time_ns()
+    pending = worker.submit("lm_commands.ask_each", {"prompts": [f"late {tag} first", f"late {tag} second"]},
+                            session_id="lease-late", callbacks={ADMIT: gate}, timeout_ms=500)
+    assert pending.wait(30)["error"]["category"] == "timeout"
+    deadline = time.monotonic() + 30
+    while worker.call("stats")["running"] and time.monotonic() < deadline:  # the first call runs on
+        time.sleep(0.01)
+    assert worker.call("stats")["running"] == 0
+    prompts = [m["content"] for seen in server.seen[start:] for m in seen.messages]
+    assert not [p for p in prompts if f"late {tag} second" in p]
+    # The first call took a leased start (unless a loaded machine let the deadline pass before it began).
+    assert stats_leases(worker)["taken"] - taken == len(server.seen) - start <= 1
+    assert len(gate.seen) == 1

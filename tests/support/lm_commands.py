@@ -44,3 +44,10 @@ def ask_from_own_thread(prompt: str, ctx: Context) -> dict:
     thread.start()
     thread.join(30)
     return outcome
+
+
+@command
+def ask_each(prompts: list[str], ctx: Context) -> list[str]:
+    """Send each prompt in turn, never looking at the request between them (as code that cannot be interrupted)."""
+    lm = _lm(ctx)
+    return [lm(prompt)[0] for prompt in prompts]

@@ -88,9 +88,10 @@ class DSPyBackend(Backend):
                             "execution/scripted_answers_exhausted. Never cached",
                 "rate_limit": "configure_lm rate_limit {requests_per_minute, tokens_per_minute, burst}: before "
                               "every HTTP attempt the worker asks the client with the portbridge.admit callback "
-                              "({model, limits, estimated_tokens}; answer {admitted: true}), reports every call "
-                              "as an lm_call event, and retries failed attempts itself (DSPy's retries are off) "
-                              "up to num_retries, after the provider's Retry-After, within the deadline",
+                              "({model, limits, estimated_tokens}; answer {admitted: true}, maybe with a lease "
+                              "of the next calls' starts), reports failed attempts (and, with tokens_per_minute, "
+                              "every call) as lm_call events, and retries failed attempts itself (DSPy's retries "
+                              "are off) up to num_retries, after the provider's Retry-After, within the deadline",
                 "per_call": "execute_program lm {temperature, max_tokens, top_p, stop, n, rollout_id}: for that "
                             "run's LM calls only, as DSPy's per-call config",
                 "cost": "every usage entry has cost_usd: DSPy's price of each call, summed; null when DSPy has "

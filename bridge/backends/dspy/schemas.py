@@ -54,8 +54,9 @@ CONFIGURE_LM = _object({
         "burst": {"type": "integer", "minimum": 1, "maximum": 10_000,
                   "description": "calls allowed to start at once (the client's limiter decides)"},
     }, (), "the provider's limits, enforced by the client: before every LM HTTP attempt the worker asks it with "
-           "the portbridge.admit callback, reports every call as an lm_call event, and (instead of DSPy) retries "
-           "failed attempts up to num_retries within the request's deadline. Give requests_per_minute or "
+           "the portbridge.admit callback (or starts it on a lease the client granted), reports failed attempts "
+           "(and, with tokens_per_minute, every call) as lm_call events, and (instead of DSPy) retries failed "
+           "attempts up to num_retries within the request's deadline. Give requests_per_minute or "
            "tokens_per_minute"),
     "answers": {"type": "array", "minItems": 1, "maxItems": MAX_SCRIPTED_ANSWERS,
                 "items": {"type": "object", "maxProperties": spec.MAX_FIELDS},
