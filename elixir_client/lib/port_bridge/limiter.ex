@@ -5,30 +5,44 @@ defmodule PortBridge.Limiter do
 
   Before each LM call a worker whose LM has a `rate_limit` asks its client for
   admission (the built-in callback `portbridge.admit`, with the model, its limits
-  and an estimate of the call's tokens); `admit/3` answers when the call may start.
+  and an estimate of the call's tokens); `admit/4` answers when the call may start.
   Calls wait in arrival order, at most until their request's deadline (then a
   `timeout` error); a caller that goes away (its request cancelled) leaves the
-  queue. After each call the worker reports what it used (an `lm_call` event):
+  queue. After its calls the worker reports what they used (`lm_call` events):
   `report/2` corrects the tokens charged, and a provider's 429 with Retry-After
   pauses the model for every Python.
+
+  Asking costs a round trip per call. Well under the limit, an admission also
+  leases the worker the next calls' starts (protocol 1.3: a worker that lists
+  `"lm_leases"`): up to `:lease_starts` (8) calls it may start without asking
+  within `:lease_ms` (500 ms). Whatever the worker does with them, the limit
+  holds: each leased start is counted in every one-second window its lease
+  meets, as if it came at any instant of it, and an admitted call must fit beside
+  them (no window holds more than `requests_per_minute / 60` starts); a lease's
+  tokens are charged when it is granted (as many as its starts times the asking
+  call's estimate). A lease is granted only to a call that starts at once (nobody
+  waiting, not paused), of no more starts than the calls seen in the last second
+  (so a model's first call, or the first of a burst at an idle model, gets none),
+  and only while the starts of that second and those leased stay within half its
+  limit: calls at the limit never get one, and pay nothing for them.
 
   In a cluster (`cluster: name`) the limiters of every node join a `:pg` group and
   each model's budget lives on one of them: the member that ranks highest for the
   model by rendezvous hashing (as sessions are placed). Calls there are admitted
   from the budget directly; other nodes take leases from it: start times reserved
   for the calls they have queued, at most `:lease_horizon` ms ahead, used at those
-  times. A 429 pauses the model on every node. When the members change, a node
-  that takes a budget over starts it `:lease_horizon` ms late, past any lease the
-  previous owner may have granted.
+  times; and, well under the limit, a lease of starts as above, from which they
+  admit their calls at once and lease their own Pythons a part. A 429 pauses the
+  model on every node (and voids the leases nodes hold). When the members change,
+  a node that takes a budget over starts it `:lease_horizon` ms late, past any
+  lease the previous owner may have granted.
   """
 
   use GenServer
 
-  alias PortBridge.{Courier, RateLimit, Telemetry}
-  alias PortBridge.Limiter.{Membership, Queue}
+  alias PortBridge.{Courier, Telemetry}
+  alias PortBridge.Limiter.{Membership, Queue, Window, Wire}
 
-  @max_retry_after_s 600
-  @max_model_bytes 512
   # ms to wait for a lease before asking again (its owner may have gone).
   @lease_wait 2_000
 
@@ -36,7 +50,10 @@ defmodule PortBridge.Limiter do
 
   @doc """
   Starts a limiter. Options: `:name`; `:cluster`, the name of a `PortBridge.Cluster`
-  (one budget per model across its nodes); `:lease_horizon`, ms (default 1000).
+  (one budget per model across its nodes); `:lease_horizon`, ms (default 1000);
+  `:lease_ms` (default 500, at most `:lease_horizon`; 0: no leases) and
+  `:lease_starts` (default 8): how long and how many starts a lease gives a worker
+  at most.
   """
   @spec start_link(keyword) :: GenServer.on_start()
   def start_link(opts) do
@@ -51,20 +68,22 @@ defmodule PortBridge.Limiter do
   @doc """
   Waits for admission of one LM call: `args` as the worker sends them (`"model"`,
   `"limits"`, `"estimated_tokens"`), `deadline` the request's (monotonic ms, or
-  `:infinity`). Returns `{:ok, %{"admitted" => true}}`, or `{:error, category,
-  message}` (`timeout` at the deadline, `validation` for arguments a worker should
-  never send, `overloaded` when the limiter is gone). Emits `[:port_bridge, :lm,
-  :admit]`.
+  `:infinity`). Returns `{:ok, %{"admitted" => true}}`, with a `"lease"` when the
+  worker takes leases (`lease: true`: its `ready` lists `"lm_leases"`) and the
+  model is well under its limit; or `{:error, category, message}` (`timeout` at
+  the deadline, `validation` for arguments a worker should never send,
+  `overloaded` when the limiter is gone). Emits `[:port_bridge, :lm, :admit]`.
   """
-  @spec admit(GenServer.server(), map, integer | :infinity) :: outcome
-  def admit(limiter, args, deadline) do
+  @spec admit(GenServer.server(), map, integer | :infinity, keyword) :: outcome
+  def admit(limiter, args, deadline, opts \\ []) do
     started = System.monotonic_time()
+    lease? = Keyword.get(opts, :lease, false)
 
     outcome =
-      case admission(args) do
+      case Wire.admission(args) do
         {:ok, model, limits, tokens} ->
           try do
-            GenServer.call(limiter, {:admit, model, limits, tokens, deadline}, :infinity)
+            GenServer.call(limiter, {:admit, model, limits, tokens, deadline, lease?}, :infinity)
           catch
             # Retryable, and no reason to replace the Python (an internal error would).
             :exit, reason ->
@@ -78,72 +97,45 @@ defmodule PortBridge.Limiter do
     Telemetry.execute(
       [:port_bridge, :lm, :admit],
       %{duration: System.monotonic_time() - started},
-      %{model: args["model"], result: result(outcome), limiter: limiter}
+      %{
+        model: args["model"],
+        result: Wire.result(outcome),
+        limiter: limiter,
+        leased: Wire.leased(outcome)
+      }
     )
 
     outcome
   end
 
-  defp result({:ok, _}), do: :admitted
-  defp result({:error, "timeout", _}), do: :timeout
-  defp result({:error, "validation", _}), do: :invalid
-  defp result({:error, _, _}), do: :error
-
-  # The worker is untrusted: its admission request is checked here, in the caller.
-  defp admission(%{"model" => model, "limits" => limits} = args)
-       when is_binary(model) and byte_size(model) in 1..@max_model_bytes do
-    with {:ok, limits} <- RateLimit.from_wire(limits) do
-      case Map.get(args, "estimated_tokens", 0) do
-        tokens when is_integer(tokens) and tokens >= 0 ->
-          {:ok, model, limits, tokens}
-
-        nil ->
-          {:ok, model, limits, 0}
-
-        other ->
-          {:error, "estimated_tokens must be a non-negative integer, got: #{inspect(other)}"}
-      end
-    end
-  end
-
-  defp admission(args) do
-    {:error,
-     "an admission request needs \"model\" (a string) and \"limits\", got: " <>
-       inspect(args, limit: 5, printable_limit: 100)}
-  end
-
   @doc """
   What a worker reported after an LM call (an `lm_call` event's data): the real
-  tokens correct the estimate charged, a Retry-After pauses the model everywhere.
-  Never blocks; ignores what it cannot read.
+  tokens correct the estimate charged (by the event's `estimated_tokens`; a 1.2
+  worker's events, without it, are paired with its admissions in order), a
+  Retry-After pauses the model everywhere. Never blocks; ignores what it cannot read.
   """
   @spec report(GenServer.server(), map) :: :ok
-  def report(limiter, %{"model" => model} = data) when is_binary(model) do
-    with %{"retry_after_s" => s} when is_number(s) and s > 0 <- data["error"] do
-      pause_ms = round(min(s, @max_retry_after_s) * 1000)
+  def report(limiter, data) do
+    with {model, pause, correction} <- Wire.report(data) do
+      if pause do
+        Telemetry.execute([:port_bridge, :lm, :pause], %{retry_after: pause}, %{
+          model: model,
+          limiter: limiter
+        })
 
-      Telemetry.execute([:port_bridge, :lm, :pause], %{retry_after: pause_ms}, %{
-        model: model,
-        limiter: limiter
-      })
+        GenServer.cast(limiter, {:pause, model, pause})
+      end
 
-      GenServer.cast(limiter, {:pause, model, pause_ms})
-    end
-
-    if data["cached"] != true do
-      tokens = count(data["prompt_tokens"]) + count(data["completion_tokens"])
-      GenServer.cast(limiter, {:used, model, tokens})
+      if correction, do: GenServer.cast(limiter, Tuple.insert_at(correction, 1, model))
     end
 
     :ok
   end
 
-  def report(_limiter, _data), do: :ok
-
-  defp count(n) when is_integer(n) and n >= 0, do: n
-  defp count(_), do: 0
-
-  @doc "Per model: its limits, calls waiting, and in a cluster the node holding its budget."
+  @doc """
+  Per model: its limits, calls waiting, calls `admitted` and starts `leased` so
+  far, starts `reserved` by leases now, and in a cluster the node holding its budget.
+  """
   @spec info(GenServer.server()) :: %{String.t() => map}
   def info(limiter), do: GenServer.call(limiter, :info)
 
@@ -154,12 +146,19 @@ defmodule PortBridge.Limiter do
     cluster = opts[:cluster]
     horizon = Keyword.get(opts, :lease_horizon, 1_000) * 1_000
 
+    lease =
+      case min(Keyword.get(opts, :lease_ms, 500) * 1_000, horizon) do
+        0 -> nil
+        valid_us -> %{valid_us: valid_us, max: Keyword.get(opts, :lease_starts, 8)}
+      end
+
     if cluster, do: Membership.join(cluster)
 
     {:ok,
      %{
        cluster: cluster,
        horizon: horizon,
+       lease: lease,
        models: %{},
        # monitor ref => waiter
        waiters: %{},
@@ -169,14 +168,18 @@ defmodule PortBridge.Limiter do
   end
 
   @impl true
-  def handle_call({:admit, model, limits, tokens, deadline}, from, state) do
+  def handle_call({:admit, model, limits, tokens, deadline, lease?}, from, state) do
     now = now()
-    state = state |> Membership.refresh(now) |> ensure(model, limits, now)
+    state = state |> Membership.refresh(now) |> Membership.ensure(model, limits, now)
     m = state.models[model]
+    local? = Membership.route(state, model) == :local
 
-    case Queue.admit_now(m, tokens, now, Membership.route(state, model) == :local) do
+    case Queue.admit_now(m, tokens, now, local?, not lease?) do
       {:ok, m} ->
-        {:reply, {:ok, %{"admitted" => true}}, put_in(state.models[model], m)}
+        {lease, m} =
+          if lease?, do: Queue.lease(m, tokens, now, local?, state.lease), else: {nil, m}
+
+        {:reply, {:ok, Wire.admitted(lease)}, put_in(state.models[model], m)}
 
       :wait ->
         {pid, _} = from
@@ -187,7 +190,15 @@ defmodule PortBridge.Limiter do
           deadline != :infinity &&
             :erlang.start_timer(deadline, self(), {:deadline, ref}, abs: true)
 
-        waiter = %{from: from, model: model, tokens: tokens, deadline: deadline_us, timer: timer}
+        waiter = %{
+          from: from,
+          model: model,
+          tokens: tokens,
+          deadline: deadline_us,
+          timer: timer,
+          fifo?: not lease?
+        }
+
         state = %{state | waiters: Map.put(state.waiters, ref, waiter)}
         {:noreply, pump(put_in(state.models[model], Queue.push(m, ref)), model, now)}
     end
@@ -202,6 +213,9 @@ defmodule PortBridge.Limiter do
          %{
            limits: m.budget.limits,
            waiting: Queue.waiting(m),
+           admitted: m.admitted,
+           leased: m.leased,
+           reserved: Window.prune(m.window, now()).reserved,
            owner: Membership.owner(state, model),
            paused_until: m.budget.paused_until
          }}
@@ -211,20 +225,16 @@ defmodule PortBridge.Limiter do
   end
 
   @impl true
+  def handle_cast({:corrected, model, delta}, state),
+    do: {:noreply, with_model(state, model, fn _m -> correct(state, model, delta) end)}
+
+  # A 1.2 worker's report: paired with the oldest estimate charged.
   def handle_cast({:used, model, tokens}, state) do
-    case state.models do
-      %{^model => m} ->
-        {delta, m} = Queue.used(m, tokens)
-        state = put_in(state.models[model], m)
-
-        case Membership.route(state, model) do
-          :local -> {:noreply, update_in(state.models[model], &Queue.correct(&1, delta))}
-          {:remote, owner} -> {:noreply, forward(state, owner, {:correct, model, delta})}
-        end
-
-      %{} ->
-        {:noreply, state}
-    end
+    {:noreply,
+     with_model(state, model, fn m ->
+       {delta, m} = Queue.used(m, tokens)
+       correct(put_in(state.models[model], m), model, delta)
+     end)}
   end
 
   def handle_cast({:pause, model, ms}, %{cluster: nil} = state),
@@ -240,34 +250,24 @@ defmodule PortBridge.Limiter do
   @impl true
   def handle_info({:paused, model, ms}, state), do: {:noreply, paused(state, model, ms)}
 
-  def handle_info({:correct, model, delta}, state) do
-    case state.models do
-      %{^model => _} -> {:noreply, update_in(state.models[model], &Queue.correct(&1, delta))}
-      %{} -> {:noreply, state}
-    end
-  end
+  def handle_info({:correct, model, delta}, state),
+    do: {:noreply, update(state, model, &Queue.correct(&1, delta))}
 
   # A lease asked by another node: start times for its queued calls, from this
-  # node's budget, at most the horizon ahead.
+  # node's budget, at most the horizon ahead; and when they all start now, well
+  # under the limit, a lease of starts for the calls that follow.
   def handle_info({:lease, ref, from, model, limits, estimates}, state) do
     now = now()
-    state = state |> Membership.refresh(now) |> ensure(model, limits, now)
-    {grants, retry_in, m} = Queue.grant(state.models[model], estimates, now, state.horizon)
-    Courier.deliver(from, {:leased, ref, model, grants, retry_in})
+    state = state |> Membership.refresh(now) |> Membership.ensure(model, limits, now)
+    {grants, retry_in, lease, m} = Queue.lend(state.models[model], estimates, now, state)
+    Courier.deliver(from, {:leased, ref, model, grants, retry_in, lease})
     {:noreply, pump(put_in(state.models[model], m), model, now)}
   end
 
-  def handle_info({:leased, ref, model, grants, retry_in}, state) do
+  def handle_info({:leased, ref, model, grants, retry_in, lease}, state) do
     now = now()
-
-    case state.models do
-      %{^model => m} ->
-        m = Queue.leased(m, ref, grants, retry_in, now)
-        {:noreply, pump(put_in(state.models[model], m), model, now)}
-
-      %{} ->
-        {:noreply, state}
-    end
+    state = update(state, model, &Queue.leased(&1, ref, grants, retry_in, now, lease))
+    {:noreply, with_model(state, model, fn _ -> pump(state, model, now) end)}
   end
 
   def handle_info({:timeout, timer, {:pump, model}}, state) do
@@ -282,13 +282,8 @@ defmodule PortBridge.Limiter do
   end
 
   def handle_info({:lease_lost, model, ref}, state) do
-    case state.models do
-      %{^model => m} ->
-        {:noreply, pump(put_in(state.models[model], Queue.lease_lost(m, ref)), model, now())}
-
-      %{} ->
-        {:noreply, state}
-    end
+    state = update(state, model, &Queue.lease_lost(&1, ref))
+    {:noreply, with_model(state, model, fn _ -> pump(state, model, now()) end)}
   end
 
   def handle_info({:timeout, _timer, {:deadline, ref}}, state) do
@@ -329,29 +324,6 @@ defmodule PortBridge.Limiter do
     {:error, "timeout",
      "the rate limit of #{model} admits no more calls before this request's deadline " <>
        "(pass a larger :timeout, or raise the limit)"}
-  end
-
-  # A model's queue, created at its first admission; new limits replace the old ones.
-  defp ensure(state, model, limits, now) do
-    case state.models do
-      %{^model => %{budget: %{limits: ^limits}}} ->
-        state
-
-      %{^model => m} ->
-        put_in(state.models[model], %{m | budget: RateLimit.set_limits(m.budget, limits)})
-
-      %{} ->
-        m = Queue.new(limits)
-        m = %{m | owner: Membership.owner(state, model)}
-        # A budget born just after the members changed may have been another
-        # node's, whose leases can still run: start it past them.
-        m =
-          if state.cluster && now - state.changed_at < state.horizon,
-            do: %{m | budget: RateLimit.hold_until(m.budget, state.changed_at + state.horizon)},
-            else: m
-
-        put_in(state.models[model], m)
-    end
   end
 
   # Admits what may start now, answers what cannot start before its deadline, and
@@ -397,23 +369,38 @@ defmodule PortBridge.Limiter do
         )
 
         Process.send_after(self(), {:lease_lost, model, ref}, @lease_wait)
-        %{m | asking: ref}
+        %{m | asking: ref, asked_at: now()}
     end
   end
 
   defp paused(state, model, ms) do
-    case state.models do
-      %{^model => m} ->
-        now = now()
-        pump(put_in(state.models[model], Queue.pause(m, now + ms * 1_000)), model, now)
+    now = now()
+    state = update(state, model, &Queue.pause(&1, now + ms * 1_000))
+    with_model(state, model, fn _ -> pump(state, model, now) end)
+  end
 
-      %{} ->
-        state
+  # `fun.(queue)` for a model this limiter knows (a new state); the state as it is
+  # for one it never saw.
+  defp with_model(state, model, fun) do
+    case state.models do
+      %{^model => m} -> fun.(m)
+      %{} -> state
     end
   end
 
-  defp forward(state, owner, message) do
-    Courier.deliver(owner, message)
-    state
+  defp update(state, model, fun),
+    do: with_model(state, model, &put_in(state.models[model], fun.(&1)))
+
+  # Tokens a call used beyond (or, negative, short of) what was charged for it:
+  # corrected where the budget lives.
+  defp correct(state, model, delta) do
+    case Membership.route(state, model) do
+      :local ->
+        update_in(state.models[model], &Queue.correct(&1, delta))
+
+      {:remote, owner} ->
+        Courier.deliver(owner, {:correct, model, delta})
+        state
+    end
   end
 end

@@ -191,6 +191,30 @@ defmodule PortBridge.RateLimit do
     %{budget | token_tat: budget.token_tat + token_time(delta, tpm)}
   end
 
+  @doc """
+  Charges `tokens` at `at` without a request (the tokens of a lease's calls,
+  charged when it is granted).
+  """
+  @spec charge_tokens(t, integer, non_neg_integer) :: t
+  def charge_tokens(%__MODULE__{limits: %{tokens_per_minute: nil}} = budget, _at, _tokens),
+    do: budget
+
+  def charge_tokens(%__MODULE__{limits: %{tokens_per_minute: tpm}} = budget, at, tokens) do
+    %{budget | token_tat: later(at, budget.token_tat) + token_time(tokens, tpm)}
+  end
+
+  @doc """
+  The tokens that may be charged at `now` with the budget paid for no further
+  than `span` us ahead (nil: no token limit).
+  """
+  @spec token_room(t, integer, non_neg_integer) :: non_neg_integer | nil
+  def token_room(%__MODULE__{limits: %{tokens_per_minute: nil}}, _now, _span), do: nil
+
+  def token_room(%__MODULE__{limits: %{tokens_per_minute: tpm}} = budget, now, span) do
+    ahead = now + span - later(now, budget.token_tat)
+    if ahead > 0, do: div(ahead * tpm * @pace_percent, @minute_us * 100), else: 0
+  end
+
   @doc "No call starts before `until` (a provider asked to wait: Retry-After)."
   @spec pause(t, integer) :: t
   def pause(budget, until), do: %{budget | paused_until: later(until, budget.paused_until)}

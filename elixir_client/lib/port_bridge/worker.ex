@@ -836,10 +836,13 @@ defmodule PortBridge.Worker do
     sweep_later(load_changed(%{state | requests: Requests.add(state.requests, ref, entry)}))
   end
 
-  defp lm_calls?(%State{channel: %{ready: %{"features" => features}}}) when is_list(features),
-    do: "lm_calls" in features
+  defp lm_calls?(state), do: feature?(state, "lm_calls")
 
-  defp lm_calls?(_state), do: false
+  defp feature?(%State{channel: %{ready: %{"features" => features}}}, name)
+       when is_list(features),
+       do: name in features
+
+  defp feature?(_state, _name), do: false
 
   defp reply(state, id, result) do
     case Requests.ref_of_id(state.requests, id) do
@@ -908,9 +911,11 @@ defmodule PortBridge.Worker do
     end
   end
 
-  # The callbacks every request has: admission to an LM call under a rate limit.
-  defp builtins(%State{config: %{limiter: limiter}}) do
-    %{"portbridge.admit" => &Limiter.admit(limiter, &1, &2)}
+  # The callbacks every request has: admission to an LM call under a rate limit
+  # (with leases for a worker that takes them, protocol 1.3).
+  defp builtins(%State{config: %{limiter: limiter}} = state) do
+    lease = [lease: feature?(state, "lm_leases")]
+    %{"portbridge.admit" => &Limiter.admit(limiter, &1, &2, lease)}
   end
 
   defp callback_done(state, task_ref, outcome) do

@@ -86,6 +86,40 @@ defmodule PortBridge.LimiterClusterTest do
     assert busiest(times, 1_000_000) <= 20 + 1
   end
 
+  test "a node that does not hold the budget leases starts out of its own lease from the owner",
+       %{peers: peers} do
+    limiters = start_limiters(peers, lease_horizon: 200)
+    a = args("leased", %{"requests_per_minute" => 600_000})
+    [_] = admit_on(hd(limiters), a, 1)
+    owner = :erpc.call(node(hd(limiters)), Limiter, :info, [hd(limiters)])["leased"].owner
+    other = Enum.find(limiters, &(node(&1) != owner))
+    owner_limiter = Enum.find(limiters, &(node(&1) == owner))
+    # A budget born as the members changed holds back leases the previous owner
+    # may have granted (lease_horizon, and the second they count in): wait them out.
+    wait_until(fn ->
+      :erpc.call(owner, Limiter, :info, [owner_limiter])["leased"].reserved == 0
+    end)
+
+    # Calls one after the other on that node, a millisecond apart (well under the limit).
+    leases =
+      for _ <- 1..12 do
+        Process.sleep(1)
+
+        {:ok, result} =
+          :erpc.call(node(other), Limiter, :admit, [other, a, :infinity, [lease: true]])
+
+        result["lease"]
+      end
+
+    # The node holds a lease from the owner and gives its Python a part of it: the
+    # owner counts every start it leased (to the node), the node the ones it passed on.
+    given = leases |> Enum.reject(&is_nil/1) |> Enum.map(& &1["starts"]) |> Enum.sum()
+    assert given > 0
+    at_owner = :erpc.call(owner, Limiter, :info, [owner_limiter])["leased"].leased
+    at_node = :erpc.call(node(other), Limiter, :info, [other])["leased"].leased
+    assert at_node == given and at_owner >= given
+  end
+
   test "a 429 with Retry-After on one node pauses the model on every node", %{peers: peers} do
     [here, there | _] = start_limiters(peers)
     a = args("p", %{"requests_per_minute" => 600_000})

@@ -41,7 +41,12 @@ defmodule PortBridge.LimiterTest do
 
     requests =
       Enum.reduce(1..12, :gen_server.reqids_new(), fn k, requests ->
-        :gen_server.send_request(limiter, {:admit, "paced", limits, 0, :infinity}, k, requests)
+        :gen_server.send_request(
+          limiter,
+          {:admit, "paced", limits, 0, :infinity, false},
+          k,
+          requests
+        )
       end)
 
     # The replies as they come.
@@ -152,6 +157,131 @@ defmodule PortBridge.LimiterTest do
     :ok = Limiter.report(limiter, %{"model" => nil})
     :ok = Limiter.report(limiter, "junk")
     assert {:ok, _} = Limiter.admit(limiter, args("m", %{"requests_per_minute" => 10}), :infinity)
+  end
+
+  describe "leases (protocol 1.3)" do
+    # A call that finds the budget idle (its pace's interval past since the last
+    # start): only such a call may get a lease. The pause is time passing, not a wait
+    # for something to happen.
+    defp leased(limiter, %{"limits" => limits} = a) do
+      Process.sleep(
+        div(RateLimit.interval(limits["requests_per_minute"] || 60_000_000), 1_000) + 1
+      )
+
+      assert {:ok, result} = Limiter.admit(limiter, a, :infinity, lease: true)
+      result["lease"]
+    end
+
+    test "a model's first call gets none; the next ones, well under the limit, a lease",
+         %{limiter: limiter} do
+      a = args("slow-start", %{"requests_per_minute" => 600_000})
+      assert leased(limiter, a) == nil
+      assert %{"starts" => 1, "valid_ms" => 500} = leased(limiter, a)
+      # Leases grow with the calls seen in the last second, up to 8 starts.
+      starts = for _ <- 1..5, do: leased(limiter, a)["starts"]
+      assert List.last(starts) == 8 and starts == Enum.sort(starts)
+
+      assert %{admitted: 7, leased: leased, reserved: leased} =
+               Limiter.info(limiter)["slow-start"]
+
+      assert leased == 1 + Enum.sum(starts)
+    end
+
+    test "a worker that takes no leases gets none", %{limiter: limiter} do
+      a = args("no-lease", %{"requests_per_minute" => 600_000})
+
+      for _ <- 1..5,
+          do: assert(Limiter.admit(limiter, a, :infinity) == {:ok, %{"admitted" => true}})
+
+      assert Limiter.info(limiter)["no-lease"].leased == 0
+    end
+
+    test "leases stay within half of a second's starts, with what started and was leased",
+         %{limiter: limiter} do
+      # 1,200 a minute: 20 a second. A lease granted to the i-th call of the second
+      # leaves i + all reserved within 10, so the ones before it leave it less room.
+      a = args("half", %{"requests_per_minute" => 1_200})
+      leases = for _ <- 1..6, do: leased(limiter, a)
+      %{leased: total, admitted: 6, reserved: total} = Limiter.info(limiter)["half"]
+
+      Enum.reduce(Enum.with_index(leases, 1), 0, fn {lease, i}, reserved ->
+        starts = if lease, do: lease["starts"], else: 0
+        if lease, do: assert(i + reserved + starts <= 10, inspect(leases))
+        reserved + starts
+      end)
+
+      assert total > 0 and List.last(leases) == nil
+    end
+
+    test "no lease at the limit: calls that had to wait get none", %{limiter: limiter} do
+      a = args("busy", %{"requests_per_minute" => 6_000})
+
+      outcomes =
+        1..12
+        |> Enum.map(fn _ ->
+          Task.async(fn -> Limiter.admit(limiter, a, :infinity, lease: true) end)
+        end)
+        |> Task.await_many(10_000)
+
+      assert Enum.all?(outcomes, &(&1 == {:ok, %{"admitted" => true}}))
+      assert Limiter.info(limiter)["busy"].leased == 0
+    end
+
+    test "none while the model is paused by a 429", %{limiter: limiter} do
+      a = args("paused", %{"requests_per_minute" => 600_000})
+      for _ <- 1..3, do: leased(limiter, a)
+      leased_before = Limiter.info(limiter)["paused"].leased
+
+      :ok =
+        Limiter.report(limiter, %{
+          "model" => "paused",
+          "error" => %{"category" => "lm_rate_limit", "retry_after_s" => 0.2}
+        })
+
+      assert leased(limiter, a) == nil
+      assert Limiter.info(limiter)["paused"].leased == leased_before
+    end
+
+    test "with a token limit, a lease carries the tokens it may spend, charged at once",
+         %{limiter: limiter} do
+      # 600,000 tokens a minute: 9,500 a second at the pace; half a second holds 4,750.
+      a = args("tokens", %{"tokens_per_minute" => 600_000}, 1_000)
+      assert leased(limiter, a) == nil
+      # The tokens of the first call are paid for (105 ms) before the second comes.
+      Process.sleep(div(RateLimit.token_time(1_000, 600_000), 1_000) + 1)
+      assert %{"starts" => starts, "tokens" => tokens} = leased(limiter, a)
+      assert tokens == starts * 1_000 and starts in 1..3
+      # The leased tokens are charged: a call that asks now waits for them.
+      {ms, _} = elapsed_ms(fn -> Limiter.admit(limiter, a, :infinity) end)
+      assert ms >= div(RateLimit.token_time(tokens, 600_000), 1_000) - 1
+    end
+
+    test "an lm_call event's estimated_tokens corrects exactly what it was charged",
+         %{limiter: limiter} do
+      # 60,000 tokens a minute: about 1 ms a token. A call charged 60,000 (a minute)
+      # that used 50: the next one starts at once.
+      limits = %{"tokens_per_minute" => 60_000}
+
+      assert {:ok, _} =
+               Limiter.admit(limiter, args("exact", limits, 60_000), :infinity, lease: true)
+
+      :ok =
+        Limiter.report(limiter, %{
+          "model" => "exact",
+          "prompt_tokens" => 30,
+          "completion_tokens" => 20,
+          "estimated_tokens" => 60_000,
+          "cached" => false,
+          "error" => nil
+        })
+
+      assert {:ok, _} =
+               Limiter.admit(
+                 limiter,
+                 args("exact", limits, 10),
+                 deadline(min(tolerance(2_000), 50_000))
+               )
+    end
   end
 
   test "a limiter that is gone is an overloaded error (retryable), not an internal one" do

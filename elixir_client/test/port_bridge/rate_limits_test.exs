@@ -34,6 +34,9 @@ defmodule PortBridge.RateLimitsTest do
 
   defp inputs(n), do: for(i <- 1..n, do: %{question: "question #{i}?"})
 
+  # The same LM at a model the provider answers after `ms` milliseconds.
+  defp slow(lm, ms), do: Keyword.put(lm, :model, "openai/slow-#{ms}")
+
   # A provider that allows `per_second` calls in any second, counted as they arrive.
   # The client paces admissions; what a loaded machine adds between an admission and
   # the request's arrival (beyond the 5% of each second the pace leaves for it) is
@@ -67,6 +70,38 @@ defmodule PortBridge.RateLimitsTest do
     assert %{"responses_429" => 0, "completions" => 30} = stats(url)
     # Paced: 30 starts take at least 29 intervals, whatever the machine.
     assert ms >= div(29 * RateLimit.interval(20 * 60), 1_000)
+  end
+
+  test "well under the limit most calls start on a lease, without asking" do
+    url = LMServer.start!()
+    pool = start_pool(2)
+    {:ok, _} = DSPy.configure_lm(pool, lm(url, requests_per_minute: 600_000))
+    {:ok, _} = DSPy.create_program(pool, signature: "question -> answer", program_id: "qa")
+
+    for input <- inputs(30), do: assert({:ok, _} = DSPy.execute_program(pool, "qa", input))
+
+    assert %{"completions" => 30} = stats(url)
+    limiter = Module.concat(pool, Limiter)
+    %{admitted: asked, leased: leased} = Limiter.info(limiter)["openai/loopback"]
+    # Each Python asked for its first calls and then, a lease used up, now and then.
+    assert asked < 15 and leased >= 30 - asked
+  end
+
+  test "leases keep the provider's limit: a burst at the limit while leases are out" do
+    # The provider allows 20 calls a second. First calls well under it (each takes
+    # 150 ms: leases are granted), then 30 at once while they may still be used.
+    url = provider(20)
+    pool = start_pool(2)
+    {:ok, _} = DSPy.configure_lm(pool, lm(url, requests_per_minute: 20 * 60) |> slow(150))
+    {:ok, _} = DSPy.create_program(pool, signature: "question -> answer", program_id: "qa")
+
+    for input <- inputs(8), do: assert({:ok, _} = DSPy.execute_program(pool, "qa", input))
+    limiter = Module.concat(pool, Limiter)
+    assert Limiter.info(limiter)["openai/slow-150"].leased > 0
+
+    results = pool |> DSPy.map("qa", inputs(30), max_concurrency: 30) |> Enum.to_list()
+    assert Enum.all?(results, &match?({:ok, _}, &1))
+    assert %{"responses_429" => 0, "completions" => 38} = stats(url)
   end
 
   test "a provider's 429 pauses the model for every Python, and the calls still succeed" do

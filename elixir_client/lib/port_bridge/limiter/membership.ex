@@ -11,6 +11,7 @@ defmodule PortBridge.Limiter.Membership do
   # us) and `horizon` (how far ahead leases go).
 
   alias PortBridge.{Cluster, RateLimit}
+  alias PortBridge.Limiter.{Queue, Window}
 
   @doc false
   # Joins the group of `cluster`'s limiters (the calling process).
@@ -53,9 +54,16 @@ defmodule PortBridge.Limiter.Membership do
   end
 
   @doc false
+  # A budget that another node may have held: nothing starts before `until`, past
+  # the start times and leases it may have granted.
+  @spec hold(Queue.t(), integer) :: Queue.t()
+  def hold(m, until),
+    do: %{m | budget: RateLimit.hold_until(m.budget, until), window: Window.hold(m.window, until)}
+
+  @doc false
   # A model's queue as ownership changes: a node that takes a budget over from
   # another starts it past the leases the previous owner may have granted.
-  @spec takeover(map, String.t(), PortBridge.Limiter.Queue.t()) :: PortBridge.Limiter.Queue.t()
+  @spec takeover(map, String.t(), Queue.t()) :: Queue.t()
   def takeover(%{cluster: nil}, _model, m), do: m
 
   def takeover(state, model, m) do
@@ -64,14 +72,36 @@ defmodule PortBridge.Limiter.Membership do
         m
 
       owner when owner == node() ->
-        %{
-          m
-          | owner: owner,
-            budget: RateLimit.hold_until(m.budget, state.changed_at + state.horizon)
-        }
+        hold(%{m | owner: owner}, state.changed_at + state.horizon)
 
       owner ->
         %{m | owner: owner}
+    end
+  end
+
+  @doc false
+  # The state with a queue for `model` (PortBridge.Limiter.Queue), created at its
+  # first admission; new limits replace the old ones.
+  @spec ensure(map, String.t(), PortBridge.RateLimit.limits(), integer) :: map
+  def ensure(state, model, limits, now) do
+    case state.models do
+      %{^model => %{budget: %{limits: ^limits}}} ->
+        state
+
+      %{^model => m} ->
+        put_in(state.models[model], Queue.set_limits(m, limits))
+
+      %{} ->
+        m = Queue.new(limits)
+        m = %{m | owner: owner(state, model)}
+        # A budget born just after the members changed may have been another
+        # node's, whose leases can still run: start it past them.
+        m =
+          if state.cluster && now - state.changed_at < state.horizon,
+            do: hold(m, state.changed_at + state.horizon),
+            else: m
+
+        put_in(state.models[model], m)
     end
   end
 end
