@@ -4,11 +4,13 @@
 #
 #   overhead  what admission adds to an LM call under the limit: execute_program on
 #             one Worker with the offline LM (no HTTP), sequentially, in alternating
-#             blocks without and with a rate_limit it never reaches (every call asks
-#             portbridge.admit and reports an lm_call event), answered by the
-#             Worker's PortBridge.Limiter ("limited") or by a function the request
-#             registers ("callback": the callback round trip without the limiter);
-#             p50/p99 per side
+#             blocks without ("free") and with a rate_limit it never reaches, answered
+#             by the Worker's PortBridge.Limiter, which leases the next calls' starts
+#             (protocol 1.3): requests_per_minute ("limited"), or tokens_per_minute
+#             ("tokens": every call also reports an lm_call event, whose tokens
+#             correct the estimate); or answered by a function the request registers
+#             ("callback": a callback round trip per call, no limiter, no lease);
+#             p50/p99/mean per side
 #   limit     the issue's scenario: a pool of two Pythons, BENCH_CALLS calls at once
 #             (DSPy.map) against the loopback provider at BENCH_LM_URL, which allows
 #             BENCH_LIMIT calls a second and counts its 429s; with the pool told that
@@ -23,7 +25,7 @@ defmodule Bench do
   import Bench.Common
   alias PortBridge.DSPy
 
-  @sides ["free", "limited", "callback"]
+  @sides ["free", "limited", "tokens", "callback"]
 
   def overhead(n, rounds) do
     {:ok, worker} = PortBridge.Worker.start_link(spawn_opts([]))
@@ -42,8 +44,16 @@ defmodule Bench do
         rate_limit: [requests_per_minute: 10_000_000]
       )
 
-    # The same limit, admissions answered by an Elixir function of the request's own
-    # instead of the pool's limiter: the callback's round trip alone.
+    # A token limit it never reaches either (1,000,000,000 a minute, the most).
+    {:ok, _} =
+      DSPy.configure_lm(worker,
+        model: "offline",
+        session_id: "tokens",
+        rate_limit: [tokens_per_minute: 1_000_000_000]
+      )
+
+    # The request limit, admissions answered by an Elixir function of the request's
+    # own instead of the pool's limiter: the callback's round trip alone.
     {:ok, _} =
       DSPy.configure_lm(worker,
         model: "offline",
@@ -68,18 +78,32 @@ defmodule Bench do
       for round <- 1..rounds do
         sides = if rem(round, 2) == 1, do: @sides, else: Enum.reverse(@sides)
 
-        samples =
-          Enum.reduce(1..4, Map.new(@sides, &{&1, []}), fn _block, acc ->
-            Enum.reduce(sides, acc, fn s, acc ->
-              Map.update!(acc, s, &(for(_ <- 1..n, do: call.(s)) ++ &1))
+        # Per side: the call times, and the admissions the limiter answered (the
+        # calls that asked: the others started on a lease).
+        {samples, asked} =
+          Enum.reduce(1..4, {Map.new(@sides, &{&1, []}), Map.new(@sides, &{&1, 0})}, fn _, acc ->
+            Enum.reduce(sides, acc, fn s, {samples, asked} ->
+              before = admitted()
+              ns = for _ <- 1..n, do: call.(s)
+              {Map.update!(samples, s, &(ns ++ &1)), Map.update!(asked, s, &(&1 + admitted() - before))}
             end)
           end)
 
-        Map.new(samples, fn {s, ns} -> {s, summary(ns)} end)
+        Map.new(samples, fn {s, ns} ->
+          {s, Map.merge(summary(ns), %{"mean" => div(Enum.sum(ns), length(ns)), "asked" => asked[s]})}
+        end)
       end
 
     GenServer.stop(worker)
     %{"runs" => runs}
+  end
+
+  # Admissions the Worker's limiter (outside a pool: the application's) answered so far.
+  defp admitted do
+    case PortBridge.Limiter.info(PortBridge.Limiter) do
+      %{"offline" => %{admitted: admitted}} -> admitted
+      %{} -> 0
+    end
   end
 
   def limit(url, limit, calls, rounds) do
@@ -116,6 +140,8 @@ defmodule Bench do
           end)
 
         served = Enum.count(results, &match?({:ok, _}, &1))
+        # What the pool's limiter did: admissions answered, starts leased.
+        info = PortBridge.Limiter.info(Module.concat(name, PortBridge.Limiter))[model] || %{}
         Supervisor.stop(sup)
 
         %{
@@ -123,7 +149,9 @@ defmodule Bench do
           "wall_ns" => wall,
           "served" => served,
           "failed" => calls - served,
-          "provider" => stats(url, false)
+          "provider" => stats(url, false),
+          "admitted" => Map.get(info, :admitted, 0),
+          "leased" => Map.get(info, :leased, 0)
         }
       end
 
