@@ -24,9 +24,11 @@ asked before every attempt of an LM configured with ``rate_limit``, is answered
 by the client's ``admission`` (a ``bridge.devtools.pacing.Pacer`` by default: each model
 paced to its limits, paused after a provider's 429, waiting no longer than the
 request's budget; ``admission=None`` admits at once), unless the request
-registered a ``portbridge.admit`` callback of its own. The pacer sees the
-``lm_call`` events of every request. ``notify=["lm_call"]`` asks for those
-events on a request whose LM has no rate limit.
+registered a ``portbridge.admit`` callback of its own. The pacer grants no
+leases (protocol 1.3): every attempt asks. The pacer sees the ``lm_call``
+events of every request (those of failed attempts are always sent, and a
+provider's 429 pauses the model). ``notify=["lm_call"]`` asks for every call's
+event.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ waits for it; when that start lies past the callback's ``timeout_ms`` it gives
 the reservation back and answers a ``timeout`` error instead of waiting in
 vain. One ``Pacer`` serves every request of one ``WorkerClient`` (one process);
 the Elixir client's limiter is the one shared across Pythons and nodes.
+
+It answers without a lease (protocol 1.3 lets a client lease a worker the next
+calls' starts): every attempt asks, which costs a round trip a developer tool
+can afford, and keeps the pacing above exact with no window accounting. The
+Elixir client's ``PortBridge.Limiter`` grants leases.
 """
 
 from __future__ import annotations

@@ -40,12 +40,14 @@ defmodule PortBridge.Telemetry do
       units); metadata `%{model, cached, session_id, program_id, command,
       error_category}` (`error_category` nil for a call that succeeded). A
       request asks its worker for these only while a handler is attached on the
-      caller's node (a worker sends them anyway under a rate limit);
+      caller's node (under a rate limit a worker sends those of failed calls
+      anyway, and of every call when the limit counts tokens);
       `PortBridge.DSPy` never shows them as stream items or `on_event` events.
     * `[:port_bridge, :lm, :admit]` - an LM call's admission under a rate limit
       (`PortBridge.Limiter`): measurements `%{duration}` (the time it waited, native
       units); metadata `%{model, result: :admitted | :timeout | :invalid | :error,
-      limiter}`.
+      limiter, leased}` (`leased`: the starts the admission leased the worker, 0 for
+      none; a call started on a lease asks nothing and emits no event).
     * `[:port_bridge, :lm, :pause]` - a provider answered 429 with Retry-After:
       measurements `%{retry_after}` (ms); metadata `%{model, limiter}`.
     * `[:port_bridge, :callback, :start | :stop]` - an Elixir function the worker
