@@ -95,7 +95,9 @@ defmodule PortBridge.DSPyLMTest do
     worker: worker,
     session: s
   } do
-    limits = %{"requests_per_minute" => 600}
+    # With a token limit every call is reported (its tokens correct the estimate);
+    # under a request limit alone only failed attempts are (protocol 1.3).
+    limits = %{"requests_per_minute" => 600, "tokens_per_minute" => 1_000_000}
 
     {:ok, %{"rate_limit" => ^limits}} =
       PortBridge.request(worker, "configure_lm", %{model: "offline", rate_limit: limits},

@@ -281,7 +281,11 @@ defmodule PortBridge.Limiter.Queue do
   # start times (grant/4), and when they all start now, so that the budget is idle,
   # a lease of starts for the calls that follow (sized as a Python's, lease/5).
   # `limiter`: the Limiter's `horizon` and `lease` config.
-  @spec lend(t, [non_neg_integer], integer, %{horizon: non_neg_integer, lease: lease_config}) ::
+  @spec lend(t, [non_neg_integer], integer, %{
+          :horizon => non_neg_integer,
+          :lease => lease_config,
+          optional(atom) => any
+        }) ::
           {list, non_neg_integer | nil, lease | nil, t}
   def lend(m, estimates, now, limiter) do
     {grants, retry_in, m} = grant(m, estimates, now, limiter.horizon)
