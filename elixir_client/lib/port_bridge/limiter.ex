@@ -14,7 +14,7 @@ defmodule PortBridge.Limiter do
 
   Asking costs a round trip per call. Well under the limit, an admission also
   leases the worker the next calls' starts (protocol 1.3: a worker that lists
-  `"lm_leases"`): up to `:lease_starts` (8) calls it may start without asking
+  `"lm_leases"`): up to `:lease_starts` (16) calls it may start without asking
   within `:lease_ms` (500 ms). Whatever the worker does with them, the limit
   holds: each leased start is counted in every one-second window its lease
   meets, as if it came at any instant of it, and an admitted call must fit beside
@@ -52,7 +52,7 @@ defmodule PortBridge.Limiter do
   Starts a limiter. Options: `:name`; `:cluster`, the name of a `PortBridge.Cluster`
   (one budget per model across its nodes); `:lease_horizon`, ms (default 1000);
   `:lease_ms` (default 500, at most `:lease_horizon`; 0: no leases) and
-  `:lease_starts` (default 8): how long and how many starts a lease gives a worker
+  `:lease_starts` (default 16): how long and how many starts a lease gives a worker
   at most.
   """
   @spec start_link(keyword) :: GenServer.on_start()
@@ -149,7 +149,7 @@ defmodule PortBridge.Limiter do
     lease =
       case min(Keyword.get(opts, :lease_ms, 500) * 1_000, horizon) do
         0 -> nil
-        valid_us -> %{valid_us: valid_us, max: Keyword.get(opts, :lease_starts, 8)}
+        valid_us -> %{valid_us: valid_us, max: Keyword.get(opts, :lease_starts, 16)}
       end
 
     if cluster, do: Membership.join(cluster)

@@ -185,9 +185,9 @@ defmodule PortBridge.LimiterTest do
       a = args("slow-start", %{"requests_per_minute" => 600_000})
       assert leased(limiter, a) == nil
       assert %{"starts" => 1, "valid_ms" => 500} = leased(limiter, a)
-      # Leases grow with the calls seen in the last second, up to 8 starts.
+      # Leases grow with the calls seen in the last second, up to 16 starts.
       starts = for _ <- 1..5, do: leased(limiter, a)["starts"]
-      assert List.last(starts) == 8 and starts == Enum.sort(starts)
+      assert List.last(starts) == 16 and starts == Enum.sort(starts)
 
       assert %{admitted: 7, leased: leased, reserved: leased} =
                Limiter.info(limiter)["slow-start"]

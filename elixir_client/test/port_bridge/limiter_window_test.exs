@@ -11,7 +11,7 @@ defmodule PortBridge.LimiterWindowTest do
   alias PortBridge.Limiter.Queue
   alias PortBridge.RateLimit
 
-  @config %{valid_us: 500_000, max: 8}
+  @config %{valid_us: 500_000, max: 16}
   # When the queue asks to be woken at no particular time.
   @poll_us 1_000
 
