@@ -3,21 +3,22 @@
 # run`); prints one JSON document on its last line. BENCH_PART says which part:
 #
 #   overhead  what admission adds to an LM call under the limit: execute_program on
-#             one Worker with the offline LM (no HTTP), sequentially, in alternating
-#             blocks without ("free") and with a rate_limit it never reaches, answered
+#             one Worker with the offline LM (no HTTP), sequentially, one phase per
+#             side, in which blocks of 50 calls take turns between a session without
+#             ("free") and one with a rate_limit it never reaches, answered
 #             by the Worker's PortBridge.Limiter, which leases the next calls' starts
 #             (protocol 1.3): requests_per_minute ("limited"), or tokens_per_minute
 #             ("tokens": every call also reports an lm_call event, whose tokens
 #             correct the estimate); or answered by a function the request registers
 #             ("callback": a callback round trip per call, no limiter, no lease);
-#             p50/p99/mean per side
+#             p50/p99/mean per side, and of the free calls of its phase
 #   limit     the issue's scenario: a pool of two Pythons, BENCH_CALLS calls at once
 #             (DSPy.map) against the loopback provider at BENCH_LM_URL, which allows
 #             BENCH_LIMIT calls a second and counts its 429s; with the pool told that
 #             limit (rate_limit) and without (each Python on its own, DSPy's retries):
 #             wall time, calls served and the provider's counts per run
 #
-# BENCH_N, BENCH_ROUNDS: calls per block and rounds (overhead), rounds (limit).
+# BENCH_N, BENCH_ROUNDS: calls per side in a phase and rounds (overhead), rounds (limit).
 
 Code.require_file("common.exs", __DIR__)
 
@@ -25,7 +26,10 @@ defmodule Bench do
   import Bench.Common
   alias PortBridge.DSPy
 
-  @sides ["free", "limited", "tokens", "callback"]
+  @measured ["limited", "tokens", "callback"]
+  # Calls per block: in a phase, the two sides take turns every @block calls (tens
+  # of milliseconds), so that a slow moment of a shared machine falls on both alike.
+  @block 50
 
   def overhead(n, rounds) do
     {:ok, worker} = PortBridge.Worker.start_link(spawn_opts([]))
@@ -33,8 +37,10 @@ defmodule Bench do
     {:ok, _} = PortBridge.Worker.await_ready(worker, 60_000)
     settle(worker)
 
-    # Two sessions on the same Python: the same offline LM, one under a rate limit it
-    # never reaches (10,000,000 a minute, the most the worker takes).
+    # Sessions on the same Python, each with the offline LM: "free" without a rate
+    # limit; "limited" under a request limit it never reaches (10,000,000 a minute,
+    # the most the worker takes); "tokens" under a token limit it never reaches
+    # either (1,000,000,000 a minute, the most).
     {:ok, _} = DSPy.configure_lm(worker, model: "offline", session_id: "free")
 
     {:ok, _} =
@@ -44,7 +50,6 @@ defmodule Bench do
         rate_limit: [requests_per_minute: 10_000_000]
       )
 
-    # A token limit it never reaches either (1,000,000,000 a minute, the most).
     {:ok, _} =
       DSPy.configure_lm(worker,
         model: "offline",
@@ -52,16 +57,17 @@ defmodule Bench do
         rate_limit: [tokens_per_minute: 1_000_000_000]
       )
 
-    # The request limit, admissions answered by an Elixir function of the request's
-    # own instead of the pool's limiter: the callback's round trip alone.
+    # "callback": a request limit whose admissions an Elixir function of the request's
+    # own answers instead of the limiter (no lease): the callback's round trip alone.
+    # Limits of its own, so that it never starts on a lease the limiter gave "limited".
     {:ok, _} =
       DSPy.configure_lm(worker,
         model: "offline",
         session_id: "callback",
-        rate_limit: [requests_per_minute: 10_000_000]
+        rate_limit: [requests_per_minute: 9_000_000]
       )
 
-    for s <- @sides do
+    for s <- ["free" | @measured] do
       {:ok, _} = DSPy.create_program(worker, signature: "question -> answer", program_id: "qa", session_id: s)
     end
 
@@ -72,31 +78,38 @@ defmodule Bench do
       ns(fn -> {:ok, _} = DSPy.execute_program(worker, "qa", %{question: "Is it fast?"}, opts) end)
     end
 
-    for s <- @sides, _ <- 1..div(n, 5), do: call.(s)
+    for s <- ["free" | @measured], _ <- 1..div(n, 5), do: call.(s)
 
+    # A round is one phase per measured side: n calls of it and n of "free", in
+    # blocks that take turns. Phases, not one rotation of all sides: "limited" and
+    # "tokens" share the model under different limits, and the limiter keeps one
+    # budget per model (its lease would restart with every switch of limits).
     runs =
       for round <- 1..rounds do
-        sides = if rem(round, 2) == 1, do: @sides, else: Enum.reverse(@sides)
+        Map.new(@measured, fn s ->
+          for _ <- 1..div(n, 10), do: call.(s)
+          order = if rem(round, 2) == 1, do: ["free", s], else: [s, "free"]
 
-        # Per side: the call times, and the admissions the limiter answered (the
-        # calls that asked: the others started on a lease).
-        {samples, asked} =
-          Enum.reduce(1..4, {Map.new(@sides, &{&1, []}), Map.new(@sides, &{&1, 0})}, fn _, acc ->
-            Enum.reduce(sides, acc, fn s, {samples, asked} ->
-              before = admitted()
-              ns = for _ <- 1..n, do: call.(s)
-              {Map.update!(samples, s, &(ns ++ &1)), Map.update!(asked, s, &(&1 + admitted() - before))}
+          {samples, asked} =
+            Enum.reduce(1..div(n, @block), {%{"free" => [], s => []}, 0}, fn b, acc ->
+              order = if rem(b, 2) == 1, do: order, else: Enum.reverse(order)
+
+              Enum.reduce(order, acc, fn side, {samples, asked} ->
+                before = admitted()
+                ns = for _ <- 1..@block, do: call.(side)
+                {Map.update!(samples, side, &(ns ++ &1)), asked + admitted() - before}
+              end)
             end)
-          end)
 
-        Map.new(samples, fn {s, ns} ->
-          {s, Map.merge(summary(ns), %{"mean" => div(Enum.sum(ns), length(ns)), "asked" => asked[s]})}
+          {s, Map.merge(stats(samples[s]), %{"asked" => asked, "free" => stats(samples["free"])})}
         end)
       end
 
     GenServer.stop(worker)
-    %{"runs" => runs}
+    %{"runs" => runs, "n" => n}
   end
+
+  defp stats(ns), do: Map.put(summary(ns), "mean", div(Enum.sum(ns), length(ns)))
 
   # Admissions the Worker's limiter (outside a pool: the application's) answered so far.
   defp admitted do
