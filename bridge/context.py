@@ -20,9 +20,11 @@ session and a backend's ``close_session`` hook sees it go.
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from .codecs import EncodeError
 from .inflight import interrupted
 from .wire import to_wire
 
@@ -30,18 +32,21 @@ if TYPE_CHECKING:
     from .callbacks import Callbacks
     from .envelope import Request
     from .inflight import Job
+    from .replies import Replies
 
+log = logging.getLogger("portbridge.context")
 _NO_ARGS: dict = {}  # callback's default: never changed (the callbacks table refuses anything but a map)
-SendEvent = Callable[[str, Any, Any, Any], None]  # (name, data, request id, codec)
+HOLD_MOST = 32  # events emit_soon holds for a request's next frame, at most...
+HOLD_LONGEST_S = 0.1  # ...and for at most this long (the next event held after that goes out with them)
 
 
 class Services:
     """What a worker lends every handler's context (one instance per worker)."""
 
-    __slots__ = ("send_event", "callbacks", "global_store")
+    __slots__ = ("replies", "callbacks", "global_store")
 
-    def __init__(self, send_event: SendEvent, callbacks: Callbacks, global_store: dict) -> None:
-        self.send_event = send_event
+    def __init__(self, replies: Replies, callbacks: Callbacks, global_store: dict) -> None:
+        self.replies = replies  # the worker's output: events go out through it
         self.callbacks = callbacks
         self.global_store = global_store
 
@@ -134,9 +139,37 @@ class Context:
 
         ``data`` goes through ``bridge.wire.to_wire`` (dataclasses, numpy...); what no frame can
         carry raises a ``serialization`` error here, in the code that sent it."""
-        if self._job is None or not self._job.done:
-            self._services.send_event(name, to_wire(data, self._codec.name != "json"), self._request.id,
-                                      self._codec)
+        job = self._job
+        if job is None or not job.done:
+            data = to_wire(data, self._codec.name != "json")
+            if job is not None and job.held:
+                self._send_held()  # events held for this request go first
+            self._services.replies.event(name, data, self._request.id, self._codec)
+
+    def emit_soon(self, name: str, data: Any) -> None:
+        """Send an event with the request's next frame (its reply, or an event or callback it sends)
+        rather than on its own: for an event the client needs soon but not at once, one write and
+        one wake-up of the client instead of two. At most ``HOLD_MOST`` events wait, for at most
+        ``HOLD_LONGEST_S`` seconds (checked when the next is held). Otherwise as ``emit``."""
+        job = self._job
+        if job is None:
+            self.emit(name, data)
+            return
+        replies = self._services.replies
+        try:
+            frame = replies.event_frame(name, to_wire(data, self._codec.name != "json"), self._request.id,
+                                        self._codec)
+        except EncodeError as exc:
+            log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
+            return
+        held = job.hold(frame, HOLD_MOST, HOLD_LONGEST_S)
+        if held:
+            replies.write_frames(held)
+
+    def _send_held(self) -> None:
+        held = self._job.take_held() if self._job is not None else None
+        if held:
+            self._services.replies.write_frames(held)
 
     def progress(self, done: int | float, total: int | float | None = None, **data: Any) -> None:
         """Send a ``progress`` event: ``{"done", "total", ...data}`` (``total`` left out when None)."""
@@ -151,4 +184,5 @@ class Context:
         longer wait for it; ``overloaded`` when too many callbacks are in flight. Check ``name``
         against what the request declared before calling: the worker carries any name.
         """
+        self._send_held()  # the client sees this request's held events before its callback
         return self._services.callbacks.call(self._job, name, args, timeout)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 class Job:
     __slots__ = ("request", "command", "codec", "session", "deadline", "state", "outcome", "timer",
-                 "_wakeups", "_lock")
+                 "held", "held_since", "_wakeups", "_lock")
 
     def __init__(self, request: Request, command: Command, codec: Any, session: Session) -> None:
         self.request = request
@@ -44,12 +44,36 @@ class Job:
         self.state = "queued"  # queued -> running -> done; or queued -> done
         self.outcome: BridgeError | None = None  # the error that answered it from outside the handler
         self.timer: list | None = None  # the deadline's timer entry while armed
+        # Encoded events waiting for the request's next frame (Context.emit_soon), and since when.
+        self.held: list[bytes] = []
+        self.held_since = 0.0
         self._wakeups: list[Callable[[], object]] = []  # called when the job is answered from outside
         self._lock = threading.Lock()
 
     @property
     def done(self) -> bool:
         return self.state == "done"
+
+    def hold(self, payload: bytes, most: int, longest_s: float) -> list[bytes] | None:
+        """Keep an event for the request's next frame; returns what is held instead (and holds
+        nothing more) once ``most`` are held or the first has waited ``longest_s``."""
+        with self._lock:
+            if self.state == "done":
+                return None  # answered meanwhile: too late for its reply, as for any event
+            now = time.monotonic()
+            if not self.held:
+                self.held_since = now
+            self.held.append(payload)
+            if len(self.held) < most and now - self.held_since < longest_s:
+                return None
+            held, self.held = self.held, []
+            return held
+
+    def take_held(self) -> list[bytes]:
+        """The events held so far (none are held after this, until the next ``hold``)."""
+        with self._lock:
+            held, self.held = self.held, []
+            return held
 
     def start(self) -> bool:
         """Mark the job running; False if it was already answered while queued."""
@@ -113,7 +137,7 @@ class _Sessions(Protocol):
     def release(self, session: Session) -> None: ...
 
 
-Answer = Callable[[Any, "Request", "BridgeError | None", Any], None]  # (codec, request, error, result)
+Answer = Callable[..., None]  # (codec, request, error, result, held=[events held for the reply])
 
 
 class InFlight:
@@ -176,7 +200,7 @@ class InFlight:
             self._scheduler.withdraw(job)
         self._sessions.release(job.session)
         try:
-            self._answer(job.codec, job.request, error, result)
+            self._answer(job.codec, job.request, error, result, held=job.take_held())
         finally:
             with self._lock:
                 self._unwritten -= 1

@@ -38,8 +38,11 @@ log = logging.getLogger("portbridge.replies")
 class Replies:
     """The worker's output: encodes, counts and writes through ``write(payload)`` (it owns no descriptor)."""
 
-    def __init__(self, write: Callable[[bytes], None], stats: Stats, codec: Codec = codecs.JSON) -> None:
+    def __init__(self, write: Callable[[bytes], None], stats: Stats, codec: Codec = codecs.JSON,
+                 write_frames: Callable[[list[bytes]], None] | None = None) -> None:
         self._write = write
+        # Several frames in one write (events held for a request's next frame, then that frame).
+        self.write_frames = write_frames or (lambda payloads: _one_by_one(write, payloads))
         self._stats = stats
         self._tally = stats.inline
         # The format of worker-level frames (ready, log events, refusals of frames whose own format is
@@ -50,13 +53,15 @@ class Replies:
         self._encoders: dict[Codec, Callable[[Any], bytes]] = {c: c.raw_encoder() for c in codecs.CODECS.values()}
 
     def final(self, codec: Codec, request: Request | None, error: BridgeError | None, result: Any = None,
-              inline: bool = False, rid: Any = None) -> None:
+              inline: bool = False, rid: Any = None, held: list[bytes] | None = None) -> None:
         """Encode, count and write one final reply: a result (``error`` None) or an error.
 
         ``request`` None: the reply to a frame that never became a request (``rid`` if one was
         found in it; no meta). ``inline``: written on the reading thread, with its own encoders and
         tally and no lock but the write's (control replies are the latency every client sees: the
         usual case, a success, takes the straight path, and the tally's bookkeeping is written out).
+        ``held``: the request's events that waited for its next frame (``Context.emit_soon``): written
+        with the reply, in one write.
         """
         if request is not None:
             rid, command = request.id, request.command
@@ -86,7 +91,10 @@ class Replies:
         else:
             payload, category = _failure(codec, rid, error, meta)
         (self._tally if inline else self._stats).reply(command, elapsed_us, category, len(payload))
-        self._write(payload)
+        if held:
+            self.write_frames([*held, payload])
+        else:
+            self._write(payload)
 
     def refuse_frame(self, error: BridgeError, codec: Codec | None = None, rid: Any = None) -> None:
         """The reply to a frame that never became a request, on the reading thread (``codec`` None:
@@ -110,9 +118,13 @@ class Replies:
     def event_or_raise(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> None:
         """An event of request ``rid`` in its format, or a worker-level one (``rid`` None, the last
         request's format); raises ``EncodeError`` when ``data`` cannot be encoded."""
+        self._write(self.event_frame(name, data, rid, codec))
+
+    def event_frame(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> bytes:
+        """An event's payload, encoded and counted but not written; raises ``EncodeError``."""
         payload = (codec or self.last_codec).encode({"id": rid, "event": name, "data": data})
         self._stats.event(name, len(payload))
-        self._write(payload)
+        return payload
 
     def event(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> None:
         """As ``event_or_raise``, but an event that cannot be encoded is dropped (and logged)."""
@@ -143,3 +155,8 @@ def _failure(codec: Codec, rid: Any, error: BridgeError, meta: dict | None) -> t
 
 def _serialization(codec: Codec, exc: EncodeError) -> BridgeError:
     return BridgeError("serialization", "unencodable_result", str(exc)[:500], {"format": codec.name})
+
+
+def _one_by_one(write: Callable[[bytes], None], payloads: list[bytes]) -> None:
+    for payload in payloads:
+        write(payload)

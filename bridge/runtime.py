@@ -48,6 +48,7 @@ class Runtime:
         debug: bool = False,
         backends: dict | None = None,
         on_shutdown: Callable[[str], None] = lambda reason: None,
+        write_frames: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits = limits or Limits()
@@ -57,13 +58,13 @@ class Runtime:
         self.accepting = True
         self._on_shutdown = on_shutdown
         self.stats = Stats()
-        self.replies = Replies(write, self.stats, self.pinned or codecs.JSON)
+        self.replies = Replies(write, self.stats, self.pinned or codecs.JSON, write_frames)
         self.timers = Timers()
         self.sessions = SessionTable(limits.session_ttl_s, limits.max_sessions, self._session_closed)
         self.scheduler = Scheduler(limits.max_concurrency, limits.max_queue, self.run)
         self.inflight = InFlight(self.timers, self.scheduler, self.sessions, self.replies.final)
         self.callbacks = Callbacks(self.replies.event_or_raise, limits.max_callbacks)
-        self.services = Services(self.replies.event, self.callbacks, self.sessions.global_session.store)
+        self.services = Services(self.replies, self.callbacks, self.sessions.global_session.store)
         self.timers.every(max(min(limits.session_ttl_s / 4, SESSION_SWEEP_MAX_S), 0.05), self.sessions.expire)
 
     # -- running requests ---------------------------------------------------------------

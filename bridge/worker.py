@@ -88,7 +88,8 @@ class Worker:
         self.registry = Registry()
         self.backends: dict = {}  # filled by _start_backends, after ready
         self.runtime = Runtime(self.registry, transport.write, config.limits, fmt=config.fmt, debug=config.debug,
-                               backends=self.backends, on_shutdown=self.begin_shutdown)
+                               backends=self.backends, on_shutdown=self.begin_shutdown,
+                               write_frames=transport.write_frames)
         self.dispatcher = Dispatcher(self.runtime)
         core_commands.register(self.registry, self.runtime)
         self._stopping = threading.Lock()

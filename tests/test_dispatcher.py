@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from bridge import codecs, core_commands
+from bridge.context import HOLD_MOST
 from bridge.dispatcher import Dispatcher
 from bridge.errors import BridgeError
 from bridge.limits import Limits
@@ -143,3 +144,49 @@ def test_shutdown_refuses_new_work_but_still_answers_control_commands(routed):
     assert first["error"]["category"] == "shutdown"
     assert second["result"]["status"] == "shutting_down"
 
+
+
+# -- events that wait for the request's next frame (Context.emit_soon) ---------------------------------
+
+
+def test_held_events_go_out_with_the_next_frame_in_one_write():
+    registry = Registry()
+    output = Output()
+    writes: list[list[str]] = []  # what each write_frames call carried: each frame's event or "reply"
+
+    def write_frames(payloads: list[bytes]) -> None:
+        frames = [codecs.JSON.decode(p) for p in payloads]
+        writes.append([f.get("event", "reply") for f in frames])
+        for payload in payloads:
+            output.write(payload)
+
+    runtime = Runtime(registry, output.write, Limits(), write_frames=write_frames)
+
+    @registry.command("soon", schema=ANY_ARGS)
+    def soon(ctx, args):
+        ctx.emit_soon("a", {"n": 1})
+        ctx.emit_soon("b", {"n": 2})
+        if args.get("then_emit"):
+            ctx.emit("progress", {"done": 1})  # an event sent at once: the held ones go first
+        for i in range(args.get("more", 0)):
+            ctx.emit_soon("c", {"n": i})
+        return {"ok": True}
+
+    dispatcher = Dispatcher(runtime)
+    send(dispatcher, {"id": 1, "command": "soon"})
+    frames = output.wait_for(3)
+    assert [f.get("event", "reply") for f in frames] == ["a", "b", "reply"]
+    assert writes == [["a", "b", "reply"]]  # with the reply, in one write
+
+    send(dispatcher, {"id": 2, "command": "soon", "args": {"then_emit": True}})
+    frames = output.wait_for(7)[3:]
+    assert [f.get("event", "reply") for f in frames] == ["a", "b", "progress", "reply"]
+    assert writes[1] == ["a", "b"]
+
+    # At most HOLD_MOST wait: then they go out together, and the rest with the reply.
+    send(dispatcher, {"id": 3, "command": "soon", "args": {"more": HOLD_MOST}})
+    frames = output.wait_for(7 + 2 + HOLD_MOST + 1)[7:]
+    assert [f["id"] for f in frames] == [3] * (HOLD_MOST + 3)
+    assert [len(w) for w in writes[2:]] == [HOLD_MOST, 3]
+    runtime.stop_accepting()
+    runtime.drain(0.0)

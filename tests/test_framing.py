@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.transport import Transport
 from bridge.framing import (
     HEADER_SIZE,
     OVERSIZED_HEAD_BYTES,
@@ -207,3 +211,35 @@ def test_a_large_frame_is_returned_as_its_own_buffer_and_truncation_counts():
     assert decoder.pending() == 1000 and decoder.wanted() == len(payload) - 996
     (item,) = decoder.split(stream[1000:])
     assert type(item) is bytearray and item == payload
+
+
+def test_write_frames_writes_small_frames_in_one_write_and_large_ones_as_write_would():
+    r, w = os.pipe()
+    try:
+        transport = Transport(-1, w)
+        small = [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+        transport.write_frames(small)
+        data = os.read(r, 1 << 16)
+        assert data == b"".join(len(p).to_bytes(4, "big") + p for p in small)
+        big = b"x" * (70 * 1024)  # above the size joined into one write
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(_read_all(r, 2 * (4 + len(big)) + 11)))
+        reader.start()
+        transport.write_frames([big, b'{"d":4}', big])
+        reader.join(10)
+        expected = b"".join(len(p).to_bytes(4, "big") + p for p in (big, b'{"d":4}', big))
+        assert got == [expected]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _read_all(fd: int, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, n)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
