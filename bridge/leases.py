@@ -14,6 +14,14 @@ the lease with the one a result carries, ``void`` drops it (a provider's 429).
 The expiry is measured from when the worker *asked*, before the client could
 have granted, so the worker's window always ends first. Unused starts are
 simply lost. The client is untrusted: a lease of another shape is ignored.
+
+Returned tokens: under ``tokens_per_minute`` a client charges each call's
+estimate and corrects it by what the call used. For a model whose client
+grants leases (so it reads them), a call that used no more than its estimate
+gives the rest back here (``give_back``) instead of in an ``lm_call`` event of
+its own, and the model's next admission carries it (``take_returned``):
+``returned_tokens``, PROTOCOL.md section 7.2. Returned tokens are sent at most
+once; a return that never reaches the client only leaves it more careful.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class Leases:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[str, _Lease] = {}
+        self._lessors: set[str] = set()  # models whose client granted a lease (it reads returned_tokens)
+        self._returned: dict[str, int] = {}  # tokens given back per model, for its next admission
         self.granted = 0  # starts received in leases, and taken from them (for stats and tests)
         self.taken = 0
 
@@ -80,7 +90,23 @@ class Leases:
             return
         with self._lock:
             self._held[model] = _Lease(limits, starts, tokens, asked + valid_ms / 1000)
+            self._lessors.add(model)
             self.granted += starts
+
+    def give_back(self, model: str, tokens: int) -> bool:
+        """Keep ``tokens`` charged for a call of ``model`` that it did not use, for the model's next
+        admission; False (nothing kept) when its client never granted a lease: report them instead."""
+        with self._lock:
+            if model not in self._lessors:
+                return False
+            if tokens > 0:
+                self._returned[model] = self._returned.get(model, 0) + tokens
+            return True
+
+    def take_returned(self, model: str) -> int:
+        """The tokens given back for ``model`` since its last admission (0 if none); they are gone after."""
+        with self._lock:
+            return self._returned.pop(model, 0)
 
     def void(self, model: str) -> None:
         """Drop the lease of ``model`` (its provider refused a call: the client must see the next one)."""

@@ -23,7 +23,13 @@ does, through its settings). Events go out when the request asked for them
 needs them: after every failed attempt (a 429 pauses the model), and after
 every call when the limits count tokens (the real tokens correct the
 estimate). A successful call under a request limit alone tells the client
-nothing, and its event would cost more than a leased admission.
+nothing, and its event would cost more than a leased admission. Nor, unless
+asked, does one under a token limit that used no more than its estimate, once
+the model's client grants leases: the tokens it did not use go back with the
+model's next admission (``returned_tokens``, ``bridge.leases``). Other events of
+successful calls go with the request's next frame (``Context.emit_soon``: one
+write, one wake-up of the client): only failures and under-estimates are urgent
+for a limiter.
 """
 
 from __future__ import annotations
@@ -93,12 +99,13 @@ def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
 class Call:
     """One LM call under ``policy`` for ``caller`` (None: no request, e.g. a thread of its own)."""
 
-    __slots__ = ("policy", "caller", "reports", "reports_success", "attempt_ns", "failure_reported", "estimated")
+    __slots__ = ("policy", "caller", "wanted", "reports", "reports_success", "attempt_ns", "failure_reported",
+                 "estimated")
 
     def __init__(self, policy: Policy, caller: Caller | None) -> None:
         self.policy = policy
         self.caller = caller
-        wanted = caller is not None and EVENT in caller.ctx.notify
+        self.wanted = wanted = caller is not None and EVENT in caller.ctx.notify
         # Which events go out: failed attempts, and also completed calls (PROTOCOL.md section 7.2).
         self.reports = wanted or (caller is not None and policy.rate_limit is not None)
         self.reports_success = wanted or (caller is not None and "tokens_per_minute" in (policy.rate_limit or ()))
@@ -134,6 +141,9 @@ class Call:
             self.estimated += estimated_tokens
             return
         args = {"model": model, "limits": limits, "estimated_tokens": estimated_tokens}
+        returned = LEASES.take_returned(model)
+        if returned:
+            args["returned_tokens"] = returned  # (1.3) what calls since the last admission did not use
         asked = LEASES.now()  # before the event goes out: the lease's window starts no later than the client's
         try:
             answer = ctx.callback(ADMIT, args)
@@ -191,7 +201,18 @@ class Call:
         estimated, self.estimated = self.estimated, 0  # the next event reports the attempts after these
         if self.caller is None or not (self.reports_success if error is None else self.reports):
             return
-        self.caller.ctx.emit(EVENT, {
+        # A call that failed, or used more tokens than its admission charged, is news the client's
+        # limiter needs at once. One that used less gives the rest back with the model's next
+        # admission when its client reads that, and is not reported unless asked; the others may
+        # go with the request's next frame (PROTOCOL.md 7.2).
+        urgent = error is not None
+        if not urgent and "tokens_per_minute" in (self.policy.rate_limit or ()):
+            unused = estimated - _count(prompt_tokens) - _count(completion_tokens)
+            urgent = unused < 0
+            if not urgent and not self.wanted and LEASES.give_back(self.policy.model, unused):
+                return
+        send = self.caller.ctx.emit if urgent else self.caller.ctx.emit_soon
+        send(EVENT, {
             "model": self.policy.model,
             "prompt_tokens": _count(prompt_tokens),
             "completion_tokens": _count(completion_tokens),

@@ -471,6 +471,13 @@ LEASE_CONVERSATION = [  # (name, schema, value): an admission with a lease, and 
     ("lm_call_without_admission", "event", {"id": 12, "event": "lm_call", "data": {
         "model": "openai/unlimited", "prompt_tokens": 90, "completion_tokens": 12, "cost_usd": None,
         "duration_us": 120000, "cached": False, "program_id": None, "estimated_tokens": 0, "error": None}}),
+    # Under a token limit, leased calls that used less than their estimates sent no lm_call: what
+    # they did not use goes back with the model's next admission.
+    ("admit_event_returning_tokens", "event", {"id": 13, "event": "callback", "data": {
+        "callback_id": "cb-3", "name": "portbridge.admit",
+        "args": {"model": "openai/gpt-4o-mini", "limits": {"tokens_per_minute": 200000}, "estimated_tokens": 640,
+                 "returned_tokens": 1107},
+        "timeout_ms": 29950}}),
 ]
 
 LEASE_EXCHANGES = [  # (name, format, request, expect), each to a fresh core worker
@@ -530,7 +537,7 @@ if __name__ == "__main__":
     write("leases.json",
           "Protocol 1.3 (admission leases). frames: an admission whose result carries a lease, lm_call events "
           "of calls started on it (with estimated_tokens), a leased attempt refused by the provider and the "
-          "admission asked again, in both formats; each payload_hex decodes to value, which its schema accepts "
+          "admission asked again, an admission that gives tokens back (returned_tokens), in both formats; each payload_hex decodes to value, which its schema accepts "
           "(a callback_result's result also schemas/admit.schema.json#/$defs/result, an lm_call event's data "
           "also schemas/lm_call.schema.json). cases: requests sent to a fresh worker, as in exchanges.json.",
           [exchange_case(*case) for case in LEASE_EXCHANGES],

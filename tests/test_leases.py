@@ -95,3 +95,39 @@ def test_threads_share_exactly_the_leased_starts():
     for t in threads:
         t.join()
     assert sum(got) == 50 == held.describe()["taken"]
+
+
+def test_unused_tokens_are_kept_only_for_a_model_whose_client_leases_and_go_back_once():
+    held, clock = leases()
+    assert not held.give_back("m", 40)  # no lease ever: the client may not read returned tokens
+    assert held.take_returned("m") == 0
+    held.grant("m", LIMITS, {"admitted": True, "lease": {"starts": 1, "valid_ms": 500}}, clock.t)
+    assert held.give_back("m", 40) and held.give_back("m", 0) and held.give_back("m", 2)
+    assert not held.give_back("other", 5)
+    assert held.take_returned("m") == 42
+    assert held.take_returned("m") == 0  # sent once
+    clock.t += 10  # the lease expired: its client still reads returned tokens
+    assert held.give_back("m", 7) and held.take_returned("m") == 7
+
+
+def test_threads_give_back_every_token_exactly_once():
+    held, clock = leases()
+    held.grant("m", LIMITS, {"admitted": True, "lease": {"starts": 1, "valid_ms": 500}}, clock.t)
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = 0
+        for i in range(200):
+            held.give_back("m", 3)
+            if i % 7 == 0:
+                mine += held.take_returned("m")
+        with lock:
+            taken.append(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(taken) + held.take_returned("m") == 6 * 200 * 3

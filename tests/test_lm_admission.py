@@ -325,17 +325,38 @@ def test_a_lease_lets_the_next_calls_start_without_asking(worker, server):
     gate = leasing(server, {"starts": 3, "valid_ms": 60_000})
     before = stats_leases(worker)
     start = len(server.seen)
-    done = run_many(worker, "lease-basic", gate, 6, f"leased {time.time_ns()}")
+    done = run_many(worker, "lease-basic", gate, 6, f"leased {time.time_ns()}", notify=["lm_call"])
     assert len(server.seen) - start == 6
     # Asked by the 1st call (leased 3 more), and the 5th (its lease used up).
     assert [n - start for _, n in gate.seen] == [0, 4]
     asked = [any(e["event"] == "callback" for e in pending.events) for _, pending in done]
     assert asked == [True, False, False, False, True, False]
-    # Every call is still reported, with the estimate it was admitted (or leased) under.
+    # Every call is still reported when asked, with the estimate it was admitted (or leased) under.
     estimates = [lm_calls(pending)[0]["estimated_tokens"] for _, pending in done]
     assert all(e > 0 for e in estimates) and estimates[0] == gate.seen[0][0]["estimated_tokens"]
     after = stats_leases(worker)
     assert (after["granted"] - before["granted"], after["taken"] - before["taken"]) == (6, 4)
+
+
+def test_tokens_a_leased_call_did_not_use_go_back_with_the_next_admission(worker, server):
+    # A token limit with a lease: a call that used no more than its estimate sends no lm_call
+    # event (none was asked for); what it did not use goes back, once, with the next admission.
+    prepare(worker, server, "lease-returns", "lease-returns", TOKENS, max_tokens=500)
+    gate = leasing(server, {"starts": 2, "valid_ms": 60_000})
+    done = run_many(worker, "lease-returns", gate, 5, f"returns {time.time_ns()}")
+    assert [lm_calls(pending) for _, pending in done] == [[]] * 5
+    asks = [args for args, _ in gate.seen]
+    assert len(asks) == 2 and "returned_tokens" not in asks[0]
+    # The three calls before the second ask (one asked, two leased): their estimates less what they used.
+    def used(reply) -> int:
+        usage = reply["result"]["usage"]["openai/lease-returns"]
+        return usage["prompt_tokens"] + usage["completion_tokens"]
+
+    estimates = 3 * asks[0]["estimated_tokens"]  # questions of one length: calls of one estimate
+    assert asks[1]["returned_tokens"] == estimates - sum(used(r) for r, _ in done[:3]) > 0
+    # Asked for, the event is sent as before, and its call's tokens do not go back.
+    reply, pending = execute(worker, "lease-returns", f"returns {time.time_ns()} asked?", gate, notify=["lm_call"])
+    assert reply["success"] and len(lm_calls(pending)) == 1
 
 
 def test_a_lease_ends_when_it_expires(worker, server):

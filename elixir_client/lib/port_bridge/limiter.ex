@@ -14,7 +14,7 @@ defmodule PortBridge.Limiter do
 
   Asking costs a round trip per call. Well under the limit, an admission also
   leases the worker the next calls' starts (protocol 1.3: a worker that lists
-  `"lm_leases"`): up to `:lease_starts` (16) calls it may start without asking
+  `"lm_leases"`): up to `:lease_starts` (64) calls it may start without asking
   within `:lease_ms` (500 ms). Whatever the worker does with them, the limit
   holds: each leased start is counted in every one-second window its lease
   meets, as if it came at any instant of it, and an admitted call must fit beside
@@ -24,7 +24,10 @@ defmodule PortBridge.Limiter do
   waiting, not paused), of no more starts than the calls seen in the last second
   (so a model's first call, or the first of a burst at an idle model, gets none),
   and only while the starts of that second and those leased stay within half its
-  limit: calls at the limit never get one, and pay nothing for them.
+  limit: calls at the limit never get one, and pay nothing for them. Under a
+  token limit, a worker that holds leases gives back what its calls did not use
+  of their estimates with its next admission (`returned_tokens`) instead of an
+  `lm_call` event per call; a call that used more is still reported at once.
 
   In a cluster (`cluster: name`) the limiters of every node join a `:pg` group and
   each model's budget lives on one of them: the member that ranks highest for the
@@ -52,7 +55,7 @@ defmodule PortBridge.Limiter do
   Starts a limiter. Options: `:name`; `:cluster`, the name of a `PortBridge.Cluster`
   (one budget per model across its nodes); `:lease_horizon`, ms (default 1000);
   `:lease_ms` (default 500, at most `:lease_horizon`; 0: no leases) and
-  `:lease_starts` (default 16): how long and how many starts a lease gives a worker
+  `:lease_starts` (default 64): how long and how many starts a lease gives a worker
   at most.
   """
   @spec start_link(keyword) :: GenServer.on_start()
@@ -81,8 +84,11 @@ defmodule PortBridge.Limiter do
 
     outcome =
       case Wire.admission(args) do
-        {:ok, model, limits, tokens} ->
+        {:ok, model, limits, tokens, returned} ->
           try do
+            # Tokens the worker's earlier calls did not use (1.3): given back first
+            # (a cast, so it arrives before the call that follows it).
+            if returned > 0, do: GenServer.cast(limiter, {:corrected, model, -returned})
             GenServer.call(limiter, {:admit, model, limits, tokens, deadline, lease?}, :infinity)
           catch
             # Retryable, and no reason to replace the Python (an internal error would).
@@ -149,7 +155,7 @@ defmodule PortBridge.Limiter do
     lease =
       case min(Keyword.get(opts, :lease_ms, 500) * 1_000, horizon) do
         0 -> nil
-        valid_us -> %{valid_us: valid_us, max: Keyword.get(opts, :lease_starts, 16)}
+        valid_us -> %{valid_us: valid_us, max: Keyword.get(opts, :lease_starts, 64)}
       end
 
     if cluster, do: Membership.join(cluster)

@@ -150,6 +150,23 @@ defmodule PortBridge.LimiterTest do
     end
   end
 
+  test "tokens a worker's calls did not use come back with its next admission (1.3)",
+       %{limiter: limiter} do
+    # As above: the first estimate would hold the next call for a minute, unless the
+    # worker gives back what its call did not use when it next asks.
+    limits = %{"tokens_per_minute" => 60_000}
+    assert {:ok, _} = Limiter.admit(limiter, args("tr", limits, 60_000), :infinity, lease: true)
+
+    back = Map.put(args("tr", limits, 10), "returned_tokens", 59_950)
+    assert {:ok, _} = Limiter.admit(limiter, back, deadline(min(tolerance(2_000), 50_000)), lease: true)
+
+    # Without it, the next call waits.
+    assert {:ok, _} = Limiter.admit(limiter, args("tr2", limits, 60_000), :infinity, lease: true)
+
+    assert {:error, "timeout", _} =
+             Limiter.admit(limiter, args("tr2", limits, 10), deadline(100), lease: true)
+  end
+
   test "what a worker should never send is a validation error, and the limiter serves on",
        %{limiter: limiter} do
     for bad <- [
@@ -157,6 +174,8 @@ defmodule PortBridge.LimiterTest do
           %{"model" => 5, "limits" => %{"requests_per_minute" => 10}},
           args("m", %{"requests_per_minute" => 0}),
           args("m", %{"requests_per_minute" => 10}, -1),
+          Map.put(args("m", %{"requests_per_minute" => 10}), "returned_tokens", -5),
+          Map.put(args("m", %{"requests_per_minute" => 10}), "returned_tokens", "all"),
           args("m", %{"requests_per_minute" => 10, "per_day" => 3})
         ] do
       assert {:error, "validation", _} = Limiter.admit(limiter, bad, :infinity)
@@ -185,11 +204,11 @@ defmodule PortBridge.LimiterTest do
       a = args("slow-start", %{"requests_per_minute" => 600_000})
       assert leased(limiter, a) == nil
       assert %{"starts" => 1, "valid_ms" => 500} = leased(limiter, a)
-      # Leases grow with the calls seen in the last second, up to 16 starts.
-      starts = for _ <- 1..5, do: leased(limiter, a)["starts"]
-      assert List.last(starts) == 16 and starts == Enum.sort(starts)
+      # Leases grow with the calls seen in the last second, up to 64 starts.
+      starts = for _ <- 1..7, do: leased(limiter, a)["starts"]
+      assert starts == [3, 7, 15, 31, 63, 64, 64]
 
-      assert %{admitted: 7, leased: leased, reserved: leased} =
+      assert %{admitted: 9, leased: leased, reserved: leased} =
                Limiter.info(limiter)["slow-start"]
 
       assert leased == 1 + Enum.sum(starts)

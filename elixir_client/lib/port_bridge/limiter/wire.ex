@@ -10,23 +10,19 @@ defmodule PortBridge.Limiter.Wire do
   @max_retry_after_s 600
   @max_model_bytes 512
 
-  # `{:ok, model, limits, estimated_tokens}` of the args of a portbridge.admit
-  # callback, or `{:error, message}` for what a worker should never send.
+  # `{:ok, model, limits, estimated_tokens, returned_tokens}` of the args of a
+  # portbridge.admit callback (returned_tokens, 1.3: what the worker's earlier calls
+  # of the model did not use of their estimates; 0 when absent), or `{:error,
+  # message}` for what a worker should never send.
   @spec admission(term) ::
-          {:ok, String.t(), RateLimit.limits(), non_neg_integer} | {:error, String.t()}
+          {:ok, String.t(), RateLimit.limits(), non_neg_integer, non_neg_integer}
+          | {:error, String.t()}
   def admission(%{"model" => model, "limits" => limits} = args)
       when is_binary(model) and byte_size(model) in 1..@max_model_bytes do
-    with {:ok, limits} <- RateLimit.from_wire(limits) do
-      case Map.get(args, "estimated_tokens", 0) do
-        tokens when is_integer(tokens) and tokens >= 0 ->
-          {:ok, model, limits, tokens}
-
-        nil ->
-          {:ok, model, limits, 0}
-
-        other ->
-          {:error, "estimated_tokens must be a non-negative integer, got: #{inspect(other)}"}
-      end
+    with {:ok, limits} <- RateLimit.from_wire(limits),
+         {:ok, tokens} <- count(args, "estimated_tokens"),
+         {:ok, returned} <- count(args, "returned_tokens") do
+      {:ok, model, limits, tokens, returned}
     end
   end
 
@@ -71,6 +67,15 @@ defmodule PortBridge.Limiter.Wire do
 
   defp count(n) when is_integer(n) and n >= 0, do: n
   defp count(_), do: 0
+
+  # An optional token count of an admission request (absent or null: 0).
+  defp count(args, key) do
+    case Map.get(args, key) do
+      n when is_integer(n) and n >= 0 -> {:ok, n}
+      nil -> {:ok, 0}
+      other -> {:error, "#{key} must be a non-negative integer, got: #{inspect(other, limit: 5)}"}
+    end
+  end
 
   # The admission's result: with a lease (Queue.lease/5) when one was granted.
   @spec admitted(map | nil) :: map
