@@ -108,6 +108,7 @@ class Seen:
     messages: list = field(repr=False, default_factory=list)
     body: dict = field(repr=False, default_factory=dict)  # the whole request, as received
     path: str = "/v1/chat/completions"
+    target: str = ""  # the request line's target as sent: absolute ("http://host/v1/...") through a proxy
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -153,7 +154,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
-        route = self.path.rstrip("/")
+        # A client that takes this server for its HTTP proxy sends the absolute URL: served alike.
+        route = urlsplit(self.path).path.rstrip("/")
         if route not in ("/v1/chat/completions", "/v1/embeddings"):
             # As FastAPI-based servers (vLLM and most self-hosted ones) answer a wrong api_base.
             self._json(404, {"detail": "Not Found"})
@@ -167,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", ""))
         stream = bool(body.get("stream"))
         auth = self.headers.get("Authorization")
-        self.server.record(Seen(model, stream, auth, body.get("messages") or [], body, route))
+        self.server.record(Seen(model, stream, auth, body.get("messages") or [], body, route, self.path))
         if settings.api_key is not None and auth != f"Bearer {settings.api_key}":
             self._error(401, "invalid_api_key", "Incorrect API key provided.")
             return
