@@ -62,3 +62,27 @@ def test_a_worker_still_sends_lm_requests_through_the_proxy_its_environment_name
                                  session_id="p")
             assert result["outputs"]["answer"]
     assert [seen.target for seen in server.seen] == ["http://llm.invalid/v1/chat/completions"] * 3
+
+
+def test_one_type_adapter_per_builtin_type_and_the_same_output():
+    # On a stand-in module: patching this process's DSPy would change the plain side of the
+    # parity tests, which compare the worker (patched) with plain DSPy.
+    import types
+
+    import pydantic
+
+    from bridge.backends.dspy.patches import cache_builtin_type_adapters
+
+    utils = types.SimpleNamespace(TypeAdapter=pydantic.TypeAdapter)
+    cache_builtin_type_adapters(utils)
+    assert utils.TypeAdapter(str) is utils.TypeAdapter(str)
+    assert utils.TypeAdapter(list[int]) is not utils.TypeAdapter(list[int])  # not a built-in class
+
+    class Answer(pydantic.BaseModel):
+        text: str
+
+    assert utils.TypeAdapter(Answer) is not utils.TypeAdapter(Answer)
+    for value in ("q?", 3, 2.5, True, None, [1, "a"], {"k": [1.5]}, Answer(text="x")):
+        expected = pydantic.TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
+        assert utils.TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str) == expected
+    assert utils.TypeAdapter(int).validate_python("7") == 7
