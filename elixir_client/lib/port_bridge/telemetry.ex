@@ -121,16 +121,15 @@ defmodule PortBridge.Telemetry do
   # :telemetry application is not running, nothing is attached.
   if @available do
     # The span's own events, and the LM calls it gives their context (session,
-    # command: see lm_call/2).
-    @span_events [
-      [:port_bridge, :request, :start],
-      [:port_bridge, :request, :stop],
-      [:port_bridge, :request, :exception],
-      [:port_bridge, :lm, :call]
-    ]
-
+    # command: see lm_call/2). Written out, with :ets.member/2 (nothing copied): this
+    # is on every request's path.
     defp span_wanted? do
-      Enum.any?(@span_events, &(:ets.lookup(:telemetry_handler_table, &1) != []))
+      table = :telemetry_handler_table
+
+      :ets.member(table, [:port_bridge, :request, :start]) or
+        :ets.member(table, [:port_bridge, :request, :stop]) or
+        :ets.member(table, [:port_bridge, :request, :exception]) or
+        :ets.member(table, [:port_bridge, :lm, :call])
     rescue
       ArgumentError -> false
     end
