@@ -86,6 +86,9 @@ def parse_request(doc) -> Request:
             return Request(rid, command, {})
         if n == 3 and type(args := doc.get("args")) is dict:  # {"id", "command", "args"}
             return Request(rid, command, args)
+        if n == 4 and type(args := doc.get("args")) is dict and type(timeout_ms := doc.get("timeout_ms")) is int \
+                and 0 < timeout_ms <= MAX_TIMEOUT_MS:  # and "timeout_ms": the Elixir client's usual request
+            return Request(rid, command, args, None, timeout_ms)
     if not FIELDS.issuperset(doc):
         unknown = [k for k in doc if k not in FIELDS]
         shown = ", ".join(sorted(map(str, unknown)))[:200]

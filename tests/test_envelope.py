@@ -36,6 +36,7 @@ def test_valid_requests_parse(doc):
     assert request.args == (doc.get("args") or {})
     assert request.meta == (doc.get("meta") or {})
     assert request.notify == frozenset(doc.get("notify") or ())
+    assert (request.session_id, request.timeout_ms) == (doc.get("session_id"), doc.get("timeout_ms"))
 
 
 def _schema():
