@@ -8,8 +8,8 @@
 #             ("free") and one with a rate_limit it never reaches, answered
 #             by the Worker's PortBridge.Limiter, which leases the next calls' starts
 #             (protocol 1.3): requests_per_minute ("limited"), or tokens_per_minute
-#             ("tokens": every call also reports an lm_call event, whose tokens
-#             correct the estimate); or answered by a function the request registers
+#             ("tokens": what a call did not use of its estimate goes back with
+#             the next admission, returned_tokens); or answered by a function the request registers
 #             ("callback": a callback round trip per call, no limiter, no lease);
 #             p50/p99/mean per side, and of the free calls of its phase
 #   limit     the issue's scenario: a pool of two Pythons, BENCH_CALLS calls at once

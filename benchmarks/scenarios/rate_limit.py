@@ -11,8 +11,9 @@ Two parts, each a ``mix run`` of benchmarks/elixir/rate_limit.exs in elixir_clie
   ``portbridge.admit`` callback and, well under the limit, leases the worker the
   next calls' starts (protocol 1.3): most calls start without asking. Under
   ``requests_per_minute`` a successful call reports nothing; under
-  ``tokens_per_minute`` each call also sends an ``lm_call`` event, whose tokens
-  correct the estimate. A third session answers its admissions with a function of
+  ``tokens_per_minute`` what a call did not use of its estimate goes back with the
+  next admission (``returned_tokens``), and a call that used more sends an
+  ``lm_call`` event at once. A third session answers its admissions with a function of
   the request's own (no lease): a callback round trip per call. BEAM and Python
   pinned to one CPU. Target: the mean difference (per LM call, asks included) at
   most 50 us, for each kind of limit; the p50 is a call that started on a lease.
@@ -48,7 +49,7 @@ def run(quick: bool) -> report.Result:
                 ["LM", "p50: median [min-max]", "mean: median [min-max]", "p99: median [min-max]",
                  "added p50: median [min-max]", "added mean: median [min-max]", "admissions asked per call"])
     sides = (("limited", "requests_per_minute never reached: PortBridge.Limiter, leases"),
-             ("tokens", "tokens_per_minute never reached: PortBridge.Limiter, leases, lm_call per call"),
+             ("tokens", "tokens_per_minute never reached: PortBridge.Limiter, leases, unused tokens returned"),
              ("callback", "requests_per_minute, admitted by the request's own callback (no limiter, no lease)"))
 
     def cells(key: str, base: bool) -> list[str]:
