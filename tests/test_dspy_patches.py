@@ -12,17 +12,10 @@ import time
 import pytest
 
 from bridge.backends.dspy.patches import kept
+from tests.support.clock import Clock
 from tests.support.dspy_workers import dspy_worker
 from tests.support.openai_server import OpenAIServer
 from tests.support.workers import worker_env
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 10.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def test_kept_reads_at_most_once_per_ttl_and_hands_out_copies():

@@ -7,16 +7,27 @@ import threading
 from hypothesis import given, strategies as st
 
 from bridge.leases import Leases
+from tests.support.clock import Clock
 
 LIMITS = {"requests_per_minute": 600}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
+def in_threads(count: int, work) -> list:
+    """What ``work()`` returned on each of ``count`` threads started together."""
+    results: list = []
+    lock = threading.Lock()
 
-    def __call__(self) -> float:
-        return self.t
+    def run() -> None:
+        result = work()
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def leases():
@@ -81,20 +92,8 @@ def test_any_lease_is_taken_only_within_the_protocols_bounds(lease):
 def test_threads_share_exactly_the_leased_starts():
     held, clock = leases()
     held.grant("m", LIMITS, {"admitted": True, "lease": {"starts": 50, "valid_ms": 500, "tokens": 500}}, clock.t)
-    got: list[bool] = []
-    lock = threading.Lock()
-
-    def take_many() -> None:
-        mine = [held.take("m", LIMITS, 5) for _ in range(40)]
-        with lock:
-            got.extend(mine)
-
-    threads = [threading.Thread(target=take_many) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sum(got) == 50 == held.describe()["taken"]
+    taken = in_threads(8, lambda: sum(held.take("m", LIMITS, 5) for _ in range(40)))
+    assert sum(taken) == 50 == held.describe()["taken"]
 
 
 def test_unused_tokens_are_kept_only_for_a_model_whose_client_leases_and_go_back_once():
@@ -113,21 +112,14 @@ def test_unused_tokens_are_kept_only_for_a_model_whose_client_leases_and_go_back
 def test_threads_give_back_every_token_exactly_once():
     held, clock = leases()
     held.grant("m", LIMITS, {"admitted": True, "lease": {"starts": 1, "valid_ms": 500}}, clock.t)
-    taken: list[int] = []
-    lock = threading.Lock()
 
-    def work() -> None:
+    def work() -> int:
         mine = 0
         for i in range(200):
             held.give_back("m", 3)
             if i % 7 == 0:
                 mine += held.take_returned("m")
-        with lock:
-            taken.append(mine)
+        return mine
 
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    taken = in_threads(6, work)
     assert sum(taken) + held.take_returned("m") == 6 * 200 * 3
