@@ -34,7 +34,7 @@ from dspy.signatures.signature import infer_prefix
 
 from ...errors import validation_error
 from . import spec
-from .catalog import MAX_DEMOS
+from .programs import teach
 from .state import Program
 
 PREDICTOR_KEYS = {"traces", "train", "demos", "signature", "lm", "fields"}  # Predict.dump_state in DSPy 3.4
@@ -71,15 +71,7 @@ def load_into(dspy, program: Program, state) -> tuple[Program, dict]:
         if entry.get("lm") is not None:
             ignored.append(f"{name}.lm")
         instructions = _check_signature(predictor.signature, entry["signature"], f"{where}.signature")
-        found = entry["demos"]
-        if not isinstance(found, list) or len(found) > MAX_DEMOS:
-            raise _refuse("bad_dspy_state", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
-        for i, demo in enumerate(found):
-            program.check_demo(demo, name, f"{where}.demos[{i}]")
-        if instructions != predictor.signature.instructions:
-            predictor.signature = predictor.signature.with_instructions(instructions)
-        predictor.demos = [dspy.Example(**demo) for demo in found]
-        demos += len(found)
+        demos += teach(dspy, program, name, predictor, instructions, entry["demos"], where, "bad_dspy_state")
     record = {"imported": "dspy_state", "dspy": saved_by.get("dspy"), "at": round(time.time(), 3)}
     loaded = program.derive(program.program_id, module, [*program.optimizations, record][-100:])
     return loaded, {"predictors": len(names), "demos": demos, "ignored": ignored, "saved_by": saved_by}

@@ -139,14 +139,21 @@ def load_state(dspy, program: Program, state, path: str) -> None:
         if not isinstance(instructions, str) or len(instructions) > spec.MAX_INSTRUCTIONS_CHARS:
             raise _refuse("bad_program_document", "instructions must be a string of at most "
                           f"{spec.MAX_INSTRUCTIONS_CHARS} characters", f"{where}.instructions")
-        demos = learned["demos"]
-        if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
-            raise _refuse("bad_program_document", f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
-        for i, demo in enumerate(demos):
-            program.check_demo(demo, name, f"{where}.demos[{i}]")
-        if instructions != predictor.signature.instructions:
-            predictor.signature = predictor.signature.with_instructions(instructions)
-        predictor.demos = [dspy.Example(**demo) for demo in demos]
+        teach(dspy, program, name, predictor, instructions, learned["demos"], where, "bad_program_document")
+
+
+def teach(dspy, program: Program, name: str, predictor, instructions: str, demos, where: str, code: str) -> int:
+    """Give ``predictor`` (``name`` in ``program``) learned ``instructions`` and ``demos``, once the demos are
+    checked: a list of at most MAX_DEMOS, each as ``program.check_demo`` says (else a ``validation`` error
+    ``code`` at ``where``). Returns how many demos it holds now."""
+    if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
+        raise _refuse(code, f"demos must be a list of at most {MAX_DEMOS}", f"{where}.demos")
+    for i, demo in enumerate(demos):
+        program.check_demo(demo, name, f"{where}.demos[{i}]")
+    if instructions != predictor.signature.instructions:
+        predictor.signature = predictor.signature.with_instructions(instructions)
+    predictor.demos = [dspy.Example(**demo) for demo in demos]
+    return len(demos)
 
 
 def load_history(program: Program, doc: dict, path: str) -> None:
