@@ -269,6 +269,15 @@ def sustained(peer: Peer, concurrency: int, total: int, first_id: int, program_i
     return time.perf_counter_ns() - t0
 
 
+def compare_rates(r: report.Result, table, worker: tuple[str, list], inproc: tuple[str, list], target: str) -> None:
+    """The two sides' calls per second as rows of ``table`` (round by round: interleaved rounds), and the
+    target that the worker serves at least as many as plain DSPy in one process."""
+    for label, rates in (worker, inproc):
+        table.add(label, report.span(spread(rates), lambda v: f"{v:.0f}"))
+    ratios = spread([a / b for a, b in zip(worker[1], inproc[1])])
+    r.target(target, ">= 1.0x", report.span(ratios, report.ratio), ratios["median"] >= 1.0)
+
+
 def run_throughput(quick: bool) -> report.Result:
     concurrency, latency_ms = 32, 50
     total, rounds = (160, 2) if quick else (640, 3)
@@ -305,12 +314,8 @@ def run_throughput(quick: bool) -> report.Result:
     finally:
         inproc.stdin.close()
         inproc.wait(10)
-    w, i = spread(worker_rates), spread(inproc_rates)
-    table.add("one worker (frames)", report.span(w, lambda v: f"{v:.0f}"))
-    table.add("plain DSPy, 32 threads in one process", report.span(i, lambda v: f"{v:.0f}"))
-    ratios = spread([a / b for a, b in zip(worker_rates, inproc_rates)])
-    r.target("worker / in-process throughput", ">= 1.0x", report.span(ratios, report.ratio),
-             ratios["median"] >= 1.0)
+    compare_rates(r, table, ("one worker (frames)", worker_rates),
+                  ("plain DSPy, 32 threads in one process", inproc_rates), "worker / in-process throughput")
     r.data.update({"worker_rps": worker_rates, "inprocess_rps": inproc_rates, "model": UNLISTED_MODEL,
                    "concurrency": concurrency, "latency_ms": latency_ms, "calls_per_round": total})
     r.notes.append("The worker caches DSPy's model-metadata lookup (bridge/backends/dspy/patches.py); plain DSPy "

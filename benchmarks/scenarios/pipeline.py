@@ -23,7 +23,7 @@ import os
 from .. import report
 from ..harness import Peer, spread
 from .common import call
-from .lm import LMServer, check_replies, dspy_worker, execute_frame, in_process_child, sustained
+from .lm import LMServer, check_replies, compare_rates, dspy_worker, execute_frame, in_process_child, sustained
 
 PER_STEP_US = 100  # the target: worker CPU a pipeline adds per step
 LISTED_MODEL = "openai/gpt-4o-mini"  # a name in DSPy's model table: no metadata scan on either side
@@ -152,12 +152,9 @@ def run_throughput(quick: bool) -> report.Result:
     finally:
         child.stdin.close()
         child.wait(10)
-    w, i = spread(worker_rates), spread(inproc_rates)
-    table.add("one worker (frames), Pipeline", report.span(w, lambda v: f"{v:.0f}"))
-    table.add(f"plain DSPy, hand-written module, {concurrency} threads", report.span(i, lambda v: f"{v:.0f}"))
-    ratios = spread([a / b for a, b in zip(worker_rates, inproc_rates)])
-    r.target("worker / in-process throughput, 3-step pipeline", ">= 1.0x", report.span(ratios, report.ratio),
-             ratios["median"] >= 1.0)
+    compare_rates(r, table, ("one worker (frames), Pipeline", worker_rates),
+                  (f"plain DSPy, hand-written module, {concurrency} threads", inproc_rates),
+                  "worker / in-process throughput, 3-step pipeline")
     r.data.update({"worker_rps": worker_rates, "inprocess_rps": inproc_rates, "model": LISTED_MODEL,
                    "steps": steps, "concurrency": concurrency, "latency_ms": latency_ms, "calls_per_round": total,
                    "ideal_rps": concurrency / (steps * latency_ms / 1000)})
