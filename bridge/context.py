@@ -20,11 +20,9 @@ session and a backend's ``close_session`` hook sees it go.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .codecs import EncodeError
 from .inflight import interrupted
 from .wire import to_wire
 
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
     from .inflight import Job
     from .replies import Replies
 
-log = logging.getLogger("portbridge.context")
 _NO_ARGS: dict = {}  # callback's default: never changed (the callbacks table refuses anything but a map)
 HOLD_MOST = 32  # events emit_soon holds for a request's next frame, at most...
 HOLD_LONGEST_S = 0.1  # ...and for at most this long (the next event held after that goes out with them)
@@ -156,11 +153,9 @@ class Context:
             self.emit(name, data)
             return
         replies = self._services.replies
-        try:
-            frame = replies.event_frame(name, to_wire(data, self._codec.name != "json"), self._request.id,
+        frame = replies.droppable_frame(name, to_wire(data, self._codec.name != "json"), self._request.id,
                                         self._codec)
-        except EncodeError as exc:
-            log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
+        if frame is None:
             return
         held = job.hold(frame, HOLD_MOST, HOLD_LONGEST_S)
         if held:

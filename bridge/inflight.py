@@ -71,6 +71,8 @@ class Job:
 
     def take_held(self) -> list[bytes]:
         """The events held so far (none are held after this, until the next ``hold``)."""
+        if not self.held:  # the usual case, on every reply's path: no lock taken for nothing
+            return []
         with self._lock:
             held, self.held = self.held, []
             return held

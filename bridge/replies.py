@@ -128,10 +128,17 @@ class Replies:
 
     def event(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> None:
         """As ``event_or_raise``, but an event that cannot be encoded is dropped (and logged)."""
+        payload = self.droppable_frame(name, data, rid, codec)
+        if payload is not None:
+            self._write(payload)
+
+    def droppable_frame(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> bytes | None:
+        """As ``event_frame``, but an event that cannot be encoded is dropped (and logged): None."""
         try:
-            self.event_or_raise(name, data, rid, codec)
+            return self.event_frame(name, data, rid, codec)
         except EncodeError as exc:
             log.warning("dropped a %r event that cannot be encoded: %s", name, exc)
+            return None
 
 
 def _failure(codec: Codec, rid: Any, error: BridgeError, meta: dict | None) -> tuple[bytes, str]:
