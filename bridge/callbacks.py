@@ -36,7 +36,7 @@ DEFAULT_CATEGORY = "execution"  # what a client's error result is, unless it nam
 _MISSING = object()
 
 # (name, data, request id, codec) -> None; raises codecs.EncodeError when data cannot be encoded
-SendEvent = Callable[[str, Any, Any, Any], None]
+SendEvent = Callable[[str, Any, Any, Any, list], None]  # (name, data, request id, codec, held frames)
 
 
 class CallbackError(BridgeError):
@@ -134,7 +134,8 @@ class Callbacks:
             data = {"callback_id": callback_id, "name": waiting.name, "args": args,
                     "timeout_ms": None if bound is None else max(int(bound * 1000), 1)}
             try:
-                self._send("callback", data, job.request.id, job.codec)
+                # The request's held events go first, in the same write (Context.emit_soon).
+                self._send("callback", data, job.request.id, job.codec, job.take_held())
             except codecs.EncodeError as exc:
                 raise BridgeError("serialization", "unencodable_callback_args",
                                   f"callback {waiting.name!r}: its args cannot be sent: {str(exc)[:300]}",

@@ -139,9 +139,8 @@ class Context:
         job = self._job
         if job is None or not job.done:
             data = to_wire(data, self._codec.name != "json")
-            if job is not None and job.held:
-                self._send_held()  # events held for this request go first
-            self._services.replies.event(name, data, self._request.id, self._codec)
+            held = job.take_held() if job is not None else None  # they go first, in the same write
+            self._services.replies.event(name, data, self._request.id, self._codec, held)
 
     def emit_soon(self, name: str, data: Any) -> None:
         """Send an event with the request's next frame (its reply, or an event or callback it sends)
@@ -152,6 +151,8 @@ class Context:
         if job is None:
             self.emit(name, data)
             return
+        if job.done:
+            return  # as emit: nothing goes out after the reply (hold checks again, for a race)
         replies = self._services.replies
         frame = replies.droppable_frame(name, to_wire(data, self._codec.name != "json"), self._request.id,
                                         self._codec)
@@ -160,11 +161,6 @@ class Context:
         held = job.hold(frame, HOLD_MOST, HOLD_LONGEST_S)
         if held:
             replies.write_frames(held)
-
-    def _send_held(self) -> None:
-        held = self._job.take_held() if self._job is not None else None
-        if held:
-            self._services.replies.write_frames(held)
 
     def progress(self, done: int | float, total: int | float | None = None, **data: Any) -> None:
         """Send a ``progress`` event: ``{"done", "total", ...data}`` (``total`` left out when None)."""
@@ -179,5 +175,4 @@ class Context:
         longer wait for it; ``overloaded`` when too many callbacks are in flight. Check ``name``
         against what the request declared before calling: the worker carries any name.
         """
-        self._send_held()  # the client sees this request's held events before its callback
         return self._services.callbacks.call(self._job, name, args, timeout)

@@ -91,10 +91,7 @@ class Replies:
         else:
             payload, category = _failure(codec, rid, error, meta)
         (self._tally if inline else self._stats).reply(command, elapsed_us, category, len(payload))
-        if held:
-            self.write_frames([*held, payload])
-        else:
-            self._write(payload)
+        self._write_after(held, payload)
 
     def refuse_frame(self, error: BridgeError, codec: Codec | None = None, rid: Any = None) -> None:
         """The reply to a frame that never became a request, on the reading thread (``codec`` None:
@@ -115,10 +112,17 @@ class Replies:
 
     # -- events ---------------------------------------------------------------------------
 
-    def event_or_raise(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> None:
+    def event_or_raise(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None,
+                       held: list[bytes] | None = None) -> None:
         """An event of request ``rid`` in its format, or a worker-level one (``rid`` None, the last
-        request's format); raises ``EncodeError`` when ``data`` cannot be encoded."""
-        self._write(self.event_frame(name, data, rid, codec))
+        request's format); raises ``EncodeError`` when ``data`` cannot be encoded (``held`` still
+        goes out). ``held``: events of the request that waited for its next frame, written with it."""
+        try:
+            payload = self.event_frame(name, data, rid, codec)
+        except EncodeError:
+            self._write_after(held, None)
+            raise
+        self._write_after(held, payload)
 
     def event_frame(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> bytes:
         """An event's payload, encoded and counted but not written; raises ``EncodeError``."""
@@ -126,10 +130,16 @@ class Replies:
         self._stats.event(name, len(payload))
         return payload
 
-    def event(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> None:
+    def event(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None,
+              held: list[bytes] | None = None) -> None:
         """As ``event_or_raise``, but an event that cannot be encoded is dropped (and logged)."""
-        payload = self.droppable_frame(name, data, rid, codec)
-        if payload is not None:
+        self._write_after(held, self.droppable_frame(name, data, rid, codec))
+
+    def _write_after(self, held: list[bytes] | None, payload: bytes | None) -> None:
+        """``payload`` (if any) after the frames ``held`` for it, in one write."""
+        if held:
+            self.write_frames([*held, payload] if payload is not None else held)
+        elif payload is not None:
             self._write(payload)
 
     def droppable_frame(self, name: str, data: Any, rid: Any = None, codec: Codec | None = None) -> bytes | None:
