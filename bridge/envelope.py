@@ -1,4 +1,4 @@
-"""Envelopes: a decoded map -> a checked Request, and the reply and event maps.
+"""Envelopes: a decoded map -> a checked Request (replies and events are written by ``bridge.replies``).
 
 Requests are checked strictly: an unknown top-level field is a ``protocol``
 error (a typo such as ``sesion_id`` must not silently run in the global scope).
@@ -127,17 +127,6 @@ def parse_request(doc) -> Request:
 
 def _bad(rid, code: str, message: str):
     return protocol_error(code, message, id=rid)
-
-
-def failure(rid, error: dict, meta: dict | None = None) -> dict:
-    reply = {"id": rid, "success": False, "error": error}
-    if meta:
-        reply["meta"] = meta
-    return reply
-
-
-def event(rid, name: str, data) -> dict:
-    return {"id": rid, "event": name, "data": data}
 
 
 # -- recovering the id of a frame that cannot be decoded ---------------------

@@ -59,11 +59,6 @@ bind = _bound.set
 unbind = _bound.reset
 
 
-def bound():
-    """The context of the request being handled on this thread, or None."""
-    return _bound.get()
-
-
 @dataclass(frozen=True)
 class Policy:
     """How the calls of one configured LM are made (kept on the backend's LM object)."""
