@@ -91,13 +91,18 @@ defmodule PortBridge.LimiterWindowTest do
 
   defp burst(count, at), do: List.duplicate(at, count)
 
+  # Calls exactly 1 / `per_second` apart, for `seconds`.
+  defp even(per_second, seconds),
+    do: for(k <- 0..(per_second * seconds - 1), do: div(k * 1_000_000, per_second))
+
   test "whatever a worker does with its leases, no second holds more than the limit" do
     for rpm <- [600, 1_200, 6_000], use <- [:at_grant, :at_end, :anywhere], round <- 1..3 do
       cap = div(rpm, 60)
-      # Quiet stretches (leases), a steady load near half the limit, and bursts at
-      # the limit that come while leases are outstanding.
+      # Quiet stretches (leases: calls evenly spaced at a fifth of the limit, so that
+      # some get one whatever the random draws), a steady load near half the limit,
+      # and bursts at the limit that come while leases are outstanding.
       arrivals =
-        steady(cap / 10, 4) ++
+        even(div(cap, 5), 4) ++
           steady(cap * 0.45, 3, 4_000_000) ++
           burst(3 * cap, 4_000_000 + round * 300_000) ++
           steady(cap / 5, 3, 7_000_000) ++ burst(2 * cap, 8_500_000)
