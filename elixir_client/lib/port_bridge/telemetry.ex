@@ -101,37 +101,29 @@ defmodule PortBridge.Telemetry do
   def available?, do: @available
 
   @doc false
-  # True when a handler is attached to `event` (something to emit it for). Before
-  # the :telemetry application runs (compiled in but not started) nothing is: its
-  # handler table (telemetry 1.x's) does not exist yet, and asking would log.
+  # True when a handler is attached to `event` (something to emit it for): one
+  # look in telemetry's handler table, keyed by event name in every telemetry 1.x,
+  # as :telemetry.execute/3 itself looks (nothing copied: this runs for every
+  # request). Before the :telemetry application runs (compiled in but not started)
+  # the table does not exist, and nothing is attached.
   @spec wanted?([atom]) :: boolean
   if @available do
     def wanted?(event) do
-      :ets.whereis(:telemetry_handler_table) != :undefined and
-        :telemetry.list_handlers(event) != []
+      :ets.member(:telemetry_handler_table, event)
+    rescue
+      ArgumentError -> false
     end
   else
     def wanted?(_event), do: false
   end
 
-  # Whether any handler is attached to an event a request span serves: a request
-  # whose span nobody listens to builds no metadata (this runs for every request). One lookup per
-  # event in telemetry's handler table, as :telemetry.execute/3 itself does
-  # (telemetry_handler_table, keyed by event name, in every telemetry 1.x); when the
-  # :telemetry application is not running, nothing is attached.
+  # Whether any handler is attached to an event a request span serves (its own
+  # events, and the LM calls it gives their context: session, command; see
+  # lm_call/2): a request whose span nobody listens to builds no metadata.
   if @available do
-    # The span's own events, and the LM calls it gives their context (session,
-    # command: see lm_call/2). Written out, with :ets.member/2 (nothing copied): this
-    # is on every request's path.
     defp span_wanted? do
-      table = :telemetry_handler_table
-
-      :ets.member(table, [:port_bridge, :request, :start]) or
-        :ets.member(table, [:port_bridge, :request, :stop]) or
-        :ets.member(table, [:port_bridge, :request, :exception]) or
-        :ets.member(table, [:port_bridge, :lm, :call])
-    rescue
-      ArgumentError -> false
+      wanted?([:port_bridge, :request, :start]) or wanted?([:port_bridge, :request, :stop]) or
+        wanted?([:port_bridge, :request, :exception]) or wanted?([:port_bridge, :lm, :call])
     end
   end
 
