@@ -170,13 +170,7 @@ defmodule PortBridge.RateLimit do
         rpm -> later(at, budget.request_tat) + interval(rpm)
       end
 
-    token_tat =
-      case limits.tokens_per_minute do
-        nil -> budget.token_tat
-        tpm -> later(at, budget.token_tat) + token_time(tokens, tpm)
-      end
-
-    %{budget | request_tat: request_tat, token_tat: token_tat}
+    charge_tokens(%{budget | request_tat: request_tat}, at, tokens)
   end
 
   @doc """
