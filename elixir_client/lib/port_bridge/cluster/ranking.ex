@@ -13,8 +13,8 @@ defmodule PortBridge.Cluster.Ranking do
   def scope, do: @scope
 
   @doc false
-  # The nodes whose pool of the cluster named `name` is live, sorted.
-  @spec nodes(atom) :: [node]
+  # The nodes of the :pg group `name` (a cluster's pools, or its limiters), sorted.
+  @spec nodes(term) :: [node]
   def nodes(name) do
     :pg.get_members(@scope, name) |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
   end

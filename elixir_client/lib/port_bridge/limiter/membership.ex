@@ -11,6 +11,7 @@ defmodule PortBridge.Limiter.Membership do
   # us) and `horizon` (how far ahead leases go).
 
   alias PortBridge.{Cluster, RateLimit}
+  alias PortBridge.Cluster.Ranking
   alias PortBridge.Limiter.{Queue, Window}
 
   @doc false
@@ -31,7 +32,7 @@ defmodule PortBridge.Limiter.Membership do
   def refresh(%{cluster: nil} = state, _now), do: state
 
   def refresh(state, now) do
-    nodes = state.cluster |> limiters() |> Enum.map(&node/1) |> Enum.uniq() |> Enum.sort()
+    nodes = Ranking.nodes(group(state.cluster))
     if nodes == state.nodes, do: state, else: %{state | nodes: nodes, changed_at: now}
   end
 
