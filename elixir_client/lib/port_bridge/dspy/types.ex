@@ -145,16 +145,6 @@ defmodule PortBridge.DSPy.Types do
   ## Values from the worker
 
   @doc false
-  # Casts a decoded JSON value to the type: {:ok, value} or {:error, %Error{}}
-  # (`output_parse`) naming the path of the value that did not fit.
-  @spec cast(t, term, String.t()) :: {:ok, term} | {:error, Error.t()}
-  def cast(type, value, root) do
-    {:ok, cast!(type, value, [root])}
-  catch
-    {:bad_value, at, expected, got} -> {:error, cast_error(at, expected, got)}
-  end
-
-  @doc false
   # A signature module's struct from the worker's string-keyed map; `fields` are its
   # `__signature__(:cast)`: [{name, "name", type}].
   @spec cast_fields(module, [{atom, String.t(), t}], map, String.t()) ::
