@@ -53,7 +53,7 @@ defmodule PortBridge.DSPy.Program do
   """
 
   alias PortBridge.{DSPy, Error}
-  alias PortBridge.DSPy.{Program.Definition, Tools, Types}
+  alias PortBridge.DSPy.{Program.Definition, Types}
 
   @doc false
   defmacro __using__(opts) do
@@ -277,10 +277,11 @@ defmodule PortBridge.DSPy.Program do
   defp with_callbacks(_module, _program, opts), do: opts
 
   @doc false
-  # The Elixir functions of a program module, as PortBridge.DSPy's options take them.
+  # The Elixir functions of a program module, as PortBridge.DSPy's options take them
+  # (which turn the tools into callbacks, once per run).
   @spec callbacks([map] | nil, function | nil) :: keyword
   def callbacks(tools, reward) do
-    Enum.reject([tools: tools && Tools.callbacks(tools), reward: reward], &is_nil(elem(&1, 1)))
+    Enum.reject([tools: tools, reward: reward], &is_nil(elem(&1, 1)))
   end
 
   # Inputs: a map of the signature's input fields (a keyword list, or an unknown
