@@ -42,7 +42,7 @@ defmodule PortBridge.Commands do
       {:ok, _} = MyApp.Py.check(MyApp.Math)
   """
 
-  alias PortBridge.{Error, JSONSchema, Options, Schema}
+  alias PortBridge.{Call, Error, JSONSchema, Options, Schema}
   alias PortBridge.Commands.Snapshot
 
   # Elixir's own words, which a Python name cannot be as a function or variable.
@@ -219,8 +219,10 @@ defmodule PortBridge.Commands do
     args =
       Map.merge(Map.merge(args, Map.new(given, fn {k, v} -> {Atom.to_string(k), v} end)), extra)
 
+    # The request options were checked above, with the command's own: the call is
+    # built from them as they are (Call.new/5), not checked again.
     with {:ok, _} <- checked(parent, target),
-         do: PortBridge.request(target, command, args, request_opts)
+         do: target |> Call.new(command, args, request_opts, where) |> Call.run()
   end
 
   defp checked(parent, target) do
