@@ -15,11 +15,15 @@ defmodule PortBridge.RateLimitsTest do
 
   # The refused and retried calls these tests cause are logged by the workers (on
   # their stderr) as warnings.
-  @quiet [worker_args: ["--log-level", "error"]]
+  @quiet ["--log-level", "error"]
 
   defp start_pool(size) do
     name = :"limits_#{System.unique_integer([:positive])}"
-    start_supervised!({Pool, dspy_worker_opts(name: name, size: size) ++ @quiet}, id: name)
+
+    start_supervised!({Pool, dspy_worker_opts(name: name, size: size, worker_args: @quiet)},
+      id: name
+    )
+
     name
   end
 
@@ -148,7 +152,7 @@ defmodule PortBridge.RateLimitsTest do
   test "in a cluster, the nodes share one budget" do
     url = provider(20)
     name = :"limits_cluster_#{System.unique_integer([:positive])}"
-    peer = two_node_cluster("limits", name, dspy_worker_opts(size: 1) ++ @quiet)
+    peer = two_node_cluster("limits", name, dspy_worker_opts(size: 1, worker_args: @quiet))
 
     {:ok, _} = DSPy.configure_lm(name, lm(url, requests_per_minute: 20 * 60))
     {:ok, _} = DSPy.create_program(name, signature: "question -> answer", program_id: "qa")
