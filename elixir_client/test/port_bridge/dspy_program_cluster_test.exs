@@ -12,15 +12,8 @@ defmodule PortBridge.DSPyProgramClusterTest do
   @moduletag timeout: 180_000
 
   test "a program module runs from every node, in sessions and globally, created where it runs" do
-    {peer, a} = start_peer("programs")
-    on_exit(fn -> stop_peer(peer) end)
-
     name = :"program_cluster_#{System.unique_integer([:positive])}"
-    opts = [name: name, pool: dspy_worker_opts(size: 1)]
-    connect_all([node(), a])
-    start_supervised!({Cluster, opts}, id: name)
-    start_cluster(a, opts)
-    await_members([node(), a], name, [node(), a])
+    a = two_node_cluster("programs", name, dspy_worker_opts(size: 1))
     {:ok, _} = DSPy.configure_lm(name, model: "offline")
 
     # Sessions that live on either node, each run from both nodes.
