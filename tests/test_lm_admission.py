@@ -281,7 +281,6 @@ def test_the_python_clients_pacer_keeps_a_provider_limit_with_no_429(worker, ser
     server.limit_rate(20, 1.0)
     server.stats(reset=True)
     try:
-        prepare(worker, server, "adm-paced", "adm-paced", {"requests_per_minute": 600})
         worker.call("create_program", {"signature": "question -> answer", "program_id": "p", "replace": True})
         worker.call("configure_lm", {"model": "openai/adm-paced", "api_base": server.base_url, "api_key": KEY,
                                      "rate_limit": {"requests_per_minute": 600}})
