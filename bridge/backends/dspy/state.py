@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from ...errors import not_found, overloaded, validation_error
 from . import spec
@@ -39,6 +40,7 @@ class Program:
     # built (optimisers make a new Program), and a pydantic TypeAdapter costs more than the lookup.
     _predictors: list | None = field(default=None, repr=False, compare=False)
     converters: dict = field(default_factory=dict, repr=False, compare=False)  # input -> TypeAdapter | None
+    _demo_fields: Callable[[str], dict] | None = field(default=None, repr=False, compare=False)  # demo_fields_of
 
     def predictors(self) -> list:
         if self._predictors is None:
@@ -91,7 +93,9 @@ class Program:
         """A demo of one of its predictors (an import's), checked against what that predictor holds."""
         from .programs import check_demo, demo_fields_of
 
-        check_demo(demo, demo_fields_of(self)(predictor), path)
+        if self._demo_fields is None:  # a pipeline's declaration read once, not for every demo
+            self._demo_fields = demo_fields_of(self)
+        check_demo(demo, self._demo_fields(predictor), path)
 
     def input_names(self) -> list[str]:
         return list(self.spec["inputs"])
