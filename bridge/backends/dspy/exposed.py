@@ -31,6 +31,7 @@ from ...errors import BridgeError, validation_error
 from ...sdk.programs import PROGRAMS, ProgramClass
 from ...wire import to_wire
 from . import programs
+from .programs import AUGMENTED
 from .catalog import ADAPTERS
 from .fieldtypes import NAME
 from .inrequest import json_fields
@@ -39,7 +40,6 @@ from .state import Program
 
 DOC_KEYS = programs.DOC_KEYS - {"signature"}  # programs.export's document: an exposed class has no signature
 CREATE_KEYS = {"module", "init", "adapter", "program_id", "replace"}
-AUGMENTED = "augmented"  # BootstrapFewShot's mark on the demos it generated
 
 
 @dataclass
