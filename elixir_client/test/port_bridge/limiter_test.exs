@@ -158,7 +158,9 @@ defmodule PortBridge.LimiterTest do
     assert {:ok, _} = Limiter.admit(limiter, args("tr", limits, 60_000), :infinity, lease: true)
 
     back = Map.put(args("tr", limits, 10), "returned_tokens", 59_950)
-    assert {:ok, _} = Limiter.admit(limiter, back, deadline(min(tolerance(2_000), 50_000)), lease: true)
+
+    assert {:ok, _} =
+             Limiter.admit(limiter, back, deadline(min(tolerance(2_000), 50_000)), lease: true)
 
     # Without it, the next call waits.
     assert {:ok, _} = Limiter.admit(limiter, args("tr2", limits, 60_000), :infinity, lease: true)
