@@ -137,6 +137,28 @@ defmodule PortBridge.TestStubTest do
              DSPy.execute_program(@target, "agent", %{question: "sum?"}, tools: tools)
   end
 
+  test "a program module checks the shape of the reply it gets after creating its program too" do
+    # The first execute_program finds no program; after create_program the worker
+    # answers without "outputs": a protocol error on that path as on the first.
+    {:ok, tries} = Agent.start_link(fn -> 0 end)
+
+    Test.stub(@target, fn
+      "execute_program", _args ->
+        case Agent.get_and_update(tries, &{&1, &1 + 1}) do
+          0 -> {:error, Error.new(:not_found, "unknown_program", "no program")}
+          _ -> {:ok, %{"answer" => "no outputs map"}}
+        end
+
+      "create_program", _args ->
+        {:ok, %{}}
+    end)
+
+    assert {:error, %Error{category: :protocol, code: "malformed_result"}} =
+             PortBridge.TestModules.QAThought.run(@target, %{question: "Why?"})
+
+    assert Agent.get(tries, & &1) == 2
+  end
+
   test "PortBridge.DSPy tells the worker's errors in Elixir terms" do
     Test.stub(@target, fn
       "execute_program", %{"program_id" => id} ->

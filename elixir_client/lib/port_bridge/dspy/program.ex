@@ -159,14 +159,22 @@ defmodule PortBridge.DSPy.Program do
     inputs = inputs!(program, inputs, where)
     opts = with_callbacks(module, program, opts)
 
-    case DSPy.execute_as(where, target, program.id, inputs, opts) do
-      {:error, %Error{code: "unknown_program"}} ->
-        opts = one_budget(target, opts, started)
+    reply =
+      case DSPy.execute_as(where, target, program.id, inputs, opts) do
+        {:error, %Error{code: "unknown_program"}} ->
+          opts = one_budget(target, opts, started)
 
-        with :ok <- create(module, target, opts),
-             do: DSPy.execute_as(where, target, program.id, inputs, opts)
+          with :ok <- create(module, target, opts),
+               do: DSPy.execute_as(where, target, program.id, inputs, opts)
 
-      {:ok, %{"outputs" => outputs}} = reply when is_map(outputs) ->
+        reply ->
+          reply
+      end
+
+    # The worker is untrusted: its reply's shape is checked on either path (first
+    # try, or after creating the program).
+    case reply do
+      {:ok, %{"outputs" => outputs}} when is_map(outputs) ->
         reply
 
       {:ok, other} ->
